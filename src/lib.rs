@@ -1,0 +1,11 @@
+//! Borough: a partitioned, replicated database and application server, built simulation-first.
+//!
+//! The core (everything but `production`) is sans-IO and deterministic: it reaches time, the
+//! network, the disk and randomness only through the traits in `seams`, so the simulator in
+//! `borough-sim` runs the very code production runs and replays any seed bit for bit.
+
+pub mod events;
+pub mod ids;
+pub mod production;
+pub mod seams;
+pub mod wire;

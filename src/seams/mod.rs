@@ -1,0 +1,16 @@
+//! The seams: the only ways the deterministic core touches the world.
+//!
+//! Every protocol component reads time through [`Clock`], sends through [`Network`], stores
+//! through [`Disk`] and draws randomness from [`Rng`]. Production implements them over the OS
+//! (`crate::production`); the simulator implements them over a seeded, virtual world. Nothing
+//! else in the core may be nondeterministic, so a seed replays a run bit for bit.
+
+mod clock;
+mod disk;
+mod network;
+mod rng;
+
+pub use clock::Clock;
+pub use disk::{Disk, DiskError, SharedDisk};
+pub use network::Network;
+pub use rng::{Rng, SeededRng};
