@@ -1,1 +1,2 @@
 //! Borough simulator
+pub mod disk;

@@ -1,0 +1,315 @@
+//! The replica plan for one event: targets first, spares after, in the documented order.
+
+use super::PeerTable;
+use crate::ids::NodeId;
+use crate::seams::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How many replicas must leave the coordinator's zone and region.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationStrategy {
+    /// Replicas in other zones of the coordinator's region.
+    #[serde(default)]
+    pub other_zone_replicas: u32,
+    /// Replicas in other regions.
+    #[serde(default)]
+    pub other_region_replicas: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlacementError {
+    #[error("not enough peers for replicationFactor {0}")]
+    NotEnoughPeers(u32),
+    #[error("replicationFactor must be at least 1")]
+    ZeroReplicationFactor,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaPlan {
+    /// `replication_factor` nodes, the coordinator first.
+    pub targets: Vec<NodeId>,
+    /// Every other peer, in the order "get it done" tries them.
+    pub spares: Vec<NodeId>,
+}
+
+/// Places `replication_factor` replicas for an event coordinated by the table's local node.
+pub fn plan(
+    peers: &PeerTable,
+    replication_factor: u32,
+    strategy: ReplicationStrategy,
+    suspected: &BTreeSet<NodeId>,
+    rng: &mut dyn Rng,
+) -> Result<ReplicaPlan, PlacementError> {
+    if replication_factor == 0 {
+        return Err(PlacementError::ZeroReplicationFactor);
+    }
+    // Checked up front, as the client must hear it before anything is written.
+    if peers.len() + 1 < replication_factor as usize {
+        return Err(PlacementError::NotEnoughPeers(replication_factor));
+    }
+    let local = peers.local_location();
+    let mut other_zones: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
+    let mut other_regions: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
+    let mut same_zone: Vec<NodeId> = Vec::new();
+    for (node, location) in peers.iter() {
+        if location.region != local.region {
+            other_regions
+                .entry(&location.region)
+                .or_default()
+                .push(node);
+        } else if location.zone != local.zone {
+            other_zones.entry(&location.zone).or_default().push(node);
+        } else {
+            same_zone.push(node);
+        }
+    }
+    let mut zone_groups = shuffled_groups(other_zones, suspected, rng);
+    let mut region_groups = shuffled_groups(other_regions, suspected, rng);
+    let mut same_zone_group = vec![healthy_first(same_zone, suspected, rng)];
+
+    let wanted = replication_factor as usize;
+    let mut targets = vec![peers.local()];
+    let zone_count = (strategy.other_zone_replicas as usize).min(wanted - targets.len());
+    take_spread(&mut zone_groups, zone_count, &mut targets);
+    let region_count = (strategy.other_region_replicas as usize).min(wanted - targets.len());
+    take_spread(&mut region_groups, region_count, &mut targets);
+    let same_zone_count = wanted - targets.len();
+    take_spread(&mut same_zone_group, same_zone_count, &mut targets);
+
+    // Fallback order: other zones, other regions, the own zone. The same order serves the
+    // targets still owed (when the own zone ran short) and the spares.
+    let mut fallback = Vec::new();
+    for groups in [&mut zone_groups, &mut region_groups, &mut same_zone_group] {
+        take_spread(groups, usize::MAX, &mut fallback);
+    }
+    let owed = wanted - targets.len();
+    let spares = fallback.split_off(owed.min(fallback.len()));
+    targets.extend(fallback);
+    debug_assert_eq!(
+        targets.len(),
+        wanted,
+        "the up-front check guarantees enough peers"
+    );
+    Ok(ReplicaPlan { targets, spares })
+}
+
+/// Groups in random order, those with a healthy peer first; each group's peers shuffled,
+/// healthy ones first.
+fn shuffled_groups(
+    groups: BTreeMap<&str, Vec<NodeId>>,
+    suspected: &BTreeSet<NodeId>,
+    rng: &mut dyn Rng,
+) -> Vec<Vec<NodeId>> {
+    let mut groups: Vec<Vec<NodeId>> = groups
+        .into_values()
+        .map(|group| healthy_first(group, suspected, rng))
+        .collect();
+    shuffle(&mut groups, rng);
+    // Stable: keeps the random order among equally healthy groups.
+    groups.sort_by_key(|group| suspected.contains(&group[0]));
+    groups
+}
+
+fn healthy_first(
+    mut group: Vec<NodeId>,
+    suspected: &BTreeSet<NodeId>,
+    rng: &mut dyn Rng,
+) -> Vec<NodeId> {
+    shuffle(&mut group, rng);
+    group.sort_by_key(|node| suspected.contains(node));
+    group
+}
+
+fn shuffle<T>(items: &mut [T], rng: &mut dyn Rng) {
+    for index in (1..items.len()).rev() {
+        let other = rng.below(index as u64 + 1) as usize;
+        items.swap(index, other);
+    }
+}
+
+/// Takes up to `count` peers round-robin across groups (one per group before a second from
+/// any), removing them from the groups.
+fn take_spread(groups: &mut [Vec<NodeId>], count: usize, into: &mut Vec<NodeId>) {
+    let mut taken = 0;
+    while taken < count && groups.iter().any(|group| !group.is_empty()) {
+        for group in groups.iter_mut() {
+            if taken == count {
+                break;
+            }
+            if !group.is_empty() {
+                into.push(group.remove(0));
+                taken += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Location;
+    use crate::seams::SeededRng;
+
+    /// n0 is local in r1/z1. n1 also r1/z1; n2, n3 in r1/z2; n4 in r1/z3; n5, n6 in r2/z1.
+    fn table() -> PeerTable {
+        let mut table = PeerTable::new(NodeId(0), Location::new("r1", "z1"));
+        table.add_peer(NodeId(1), Location::new("r1", "z1"));
+        table.add_peer(NodeId(2), Location::new("r1", "z2"));
+        table.add_peer(NodeId(3), Location::new("r1", "z2"));
+        table.add_peer(NodeId(4), Location::new("r1", "z3"));
+        table.add_peer(NodeId(5), Location::new("r2", "z1"));
+        table.add_peer(NodeId(6), Location::new("r2", "z1"));
+        table
+    }
+
+    fn strategy(zones: u32, regions: u32) -> ReplicationStrategy {
+        ReplicationStrategy {
+            other_zone_replicas: zones,
+            other_region_replicas: regions,
+        }
+    }
+
+    fn zone_of(table: &PeerTable, node: NodeId) -> String {
+        table.location(node).unwrap().to_string()
+    }
+
+    #[test]
+    fn not_enough_peers_is_refused_up_front() {
+        let table = table();
+        let error = plan(
+            &table,
+            8,
+            strategy(0, 0),
+            &BTreeSet::new(),
+            &mut SeededRng::from_seed(1),
+        );
+        assert_eq!(error, Err(PlacementError::NotEnoughPeers(8)));
+        assert_eq!(
+            error.unwrap_err().to_string(),
+            "not enough peers for replicationFactor 8"
+        );
+        assert!(plan(
+            &table,
+            7,
+            strategy(0, 0),
+            &BTreeSet::new(),
+            &mut SeededRng::from_seed(1)
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn no_strategy_places_in_own_zone_then_falls_back_to_zones_regions() {
+        let table = table();
+        let placed = plan(
+            &table,
+            3,
+            strategy(0, 0),
+            &BTreeSet::new(),
+            &mut SeededRng::from_seed(2),
+        )
+        .unwrap();
+        // Local, the only own-zone peer, then owed one from the fallback: an other-zone peer.
+        assert_eq!(placed.targets[0], NodeId(0));
+        assert_eq!(placed.targets[1], NodeId(1));
+        assert!(zone_of(&table, placed.targets[2]).starts_with("r1/z"));
+        assert_ne!(zone_of(&table, placed.targets[2]), "r1/z1");
+        // Spares: remaining other-zone peers, then other-region peers.
+        let spare_regions: Vec<String> =
+            placed.spares.iter().map(|n| zone_of(&table, *n)).collect();
+        assert_eq!(spare_regions.len(), 4);
+        assert!(spare_regions[..2].iter().all(|z| z.starts_with("r1/")));
+        assert!(spare_regions[2..].iter().all(|z| z.starts_with("r2/")));
+    }
+
+    #[test]
+    fn zone_replicas_land_in_distinct_zones() {
+        let table = table();
+        for seed in 0..20 {
+            let placed = plan(
+                &table,
+                3,
+                strategy(2, 0),
+                &BTreeSet::new(),
+                &mut SeededRng::from_seed(seed),
+            )
+            .unwrap();
+            let zones: BTreeSet<String> = placed.targets[1..]
+                .iter()
+                .map(|n| zone_of(&table, *n))
+                .collect();
+            assert_eq!(
+                zones,
+                BTreeSet::from(["r1/z2".to_string(), "r1/z3".to_string()])
+            );
+        }
+    }
+
+    #[test]
+    fn zone_then_region_then_own_zone() {
+        let table = table();
+        let placed = plan(
+            &table,
+            4,
+            strategy(1, 1),
+            &BTreeSet::new(),
+            &mut SeededRng::from_seed(3),
+        )
+        .unwrap();
+        let places: Vec<String> = placed.targets.iter().map(|n| zone_of(&table, *n)).collect();
+        assert_eq!(places[0], "r1/z1");
+        assert!(places[1] == "r1/z2" || places[1] == "r1/z3");
+        assert_eq!(places[2], "r2/z1");
+        assert_eq!(placed.targets[3], NodeId(1));
+    }
+
+    #[test]
+    fn more_zone_replicas_than_zones_fills_from_zone_peers() {
+        let table = table();
+        let placed = plan(
+            &table,
+            4,
+            strategy(3, 0),
+            &BTreeSet::new(),
+            &mut SeededRng::from_seed(4),
+        )
+        .unwrap();
+        let mut others: Vec<NodeId> = placed.targets[1..].to_vec();
+        others.sort();
+        assert_eq!(others, vec![NodeId(2), NodeId(3), NodeId(4)]);
+    }
+
+    #[test]
+    fn suspected_peers_go_last_within_their_group() {
+        let table = table();
+        let suspected = BTreeSet::from([NodeId(2)]);
+        for seed in 0..20 {
+            let placed = plan(
+                &table,
+                2,
+                strategy(1, 0),
+                &suspected,
+                &mut SeededRng::from_seed(seed),
+            )
+            .unwrap();
+            // z3's healthy n4 beats z2, whose n3 is healthy but whose group starts with... n3.
+            assert_ne!(placed.targets[1], NodeId(2), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn replication_factor_one_is_local_only() {
+        let placed = plan(
+            &table(),
+            1,
+            strategy(1, 1),
+            &BTreeSet::new(),
+            &mut SeededRng::from_seed(5),
+        )
+        .unwrap();
+        assert_eq!(placed.targets, vec![NodeId(0)]);
+        assert_eq!(placed.spares.len(), 6);
+    }
+}
