@@ -4,8 +4,11 @@
 //! network, the disk and randomness only through the traits in `seams`, so the simulator in
 //! `borough-sim` runs the very code production runs and replays any seed bit for bit.
 
+pub mod coordinator;
 pub mod events;
 pub mod ids;
+pub mod node;
+pub mod placement;
 pub mod production;
 pub mod seams;
 pub mod wire;

@@ -26,16 +26,7 @@ pub enum Message {
         outcome: Result<(), String>,
     },
     /// The sender saw replication factor reached for these keys: stop repairing them.
-    Confirm {
-        keys: Vec<EventKey>,
-    },
-    /// Gossip: the sender is alive (answered by `PingAck` with the same nonce).
-    Ping {
-        nonce: u64,
-    },
-    PingAck {
-        nonce: u64,
-    },
+    Confirm { keys: Vec<EventKey> },
 }
 
 impl Message {
@@ -45,8 +36,6 @@ impl Message {
             Message::Replicate { .. } => "replicate",
             Message::ReplicateResult { .. } => "replicate_result",
             Message::Confirm { .. } => "confirm",
-            Message::Ping { .. } => "ping",
-            Message::PingAck { .. } => "ping_ack",
         }
     }
 }

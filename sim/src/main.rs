@@ -1,1 +1,279 @@
-fn main() {}
+//! `borough-sim`: run, replay, sweep and benchmark scenarios.
+//!
+//! - `borough-sim run SCENARIO.toml --seed N [--twice]` prints `seed=N` first and a
+//!   `result: pass|fail ...` line last; a failure is preceded by its violations and the one
+//!   command that replays it.
+//! - `borough-sim sweep PATH --seeds A..B` runs every scenario under PATH for each seed and
+//!   keeps a debug log only for runs that missed their expectation (replayed with logs on).
+//! - `borough-sim bench SCENARIO.toml --seeds A..B` reports simulated seconds per wall second.
+
+use borough_sim::runner::{replay_command, run_seed, run_seed_twice, RunSummary};
+use borough_sim::scenario::{find_scenarios, Expectation, Scenario};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "borough-sim",
+    version,
+    about = "Borough's deterministic simulator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one scenario for one seed.
+    Run {
+        scenario: PathBuf,
+        #[arg(long)]
+        seed: u64,
+        /// Run the seed twice and fail if the two trace hashes differ.
+        #[arg(long)]
+        twice: bool,
+    },
+    /// Run every scenario under PATH (a file or a folder) for each seed in A..B.
+    Sweep {
+        path: PathBuf,
+        #[arg(long, value_parser = parse_seeds, default_value = "0..100")]
+        seeds: Range<u64>,
+        /// Where logs of runs that missed their expectation go.
+        #[arg(long, default_value = "sim-failures")]
+        failures: PathBuf,
+    },
+    /// Measure simulated seconds per wall second.
+    Bench {
+        scenario: PathBuf,
+        #[arg(long, value_parser = parse_seeds, default_value = "0..3")]
+        seeds: Range<u64>,
+    },
+}
+
+fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
+    let (start, end) = text
+        .split_once("..")
+        .ok_or("seeds are written A..B (B excluded)")?;
+    let start: u64 = start.parse().map_err(|_| format!("bad seed {start:?}"))?;
+    let end: u64 = end.parse().map_err(|_| format!("bad seed {end:?}"))?;
+    if start >= end {
+        return Err(format!("empty seed range {text}"));
+    }
+    Ok(start..end)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            scenario,
+            seed,
+            twice,
+        } => run(&scenario, seed, twice),
+        Command::Sweep {
+            path,
+            seeds,
+            failures,
+        } => sweep(&path, seeds, &failures),
+        Command::Bench { scenario, seeds } => bench(&scenario, seeds),
+    }
+}
+
+fn load(path: &Path) -> Result<Scenario, ExitCode> {
+    Scenario::load(path).map_err(|error| {
+        eprintln!("error: {error}");
+        ExitCode::from(2)
+    })
+}
+
+fn init_logs(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_timer(borough_sim::trace::SimulatedTime)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn result_line(summary: &RunSummary, met: bool) -> String {
+    format!(
+        "result: {} seed={} trace={:016x} sim_s={:.3} wall_s={:.3}",
+        if met { "pass" } else { "fail" },
+        summary.seed,
+        summary.trace_hash,
+        summary.simulated_seconds,
+        summary.wall_seconds
+    )
+}
+
+fn run(path: &Path, seed: u64, twice: bool) -> ExitCode {
+    println!("seed={seed}");
+    let scenario = match load(path) {
+        Ok(scenario) => scenario,
+        Err(code) => return code,
+    };
+    init_logs("warn");
+    let summary = if twice {
+        run_seed_twice(&scenario, seed)
+    } else {
+        run_seed(&scenario, seed)
+    };
+    print!("{}", summary.report());
+    let expectation = scenario.file.scenario.expect;
+    let met = summary.met(expectation)
+        && !summary
+            .violations
+            .iter()
+            .any(|violation| violation.checker == "determinism");
+    if !met {
+        match expectation {
+            Expectation::Pass => println!("the run broke a guarantee (violations above)"),
+            Expectation::Fail => {
+                println!("the scenario expects a checker to catch its planted bug, and none did")
+            }
+        }
+        println!("replay: {}", replay_command(&scenario, seed));
+    }
+    println!("{}", result_line(&summary, met));
+    if met {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn sweep(path: &Path, seeds: Range<u64>, failures: &Path) -> ExitCode {
+    let paths = match find_scenarios(path) {
+        Ok(paths) if !paths.is_empty() => paths,
+        Ok(_) => {
+            eprintln!("error: no scenario files under {}", path.display());
+            return ExitCode::from(2);
+        }
+        Err(error) => {
+            eprintln!("error: {}: {error}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut scenarios = Vec::new();
+    for path in &paths {
+        match load(path) {
+            Ok(scenario) => scenarios.push(scenario),
+            Err(code) => return code,
+        }
+    }
+    let total = scenarios.len() as u64 * (seeds.end - seeds.start);
+    let progress = ProgressBar::new(total);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} runs, {msg} [{elapsed_precise} < {eta}]",
+        )
+        .expect("a valid template"),
+    );
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for scenario in &scenarios {
+        for seed in seeds.clone() {
+            let summary = run_seed(scenario, seed);
+            if summary.met(scenario.file.scenario.expect) {
+                passed += 1;
+            } else {
+                failed += 1;
+                let log = keep_failure_log(scenario, seed, failures);
+                progress.println(format!(
+                    "FAIL {} seed={seed}: {}\n  replay: {}\n  log: {log}",
+                    scenario.name,
+                    summary.violations.first().map_or(
+                        "no checker caught the planted bug".to_string(),
+                        |violation| format!("[{}] {}", violation.checker, violation.message)
+                    ),
+                    replay_command(scenario, seed)
+                ));
+            }
+            progress.set_message(format!("{failed} failed"));
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    println!(
+        "swept: {} runs, {passed} passed, {failed} failed",
+        passed + failed
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Replays the failing seed with debug logs into a file: the run is deterministic, so the
+/// replay is the failure, and passing runs never pay for logging.
+fn keep_failure_log(scenario: &Scenario, seed: u64, failures: &Path) -> String {
+    let path = failures.join(format!("{}-seed{seed}.log", scenario.name));
+    if let Err(error) = std::fs::create_dir_all(failures) {
+        return format!("(not kept: {error})");
+    }
+    let file = match std::fs::File::create(&path) {
+        Ok(file) => file,
+        Err(error) => return format!("(not kept: {error})"),
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("debug"))
+        .with_timer(borough_sim::trace::SimulatedTime)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .finish();
+    let summary = tracing::subscriber::with_default(subscriber, || run_seed(scenario, seed));
+    let _ = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, summary.report().as_bytes()));
+    path.display().to_string()
+}
+
+fn bench(path: &Path, seeds: Range<u64>) -> ExitCode {
+    let scenario = match load(path) {
+        Ok(scenario) => scenario,
+        Err(code) => return code,
+    };
+    let (mut simulated, mut wall, mut puts, mut messages) = (0.0, 0.0, 0usize, 0u64);
+    for seed in seeds.clone() {
+        let summary = run_seed(&scenario, seed);
+        println!(
+            "seed={seed} {} sim_s={:.1} wall_s={:.2} ratio={:.0}x puts={} messages={} syncs={}{}",
+            summary.shape,
+            summary.simulated_seconds,
+            summary.wall_seconds,
+            summary.simulated_seconds / summary.wall_seconds,
+            summary.puts,
+            summary.messages_delivered,
+            summary.syncs,
+            if summary.met(scenario.file.scenario.expect) {
+                ""
+            } else {
+                " (missed its expectation)"
+            }
+        );
+        simulated += summary.simulated_seconds;
+        wall += summary.wall_seconds;
+        puts += summary.puts;
+        messages += summary.messages_delivered;
+    }
+    println!(
+        "bench: {} seeds {}..{}: {:.1} simulated s in {:.2} wall s = {:.0}x real time ({} puts, {} messages, {:.0} messages per wall second)",
+        scenario.name,
+        seeds.start,
+        seeds.end,
+        simulated,
+        wall,
+        simulated / wall,
+        puts,
+        messages,
+        messages as f64 / wall
+    );
+    ExitCode::SUCCESS
+}

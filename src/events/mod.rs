@@ -1,6 +1,18 @@
 //! The AllData event store: write-once events, keyed by time, replicated across zones and
 //! regions by the event coordinator (`crate::coordinator`).
 
+mod interval;
 mod key;
+pub mod log;
+mod redb_backend;
+mod store;
+#[cfg(test)]
+mod test_disk;
 
+pub use interval::{ConsolidationInterval, InvalidConsolidationInterval};
 pub use key::{EventKey, KeyGenerator, MalformedKey, RESERVATION_MICROS};
+pub use redb_backend::DiskBackend;
+pub use store::{
+    CommitReport, EventStore, IntervalClosed, IntervalSummary, StageOutcome, StoreConfig,
+    StoreError, StoreStats,
+};

@@ -1,0 +1,72 @@
+//! Checkers: they judge what the world did, and never change it.
+//!
+//! `on_answer` runs at every client answer (keys must be unique across acknowledged puts);
+//! `finish` runs once at the end: it power-cycles every node (so only durable state counts),
+//! reads every store, and runs the event-store checks in `event_store`.
+
+mod event_store;
+
+use crate::workload::PutOutcome;
+use crate::world::{Violation, World};
+use borough::coordinator::PutError;
+use borough::events::EventKey;
+use borough::ids::NodeId;
+
+pub use event_store::StoredCopies;
+
+pub fn on_answer(
+    world: &mut World,
+    _node: NodeId,
+    request_id: u64,
+    result: Result<EventKey, PutError>,
+) {
+    let now = world.now_micros();
+    match world.history.puts.get(&request_id) {
+        Some(record) if record.outcome == PutOutcome::Pending => {}
+        // The client gave up already: a late answer is never seen.
+        _ => return,
+    }
+    let outcome = match result {
+        Ok(key) => {
+            if let Some(previous) = world
+                .history
+                .acknowledged_keys
+                .insert(key.clone(), request_id)
+            {
+                world.violations.push(Violation {
+                    at_micros: now,
+                    checker: "write_once",
+                    message: format!("key {key} was returned for two puts: request {previous} and request {request_id}"),
+                });
+            }
+            PutOutcome::Acknowledged {
+                key,
+                at_micros: now,
+            }
+        }
+        Err(error) => PutOutcome::Failed { error },
+    };
+    world
+        .history
+        .puts
+        .get_mut(&request_id)
+        .expect("checked above")
+        .outcome = outcome;
+}
+
+/// Power-cycles every node, then checks the durable outcome.
+pub fn finish(world: &mut World) {
+    if world
+        .violations
+        .iter()
+        .any(|violation| violation.checker == "recovery")
+    {
+        return;
+    }
+    for index in 0..world.nodes.len() {
+        world.crash_node(index);
+        world.start_node(index);
+    }
+    let copies = StoredCopies::read(world);
+    event_store::check(world, &copies);
+}

@@ -1,0 +1,172 @@
+//! One run's configuration: a scenario with every range drawn from the seed.
+//!
+//! Drawing happens once, from a stream of its own, before the world starts, so adding a knob to
+//! a scenario changes only the draws after it in this stream and never the world's stream.
+
+use crate::scenario::{parse_planted_bug, ChecksSection, Drawn, FaultSection, Scenario};
+use borough::coordinator::CommitLevel;
+use borough::events::{ConsolidationInterval, StoreConfig};
+use borough::ids::{Location, NodeId};
+use borough::node::{NodeConfig, PlantedBug};
+use borough::placement::ReplicationStrategy;
+use borough::seams::{Rng, SeededRng};
+
+/// The stream that draws the run's configuration.
+const CONFIG_STREAM: u64 = 7;
+/// Runs start at 2026-01-01T00:00:00Z plus a drawn offset of up to a day, so runs cross
+/// consolidation-interval boundaries at different points.
+const EPOCH_BASE_MICROS: u64 = 1_767_225_600_000_000;
+const DAY_MICROS: u64 = 86_400_000_000;
+
+#[derive(Clone, Debug)]
+pub struct WorkloadConfig {
+    pub rate_per_s: u64,
+    pub event_bytes: Drawn<u64>,
+    pub commit_levels: Vec<CommitLevel>,
+    pub client_timeout_micros: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub scenario: String,
+    pub seed: u64,
+    pub epoch_micros: u64,
+    pub nodes: Vec<(NodeId, Location)>,
+    pub safety_micros: u64,
+    pub liveness_micros: u64,
+    pub replication_factor: u32,
+    pub strategy: ReplicationStrategy,
+    pub replica_timeout_micros: u64,
+    pub repair_delay_micros: u64,
+    pub latency_micros: Drawn<u64>,
+    pub cross_region_latency_micros: Drawn<u64>,
+    pub fsync_latency_micros: Drawn<u64>,
+    pub consolidation_interval: ConsolidationInterval,
+    pub checkpoint_records: usize,
+    pub planted_bug: Option<PlantedBug>,
+    pub workloads: Vec<WorkloadConfig>,
+    pub faults: Vec<FaultSection>,
+    pub checks: ChecksSection,
+}
+
+fn millis_to_micros(drawn: Drawn<u64>) -> Drawn<u64> {
+    match drawn {
+        Drawn::Fixed(value) => Drawn::Fixed(value * 1000),
+        Drawn::Range(low, high) => Drawn::Range(low * 1000, high * 1000),
+    }
+}
+
+impl RunConfig {
+    pub fn draw(scenario: &Scenario, seed: u64) -> Self {
+        let file = &scenario.file;
+        let mut rng = SeededRng::split(seed, CONFIG_STREAM);
+        let regions = file.cluster.regions.draw(&mut rng);
+        let zones_per_region = file.cluster.zones_per_region.draw(&mut rng);
+        let mut nodes_per_zone = file.cluster.nodes_per_zone.draw(&mut rng);
+        let replication_factor = file.knobs.replication_factor.draw(&mut rng) as u32;
+        // A cluster smaller than its replication factor can only refuse every put; swarm
+        // draws grow the zones instead of producing such runs.
+        while regions * zones_per_region * nodes_per_zone < replication_factor as u64 {
+            nodes_per_zone += 1;
+        }
+        let mut nodes = Vec::new();
+        for region in 0..regions {
+            for zone in 0..zones_per_region {
+                for _ in 0..nodes_per_zone {
+                    let id = NodeId(nodes.len() as u32 + 1);
+                    nodes.push((
+                        id,
+                        Location::new(format!("r{}", region + 1), format!("z{}", zone + 1)),
+                    ));
+                }
+            }
+        }
+        let knobs = &file.knobs;
+        let strategy = ReplicationStrategy {
+            other_zone_replicas: knobs.other_zone_replicas.draw(&mut rng) as u32,
+            other_region_replicas: knobs.other_region_replicas.draw(&mut rng) as u32,
+        };
+        let workloads = file
+            .workload
+            .iter()
+            .map(|workload| WorkloadConfig {
+                rate_per_s: workload.rate_per_s.draw(&mut rng),
+                event_bytes: workload.event_bytes,
+                commit_levels: workload
+                    .commit_levels
+                    .iter()
+                    .map(|level| level.parse().expect("validated on load"))
+                    .collect(),
+                client_timeout_micros: workload.client_timeout_ms.draw(&mut rng) * 1000,
+            })
+            .collect();
+        Self {
+            scenario: scenario.name.clone(),
+            seed,
+            epoch_micros: EPOCH_BASE_MICROS + rng.below(DAY_MICROS),
+            nodes,
+            safety_micros: file.scenario.safety_duration_ms.draw(&mut rng) * 1000,
+            liveness_micros: file.scenario.liveness_duration_ms.draw(&mut rng) * 1000,
+            replication_factor,
+            strategy,
+            replica_timeout_micros: knobs.replica_timeout_ms.draw(&mut rng) * 1000,
+            repair_delay_micros: knobs.repair_delay_ms.draw(&mut rng) * 1000,
+            latency_micros: millis_to_micros(knobs.latency_ms),
+            cross_region_latency_micros: millis_to_micros(knobs.cross_region_latency_ms),
+            fsync_latency_micros: millis_to_micros(knobs.fsync_latency_ms),
+            consolidation_interval: ConsolidationInterval::parse(&knobs.consolidation_interval)
+                .expect("validated on load"),
+            checkpoint_records: knobs.checkpoint_records.draw(&mut rng) as usize,
+            planted_bug: knobs
+                .planted_bug
+                .as_deref()
+                .map(|name| parse_planted_bug(name).expect("validated on load")),
+            workloads,
+            faults: file.fault.clone(),
+            checks: file.checks.clone(),
+        }
+    }
+
+    /// Workloads stop halfway through the liveness phase; the rest lets repairs converge.
+    pub fn workload_stop_micros(&self) -> u64 {
+        self.safety_micros + self.liveness_micros / 2
+    }
+
+    pub fn end_micros(&self) -> u64 {
+        self.safety_micros + self.liveness_micros
+    }
+
+    pub fn node_config(&self, id: NodeId, location: Location) -> NodeConfig {
+        let mut config = NodeConfig::new(id, location);
+        config.replication_factor = self.replication_factor;
+        config.strategy = self.strategy;
+        config.replica_timeout_micros = self.replica_timeout_micros;
+        config.repair_delay_micros = self.repair_delay_micros;
+        config.planted_bug = self.planted_bug;
+        config.store = StoreConfig {
+            consolidation_interval: self.consolidation_interval,
+            checkpoint_records: self.checkpoint_records,
+            ..StoreConfig::default()
+        };
+        config
+    }
+
+    /// One line that says what was drawn, printed at the start of a run.
+    pub fn describe(&self) -> String {
+        let regions: std::collections::BTreeSet<&str> =
+            self.nodes.iter().map(|(_, l)| l.region.as_str()).collect();
+        let zones: std::collections::BTreeSet<&Location> =
+            self.nodes.iter().map(|(_, l)| l).collect();
+        format!(
+            "nodes={} zones={} regions={} rf={} other_zone_replicas={} other_region_replicas={} safety_s={} liveness_s={}",
+            self.nodes.len(),
+            zones.len(),
+            regions.len(),
+            self.replication_factor,
+            self.strategy.other_zone_replicas,
+            self.strategy.other_region_replicas,
+            self.safety_micros as f64 / 1e6,
+            self.liveness_micros as f64 / 1e6,
+        )
+    }
+}

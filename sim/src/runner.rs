@@ -1,0 +1,135 @@
+//! Running scenarios: one seed, one seed twice (the determinism check), and sweeps.
+
+use crate::run_config::RunConfig;
+use crate::scenario::{Expectation, Scenario};
+use crate::workload::PutOutcome;
+use crate::world::{Violation, World};
+use std::fmt::Write as _;
+
+/// What one run did; everything but `wall_seconds` is a function of the seed.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    pub scenario: String,
+    pub seed: u64,
+    pub shape: String,
+    pub trace_hash: u64,
+    pub trace_records: u64,
+    pub simulated_seconds: f64,
+    pub wall_seconds: f64,
+    pub puts: usize,
+    pub acknowledged: usize,
+    pub failed: usize,
+    pub indeterminate: usize,
+    pub refused: u64,
+    pub messages_delivered: u64,
+    pub steps: u64,
+    pub fault_occurrences: u64,
+    pub intervals_closed: usize,
+    pub syncs: u64,
+    pub violations: Vec<Violation>,
+}
+
+impl RunSummary {
+    pub fn passed_checks(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// Whether the run met its scenario's expectation.
+    pub fn met(&self, expectation: Expectation) -> bool {
+        match expectation {
+            Expectation::Pass => self.passed_checks(),
+            Expectation::Fail => !self.passed_checks(),
+        }
+    }
+
+    /// A stable, human-readable digest of the run (no wall time), for snapshots and review.
+    pub fn report(&self) -> String {
+        let mut text = String::new();
+        let _ = writeln!(text, "scenario: {} seed: {}", self.scenario, self.seed);
+        let _ = writeln!(text, "shape: {}", self.shape);
+        let _ = writeln!(
+            text,
+            "trace: {:016x} ({} records)",
+            self.trace_hash, self.trace_records
+        );
+        let _ = writeln!(text, "simulated_s: {:.3}", self.simulated_seconds);
+        let _ = writeln!(
+            text,
+            "puts: {} acknowledged: {} failed: {} indeterminate: {} refused: {}",
+            self.puts, self.acknowledged, self.failed, self.indeterminate, self.refused
+        );
+        let _ = writeln!(
+            text,
+            "messages: {} steps: {} faults: {} intervals_closed: {} syncs: {}",
+            self.messages_delivered,
+            self.steps,
+            self.fault_occurrences,
+            self.intervals_closed,
+            self.syncs
+        );
+        for violation in &self.violations {
+            let _ = writeln!(
+                text,
+                "violation: [{}] {}",
+                violation.checker, violation.message
+            );
+        }
+        text
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // wall time is measured for the report, never fed to the run
+pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
+    let started = std::time::Instant::now();
+    let config = RunConfig::draw(scenario, seed);
+    let shape = config.describe();
+    let mut world = World::new(config);
+    world.run();
+    let history = &world.history;
+    RunSummary {
+        scenario: scenario.name.clone(),
+        seed,
+        shape,
+        trace_hash: world.trace.hash(),
+        trace_records: world.trace.records(),
+        simulated_seconds: world.now_micros() as f64 / 1e6,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        puts: history.puts.len(),
+        acknowledged: history.count(|outcome| matches!(outcome, PutOutcome::Acknowledged { .. })),
+        failed: history.count(|outcome| matches!(outcome, PutOutcome::Failed { .. })),
+        indeterminate: history
+            .count(|outcome| matches!(outcome, PutOutcome::Indeterminate | PutOutcome::Pending)),
+        refused: history.refused,
+        messages_delivered: world.messages_delivered,
+        steps: world.steps,
+        fault_occurrences: world.fault_state.occurrences,
+        intervals_closed: world.interval_closures.len(),
+        syncs: world.nodes.iter().map(|node| node.disk.stats().syncs).sum(),
+        violations: world.violations.clone(),
+    }
+}
+
+/// Runs the seed twice; the second summary's violations gain one if the traces differ.
+pub fn run_seed_twice(scenario: &Scenario, seed: u64) -> RunSummary {
+    let first = run_seed(scenario, seed);
+    let mut second = run_seed(scenario, seed);
+    if first.trace_hash != second.trace_hash {
+        second.violations.push(Violation {
+            at_micros: 0,
+            checker: "determinism",
+            message: format!(
+                "the same seed produced two traces: {:016x} then {:016x}",
+                first.trace_hash, second.trace_hash
+            ),
+        });
+    }
+    second
+}
+
+/// The command that replays a run.
+pub fn replay_command(scenario: &Scenario, seed: u64) -> String {
+    format!(
+        "cargo run --release -p borough-sim -- run {} --seed {seed}",
+        scenario.path.display()
+    )
+}

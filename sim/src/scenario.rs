@@ -1,0 +1,488 @@
+//! Scenarios as data: the TOML format, its validation, and drawing one run's values from a seed.
+//!
+//! A value written as a number is fixed; written as `[min, max]` it is drawn from the seed
+//! (swarm testing). Knobs and the cluster shape are drawn once per run; a fault's ranges are
+//! drawn again at every occurrence. Unknown keys are errors that name the key and the file.
+//! The format is documented in `scenarios/README.md`.
+
+use borough::coordinator::CommitLevel;
+use borough::events::ConsolidationInterval;
+use borough::node::PlantedBug;
+use borough::seams::Rng;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A number, fixed or drawn from an inclusive range.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Drawn<T> {
+    Fixed(T),
+    Range(T, T),
+}
+
+impl Drawn<u64> {
+    pub fn draw(&self, rng: &mut dyn Rng) -> u64 {
+        match *self {
+            Drawn::Fixed(value) => value,
+            Drawn::Range(low, high) => rng.in_range(low, high),
+        }
+    }
+
+    pub fn max(&self) -> u64 {
+        match *self {
+            Drawn::Fixed(value) | Drawn::Range(_, value) => value,
+        }
+    }
+}
+
+impl Drawn<f64> {
+    pub fn draw(&self, rng: &mut dyn Rng) -> f64 {
+        match *self {
+            Drawn::Fixed(value) => value,
+            Drawn::Range(low, high) => low + (high - low) * rng.unit(),
+        }
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Drawn<T>
+where
+    T: Deserialize<'de> + PartialOrd + Copy + fmt::Debug,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw<T> {
+            Fixed(T),
+            Range(Vec<T>),
+        }
+        match Raw::<T>::deserialize(deserializer)
+            .map_err(|_| de::Error::custom("expected a number or a [min, max] range"))?
+        {
+            Raw::Fixed(value) => Ok(Drawn::Fixed(value)),
+            Raw::Range(values) => match values[..] {
+                [low, high] if low <= high => Ok(Drawn::Range(low, high)),
+                [low, high] => Err(de::Error::custom(format!(
+                    "range [{low:?}, {high:?}] has min > max"
+                ))),
+                _ => Err(de::Error::custom("a range is written [min, max]")),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Fast,
+    Slow,
+    Rare,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expectation {
+    Pass,
+    Fail,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioSection {
+    pub tier: Tier,
+    /// Seeds `cargo test --features sim` runs (0..seeds).
+    pub seeds: u64,
+    pub expect: Expectation,
+    /// Faults are injected during this phase.
+    pub safety_duration_ms: Drawn<u64>,
+    /// Faults are healed; the cluster must converge within this phase.
+    pub liveness_duration_ms: Drawn<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub regions: Drawn<u64>,
+    pub zones_per_region: Drawn<u64>,
+    pub nodes_per_zone: Drawn<u64>,
+}
+
+fn default_latency() -> Drawn<u64> {
+    Drawn::Range(1, 5)
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnobsSection {
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: Drawn<u64>,
+    #[serde(default = "zero")]
+    pub other_zone_replicas: Drawn<u64>,
+    #[serde(default = "zero")]
+    pub other_region_replicas: Drawn<u64>,
+    #[serde(default = "default_replica_timeout")]
+    pub replica_timeout_ms: Drawn<u64>,
+    #[serde(default = "default_repair_delay")]
+    pub repair_delay_ms: Drawn<u64>,
+    /// One-way message latency inside a region, drawn per message.
+    #[serde(default = "default_latency")]
+    pub latency_ms: Drawn<u64>,
+    /// Extra one-way latency between regions, drawn per message.
+    #[serde(default = "default_cross_region_latency")]
+    pub cross_region_latency_ms: Drawn<u64>,
+    /// Time from a flush being due to its sync completing, drawn per flush.
+    #[serde(default = "default_fsync_latency")]
+    pub fsync_latency_ms: Drawn<u64>,
+    #[serde(default = "default_interval")]
+    pub consolidation_interval: String,
+    /// Log records between checkpoints into the embedded engine.
+    #[serde(default = "default_checkpoint_records")]
+    pub checkpoint_records: Drawn<u64>,
+    /// A bug planted on purpose: the scenario must then fail.
+    #[serde(default)]
+    pub planted_bug: Option<String>,
+}
+
+fn default_replication_factor() -> Drawn<u64> {
+    Drawn::Fixed(3)
+}
+fn zero() -> Drawn<u64> {
+    Drawn::Fixed(0)
+}
+fn default_replica_timeout() -> Drawn<u64> {
+    Drawn::Fixed(500)
+}
+fn default_repair_delay() -> Drawn<u64> {
+    Drawn::Fixed(2_000)
+}
+fn default_cross_region_latency() -> Drawn<u64> {
+    Drawn::Range(20, 60)
+}
+fn default_fsync_latency() -> Drawn<u64> {
+    Drawn::Range(1, 4)
+}
+fn default_interval() -> String {
+    "PT5M".to_string()
+}
+fn default_checkpoint_records() -> Drawn<u64> {
+    Drawn::Fixed(2048)
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSection {
+    /// Only `events` so far: clients putting events at random nodes.
+    pub kind: String,
+    pub rate_per_s: Drawn<u64>,
+    #[serde(default = "default_event_bytes")]
+    pub event_bytes: Drawn<u64>,
+    #[serde(default = "every_commit_level")]
+    pub commit_levels: Vec<String>,
+    #[serde(default = "default_client_timeout")]
+    pub client_timeout_ms: Drawn<u64>,
+}
+
+fn default_event_bytes() -> Drawn<u64> {
+    Drawn::Range(16, 256)
+}
+fn every_commit_level() -> Vec<String> {
+    vec!["ONE".into(), "QUORUM".into(), "ALL".into()]
+}
+fn default_client_timeout() -> Drawn<u64> {
+    Drawn::Fixed(5_000)
+}
+
+/// One fault injector. Which fields apply depends on `kind`; see `scenarios/README.md`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSection {
+    pub kind: FaultKind,
+    /// Time between occurrences, drawn per occurrence.
+    #[serde(default)]
+    pub every_ms: Option<Drawn<u64>>,
+    /// How long one occurrence lasts, drawn per occurrence.
+    #[serde(default)]
+    pub duration_ms: Option<Drawn<u64>>,
+    /// Crashes: nodes down at once, at most.
+    #[serde(default)]
+    pub max_nodes: Option<u64>,
+    /// Zone and region outages: also cut the power (crash), not only the network.
+    #[serde(default)]
+    pub power_loss: Option<bool>,
+    /// Flaky links and disk faults: a probability per message or operation.
+    #[serde(default)]
+    pub loss_ratio: Option<Drawn<f64>>,
+    #[serde(default)]
+    pub duplicate_ratio: Option<Drawn<f64>>,
+    /// Flaky links: extra delay, drawn per message, which reorders messages.
+    #[serde(default)]
+    pub delay_ms: Option<Drawn<u64>>,
+    #[serde(default)]
+    pub read_corruption_ratio: Option<Drawn<f64>>,
+    #[serde(default)]
+    pub sync_failure_ratio: Option<Drawn<f64>>,
+    /// Clock skew: fixed offset per node and drift in parts per million.
+    #[serde(default)]
+    pub offset_ms: Option<Drawn<u64>>,
+    #[serde(default)]
+    pub drift_ppm: Option<Drawn<u64>>,
+    /// Clock jumps: size of one jump, forwards or backwards.
+    #[serde(default)]
+    pub jump_ms: Option<Drawn<u64>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    Crash,
+    Partition,
+    OneWayPartition,
+    ZoneOutage,
+    RegionOutage,
+    FlakyLinks,
+    DiskCorruption,
+    TornWrites,
+    FsyncFailure,
+    ClockSkew,
+    ClockJump,
+    Pause,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksSection {
+    #[serde(default = "yes")]
+    pub no_acknowledged_loss: bool,
+    #[serde(default = "yes")]
+    pub write_once: bool,
+    #[serde(default = "yes")]
+    pub replication_factor_restored: bool,
+    #[serde(default = "yes")]
+    pub placement: bool,
+    /// Every put issued this long after healing must succeed.
+    #[serde(default = "default_liveness_bound")]
+    pub liveness_bound_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_liveness_bound() -> u64 {
+    5_000
+}
+
+impl Default for ChecksSection {
+    fn default() -> Self {
+        Self {
+            no_acknowledged_loss: true,
+            write_once: true,
+            replication_factor_restored: true,
+            placement: true,
+            liveness_bound_ms: default_liveness_bound(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    pub scenario: ScenarioSection,
+    pub cluster: ClusterSection,
+    pub knobs: KnobsSection,
+    #[serde(default)]
+    pub workload: Vec<WorkloadSection>,
+    #[serde(default)]
+    pub fault: Vec<FaultSection>,
+    #[serde(default)]
+    pub checks: ChecksSection,
+}
+
+/// A parsed, validated scenario and where it came from.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub path: PathBuf,
+    pub file: ScenarioFile,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ScenarioError> {
+        let invalid = |message: String| ScenarioError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
+        // toml's message names the unknown key and its line.
+        let file: ScenarioFile =
+            toml::from_str(text).map_err(|error| invalid(error.to_string()))?;
+        validate(&file).map_err(invalid)?;
+        let name = path
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "scenario".to_string());
+        Ok(Self {
+            name,
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+}
+
+fn validate(file: &ScenarioFile) -> Result<(), String> {
+    ConsolidationInterval::parse(&file.knobs.consolidation_interval)
+        .map_err(|error| error.to_string())?;
+    if let Some(bug) = &file.knobs.planted_bug {
+        parse_planted_bug(bug)?;
+    }
+    for workload in &file.workload {
+        if workload.kind != "events" {
+            return Err(format!(
+                "unknown workload kind {:?}: expected \"events\"",
+                workload.kind
+            ));
+        }
+        if workload.commit_levels.is_empty() {
+            return Err("workload.commit_levels may not be empty".into());
+        }
+        for level in &workload.commit_levels {
+            level
+                .parse::<CommitLevel>()
+                .map_err(|error| error.to_string())?;
+        }
+    }
+    if file.cluster.regions.max() == 0
+        || file.cluster.zones_per_region.max() == 0
+        || file.cluster.nodes_per_zone.max() == 0
+    {
+        return Err("the cluster needs at least one region, zone and node".into());
+    }
+    if file.knobs.replication_factor.max() == 0 {
+        return Err("knobs.replication_factor must be at least 1".into());
+    }
+    for fault in &file.fault {
+        let needs_every = !matches!(
+            fault.kind,
+            FaultKind::ClockSkew
+                | FaultKind::TornWrites
+                | FaultKind::FlakyLinks
+                | FaultKind::DiskCorruption
+                | FaultKind::FsyncFailure
+        );
+        if needs_every && fault.every_ms.is_none() {
+            return Err(format!("fault {:?} needs every_ms", fault.kind));
+        }
+    }
+    Ok(())
+}
+
+pub fn parse_planted_bug(name: &str) -> Result<PlantedBug, String> {
+    match name {
+        "acknowledge_before_durable" => Ok(PlantedBug::AcknowledgeBeforeDurable),
+        other => Err(format!(
+            "unknown planted_bug {other:?}: expected \"acknowledge_before_durable\""
+        )),
+    }
+}
+
+/// Every `*.toml` under `path` (a file or a folder, recursively), sorted.
+pub fn find_scenarios(path: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+    let mut found = Vec::new();
+    if path.is_file() {
+        found.push(path.to_path_buf());
+    } else {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        entries.sort();
+        for entry in entries {
+            if entry.is_dir() {
+                found.extend(find_scenarios(&entry)?);
+            } else if entry
+                .extension()
+                .is_some_and(|extension| extension == "toml")
+            {
+                found.push(entry);
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use borough::seams::SeededRng;
+
+    const MINIMAL: &str = r#"
+[scenario]
+tier = "fast"
+seeds = 3
+expect = "pass"
+safety_duration_ms = [1000, 2000]
+liveness_duration_ms = 5000
+
+[cluster]
+regions = 1
+zones_per_region = 3
+nodes_per_zone = [1, 2]
+
+[knobs]
+"#;
+
+    #[test]
+    fn parses_fixed_and_ranges() {
+        let scenario = Scenario::parse(Path::new("minimal.toml"), MINIMAL).unwrap();
+        assert_eq!(scenario.name, "minimal");
+        assert_eq!(
+            scenario.file.scenario.safety_duration_ms,
+            Drawn::Range(1000, 2000)
+        );
+        let mut rng = SeededRng::from_seed(1);
+        let drawn = scenario.file.cluster.nodes_per_zone.draw(&mut rng);
+        assert!((1..=2).contains(&drawn));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let text = format!("{MINIMAL}\nreplication_factr = 3\n");
+        let error = Scenario::parse(Path::new("scenarios/typo.toml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("scenarios/typo.toml"), "{error}");
+        assert!(error.contains("replication_factr"), "{error}");
+    }
+
+    #[test]
+    fn bad_ranges_and_values_are_refused() {
+        for (extra, needle) in [
+            ("replication_factor = [3, 1]", "min > max"),
+            ("replication_factor = [1, 2, 3]", "[min, max]"),
+            ("consolidation_interval = \"PT2M\"", "PT2M"),
+            ("planted_bug = \"nothing\"", "nothing"),
+        ] {
+            let text = format!("{MINIMAL}{extra}\n");
+            let error = Scenario::parse(Path::new("x.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(needle), "{extra}: {error}");
+        }
+    }
+}

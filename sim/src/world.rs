@@ -1,0 +1,508 @@
+//! The discrete-event world: virtual time, the event queue, and the nodes it drives.
+//!
+//! One seed decides everything: the world draws from its own ChaCha stream, each node from a
+//! stream split per node and incarnation, each disk from its own. Events at the same virtual
+//! time run in the order they were scheduled (a sequence number breaks ties), so a run is a pure
+//! function of its seed. Virtual time jumps from event to event; nothing waits on a wall clock.
+//!
+//! After every step of a node the world drains what the node did: messages go to the network
+//! model, client answers to the history, and the node's next deadline and any pending flush are
+//! scheduled. A flush is a disk completion: it runs `fsync_latency` after the first write was
+//! staged, and everything staged by then shares it (group commit).
+
+use crate::clock::{ClockSkew, SimClock, VirtualTime};
+use crate::disk::{DiskFaults, SimDisk};
+use crate::network::{NetworkModel, Outbox, SimNetworkHandle};
+use crate::run_config::RunConfig;
+use crate::trace::Trace;
+use crate::workload::History;
+use borough::events::EventKey;
+use borough::ids::{Location, NodeId};
+use borough::node::{Node, NodeOutput, NodeSeams};
+use borough::seams::{Rng, SeededRng, SharedDisk};
+use borough::wire::Message;
+use std::cell::Cell;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Random streams: the world's, then one per disk, then one per node incarnation.
+const DISK_STREAM_BASE: u64 = 1 << 20;
+const NODE_STREAM_BASE: u64 = 1 << 32;
+
+#[derive(Debug)]
+pub enum Event {
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        message: Message,
+    },
+    Timer {
+        node: NodeId,
+        incarnation: u64,
+    },
+    Flush {
+        node: NodeId,
+        incarnation: u64,
+    },
+    ClientPut {
+        workload: usize,
+    },
+    ClientTimeout {
+        request_id: u64,
+    },
+    Fault {
+        index: usize,
+    },
+    FaultEnd(crate::faults::FaultEnd),
+    Restart {
+        node: NodeId,
+    },
+    Heal,
+    StopWorkload,
+    End,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Scheduled {
+    at_micros: u64,
+    sequence: u64,
+}
+
+pub enum NodeState {
+    Up(Box<Node>),
+    Down,
+}
+
+pub struct SimNode {
+    pub id: NodeId,
+    pub location: Location,
+    pub disk: SimDisk,
+    pub skew: ClockSkew,
+    pub state: NodeState,
+    pub incarnation: u64,
+    /// Virtual time the node's pending timer event fires at, if one is scheduled.
+    pub timer_at: Option<u64>,
+    pub flush_scheduled: bool,
+    pub paused_until: u64,
+    pub restart_scheduled: bool,
+}
+
+impl SimNode {
+    pub fn node(&self) -> Option<&Node> {
+        match &self.state {
+            NodeState::Up(node) => Some(node),
+            NodeState::Down => None,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        matches!(self.state, NodeState::Up(_))
+    }
+}
+
+/// A safety violation a checker found, with when it was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub at_micros: u64,
+    pub checker: &'static str,
+    pub message: String,
+}
+
+pub struct World {
+    pub config: RunConfig,
+    pub now: VirtualTime,
+    pub rng: SeededRng,
+    pub nodes: Vec<SimNode>,
+    pub network: NetworkModel,
+    pub outbox: Outbox,
+    pub history: History,
+    pub trace: Trace,
+    pub violations: Vec<Violation>,
+    pub healed: bool,
+    pub workload_stopped: bool,
+    pub ended: bool,
+    pub fault_state: crate::faults::FaultState,
+    pub steps: u64,
+    pub messages_delivered: u64,
+    pub interval_closures: Vec<(NodeId, u64)>,
+    queue: BinaryHeap<Reverse<(Scheduled, u64)>>,
+    events: BTreeMap<u64, Event>,
+    next_sequence: u64,
+}
+
+impl World {
+    pub fn new(config: RunConfig) -> Self {
+        let now: VirtualTime = Rc::new(Cell::new(0));
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|(id, location)| SimNode {
+                id: *id,
+                location: location.clone(),
+                disk: SimDisk::new(SeededRng::split(
+                    config.seed,
+                    DISK_STREAM_BASE + id.0 as u64,
+                )),
+                skew: ClockSkew::none(),
+                state: NodeState::Down,
+                incarnation: 0,
+                timer_at: None,
+                flush_scheduled: false,
+                paused_until: 0,
+                restart_scheduled: false,
+            })
+            .collect();
+        let mut world = Self {
+            rng: SeededRng::split(config.seed, 0),
+            now,
+            nodes,
+            network: NetworkModel::default(),
+            outbox: Rc::new(std::cell::RefCell::new(Vec::new())),
+            history: History::default(),
+            trace: Trace::new(),
+            violations: Vec::new(),
+            healed: false,
+            workload_stopped: false,
+            ended: false,
+            fault_state: crate::faults::FaultState::default(),
+            steps: 0,
+            messages_delivered: 0,
+            interval_closures: Vec::new(),
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_sequence: 0,
+            config,
+        };
+        crate::faults::start(&mut world);
+        for index in 0..world.nodes.len() {
+            world.start_node(index);
+        }
+        crate::workload::start(&mut world);
+        let heal_at = world.config.safety_micros;
+        world.schedule(heal_at, Event::Heal);
+        world.schedule(world.config.workload_stop_micros(), Event::StopWorkload);
+        world.schedule(world.config.end_micros(), Event::End);
+        world
+    }
+
+    pub fn now_micros(&self) -> u64 {
+        self.now.get()
+    }
+
+    pub fn schedule(&mut self, at_micros: u64, event: Event) {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.events.insert(sequence, event);
+        self.queue.push(Reverse((
+            Scheduled {
+                at_micros,
+                sequence,
+            },
+            sequence,
+        )));
+    }
+
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|node| node.id).collect()
+    }
+
+    pub fn index_of(&self, node: NodeId) -> usize {
+        self.nodes
+            .iter()
+            .position(|candidate| candidate.id == node)
+            .expect("node ids come from the world")
+    }
+
+    /// Runs to the end of the scenario.
+    pub fn run(&mut self) {
+        while let Some(Reverse((scheduled, sequence))) = self.queue.pop() {
+            let event = self
+                .events
+                .remove(&sequence)
+                .expect("every queued event is stored");
+            debug_assert!(
+                scheduled.at_micros >= self.now.get(),
+                "time never runs backwards"
+            );
+            self.now.set(scheduled.at_micros);
+            crate::trace::set_log_time(scheduled.at_micros);
+            self.steps += 1;
+            self.handle(event);
+            if self.ended {
+                break;
+            }
+        }
+        crate::checkers::finish(self);
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Deliver { from, to, message } => self.deliver(from, to, message),
+            Event::Timer { node, incarnation } => {
+                let index = self.index_of(node);
+                let sim_node = &mut self.nodes[index];
+                if sim_node.incarnation != incarnation || sim_node.timer_at != Some(self.now.get())
+                {
+                    return;
+                }
+                sim_node.timer_at = None;
+                if self.defer_if_paused(index, Event::Timer { node, incarnation }) {
+                    return;
+                }
+                self.with_node(index, |node| node.handle_deadlines());
+            }
+            Event::Flush { node, incarnation } => {
+                let index = self.index_of(node);
+                if self.nodes[index].incarnation != incarnation {
+                    return;
+                }
+                if self.defer_if_paused(index, Event::Flush { node, incarnation }) {
+                    return;
+                }
+                self.nodes[index].flush_scheduled = false;
+                self.trace.record(self.now.get(), "flush", node.0 as u64, 0);
+                self.with_node(index, |node| node.flush());
+            }
+            Event::ClientPut { workload } => crate::workload::client_put(self, workload),
+            Event::ClientTimeout { request_id } => {
+                self.history.time_out(request_id, self.now.get())
+            }
+            Event::Fault { index } => crate::faults::occur(self, index),
+            Event::FaultEnd(end) => crate::faults::end(self, end),
+            Event::Restart { node } => {
+                let index = self.index_of(node);
+                self.nodes[index].restart_scheduled = false;
+                if !self.nodes[index].is_up() {
+                    self.start_node(index);
+                }
+            }
+            Event::Heal => crate::faults::heal(self),
+            Event::StopWorkload => self.workload_stopped = true,
+            Event::End => self.ended = true,
+        }
+    }
+
+    /// A paused node handles nothing until its pause ends: the event waits.
+    fn defer_if_paused(&mut self, index: usize, event: Event) -> bool {
+        let until = self.nodes[index].paused_until;
+        if until > self.now.get() {
+            self.schedule(until, event);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn deliver(&mut self, from: NodeId, to: NodeId, message: Message) {
+        let index = self.index_of(to);
+        if self.network.is_cut(from, to) || !self.nodes[index].is_up() {
+            return;
+        }
+        if self.nodes[index].paused_until > self.now.get() {
+            let until = self.nodes[index].paused_until;
+            self.schedule(until, Event::Deliver { from, to, message });
+            return;
+        }
+        self.messages_delivered += 1;
+        self.trace.record(
+            self.now.get(),
+            message.kind(),
+            ((from.0 as u64) << 32) | to.0 as u64,
+            key_hash(&message),
+        );
+        self.with_node(index, |node| node.handle_message(from, message));
+    }
+
+    /// Runs `step` on an up node, then drains and schedules what it did.
+    pub fn with_node(&mut self, index: usize, step: impl FnOnce(&mut Node)) {
+        let NodeState::Up(node) = &mut self.nodes[index].state else {
+            return;
+        };
+        let span = tracing::debug_span!("node", id = %node.id());
+        let _entered = span.enter();
+        step(node);
+        self.after_step(index);
+    }
+
+    fn after_step(&mut self, index: usize) {
+        let now = self.now.get();
+        let sent: Vec<(NodeId, NodeId, Message)> = std::mem::take(&mut *self.outbox.borrow_mut());
+        for (from, to, message) in sent {
+            let base = self.link_latency_micros(from, to);
+            for delay in self.network.transmit(from, to, base, &mut self.rng) {
+                self.schedule(
+                    now + delay,
+                    Event::Deliver {
+                        from,
+                        to,
+                        message: message.clone(),
+                    },
+                );
+            }
+        }
+        let epoch = self.config.epoch_micros;
+        let fsync_latency = self.config.fsync_latency_micros.draw(&mut self.rng);
+        let sim_node = &mut self.nodes[index];
+        let NodeState::Up(node) = &mut sim_node.state else {
+            return;
+        };
+        let outputs = node.take_outputs();
+        let poisoned = node.is_poisoned();
+        let needs_flush = node.has_staged_writes() && !sim_node.flush_scheduled;
+        let deadline = sim_node
+            .skew
+            .virtual_micros_at(epoch, node.next_deadline_micros())
+            .max(now + 1);
+        let (id, incarnation) = (sim_node.id, sim_node.incarnation);
+        if needs_flush {
+            sim_node.flush_scheduled = true;
+        }
+        let reschedule_timer = sim_node.timer_at.is_none_or(|at| deadline < at);
+        if reschedule_timer {
+            sim_node.timer_at = Some(deadline);
+        }
+        if needs_flush {
+            self.schedule(
+                now + fsync_latency,
+                Event::Flush {
+                    node: id,
+                    incarnation,
+                },
+            );
+        }
+        if reschedule_timer {
+            self.schedule(
+                deadline,
+                Event::Timer {
+                    node: id,
+                    incarnation,
+                },
+            );
+        }
+        for output in outputs {
+            match output {
+                NodeOutput::PutAnswered { request_id, result } => {
+                    self.trace.record(
+                        now,
+                        "answer",
+                        request_id,
+                        result.as_ref().map_or(0, |key| hash_key(key)),
+                    );
+                    crate::checkers::on_answer(self, id, request_id, result);
+                }
+                NodeOutput::IntervalClosed(closed) => {
+                    tracing::info!(node = %id, start_micros = closed.start_micros, events = closed.event_count, "interval closed");
+                    self.interval_closures.push((id, closed.start_micros));
+                }
+            }
+        }
+        if poisoned && !self.nodes[index].restart_scheduled {
+            // The supervisor restarts a node whose store refused further writes.
+            tracing::warn!(node = %id, "store poisoned: restarting the node");
+            self.crash_node(index);
+            let restart_at = now + 100_000;
+            self.nodes[index].restart_scheduled = true;
+            self.schedule(restart_at, Event::Restart { node: id });
+        }
+    }
+
+    fn link_latency_micros(&mut self, from: NodeId, to: NodeId) -> u64 {
+        let base = self.config.latency_micros.draw(&mut self.rng);
+        let same_region = self.nodes[self.index_of(from)].location.region
+            == self.nodes[self.index_of(to)].location.region;
+        if same_region {
+            base
+        } else {
+            base + self.config.cross_region_latency_micros.draw(&mut self.rng)
+        }
+    }
+
+    /// Power loss: memory and unsynced writes are gone.
+    pub fn crash_node(&mut self, index: usize) {
+        let sim_node = &mut self.nodes[index];
+        if !sim_node.is_up() {
+            return;
+        }
+        sim_node.state = NodeState::Down;
+        sim_node.incarnation += 1;
+        sim_node.timer_at = None;
+        sim_node.flush_scheduled = false;
+        let report = sim_node.disk.crash();
+        let id = sim_node.id;
+        tracing::info!(node = %id, torn = report.writes_torn, dropped = report.writes_dropped, "crash");
+        self.trace
+            .record(self.now.get(), "crash", id.0 as u64, report.writes_dropped);
+        self.history.node_crashed(id, self.now.get());
+    }
+
+    /// Boots (or reboots) a node from its durable disk image.
+    pub fn start_node(&mut self, index: usize) {
+        let seed = self.config.seed;
+        let sim_node = &mut self.nodes[index];
+        sim_node.incarnation += 1;
+        let stream = NODE_STREAM_BASE + ((sim_node.id.0 as u64) << 16) + sim_node.incarnation;
+        let seams = NodeSeams {
+            clock: Box::new(SimClock {
+                epoch_micros: self.config.epoch_micros,
+                now: self.now.clone(),
+                skew: sim_node.skew.clone(),
+            }),
+            network: Box::new(SimNetworkHandle {
+                from: sim_node.id,
+                outbox: self.outbox.clone(),
+            }),
+            disk: Arc::new(sim_node.disk.clone()) as SharedDisk,
+            rng: Box::new(SeededRng::split(seed, stream)),
+        };
+        let id = sim_node.id;
+        let node_config = self.config.node_config(id, sim_node.location.clone());
+        match Node::open(node_config, seams) {
+            Ok(mut node) => {
+                for (peer, location) in &self.config.nodes {
+                    node.add_peer(*peer, location.clone());
+                }
+                self.nodes[index].state = NodeState::Up(Box::new(node));
+                self.trace.record(self.now.get(), "start", id.0 as u64, 0);
+                self.after_step(index);
+            }
+            Err(error) => {
+                self.violations.push(Violation {
+                    at_micros: self.now.get(),
+                    checker: "recovery",
+                    message: format!("{id} failed to recover from its disk: {error}"),
+                });
+                self.ended = true;
+            }
+        }
+    }
+
+    /// Applies disk faults to every node's disk.
+    pub fn set_disk_faults(&mut self, faults: DiskFaults) {
+        for node in &self.nodes {
+            node.disk.set_faults(faults.clone());
+        }
+    }
+
+    /// A clock jump changes when the node's deadlines fall in virtual time.
+    pub fn reschedule_timer(&mut self, index: usize) {
+        self.nodes[index].timer_at = None;
+        self.with_node(index, |_| {});
+    }
+
+    pub fn draw(&mut self, low: u64, high: u64) -> u64 {
+        self.rng.in_range(low, high)
+    }
+}
+
+fn key_hash(message: &Message) -> u64 {
+    match message {
+        Message::Replicate { key, .. } | Message::ReplicateResult { key, .. } => hash_key(key),
+        Message::Confirm { keys } => keys.first().map_or(0, hash_key),
+    }
+}
+
+fn hash_key(key: &EventKey) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_str().as_bytes())
+}

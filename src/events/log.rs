@@ -1,0 +1,513 @@
+//! The node-wide write-ahead log of the event store: append-only segment files
+//! `log-{segment:016}.wal` holding checksummed records.
+//!
+//! Framing: `[u32 LE payload length][u32 LE crc32c of payload][payload]`, payload = postcard
+//! of a [`LogRecord`]. Invariants:
+//! - a batch is one `append` and one `sync` (group commit), never split across segments;
+//! - bytes that failed their checksum are never returned: a mismatch is re-read (read
+//!   corruption is transient), and a persistent one ends the segment there;
+//! - only the last segment can legitimately end in a torn record (the unsynced batch of a
+//!   crash); damage in an earlier segment is lost data, so it is counted and logged loudly;
+//! - a new segment's name is durable (`sync_directory`) before any record is written to it, so
+//!   segment numbers on disk have no holes below the current one.
+
+use crate::seams::{DiskError, SharedDisk};
+use serde::{Deserialize, Serialize};
+
+const RECORD_HEADER_BYTES: u64 = 8;
+/// A length above this is corruption, not a record: it bounds what a flipped length bit can
+/// make recovery allocate.
+pub const RECORD_PAYLOAD_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Re-reads of a record that failed its checksum before it is taken as damaged at rest.
+const CHECKSUM_REREADS: u32 = 3;
+const SEGMENT_PREFIX: &str = "log-";
+const SEGMENT_SUFFIX: &str = ".wal";
+const SEGMENT_DIGITS: usize = 16;
+
+/// One entry of the log. The postcard encoding is the on-disk format: variants are only ever
+/// appended to this enum, never reordered or removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogRecord {
+    /// A write-once event stored under `key`.
+    Event { key: String, event: Vec<u8> },
+    /// The events under `keys` are replicated; they leave the unconfirmed set.
+    Confirm { keys: Vec<String> },
+    /// The consolidation interval starting at `start_micros` takes no more events.
+    IntervalClosed { start_micros: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// A record passed its checksum but does not decode: a format or programming error, not
+    /// disk damage, so recovery refuses to guess.
+    #[error("undecodable log record in {name} at offset {offset}: {message}")]
+    Undecodable {
+        name: String,
+        offset: u64,
+        message: String,
+    },
+}
+
+/// What recovery found in the segments it replayed.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub records: Vec<LogRecord>,
+    /// Damaged places in segments before the last one; the records after each are lost.
+    pub corrupt_records: u64,
+    /// Bytes cut from the end of the last segment (a batch torn by a crash).
+    pub torn_tail_bytes: u64,
+}
+
+pub fn segment_name(segment: u64) -> String {
+    format!("{SEGMENT_PREFIX}{segment:0SEGMENT_DIGITS$}{SEGMENT_SUFFIX}")
+}
+
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name
+        .strip_prefix(SEGMENT_PREFIX)?
+        .strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != SEGMENT_DIGITS || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Frames one record: header then payload.
+pub fn encode_record(record: &LogRecord, into: &mut Vec<u8>) {
+    let payload = postcard::to_allocvec(record).expect("log records always serialise");
+    assert!(
+        !payload.is_empty() && payload.len() as u64 <= RECORD_PAYLOAD_BYTES_MAX,
+        "log record payload of {} bytes is outside (0, {RECORD_PAYLOAD_BYTES_MAX}]: callers bound record sizes",
+        payload.len()
+    );
+    into.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    into.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    into.extend_from_slice(&payload);
+}
+
+/// The segmented log, positioned at the end of its last segment.
+#[derive(Debug)]
+pub struct SegmentedLog {
+    disk: SharedDisk,
+    segment_bytes_max: u64,
+    segment: u64,
+    segment_len_bytes: u64,
+}
+
+impl SegmentedLog {
+    /// Recovers the log: removes segments below `first_segment` (already checkpointed),
+    /// replays the rest in order, repairs their damage, and positions for appending.
+    pub fn open(
+        disk: SharedDisk,
+        segment_bytes_max: u64,
+        first_segment: u64,
+    ) -> Result<(SegmentedLog, Recovery), LogError> {
+        assert!(segment_bytes_max > 0, "segment_bytes_max must be positive");
+        let mut segments = Vec::new();
+        let mut removed_any = false;
+        for name in disk.list()? {
+            let Some(segment) = parse_segment_name(&name) else {
+                continue;
+            };
+            if segment < first_segment {
+                disk.remove(&name)?;
+                removed_any = true;
+            } else {
+                segments.push(segment);
+            }
+        }
+        if removed_any {
+            disk.sync_directory()?;
+        }
+        let mut log = SegmentedLog {
+            disk,
+            segment_bytes_max,
+            segment: first_segment,
+            segment_len_bytes: 0,
+        };
+        let mut recovery = Recovery::default();
+        let Some(&last) = segments.last() else {
+            let name = segment_name(first_segment);
+            log.disk.create(&name)?;
+            log.disk.sync_directory()?;
+            return Ok((log, recovery));
+        };
+        for (index, &segment) in segments.iter().enumerate() {
+            if index > 0 && segment != segments[index - 1] + 1 {
+                tracing::warn!(
+                    after = segments[index - 1],
+                    segment,
+                    "log segments are missing between these two"
+                );
+            }
+            let end = log.recover_segment(segment, segment == last, &mut recovery)?;
+            if segment == last {
+                log.segment = segment;
+                log.segment_len_bytes = end;
+            }
+        }
+        Ok((log, recovery))
+    }
+
+    /// The segment new records go to.
+    pub fn segment(&self) -> u64 {
+        self.segment
+    }
+
+    /// Appends `records` as one write and one sync, first rotating to a new segment when the
+    /// batch would push a non-empty segment past `segment_bytes_max`. Returns the bytes
+    /// appended. An error leaves the log in an unknown state: the caller must stop using it.
+    pub fn append(&mut self, records: &[LogRecord]) -> Result<u64, DiskError> {
+        assert!(!records.is_empty(), "an empty batch has nothing to commit");
+        let mut bytes = Vec::new();
+        for record in records {
+            encode_record(record, &mut bytes);
+        }
+        let batch_bytes = bytes.len() as u64;
+        if self.segment_len_bytes > 0
+            && self.segment_len_bytes + batch_bytes > self.segment_bytes_max
+        {
+            self.rotate()?;
+        }
+        let name = segment_name(self.segment);
+        let offset = self.disk.append(&name, &bytes)?;
+        self.disk.sync(&name)?;
+        self.segment_len_bytes = offset + batch_bytes;
+        Ok(batch_bytes)
+    }
+
+    /// Starts a new, empty segment and returns its number; the name is durable on return.
+    pub fn rotate(&mut self) -> Result<u64, DiskError> {
+        let next = self.segment + 1;
+        self.disk.create(&segment_name(next))?;
+        self.disk.sync_directory()?;
+        self.segment = next;
+        self.segment_len_bytes = 0;
+        Ok(next)
+    }
+
+    /// Removes the segments numbered below `segment` (their records are checkpointed) and makes
+    /// the removal durable. Returns how many were removed.
+    pub fn remove_segments_below(&self, segment: u64) -> Result<usize, DiskError> {
+        assert!(
+            segment <= self.segment,
+            "segment {segment} is past the current segment {}",
+            self.segment
+        );
+        let mut removed = 0;
+        for name in self.disk.list()? {
+            if parse_segment_name(&name).is_some_and(|number| number < segment) {
+                self.disk.remove(&name)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.disk.sync_directory()?;
+        }
+        Ok(removed)
+    }
+
+    /// Replays one segment into `recovery`, truncating it at the first damaged record.
+    /// Returns the segment's length afterwards.
+    fn recover_segment(
+        &self,
+        segment: u64,
+        is_last: bool,
+        recovery: &mut Recovery,
+    ) -> Result<u64, LogError> {
+        let name = segment_name(segment);
+        // One read for the whole segment; only a record that fails its checks is read again.
+        let bytes = self.disk.read_all(&name)?;
+        let file_len = bytes.len() as u64;
+        let mut offset = 0;
+        while offset < file_len {
+            let payload = match check_record(&bytes, offset) {
+                Ok(payload) => payload.to_vec(),
+                Err(defect) => match self.reread_record(&name, offset, file_len)? {
+                    Some(payload) => payload,
+                    None => {
+                        self.cut_segment(&name, offset, file_len, is_last, defect, recovery)?;
+                        return Ok(offset);
+                    }
+                },
+            };
+            let record = postcard::from_bytes::<LogRecord>(&payload).map_err(|error| {
+                LogError::Undecodable {
+                    name: name.clone(),
+                    offset,
+                    message: error.to_string(),
+                }
+            })?;
+            recovery.records.push(record);
+            offset += RECORD_HEADER_BYTES + payload.len() as u64;
+        }
+        Ok(file_len)
+    }
+
+    /// Reads the record at `offset` again, up to `CHECKSUM_REREADS` times, and returns its
+    /// payload once it checks out, or `None` when it never does.
+    fn reread_record(
+        &self,
+        name: &str,
+        offset: u64,
+        file_len: u64,
+    ) -> Result<Option<Vec<u8>>, DiskError> {
+        if file_len - offset < RECORD_HEADER_BYTES {
+            // Read faults flip bits, they do not change lengths: a short header is final.
+            return Ok(None);
+        }
+        for _ in 0..CHECKSUM_REREADS {
+            let header = self
+                .disk
+                .read_at(name, offset, RECORD_HEADER_BYTES as usize)?;
+            let (payload_len, checksum) = parse_header(&header);
+            if payload_len == 0
+                || payload_len > RECORD_PAYLOAD_BYTES_MAX
+                || offset + RECORD_HEADER_BYTES + payload_len > file_len
+            {
+                continue;
+            }
+            let payload =
+                self.disk
+                    .read_at(name, offset + RECORD_HEADER_BYTES, payload_len as usize)?;
+            if crc32c::crc32c(&payload) == checksum {
+                return Ok(Some(payload));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends a segment at a damaged record: at the end of the last segment it is the torn
+    /// tail of a crash; anywhere else it is lost data.
+    fn cut_segment(
+        &self,
+        name: &str,
+        offset: u64,
+        file_len: u64,
+        is_last: bool,
+        defect: RecordDefect,
+        recovery: &mut Recovery,
+    ) -> Result<(), DiskError> {
+        let cut_bytes = file_len - offset;
+        if is_last {
+            tracing::info!(
+                segment = name,
+                offset,
+                cut_bytes,
+                ?defect,
+                "truncating the torn tail of the log"
+            );
+            recovery.torn_tail_bytes += cut_bytes;
+        } else {
+            tracing::warn!(
+                segment = name,
+                offset,
+                cut_bytes,
+                ?defect,
+                "damaged record inside the log: truncating the segment, the records after it are lost"
+            );
+            recovery.corrupt_records += 1;
+        }
+        // Truncate so the damage is not found again and new appends never follow garbage.
+        self.disk.truncate(name, offset)?;
+        self.disk.sync(name)
+    }
+}
+
+/// Why a record did not check out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RecordDefect {
+    /// The file ends inside the header or the payload.
+    Short,
+    /// The length is zero (no record encodes to nothing; zero-filled space looks like this)
+    /// or above the bound.
+    ImpossibleLength,
+    ChecksumMismatch,
+}
+
+fn parse_header(header: &[u8]) -> (u64, u32) {
+    let length = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+    let checksum = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    (u64::from(length), checksum)
+}
+
+/// Checks the record at `offset` of a segment's bytes and returns its payload.
+fn check_record(bytes: &[u8], offset: u64) -> Result<&[u8], RecordDefect> {
+    let file_len = bytes.len() as u64;
+    if file_len - offset < RECORD_HEADER_BYTES {
+        return Err(RecordDefect::Short);
+    }
+    let start = offset as usize;
+    let (payload_len, checksum) = parse_header(&bytes[start..start + RECORD_HEADER_BYTES as usize]);
+    if payload_len == 0 || payload_len > RECORD_PAYLOAD_BYTES_MAX {
+        return Err(RecordDefect::ImpossibleLength);
+    }
+    if file_len - offset - RECORD_HEADER_BYTES < payload_len {
+        return Err(RecordDefect::Short);
+    }
+    let payload_start = start + RECORD_HEADER_BYTES as usize;
+    let payload = &bytes[payload_start..payload_start + payload_len as usize];
+    if crc32c::crc32c(payload) != checksum {
+        return Err(RecordDefect::ChecksumMismatch);
+    }
+    Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::test_disk::TestDisk;
+    use crate::seams::Disk;
+    use std::sync::Arc;
+
+    fn event(index: u32) -> LogRecord {
+        LogRecord::Event {
+            key: format!("key-{index:04}"),
+            event: vec![index as u8; 20],
+        }
+    }
+
+    fn open(disk: &Arc<TestDisk>, segment_bytes_max: u64) -> (SegmentedLog, Recovery) {
+        SegmentedLog::open(disk.clone(), segment_bytes_max, 0).unwrap()
+    }
+
+    fn framed_len(record: &LogRecord) -> u64 {
+        let mut bytes = Vec::new();
+        encode_record(record, &mut bytes);
+        bytes.len() as u64
+    }
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(segment_name(7), "log-0000000000000007.wal");
+        assert_eq!(parse_segment_name("log-0000000000000007.wal"), Some(7));
+        assert_eq!(parse_segment_name("log-7.wal"), None);
+        assert_eq!(parse_segment_name("events.redb"), None);
+    }
+
+    #[test]
+    fn records_survive_a_crash_after_their_sync() {
+        let disk = TestDisk::new();
+        let (mut log, recovery) = open(&disk, 1 << 20);
+        assert!(recovery.records.is_empty());
+        let batch = vec![
+            event(1),
+            LogRecord::Confirm {
+                keys: vec!["key-0001".into()],
+            },
+            LogRecord::IntervalClosed { start_micros: 300 },
+        ];
+        log.append(&batch).unwrap();
+        assert_eq!(disk.syncs("log-"), 1, "one sync per batch");
+        let disk = disk.crash();
+        let (_, recovery) = open(&disk, 1 << 20);
+        assert_eq!(recovery.records, batch);
+    }
+
+    #[test]
+    fn rotation_never_splits_a_batch() {
+        let disk = TestDisk::new();
+        let record_bytes = framed_len(&event(0));
+        let (mut log, _) = open(&disk, 3 * record_bytes);
+        log.append(&[event(0), event(1)]).unwrap();
+        log.append(&[event(2), event(3)]).unwrap();
+        log.append(&[event(4)]).unwrap();
+        assert_eq!(log.segment(), 1);
+        assert_eq!(disk.len(&segment_name(0)).unwrap(), Some(2 * record_bytes));
+        assert_eq!(disk.len(&segment_name(1)).unwrap(), Some(3 * record_bytes));
+        let disk = disk.crash();
+        let (log, recovery) = open(&disk, 3 * record_bytes);
+        assert_eq!(recovery.records, (0..5).map(event).collect::<Vec<_>>());
+        assert_eq!(log.segment(), 1);
+        assert_eq!(log.remove_segments_below(1).unwrap(), 1);
+        let (_, recovery) = SegmentedLog::open(disk.crash(), 3 * record_bytes, 1).unwrap();
+        assert_eq!(recovery.records, (2..5).map(event).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn torn_tails_are_cut_and_appends_continue_after_them() {
+        for garbage in [
+            &b"\x05\x00"[..],                           // a short header
+            &b"\x20\x00\x00\x00\x01\x02\x03\x04ab"[..], // a short payload
+            &[0u8; 16][..],                             // zero-filled space
+            &b"\x02\x00\x00\x00\xde\xad\xbe\xefab"[..], // a wrong checksum
+            &b"\xff\xff\xff\x7f\x00\x00\x00\x00"[..],   // an impossible length
+        ] {
+            let disk = TestDisk::new();
+            let (mut log, _) = open(&disk, 1 << 20);
+            log.append(&[event(1)]).unwrap();
+            disk.append(&segment_name(0), garbage).unwrap();
+            disk.sync(&segment_name(0)).unwrap();
+            let disk = disk.crash();
+            let (mut log, recovery) = open(&disk, 1 << 20);
+            assert_eq!(recovery.records, vec![event(1)]);
+            assert_eq!(recovery.torn_tail_bytes, garbage.len() as u64);
+            assert_eq!(recovery.corrupt_records, 0);
+            log.append(&[event(2)]).unwrap();
+            let (_, recovery) = open(&disk.crash(), 1 << 20);
+            assert_eq!(recovery.records, vec![event(1), event(2)]);
+            assert_eq!(recovery.torn_tail_bytes, 0);
+        }
+    }
+
+    #[test]
+    fn transient_read_corruption_is_reread_never_accepted() {
+        let disk = TestDisk::new();
+        let (mut log, _) = open(&disk, 1 << 20);
+        log.append(&[event(1), event(2)]).unwrap();
+        let second_payload_offset = framed_len(&event(1)) + RECORD_HEADER_BYTES + 3;
+        // The whole-segment read and two re-reads see the flip; the third re-read is clean.
+        disk.flip_on_read(&segment_name(0), second_payload_offset, 3);
+        let (_, recovery) = open(&disk, 1 << 20);
+        assert_eq!(recovery.records, vec![event(1), event(2)]);
+        assert_eq!(recovery.torn_tail_bytes, 0);
+        // A flip in a length field is re-read the same way.
+        disk.flip_on_read(&segment_name(0), 2, 1);
+        let (_, recovery) = open(&disk, 1 << 20);
+        assert_eq!(recovery.records, vec![event(1), event(2)]);
+    }
+
+    #[test]
+    fn a_record_that_never_checks_out_is_cut_not_returned() {
+        let disk = TestDisk::new();
+        let (mut log, _) = open(&disk, 1 << 20);
+        log.append(&[event(1), event(2)]).unwrap();
+        let first_len = framed_len(&event(1));
+        disk.flip_on_read(&segment_name(0), first_len + RECORD_HEADER_BYTES + 3, 4);
+        let (_, recovery) = open(&disk, 1 << 20);
+        assert_eq!(recovery.records, vec![event(1)]);
+        assert_eq!(recovery.torn_tail_bytes, first_len);
+        assert_eq!(disk.len(&segment_name(0)).unwrap(), Some(first_len));
+    }
+
+    #[test]
+    fn damage_in_an_earlier_segment_is_counted_and_replay_continues() {
+        let disk = TestDisk::new();
+        let record_bytes = framed_len(&event(0));
+        let (mut log, _) = open(&disk, 2 * record_bytes);
+        log.append(&[event(0), event(1)]).unwrap();
+        log.append(&[event(2), event(3)]).unwrap();
+        assert_eq!(log.segment(), 1);
+        disk.corrupt_at_rest(&segment_name(0), record_bytes + RECORD_HEADER_BYTES);
+        let (_, recovery) = open(&disk, 2 * record_bytes);
+        assert_eq!(recovery.records, vec![event(0), event(2), event(3)]);
+        assert_eq!(recovery.corrupt_records, 1);
+        assert_eq!(recovery.torn_tail_bytes, 0);
+        assert_eq!(disk.len(&segment_name(0)).unwrap(), Some(record_bytes));
+    }
+
+    #[test]
+    fn a_checksummed_record_that_does_not_decode_is_an_error() {
+        let disk = TestDisk::new();
+        let (_, _) = open(&disk, 1 << 20);
+        let payload = [0xffu8; 3]; // no LogRecord variant 0xff...
+        let mut bytes = (payload.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        disk.append(&segment_name(0), &bytes).unwrap();
+        let error = SegmentedLog::open(disk.clone(), 1 << 20, 0).unwrap_err();
+        assert!(matches!(error, LogError::Undecodable { offset: 0, .. }));
+    }
+}

@@ -1,0 +1,599 @@
+//! A Borough node: the event coordinator, its store and its peers, driven as a sans-IO state
+//! machine. The same `Node` runs under the production shell and inside the simulator.
+//!
+//! The driver's loop, in both worlds:
+//! 1. hand the node its inputs: `put_event`, `handle_message`, `handle_deadlines` (when
+//!    `next_deadline_micros` has passed on the node's clock);
+//! 2. when `has_staged_writes`, call `flush` once the disk can take it: every write staged
+//!    since the last flush shares one commit and one sync (group commit);
+//! 3. collect `take_outputs` (client answers, interval-closed notices).
+//!
+//! Invariants: nothing is acknowledged, to a client or to a peer, before the write is durable
+//! (unless a canary plants the opposite on purpose); a store whose sync failed is poisoned and
+//! the node refuses writes until it is restarted and recovers from disk.
+
+use crate::coordinator::{CommitLevel, PutError, ReplicaWrite, WriteAction};
+use crate::events::{
+    EventKey, EventStore, IntervalClosed, KeyGenerator, StageOutcome, StoreConfig, StoreError,
+};
+use crate::ids::{Location, NodeId};
+use crate::placement::{self, PeerTable, ReplicationStrategy};
+use crate::seams::{Clock, Network, Rng, SharedDisk};
+use crate::wire::Message;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A bug planted on purpose so that a canary scenario proves the checkers catch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Count the local replica as written as soon as it is staged, before its sync.
+    AcknowledgeBeforeDurable,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub location: Location,
+    pub replication_factor: u32,
+    pub strategy: ReplicationStrategy,
+    pub default_commit_level: CommitLevel,
+    /// A replica that has not answered by then is replaced ("get it done").
+    pub replica_timeout_micros: u64,
+    /// A timed-out peer is tried after healthy ones for this long.
+    pub suspect_micros: u64,
+    /// An event still short of its replication factor this long after its timestamp is
+    /// repaired by whichever holder notices.
+    pub repair_delay_micros: u64,
+    pub repair_interval_micros: u64,
+    /// Repairs started per round, so a backlog never floods the network.
+    pub repair_batch_max: usize,
+    pub interval_check_micros: u64,
+    pub store: StoreConfig,
+    pub planted_bug: Option<PlantedBug>,
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId, location: Location) -> Self {
+        Self {
+            id,
+            location,
+            replication_factor: 3,
+            strategy: ReplicationStrategy::default(),
+            default_commit_level: CommitLevel::Quorum,
+            replica_timeout_micros: 500_000,
+            suspect_micros: 5_000_000,
+            repair_delay_micros: 2_000_000,
+            repair_interval_micros: 1_000_000,
+            repair_batch_max: 64,
+            interval_check_micros: 1_000_000,
+            store: StoreConfig::default(),
+            planted_bug: None,
+        }
+    }
+}
+
+/// The node's view of the world: the four seams.
+pub struct NodeSeams {
+    pub clock: Box<dyn Clock>,
+    pub network: Box<dyn Network>,
+    pub disk: SharedDisk,
+    pub rng: Box<dyn Rng>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeOutput {
+    PutAnswered {
+        request_id: u64,
+        result: Result<EventKey, PutError>,
+    },
+    IntervalClosed(IntervalClosed),
+}
+
+/// Something staged in the store that is answered once the commit is known.
+#[derive(Debug)]
+enum AwaitingCommit {
+    Local {
+        write_id: u64,
+    },
+    Remote {
+        from: NodeId,
+        write_id: u64,
+        key: EventKey,
+    },
+}
+
+#[derive(Debug)]
+struct ActiveWrite {
+    write: ReplicaWrite,
+    event: Vec<u8>,
+    request_id: Option<u64>,
+}
+
+pub struct Node {
+    config: NodeConfig,
+    seams: NodeSeams,
+    store: EventStore,
+    keys: KeyGenerator,
+    peers: PeerTable,
+    writes: BTreeMap<u64, ActiveWrite>,
+    write_ids_by_key: BTreeMap<EventKey, u64>,
+    next_write_id: u64,
+    awaiting_commit: Vec<AwaitingCommit>,
+    suspected_until: BTreeMap<NodeId, u64>,
+    next_repair_micros: u64,
+    next_interval_check_micros: u64,
+    outputs: Vec<NodeOutput>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Node")
+            .field("id", &self.config.id)
+            .field("writes", &self.writes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the node: recovers the store and the key generator from disk.
+    pub fn open(config: NodeConfig, seams: NodeSeams) -> Result<Self, StoreError> {
+        assert!(
+            config.replication_factor > 0,
+            "replication factor must be positive"
+        );
+        let store = EventStore::open(seams.disk.clone(), config.store.clone())?;
+        let keys = KeyGenerator::open(config.id, seams.disk.as_ref()).map_err(StoreError::Disk)?;
+        let now = seams.clock.now_micros();
+        Ok(Self {
+            peers: PeerTable::new(config.id, config.location.clone()),
+            store,
+            keys,
+            writes: BTreeMap::new(),
+            write_ids_by_key: BTreeMap::new(),
+            next_write_id: 0,
+            awaiting_commit: Vec::new(),
+            suspected_until: BTreeMap::new(),
+            next_repair_micros: now + config.repair_interval_micros,
+            next_interval_check_micros: now,
+            outputs: Vec::new(),
+            config,
+            seams,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    pub fn add_peer(&mut self, peer: NodeId, location: Location) {
+        self.peers.add_peer(peer, location);
+    }
+
+    pub fn drop_peer(&mut self, peer: NodeId) -> bool {
+        self.peers.drop_peer(peer)
+    }
+
+    pub fn peers(&self) -> &PeerTable {
+        &self.peers
+    }
+
+    fn now(&self) -> u64 {
+        self.seams.clock.now_micros()
+    }
+
+    /// A client asks this node to coordinate a new event. The answer arrives as
+    /// `NodeOutput::PutAnswered` with the same `request_id`.
+    pub fn put_event(
+        &mut self,
+        request_id: u64,
+        event: Vec<u8>,
+        commit_level: Option<CommitLevel>,
+    ) {
+        let commit_level = commit_level.unwrap_or(self.config.default_commit_level);
+        if let Err(error) = self.start_put(request_id, event, commit_level) {
+            self.outputs.push(NodeOutput::PutAnswered {
+                request_id,
+                result: Err(error),
+            });
+        }
+    }
+
+    fn start_put(
+        &mut self,
+        request_id: u64,
+        event: Vec<u8>,
+        commit_level: CommitLevel,
+    ) -> Result<(), PutError> {
+        let max = self.config.store.max_event_bytes;
+        if event.len() > max {
+            return Err(PutError::EventTooLarge {
+                len: event.len(),
+                max,
+            });
+        }
+        let plan = placement::plan(
+            &self.peers,
+            self.config.replication_factor,
+            self.config.strategy,
+            &self.suspected(),
+            self.seams.rng.as_mut(),
+        )?;
+        if self.store.is_poisoned() {
+            return Err(PutError::StoreUnavailable(StoreError::Poisoned.to_string()));
+        }
+        let now = self.now();
+        let key = match self.keys.next(now, self.seams.disk.as_ref()) {
+            Ok(key) => key,
+            Err(error) => {
+                // The reservation's sync failed: the disk is not to be trusted any more.
+                self.store.poison();
+                return Err(PutError::StoreUnavailable(error.to_string()));
+            }
+        };
+        let write_id = self.allocate_write_id();
+        let (write, actions) = ReplicaWrite::start(
+            key.clone(),
+            self.config.id,
+            plan,
+            self.config.replication_factor,
+            Some(commit_level),
+            false,
+            now + self.config.replica_timeout_micros,
+        );
+        self.write_ids_by_key.insert(key, write_id);
+        self.writes.insert(
+            write_id,
+            ActiveWrite {
+                write,
+                event,
+                request_id: Some(request_id),
+            },
+        );
+        self.apply(write_id, actions);
+        Ok(())
+    }
+
+    fn allocate_write_id(&mut self) -> u64 {
+        self.next_write_id += 1;
+        self.next_write_id
+    }
+
+    fn suspected(&self) -> BTreeSet<NodeId> {
+        let now = self.now();
+        self.suspected_until
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(node, _)| *node)
+            .collect()
+    }
+
+    /// A message from a peer.
+    pub fn handle_message(&mut self, from: NodeId, message: Message) {
+        match message {
+            Message::Replicate {
+                write_id,
+                key,
+                event,
+            } => self.handle_replicate(from, write_id, key, event),
+            Message::ReplicateResult {
+                write_id,
+                key,
+                outcome,
+            } => {
+                let Some(active) = self.writes.get_mut(&write_id) else {
+                    return;
+                };
+                if active.write.key() != &key {
+                    return;
+                }
+                let deadline = self.seams.clock.now_micros() + self.config.replica_timeout_micros;
+                let actions = match outcome {
+                    Ok(()) => active.write.on_success(from),
+                    Err(_) => active.write.on_failure(from, deadline),
+                };
+                self.apply(write_id, actions);
+            }
+            Message::Confirm { keys } => {
+                if !self.store.is_poisoned() {
+                    // Best effort: a lost confirm only costs a redundant repair later.
+                    let _ = self.store.stage_confirm(&keys);
+                }
+            }
+        }
+    }
+
+    fn handle_replicate(&mut self, from: NodeId, write_id: u64, key: EventKey, event: Vec<u8>) {
+        let now = self.now();
+        match self.store.stage_event(&key, &event, now) {
+            Ok(StageOutcome::Staged) => self.awaiting_commit.push(AwaitingCommit::Remote {
+                from,
+                write_id,
+                key,
+            }),
+            Ok(StageOutcome::AlreadyDurable) => {
+                self.seams.network.send(
+                    from,
+                    Message::ReplicateResult {
+                        write_id,
+                        key,
+                        outcome: Ok(()),
+                    },
+                );
+            }
+            Err(error) => {
+                self.seams.network.send(
+                    from,
+                    Message::ReplicateResult {
+                        write_id,
+                        key,
+                        outcome: Err(error.to_string()),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Fires every timer due on the node's clock: replica timeouts, repairs, interval closing.
+    pub fn handle_deadlines(&mut self) {
+        let now = self.now();
+        let due: Vec<u64> = self
+            .writes
+            .iter()
+            .filter(|(_, active)| {
+                active
+                    .write
+                    .next_deadline_micros()
+                    .is_some_and(|at| at <= now)
+            })
+            .map(|(write_id, _)| *write_id)
+            .collect();
+        for write_id in due {
+            let next_deadline = now + self.config.replica_timeout_micros;
+            let actions = match self.writes.get_mut(&write_id) {
+                Some(active) => active.write.on_deadline(now, next_deadline),
+                None => continue,
+            };
+            self.apply(write_id, actions);
+        }
+        if now >= self.next_repair_micros {
+            self.next_repair_micros = now + self.config.repair_interval_micros;
+            self.start_repairs(now);
+        }
+        if now >= self.next_interval_check_micros {
+            self.next_interval_check_micros = now + self.config.interval_check_micros;
+            // Closing an interval commits its own record; with writes staged it waits for
+            // the next check rather than mixing into their group commit.
+            if !self.store.is_poisoned() && !self.store.has_staged() {
+                match self.store.advance_intervals(now) {
+                    Ok(closed) => self
+                        .outputs
+                        .extend(closed.into_iter().map(NodeOutput::IntervalClosed)),
+                    Err(error) => tracing::error!(%error, "closing intervals failed"),
+                }
+            }
+        }
+    }
+
+    /// "Get it done" after the fact: every event this node holds that was never confirmed at
+    /// the replication factor is re-spread from here, once it is older than the repair delay.
+    fn start_repairs(&mut self, now: u64) {
+        if self.store.is_poisoned() {
+            return;
+        }
+        let unconfirmed = self.store.unconfirmed();
+        let candidates: Vec<EventKey> = unconfirmed
+            .into_iter()
+            .filter(|key| !self.write_ids_by_key.contains_key(key))
+            .filter(|key| {
+                key.timestamp_micros()
+                    .saturating_add(self.config.repair_delay_micros)
+                    <= now
+            })
+            .take(self.config.repair_batch_max)
+            .collect();
+        let suspected = self.suspected();
+        for key in candidates {
+            let event = match self.store.get(&key) {
+                Ok(Some(event)) => event,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%key, %error, "repair skipped: event unreadable");
+                    continue;
+                }
+            };
+            let Ok(plan) = placement::plan(
+                &self.peers,
+                self.config.replication_factor,
+                self.config.strategy,
+                &suspected,
+                self.seams.rng.as_mut(),
+            ) else {
+                return;
+            };
+            tracing::debug!(%key, "repairing an event short of its replication factor");
+            let write_id = self.allocate_write_id();
+            let (write, actions) = ReplicaWrite::start(
+                key.clone(),
+                self.config.id,
+                plan,
+                self.config.replication_factor,
+                None,
+                true,
+                now + self.config.replica_timeout_micros,
+            );
+            self.write_ids_by_key.insert(key, write_id);
+            self.writes.insert(
+                write_id,
+                ActiveWrite {
+                    write,
+                    event,
+                    request_id: None,
+                },
+            );
+            self.apply(write_id, actions);
+        }
+    }
+
+    /// Carries out a write's actions, and those its local outcome leads to.
+    fn apply(&mut self, write_id: u64, actions: Vec<WriteAction>) {
+        let mut queue = std::collections::VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            let Some(active) = self.writes.get_mut(&write_id) else {
+                return;
+            };
+            match action {
+                WriteAction::StageLocal => {
+                    let now = self.seams.clock.now_micros();
+                    let key = active.write.key().clone();
+                    match self.store.stage_event(&key, &active.event, now) {
+                        Ok(StageOutcome::Staged) => {
+                            if self.config.planted_bug == Some(PlantedBug::AcknowledgeBeforeDurable)
+                            {
+                                queue.extend(active.write.on_success(self.config.id));
+                            } else {
+                                self.awaiting_commit
+                                    .push(AwaitingCommit::Local { write_id });
+                            }
+                        }
+                        Ok(StageOutcome::AlreadyDurable) => {
+                            queue.extend(active.write.on_success(self.config.id))
+                        }
+                        Err(error) => {
+                            tracing::warn!(%key, %error, "local replica refused");
+                            let deadline = now + self.config.replica_timeout_micros;
+                            queue.extend(active.write.on_failure(self.config.id, deadline));
+                        }
+                    }
+                }
+                WriteAction::SendReplicate(peer) => {
+                    let message = Message::Replicate {
+                        write_id,
+                        key: active.write.key().clone(),
+                        event: active.event.clone(),
+                    };
+                    self.seams.network.send(peer, message);
+                }
+                WriteAction::Answer(result) => {
+                    if let Some(request_id) = active.request_id {
+                        self.outputs
+                            .push(NodeOutput::PutAnswered { request_id, result });
+                    }
+                }
+                WriteAction::Confirm(holders) => {
+                    let key = active.write.key().clone();
+                    if active.write.successes().contains(&self.config.id)
+                        && !self.store.is_poisoned()
+                    {
+                        let _ = self.store.stage_confirm(std::slice::from_ref(&key));
+                    }
+                    for holder in holders {
+                        self.seams.network.send(
+                            holder,
+                            Message::Confirm {
+                                keys: vec![key.clone()],
+                            },
+                        );
+                    }
+                }
+                WriteAction::Suspect(peer) => {
+                    let until = self.seams.clock.now_micros() + self.config.suspect_micros;
+                    self.suspected_until.insert(peer, until);
+                }
+            }
+        }
+        if self
+            .writes
+            .get(&write_id)
+            .is_some_and(|active| active.write.is_finished())
+        {
+            let finished = self.writes.remove(&write_id).expect("checked above");
+            self.write_ids_by_key.remove(finished.write.key());
+        }
+    }
+
+    /// Whether `flush` has work: staged writes waiting for their commit.
+    pub fn has_staged_writes(&self) -> bool {
+        self.store.has_staged()
+    }
+
+    /// Group commit: one append and one sync for everything staged, then the answers that
+    /// waited for it. A failed commit poisons the store and fails every waiting write.
+    pub fn flush(&mut self) {
+        if !self.store.has_staged() {
+            return;
+        }
+        let outcome = self
+            .store
+            .commit()
+            .map(|_| ())
+            .map_err(|error| error.to_string());
+        if let Err(error) = &outcome {
+            tracing::error!(node = %self.config.id, %error, "commit failed; the store is poisoned until restart");
+        }
+        let now = self.now();
+        for awaiting in std::mem::take(&mut self.awaiting_commit) {
+            match awaiting {
+                AwaitingCommit::Local { write_id } => {
+                    let Some(active) = self.writes.get_mut(&write_id) else {
+                        continue;
+                    };
+                    let actions = match &outcome {
+                        Ok(()) => active.write.on_success(self.config.id),
+                        Err(_) => active
+                            .write
+                            .on_failure(self.config.id, now + self.config.replica_timeout_micros),
+                    };
+                    self.apply(write_id, actions);
+                }
+                AwaitingCommit::Remote {
+                    from,
+                    write_id,
+                    key,
+                } => {
+                    let outcome = outcome.clone();
+                    self.seams.network.send(
+                        from,
+                        Message::ReplicateResult {
+                            write_id,
+                            key,
+                            outcome,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The earliest local time at which `handle_deadlines` has work.
+    pub fn next_deadline_micros(&self) -> u64 {
+        let writes = self
+            .writes
+            .values()
+            .filter_map(|active| active.write.next_deadline_micros());
+        writes
+            .chain([self.next_repair_micros, self.next_interval_check_micros])
+            .min()
+            .expect("the repair and interval timers always exist")
+    }
+
+    pub fn take_outputs(&mut self) -> Vec<NodeOutput> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.store.is_poisoned()
+    }
+
+    /// Writes this node is coordinating or repairing.
+    pub fn active_writes(&self) -> usize {
+        self.writes.len()
+    }
+}
