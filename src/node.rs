@@ -120,6 +120,8 @@ pub struct Node {
     awaiting_commit: Vec<AwaitingCommit>,
     suspected_until: BTreeMap<NodeId, u64>,
     next_repair_micros: u64,
+    /// When this node first saw each unconfirmed event it holds (its local clock).
+    unconfirmed_since: BTreeMap<EventKey, u64>,
     next_interval_check_micros: u64,
     outputs: Vec<NodeOutput>,
 }
@@ -154,6 +156,7 @@ impl Node {
             awaiting_commit: Vec::new(),
             suspected_until: BTreeMap::new(),
             next_repair_micros: now + config.repair_interval_micros,
+            unconfirmed_since: BTreeMap::new(),
             next_interval_check_micros: now,
             outputs: Vec::new(),
             config,
@@ -383,22 +386,26 @@ impl Node {
     }
 
     /// "Get it done" after the fact: every event this node holds that was never confirmed at
-    /// the replication factor is re-spread from here, once it is older than the repair delay.
+    /// the replication factor is re-spread from here once this node has seen it unconfirmed for
+    /// the repair delay. The delay runs on this node's own observation, not on the key's
+    /// timestamp, which another node's skewed clock wrote.
     fn start_repairs(&mut self, now: u64) {
         if self.store.is_poisoned() {
             return;
         }
-        let unconfirmed = self.store.unconfirmed();
-        let candidates: Vec<EventKey> = unconfirmed
-            .into_iter()
-            .filter(|key| !self.write_ids_by_key.contains_key(key))
-            .filter(|key| {
-                key.timestamp_micros()
-                    .saturating_add(self.config.repair_delay_micros)
-                    <= now
-            })
-            .take(self.config.repair_batch_max)
-            .collect();
+        let unconfirmed: BTreeSet<EventKey> = self.store.unconfirmed().into_iter().collect();
+        self.unconfirmed_since
+            .retain(|key, _| unconfirmed.contains(key));
+        let mut candidates = Vec::new();
+        for key in unconfirmed {
+            let since = *self.unconfirmed_since.entry(key.clone()).or_insert(now);
+            if candidates.len() < self.config.repair_batch_max
+                && !self.write_ids_by_key.contains_key(&key)
+                && since.saturating_add(self.config.repair_delay_micros) <= now
+            {
+                candidates.push(key);
+            }
+        }
         let suspected = self.suspected();
         for key in candidates {
             let event = match self.store.get(&key) {

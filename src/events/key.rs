@@ -10,8 +10,8 @@
 //! Across a restart the in-memory high-water mark is gone, and a clock that stepped back could
 //! re-issue a key issued before the crash. So the generator reserves a window of time
 //! durably (`keygen.reservation`) before issuing a key inside it, and a restarted generator
-//! starts above the last reservation. The reservation is renewed ahead of time, so at most one
-//! extra sync every `RESERVATION_MICROS`.
+//! starts above the last reservation. That costs one extra sync every `RESERVATION_MICROS`, and
+//! keys issued right after a restart may run up to that far ahead of the clock.
 
 use crate::ids::NodeId;
 use crate::seams::{Disk, DiskError};
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// How far ahead one durable reservation reaches.
-pub const RESERVATION_MICROS: u64 = 10_000_000;
+pub const RESERVATION_MICROS: u64 = 1_000_000;
 const RESERVATION_FILE: &str = "keygen.reservation";
 const RESERVATION_TEMPORARY_FILE: &str = "keygen.reservation.tmp";
 const TIMESTAMP_DIGITS: usize = 17;
