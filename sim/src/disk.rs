@@ -979,3 +979,71 @@ mod tests {
         assert!(outcomes.len() > 1, "faults must depend on the seed");
     }
 }
+
+/// One process's handle on a [`SimDisk`]. A power loss kills the process before its memory is
+/// freed, yet dropping the node runs destructors (redb's writes its allocator state on drop):
+/// `kill` makes every later operation through this handle fail, so nothing a dead process
+/// "does" reaches the disk, and the restarted process gets a fresh handle.
+#[derive(Clone, Debug)]
+pub struct ProcessDisk {
+    disk: SimDisk,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ProcessDisk {
+    pub fn new(disk: SimDisk) -> Self {
+        Self {
+            disk,
+            alive: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+
+    pub fn kill(&self) {
+        self.alive
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn check(&self, name: &str) -> Result<&SimDisk, DiskError> {
+        if self.alive.load(std::sync::atomic::Ordering::Relaxed) {
+            Ok(&self.disk)
+        } else {
+            Err(DiskError::io(name, "the process is dead"))
+        }
+    }
+}
+
+impl Disk for ProcessDisk {
+    fn create(&self, name: &str) -> Result<(), DiskError> {
+        self.check(name)?.create(name)
+    }
+    fn len(&self, name: &str) -> Result<Option<u64>, DiskError> {
+        self.check(name)?.len(name)
+    }
+    fn read_at(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, DiskError> {
+        self.check(name)?.read_at(name, offset, len)
+    }
+    fn write_at(&self, name: &str, offset: u64, data: &[u8]) -> Result<(), DiskError> {
+        self.check(name)?.write_at(name, offset, data)
+    }
+    fn append(&self, name: &str, data: &[u8]) -> Result<u64, DiskError> {
+        self.check(name)?.append(name, data)
+    }
+    fn truncate(&self, name: &str, len: u64) -> Result<(), DiskError> {
+        self.check(name)?.truncate(name, len)
+    }
+    fn sync(&self, name: &str) -> Result<(), DiskError> {
+        self.check(name)?.sync(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> Result<(), DiskError> {
+        self.check(from)?.rename(from, to)
+    }
+    fn remove(&self, name: &str) -> Result<(), DiskError> {
+        self.check(name)?.remove(name)
+    }
+    fn list(&self) -> Result<Vec<String>, DiskError> {
+        self.check("<directory>")?.list()
+    }
+    fn sync_directory(&self) -> Result<(), DiskError> {
+        self.check("<directory>")?.sync_directory()
+    }
+}

@@ -184,7 +184,7 @@ fn sweep(path: &Path, seeds: Range<u64>, failures: &Path) -> ExitCode {
             } else {
                 failed += 1;
                 let log = keep_failure_log(scenario, seed, failures);
-                progress.println(format!(
+                let line = format!(
                     "FAIL {} seed={seed}: {}\n  replay: {}\n  log: {log}",
                     scenario.name,
                     summary.violations.first().map_or(
@@ -192,7 +192,13 @@ fn sweep(path: &Path, seeds: Range<u64>, failures: &Path) -> ExitCode {
                         |violation| format!("[{}] {}", violation.checker, violation.message)
                     ),
                     replay_command(scenario, seed)
-                ));
+                );
+                // A hidden bar (no terminal) drops println; failures must always show.
+                if progress.is_hidden() {
+                    println!("{line}");
+                } else {
+                    progress.println(line);
+                }
             }
             progress.set_message(format!("{failed} failed"));
             progress.inc(1);

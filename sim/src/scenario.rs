@@ -92,6 +92,9 @@ pub struct ScenarioSection {
     pub tier: Tier,
     /// Seeds `cargo test --features sim` runs (0..seeds).
     pub seeds: u64,
+    /// Seeds that once failed (regressions): `cargo test` runs them too.
+    #[serde(default)]
+    pub pinned_seeds: Vec<u64>,
     pub expect: Expectation,
     /// Faults are injected during this phase.
     pub safety_duration_ms: Drawn<u64>,

@@ -11,7 +11,7 @@
 //! staged, and everything staged by then shares it (group commit).
 
 use crate::clock::{ClockSkew, SimClock, VirtualTime};
-use crate::disk::{DiskFaults, SimDisk};
+use crate::disk::{DiskFaults, ProcessDisk, SimDisk};
 use crate::network::{NetworkModel, Outbox, SimNetworkHandle};
 use crate::run_config::RunConfig;
 use crate::trace::Trace;
@@ -79,6 +79,8 @@ pub struct SimNode {
     pub id: NodeId,
     pub location: Location,
     pub disk: SimDisk,
+    /// The running process's handle on `disk`, killed at a crash.
+    pub process_disk: Option<ProcessDisk>,
     pub skew: ClockSkew,
     pub state: NodeState,
     pub incarnation: u64,
@@ -145,6 +147,7 @@ impl World {
                     config.seed,
                     DISK_STREAM_BASE + id.0 as u64,
                 )),
+                process_disk: None,
                 skew: ClockSkew::none(),
                 state: NodeState::Down,
                 incarnation: 0,
@@ -235,6 +238,12 @@ impl World {
             }
         }
         crate::checkers::finish(self);
+        // The run is over: what the processes would write on their way out is not part of it.
+        for node in &mut self.nodes {
+            if let Some(process_disk) = node.process_disk.take() {
+                process_disk.kill();
+            }
+        }
     }
 
     fn handle(&mut self, event: Event) {
@@ -425,6 +434,9 @@ impl World {
         if !sim_node.is_up() {
             return;
         }
+        if let Some(process_disk) = sim_node.process_disk.take() {
+            process_disk.kill();
+        }
         sim_node.state = NodeState::Down;
         sim_node.incarnation += 1;
         sim_node.timer_at = None;
@@ -453,7 +465,11 @@ impl World {
                 from: sim_node.id,
                 outbox: self.outbox.clone(),
             }),
-            disk: Arc::new(sim_node.disk.clone()) as SharedDisk,
+            disk: {
+                let process_disk = ProcessDisk::new(sim_node.disk.clone());
+                sim_node.process_disk = Some(process_disk.clone());
+                Arc::new(process_disk) as SharedDisk
+            },
             rng: Box::new(SeededRng::split(seed, stream)),
         };
         let id = sim_node.id;
@@ -467,7 +483,20 @@ impl World {
                 self.trace.record(self.now.get(), "start", id.0 as u64, 0);
                 self.after_step(index);
             }
+            Err(error) if !self.healed => {
+                // Injected disk faults can fail a boot (a failed fsync while recovering): the
+                // process exits, and its supervisor starts it again on what is durable.
+                tracing::warn!(node = %id, %error, "boot failed under disk faults; retrying");
+                if let Some(process_disk) = self.nodes[index].process_disk.take() {
+                    process_disk.kill();
+                }
+                self.nodes[index].disk.crash();
+                self.nodes[index].restart_scheduled = true;
+                let retry_at = self.now.get() + 100_000;
+                self.schedule(retry_at, Event::Restart { node: id });
+            }
             Err(error) => {
+                // Disk faults are healed: a node that cannot boot lost its durable state.
                 self.violations.push(Violation {
                     at_micros: self.now.get(),
                     checker: "recovery",

@@ -205,3 +205,53 @@ mod tests {
         assert_eq!(decode_reservation(&corrupt), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::events::test_disk::TestDisk;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Keys are unique and strictly increasing per node whatever the clock does, across
+        /// crashes too, and string order is numeric order.
+        #[test]
+        fn keys_unique_and_ordered(
+            steps in proptest::collection::vec((-3_000_000i64..3_000_000, any::<bool>()), 1..200),
+        ) {
+            let mut disk = TestDisk::new();
+            let mut generator = KeyGenerator::open(NodeId(9), disk.as_ref()).unwrap();
+            let mut clock: i64 = 1_700_000_000_000_000;
+            let mut issued: Vec<EventKey> = Vec::new();
+            for (step, crash) in steps {
+                clock += step;
+                if crash {
+                    disk = disk.crash();
+                    generator = KeyGenerator::open(NodeId(9), disk.as_ref()).unwrap();
+                }
+                let key = generator.next(clock as u64, disk.as_ref()).unwrap();
+                prop_assert_eq!(key.node(), NodeId(9));
+                if let Some(last) = issued.last() {
+                    prop_assert!(key > *last, "{} after {}", key, last);
+                    prop_assert!(key.timestamp_micros() >= last.timestamp_micros());
+                }
+                issued.push(key);
+            }
+        }
+    }
+
+    #[test]
+    fn keys_of_different_nodes_never_collide() {
+        let disk = TestDisk::new();
+        let other_disk = TestDisk::new();
+        let mut first = KeyGenerator::open(NodeId(1), disk.as_ref()).unwrap();
+        let mut second = KeyGenerator::open(NodeId(2), other_disk.as_ref()).unwrap();
+        let now = 1_700_000_000_000_000;
+        for _ in 0..100 {
+            assert_ne!(
+                first.next(now, disk.as_ref()).unwrap(),
+                second.next(now, other_disk.as_ref()).unwrap()
+            );
+        }
+    }
+}

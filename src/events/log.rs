@@ -6,8 +6,10 @@
 //! - a batch is one `append` and one `sync` (group commit), never split across segments;
 //! - bytes that failed their checksum are never returned: a mismatch is re-read (read
 //!   corruption is transient), and a persistent one ends the segment there;
-//! - only the last segment can legitimately end in a torn record (the unsynced batch of a
-//!   crash); damage in an earlier segment is lost data, so it is counted and logged loudly;
+//! - only the end of the last segment can legitimately hold a torn record (the unsynced batch
+//!   of a crash), which is cut quietly; damage anywhere else (an earlier segment, or before a
+//!   good record) is synced data lost: the segment is cut there too, but it is counted and
+//!   logged loudly;
 //! - a new segment's name is durable (`sync_directory`) before any record is written to it, so
 //!   segment numbers on disk have no holes below the current one.
 
@@ -54,7 +56,7 @@ pub enum LogError {
 #[derive(Debug, Default)]
 pub struct Recovery {
     pub records: Vec<LogRecord>,
-    /// Damaged places in segments before the last one; the records after each are lost.
+    /// Damaged places that were not a torn tail; the records after each are lost.
     pub corrupt_records: u64,
     /// Bytes cut from the end of the last segment (a batch torn by a crash).
     pub torn_tail_bytes: u64,
@@ -228,7 +230,10 @@ impl SegmentedLog {
                 Err(defect) => match self.reread_record(&name, offset, file_len)? {
                     Some(payload) => payload,
                     None => {
-                        self.cut_segment(&name, offset, file_len, is_last, defect, recovery)?;
+                        // A torn write only ever hits the end of the last segment: a good record
+                        // after the damage means synced data rotted, even in the last segment.
+                        let torn = is_last && !good_record_follows(&bytes, offset);
+                        self.cut_segment(&name, offset, file_len, torn, defect, recovery)?;
                         return Ok(offset);
                     }
                 },
@@ -279,19 +284,18 @@ impl SegmentedLog {
         Ok(None)
     }
 
-    /// Ends a segment at a damaged record: at the end of the last segment it is the torn
-    /// tail of a crash; anywhere else it is lost data.
+    /// Ends a segment at a damaged record: either the torn tail of a crash, or lost data.
     fn cut_segment(
         &self,
         name: &str,
         offset: u64,
         file_len: u64,
-        is_last: bool,
+        torn: bool,
         defect: RecordDefect,
         recovery: &mut Recovery,
     ) -> Result<(), DiskError> {
         let cut_bytes = file_len - offset;
-        if is_last {
+        if torn {
             tracing::info!(
                 segment = name,
                 offset,
@@ -331,6 +335,21 @@ fn parse_header(header: &[u8]) -> (u64, u32) {
     let length = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
     let checksum = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
     (u64::from(length), checksum)
+}
+
+/// Whether the damaged record at `offset` has a plausible length and a good record after it.
+fn good_record_follows(bytes: &[u8], offset: u64) -> bool {
+    let file_len = bytes.len() as u64;
+    if file_len - offset < RECORD_HEADER_BYTES {
+        return false;
+    }
+    let start = offset as usize;
+    let (payload_len, _) = parse_header(&bytes[start..start + RECORD_HEADER_BYTES as usize]);
+    let next = offset + RECORD_HEADER_BYTES + payload_len;
+    payload_len > 0
+        && payload_len <= RECORD_PAYLOAD_BYTES_MAX
+        && next < file_len
+        && check_record(bytes, next).is_ok()
 }
 
 /// Checks the record at `offset` of a segment's bytes and returns its payload.
@@ -480,6 +499,20 @@ mod tests {
         assert_eq!(recovery.records, vec![event(1)]);
         assert_eq!(recovery.torn_tail_bytes, first_len);
         assert_eq!(disk.len(&segment_name(0)).unwrap(), Some(first_len));
+    }
+
+    #[test]
+    fn rot_before_good_records_of_the_last_segment_is_lost_data_not_a_torn_tail() {
+        let disk = TestDisk::new();
+        let (mut log, _) = open(&disk, 1 << 20);
+        log.append(&[event(1)]).unwrap();
+        log.append(&[event(2)]).unwrap();
+        disk.corrupt_at_rest(&segment_name(0), RECORD_HEADER_BYTES + 2);
+        let (_, recovery) = open(&disk, 1 << 20);
+        assert_eq!(recovery.records, vec![]);
+        assert_eq!(recovery.corrupt_records, 1);
+        assert_eq!(recovery.torn_tail_bytes, 0);
+        assert_eq!(disk.len(&segment_name(0)).unwrap(), Some(0));
     }
 
     #[test]

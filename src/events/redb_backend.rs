@@ -57,7 +57,7 @@ mod tests {
     use super::*;
     use crate::events::test_disk::TestDisk;
     use crate::seams::Disk;
-    use redb::{Database, ReadableTable, TableDefinition};
+    use redb::{Database, TableDefinition};
 
     const TABLE: TableDefinition<&str, u64> = TableDefinition::new("numbers");
 

@@ -19,7 +19,7 @@ use super::interval::ConsolidationInterval;
 use super::key::EventKey;
 use super::log::{LogError, LogRecord, SegmentedLog, RECORD_PAYLOAD_BYTES_MAX};
 use super::redb_backend::DiskBackend;
-use crate::seams::{DiskError, SharedDisk};
+use crate::seams::{Disk, DiskError, SharedDisk};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -28,6 +28,8 @@ const DATABASE_FILE: &str = "events.redb";
 /// redb's page cache: small, since the memtable already holds the hot, recent events.
 const DATABASE_CACHE_BYTES: usize = 4 * 1024 * 1024;
 const CHECKPOINT_SEGMENT: &str = "checkpoint_segment";
+/// Length of the magic number redb writes at the start of its file once creation completes.
+const REDB_MAGIC_BYTES: u64 = 9;
 /// Keys per `Confirm` record: keeps every record far below the log's record bound.
 const CONFIRM_KEYS_PER_RECORD: usize = 4096;
 /// Room in a log record for the key and the encoding around an event's bytes.
@@ -149,7 +151,7 @@ pub struct StoreStats {
     pub commits: u64,
     pub records_appended: u64,
     pub checkpoints: u64,
-    /// Damaged places found in log segments before the last one at open: data lost there.
+    /// Damaged log records found at open that were not a torn tail: synced data lost there.
     pub corrupt_records: u64,
     /// Log records replayed at open.
     pub recovered_records: u64,
@@ -189,7 +191,7 @@ pub struct EventStore {
     unconfirmed: BTreeSet<EventKey>,
     staged: Vec<LogRecord>,
     /// Staged events by key, as indexes into `staged`.
-    staged_events: BTreeMap<String, usize>,
+    staged_events: BTreeMap<EventKey, usize>,
     /// Why the store refuses writes, once it does.
     poisoned: Option<String>,
     stats: StoreStats,
@@ -208,10 +210,7 @@ impl EventStore {
             config.checkpoint_records > 0,
             "checkpoint_records must be positive"
         );
-        if disk.len(DATABASE_FILE)?.is_none() {
-            disk.create(DATABASE_FILE)?;
-            disk.sync_directory()?;
-        }
+        prepare_database_file(disk.as_ref())?;
         let database = Database::builder()
             .set_cache_size(DATABASE_CACHE_BYTES)
             .create_with_backend(DiskBackend::new(disk.clone(), DATABASE_FILE))
@@ -263,7 +262,7 @@ impl EventStore {
         }
         // Write-once before the window, so a late retry of a stored event is still the
         // idempotent success it was the first time.
-        if let Some(&index) = self.staged_events.get(key.as_str()) {
+        if let Some(&index) = self.staged_events.get(key) {
             let LogRecord::Event { event: staged, .. } = &self.staged[index] else {
                 unreachable!("staged_events only indexes Event records");
             };
@@ -281,8 +280,7 @@ impl EventStore {
             };
         }
         self.check_window(key, now_micros)?;
-        self.staged_events
-            .insert(key.as_str().to_string(), self.staged.len());
+        self.staged_events.insert(key.clone(), self.staged.len());
         self.staged.push(LogRecord::Event {
             key: key.as_str().to_string(),
             event: event.to_vec(),
@@ -347,26 +345,40 @@ impl EventStore {
     }
 
     /// Closes every open interval that fell out of the window at `now_micros` and reports
-    /// each one once. Commits its own batch, so nothing may be staged.
+    /// each one once. The closes are their own batch (one sync), committed apart from
+    /// anything staged, which stays staged for the caller's next `commit`. An interval with
+    /// staged events closes only at a later call, after their commit, so that its reported
+    /// count and digest are final.
     pub fn advance_intervals(
         &mut self,
         now_micros: u64,
     ) -> Result<Vec<IntervalClosed>, StoreError> {
-        assert!(
-            self.staged.is_empty(),
-            "advance_intervals commits its own batch: commit staged records first"
-        );
         self.check_writable()?;
         let oldest_acceptable_micros = self.window(now_micros).0;
-        let due: Vec<u64> = self
+        let interval = self.config.consolidation_interval;
+        let staged_starts: BTreeSet<u64> = self
+            .staged_events
+            .keys()
+            .map(|key| interval.start_of(key.timestamp_micros()))
+            .collect();
+        let closes: Vec<LogRecord> = self
             .open_intervals
             .range(..oldest_acceptable_micros)
             .map(|(&start_micros, _)| start_micros)
+            .filter(|start_micros| !staged_starts.contains(start_micros))
+            .map(|start_micros| LogRecord::IntervalClosed { start_micros })
             .collect();
-        for start_micros in due {
-            self.staged.push(LogRecord::IntervalClosed { start_micros });
+        if closes.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(self.commit()?.closed)
+        let pending = std::mem::replace(&mut self.staged, closes);
+        let pending_events = std::mem::take(&mut self.staged_events);
+        let report = self.commit()?;
+        // Only reached when the commit succeeded: a failure poisoned the store, and a
+        // poisoned store drops what was staged.
+        self.staged = pending;
+        self.staged_events = pending_events;
+        Ok(report.closed)
     }
 
     /// The durable event under `key`.
@@ -648,6 +660,9 @@ impl EventStore {
         let segment = self.log.rotate()?;
         let mut transaction = self.database.begin_write().map_err(engine)?;
         transaction.set_durability(Durability::Immediate);
+        // Saves redb's allocator state with every checkpoint, so opening after a crash needs
+        // no full repair scan and closing needs no extra commit.
+        transaction.set_quick_repair(true);
         {
             let mut events = transaction.open_table(EVENTS).map_err(engine)?;
             for (key, event) in &self.memtable.events {
@@ -691,6 +706,35 @@ enum Applied {
 
 fn parse_stored_key(key: &str) -> Result<EventKey, StoreError> {
     EventKey::parse(key).map_err(|error| StoreError::Corrupt(format!("stored {error}")))
+}
+
+/// Makes sure `events.redb` exists, durably, and that redb can open or create it.
+///
+/// redb creates a database by writing and syncing its structures with the magic number
+/// zeroed, then the magic number: a crash or failed sync in between leaves a file redb refuses
+/// forever (`InvalidData`). Such a file never held anything of ours, since the store writes only
+/// after a successful open, so it is started over. Only an all-zero magic number qualifies:
+/// anything else may be a real database with a damaged header, which must not be wiped.
+fn prepare_database_file(disk: &dyn Disk) -> Result<(), StoreError> {
+    let Some(len) = disk.len(DATABASE_FILE)? else {
+        disk.create(DATABASE_FILE)?;
+        disk.sync_directory()?;
+        return Ok(());
+    };
+    if len == 0 {
+        return Ok(());
+    }
+    let magic = disk.read_at(DATABASE_FILE, 0, len.min(REDB_MAGIC_BYTES) as usize)?;
+    if magic.iter().all(|&byte| byte == 0) {
+        tracing::warn!(
+            file = DATABASE_FILE,
+            len,
+            "the database's creation never completed: starting it over"
+        );
+        disk.truncate(DATABASE_FILE, 0)?;
+        disk.sync(DATABASE_FILE)?;
+    }
+    Ok(())
 }
 
 /// Creates the tables of a new database and returns the checkpoint segment.
@@ -870,6 +914,31 @@ mod tests {
             .unwrap_err();
         assert_eq!(error, StoreError::EventTooLarge { len: 5, max: 4 });
         put(&mut store, &key(0, 0), b"1234");
+    }
+
+    #[test]
+    fn a_database_whose_creation_never_completed_is_started_over() {
+        let disk = TestDisk::new();
+        disk.create(DATABASE_FILE).unwrap();
+        disk.write_at(DATABASE_FILE, 4096, &[0]).unwrap();
+        disk.write_at(DATABASE_FILE, 9, &[1, 2, 3]).unwrap();
+        disk.sync(DATABASE_FILE).unwrap();
+        disk.sync_directory().unwrap();
+        let mut store = open(&disk, config());
+        put(&mut store, &key(0, 0), b"event");
+        store.commit().unwrap();
+
+        // A damaged magic number is not taken for an unfinished creation.
+        let disk = TestDisk::new();
+        disk.create(DATABASE_FILE).unwrap();
+        disk.write_at(DATABASE_FILE, 0, b"redc\x1a\x0a\xa9\x0d\x0a")
+            .unwrap();
+        disk.write_at(DATABASE_FILE, 4096, &[0]).unwrap();
+        assert!(matches!(
+            EventStore::open(disk.clone(), config()),
+            Err(StoreError::Engine(_))
+        ));
+        assert_eq!(disk.len(DATABASE_FILE).unwrap(), Some(4097));
     }
 
     #[test]
@@ -1230,7 +1299,8 @@ mod tests {
         );
 
         // Not again after a restart: the close is durable.
-        let mut store = open(&disk.crash(), config());
+        let disk = disk.crash();
+        let mut store = open(&disk, config());
         assert_eq!(store.advance_intervals(next_micros).unwrap(), vec![]);
         assert!(store.stage_event(&late, b"late", NOW_MICROS).is_err());
         let closed = store
@@ -1259,12 +1329,48 @@ mod tests {
     }
 
     #[test]
+    fn closing_intervals_leaves_staged_events_staged() {
+        let disk = TestDisk::new();
+        let mut store = open(&disk, config());
+        let in_older = EventKey::from_parts(NOW_MICROS - LENGTH_MICROS - 5, NodeId(2), 0);
+        let in_previous = EventKey::from_parts(NOW_MICROS - 5, NodeId(2), 0);
+        let in_current = key(5, 0);
+        let earlier_micros = NOW_MICROS - LENGTH_MICROS;
+        assert_eq!(
+            store.stage_event(&in_older, b"older", earlier_micros),
+            Ok(StageOutcome::Staged)
+        );
+        store.commit().unwrap();
+        put(&mut store, &in_previous, b"previous");
+        put(&mut store, &in_current, b"current");
+
+        // Both older intervals are due; the previous one has a staged event, so it waits.
+        let later_micros = NOW_MICROS + LENGTH_MICROS;
+        let closed = store.advance_intervals(later_micros).unwrap();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].start_micros, NOW_MICROS - 2 * LENGTH_MICROS);
+        assert!(store.has_staged());
+        assert_eq!(store.get(&in_previous).unwrap(), None, "still only staged");
+        let report = store.commit().unwrap();
+        assert_eq!(report.durable, vec![in_previous.clone(), in_current]);
+
+        let closed = store.advance_intervals(later_micros).unwrap();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].start_micros, NOW_MICROS - LENGTH_MICROS);
+        assert_eq!(closed[0].event_count, 1);
+        assert_eq!(
+            closed[0].digest,
+            xxhash_rust::xxh3::xxh3_64(in_previous.as_str().as_bytes())
+        );
+    }
+
+    #[test]
     fn range_merges_the_memtable_and_the_database_in_order() {
         let disk = TestDisk::new();
         let mut store = open(
             &disk,
             StoreConfig {
-                checkpoint_records: 4,
+                checkpoint_records: 5,
                 ..config()
             },
         );
@@ -1272,6 +1378,7 @@ mod tests {
         for counter in (0..8).step_by(2) {
             put(&mut store, &key(0, counter), &[counter as u8]);
         }
+        store.stage_confirm(&[key(0, 0)]).unwrap();
         store.commit().unwrap();
         assert_eq!(store.stats().checkpoints, 1);
         for counter in (1..8).step_by(2) {

@@ -313,3 +313,76 @@ mod tests {
         assert_eq!(placed.spares.len(), 6);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::ids::Location;
+    use crate::seams::SeededRng;
+    use proptest::prelude::*;
+
+    /// Which fallback group a peer falls in, relative to the local node in r0/z0.
+    fn group(location: &Location) -> u8 {
+        if location.region != "r0" {
+            1
+        } else if location.zone != "z0" {
+            0
+        } else {
+            2
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn placement_invariants(
+            layout in proptest::collection::vec((0u8..3, 0u8..3, any::<bool>()), 0..12),
+            replication_factor in 1u32..6,
+            other_zone_replicas in 0u32..4,
+            other_region_replicas in 0u32..4,
+            seed in any::<u64>(),
+        ) {
+            let mut table = PeerTable::new(NodeId(0), Location::new("r0", "z0"));
+            let mut suspected = BTreeSet::new();
+            for (index, (region, zone, is_suspected)) in layout.iter().enumerate() {
+                let node = NodeId(index as u32 + 1);
+                table.add_peer(node, Location::new(format!("r{region}"), format!("z{zone}")));
+                if *is_suspected {
+                    suspected.insert(node);
+                }
+            }
+            let strategy = ReplicationStrategy { other_zone_replicas, other_region_replicas };
+            let result = plan(&table, replication_factor, strategy, &suspected, &mut SeededRng::from_seed(seed));
+            if table.len() + 1 < replication_factor as usize {
+                prop_assert_eq!(result, Err(PlacementError::NotEnoughPeers(replication_factor)));
+                return Ok(());
+            }
+            let placed = result.unwrap();
+            // Local first, RF targets, never the same node twice, every peer placed somewhere.
+            prop_assert_eq!(placed.targets[0], NodeId(0));
+            prop_assert_eq!(placed.targets.len(), replication_factor as usize);
+            let everything: Vec<NodeId> = placed.targets.iter().chain(&placed.spares).copied().collect();
+            let distinct: BTreeSet<NodeId> = everything.iter().copied().collect();
+            prop_assert_eq!(distinct.len(), everything.len());
+            prop_assert_eq!(everything.len(), table.len() + 1);
+
+            // Zone and region counts met whenever the peers exist.
+            let location = |node: &NodeId| table.location(*node).unwrap().clone();
+            let others = replication_factor as usize - 1;
+            let zone_peers: Vec<Location> = table.iter().map(|(_, l)| l.clone()).filter(|l| group(l) == 0).collect();
+            let zone_names: BTreeSet<&str> = zone_peers.iter().map(|l| l.zone.as_str()).collect();
+            let region_peers = table.iter().filter(|(_, l)| group(l) == 1).count();
+            let zone_expected = (other_zone_replicas as usize).min(others).min(zone_peers.len());
+            let region_expected = (other_region_replicas as usize).min(others - zone_expected).min(region_peers);
+            let targets: Vec<Location> = placed.targets[1..].iter().map(location).collect();
+            let zone_targets: Vec<&Location> = targets.iter().filter(|l| group(l) == 0).collect();
+            let held_zones: BTreeSet<&str> = zone_targets.iter().map(|l| l.zone.as_str()).collect();
+            prop_assert!(zone_targets.len() >= zone_expected);
+            prop_assert!(held_zones.len() >= zone_expected.min(zone_names.len()));
+            prop_assert!(targets.iter().filter(|l| group(l) == 1).count() >= region_expected);
+
+            // Spares keep the fallback order: other zones, other regions, own zone.
+            let spare_groups: Vec<u8> = placed.spares.iter().map(|node| group(&location(node))).collect();
+            prop_assert!(spare_groups.windows(2).all(|pair| pair[0] <= pair[1]), "{:?}", spare_groups);
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The simulation suite: every `fast`-tier scenario for its `seeds` count, the first seed run
+//! twice (the determinism check), and snapshots of a few pinned runs so a behaviour change
+//! shows up in review. Runs under `cargo test --features sim`.
+#![cfg(feature = "sim")]
+
+use borough_sim::runner::{replay_command, run_seed, run_seed_twice};
+use borough_sim::scenario::{find_scenarios, Scenario, Tier};
+use std::path::{Path, PathBuf};
+
+fn scenario_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(format!("{name}.toml"))
+}
+
+/// The seeds `cargo test` runs for a scenario: `0..seeds`, then its pinned regressions.
+fn seeds_of(scenario: &Scenario) -> Vec<u64> {
+    let mut seeds: Vec<u64> = (0..scenario.file.scenario.seeds).collect();
+    seeds.extend(&scenario.file.scenario.pinned_seeds);
+    seeds
+}
+
+fn run_fast_scenario(name: &str) {
+    let scenario = Scenario::load(&scenario_path(name)).expect("scenario parses");
+    assert_eq!(
+        scenario.file.scenario.tier,
+        Tier::Fast,
+        "{name} is not a fast-tier scenario"
+    );
+    let expectation = scenario.file.scenario.expect;
+    let mut missed = Vec::new();
+    for seed in seeds_of(&scenario) {
+        let summary = if seed == 0 {
+            run_seed_twice(&scenario, seed)
+        } else {
+            run_seed(&scenario, seed)
+        };
+        let determinism_broken = summary
+            .violations
+            .iter()
+            .any(|violation| violation.checker == "determinism");
+        if !summary.met(expectation) || determinism_broken {
+            missed.push(format!(
+                "{}replay: {}",
+                summary.report(),
+                replay_command(&scenario, seed)
+            ));
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "{name} missed its expectation ({expectation:?}):\n{}",
+        missed.join("\n")
+    );
+}
+
+macro_rules! fast_scenarios {
+    ($($test:ident => $file:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                run_fast_scenario($file);
+            }
+        )*
+
+        const LISTED: &[&str] = &[$($file),*];
+    };
+}
+
+fast_scenarios! {
+    no_faults => "no-faults",
+    crash_restart => "crash-restart",
+    minority_partition => "minority-partition",
+    zone_outage => "zone-outage",
+    region_outage => "region-outage",
+    disk_corruption => "disk-corruption",
+    clock_skew => "clock-skew",
+    swarm => "swarm",
+    canary_ack_before_durable => "canary-ack-before-durable",
+}
+
+/// Every pinned regression in `scenarios/regressions/`, whatever its tier.
+#[test]
+fn regressions() {
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join("regressions");
+    let mut missed = Vec::new();
+    for path in find_scenarios(&folder).expect("regressions folder") {
+        let scenario = Scenario::load(&path).expect("scenario parses");
+        assert!(
+            !scenario.file.scenario.pinned_seeds.is_empty(),
+            "{} pins no seed",
+            path.display()
+        );
+        for seed in seeds_of(&scenario) {
+            let summary = run_seed(&scenario, seed);
+            if !summary.met(scenario.file.scenario.expect) {
+                missed.push(format!(
+                    "{}replay: {}",
+                    summary.report(),
+                    replay_command(&scenario, seed)
+                ));
+            }
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "regressions came back:\n{}",
+        missed.join("\n")
+    );
+}
+
+#[test]
+fn every_fast_scenario_has_a_test() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    for path in find_scenarios(&root).expect("scenarios folder") {
+        let scenario = Scenario::load(&path).expect("scenario parses");
+        if scenario.file.scenario.tier == Tier::Fast && path.parent() == Some(root.as_path()) {
+            assert!(
+                LISTED.contains(&scenario.name.as_str()),
+                "{} is fast-tier but tests/scenarios.rs does not run it",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Pinned runs: the summary, trace hash included, is part of the review.
+#[test]
+fn pinned_run_summaries() {
+    for (name, seed) in [("no-faults", 1), ("crash-restart", 2), ("swarm", 3)] {
+        let scenario = Scenario::load(&scenario_path(name)).expect("scenario parses");
+        let summary = run_seed(&scenario, seed);
+        insta::assert_snapshot!(format!("{name}-seed{seed}"), summary.report());
+    }
+}
