@@ -397,7 +397,7 @@ impl World {
                         now,
                         "answer",
                         request_id,
-                        result.as_ref().map_or(0, |key| hash_key(key)),
+                        result.as_ref().map_or(0, hash_key),
                     );
                     crate::checkers::on_answer(self, id, request_id, result);
                 }

@@ -9,7 +9,9 @@
 //! - a batch is acknowledged (in `CommitReport`) only after its one log sync returned `Ok`,
 //!   and only then is it applied, so reads only ever see durable data;
 //! - any write-path failure poisons the store: after a failed sync nobody knows what is on
-//!   disk, so the store refuses writes until the node restarts and recovers from the disk;
+//!   disk, so the store refuses writes until the node restarts and recovers from the disk
+//!   (reads go on; after an engine I/O error redb itself refuses all I/O, so reads that reach
+//!   the database fail with `Engine` until the restart);
 //! - `checkpoint_segment` = S means the database holds every record of the segments below
 //!   S, so recovery replays segments S and up and may delete the others;
 //! - an interval is reported closed exactly once: the close is a durable log record, and a
