@@ -17,6 +17,7 @@ pub enum Message {
     Replicate {
         write_id: u64,
         key: EventKey,
+        #[serde(with = "serde_bytes")]
         event: Vec<u8>,
     },
     /// The answer to `Replicate`: `Ok` once the event is durable on the sender.

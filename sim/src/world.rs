@@ -352,7 +352,6 @@ impl World {
             }
         }
         let epoch = self.config.epoch_micros;
-        let fsync_latency = self.config.fsync_latency_micros.draw(&mut self.rng);
         let sim_node = &mut self.nodes[index];
         let NodeState::Up(node) = &mut sim_node.state else {
             return;
@@ -373,6 +372,7 @@ impl World {
             sim_node.timer_at = Some(deadline);
         }
         if needs_flush {
+            let fsync_latency = self.config.fsync_latency_micros.draw(&mut self.rng);
             self.schedule(
                 now + fsync_latency,
                 Event::Flush {

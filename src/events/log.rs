@@ -31,7 +31,12 @@ const SEGMENT_DIGITS: usize = 16;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogRecord {
     /// A write-once event stored under `key`.
-    Event { key: String, event: Vec<u8> },
+    Event {
+        key: String,
+        // As one byte string, not a sequence of u8: a memcpy instead of a loop per byte.
+        #[serde(with = "serde_bytes")]
+        event: Vec<u8>,
+    },
     /// The events under `keys` are replicated; they leave the unconfirmed set.
     Confirm { keys: Vec<String> },
     /// The consolidation interval starting at `start_micros` takes no more events.

@@ -662,9 +662,6 @@ impl EventStore {
         let segment = self.log.rotate()?;
         let mut transaction = self.database.begin_write().map_err(engine)?;
         transaction.set_durability(Durability::Immediate);
-        // Saves redb's allocator state with every checkpoint, so opening after a crash needs
-        // no full repair scan and closing needs no extra commit.
-        transaction.set_quick_repair(true);
         {
             let mut events = transaction.open_table(EVENTS).map_err(engine)?;
             for (key, event) in &self.memtable.events {
