@@ -75,6 +75,7 @@ fast_scenarios! {
     region_outage => "region-outage",
     disk_corruption => "disk-corruption",
     clock_skew => "clock-skew",
+    interval_rotation => "interval-rotation",
     swarm => "swarm",
     canary_ack_before_durable => "canary-ack-before-durable",
 }

@@ -2,9 +2,11 @@
 //!
 //! `on_answer` runs at every client answer (keys must be unique across acknowledged puts);
 //! `finish` runs once at the end: it power-cycles every node (so only durable state counts),
-//! reads every store, and runs the event-store checks in `event_store`.
+//! reads every store, and runs the event-store checks in `event_store` and the consolidation
+//! interval checks in `intervals`.
 
 mod event_store;
+mod intervals;
 
 use crate::workload::PutOutcome;
 use crate::world::{Violation, World};
@@ -69,4 +71,5 @@ pub fn finish(world: &mut World) {
     }
     let copies = StoredCopies::read(world);
     event_store::check(world, &copies);
+    intervals::check(world, &copies);
 }
