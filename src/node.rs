@@ -17,7 +17,7 @@ use crate::events::{
     EventKey, EventStore, IntervalClosed, KeyGenerator, StageOutcome, StoreConfig, StoreError,
 };
 use crate::ids::{Location, NodeId};
-use crate::placement::{self, PeerTable, ReplicationStrategy};
+use crate::placement::{self, PeerTable, ReplicaPlan, ReplicationStrategy};
 use crate::seams::{Clock, Network, Rng, SharedDisk};
 use crate::wire::Message;
 use std::collections::{BTreeMap, BTreeSet};
@@ -176,6 +176,21 @@ impl Node {
         &self.store
     }
 
+    /// The event stored here under `key`, if this node holds it durably.
+    pub fn get_event(&self, key: &EventKey) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.get(key)
+    }
+
+    /// Events this node holds durably with keys in `[from, to)`, in key order, at most `limit`.
+    pub fn scan_events(
+        &self,
+        from: Option<&EventKey>,
+        to_exclusive: Option<&EventKey>,
+        limit: usize,
+    ) -> Result<Vec<(EventKey, Vec<u8>)>, StoreError> {
+        self.store.range(from, to_exclusive, limit)
+    }
+
     pub fn add_peer(&mut self, peer: NodeId, location: Location) {
         self.peers.add_peer(peer, location);
     }
@@ -241,27 +256,40 @@ impl Node {
                 return Err(PutError::StoreUnavailable(error.to_string()));
             }
         };
+        self.begin_write(key, event, plan, Some((request_id, commit_level)), now);
+        Ok(())
+    }
+
+    /// Starts a replica write: a client's put (`client` set) or a repair by a holder.
+    fn begin_write(
+        &mut self,
+        key: EventKey,
+        event: Vec<u8>,
+        plan: ReplicaPlan,
+        client: Option<(u64, CommitLevel)>,
+        now: u64,
+    ) {
         let write_id = self.allocate_write_id();
         let (write, actions) = ReplicaWrite::start(
             key.clone(),
             self.config.id,
             plan,
             self.config.replication_factor,
-            Some(commit_level),
-            false,
+            client.map(|(_, level)| level),
+            client.is_none(),
             now + self.config.replica_timeout_micros,
         );
         self.write_ids_by_key.insert(key, write_id);
+        let request_id = client.map(|(request_id, _)| request_id);
         self.writes.insert(
             write_id,
             ActiveWrite {
                 write,
                 event,
-                request_id: Some(request_id),
+                request_id,
             },
         );
         self.apply(write_id, actions);
-        Ok(())
     }
 
     fn allocate_write_id(&mut self) -> u64 {
@@ -426,26 +454,7 @@ impl Node {
                 return;
             };
             tracing::debug!(%key, "repairing an event short of its replication factor");
-            let write_id = self.allocate_write_id();
-            let (write, actions) = ReplicaWrite::start(
-                key.clone(),
-                self.config.id,
-                plan,
-                self.config.replication_factor,
-                None,
-                true,
-                now + self.config.replica_timeout_micros,
-            );
-            self.write_ids_by_key.insert(key, write_id);
-            self.writes.insert(
-                write_id,
-                ActiveWrite {
-                    write,
-                    event,
-                    request_id: None,
-                },
-            );
-            self.apply(write_id, actions);
+            self.begin_write(key, event, plan, None, now);
         }
     }
 

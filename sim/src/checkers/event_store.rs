@@ -30,7 +30,7 @@ impl StoredCopies {
             let Some(node) = sim_node.node() else {
                 continue;
             };
-            match node.store().range(None, None, usize::MAX) {
+            match node.scan_events(None, None, usize::MAX) {
                 Ok(events) => {
                     for (key, event) in events {
                         copies.entry(key).or_default().push((sim_node.id, event));
