@@ -115,6 +115,10 @@ pub struct Node {
     keys: KeyGenerator,
     peers: PeerTable,
     writes: BTreeMap<u64, ActiveWrite>,
+    /// Every write's earliest replica deadline, ordered, so finding what is due never scans
+    /// all writes; `indexed_deadlines` says which entry each write has.
+    write_deadlines: BTreeSet<(u64, u64)>,
+    indexed_deadlines: BTreeMap<u64, u64>,
     write_ids_by_key: BTreeMap<EventKey, u64>,
     next_write_id: u64,
     awaiting_commit: Vec<AwaitingCommit>,
@@ -151,6 +155,8 @@ impl Node {
             store,
             keys,
             writes: BTreeMap::new(),
+            write_deadlines: BTreeSet::new(),
+            indexed_deadlines: BTreeMap::new(),
             write_ids_by_key: BTreeMap::new(),
             next_write_id: 0,
             awaiting_commit: Vec::new(),
@@ -376,15 +382,9 @@ impl Node {
     pub fn handle_deadlines(&mut self) {
         let now = self.now();
         let due: Vec<u64> = self
-            .writes
-            .iter()
-            .filter(|(_, active)| {
-                active
-                    .write
-                    .next_deadline_micros()
-                    .is_some_and(|at| at <= now)
-            })
-            .map(|(write_id, _)| *write_id)
+            .write_deadlines
+            .range(..=(now, u64::MAX))
+            .map(|(_, write_id)| *write_id)
             .collect();
         for write_id in due {
             let next_deadline = now + self.config.replica_timeout_micros;
@@ -463,7 +463,7 @@ impl Node {
         let mut queue = std::collections::VecDeque::from(actions);
         while let Some(action) = queue.pop_front() {
             let Some(active) = self.writes.get_mut(&write_id) else {
-                return;
+                break;
             };
             match action {
                 WriteAction::StageLocal => {
@@ -533,6 +533,23 @@ impl Node {
             let finished = self.writes.remove(&write_id).expect("checked above");
             self.write_ids_by_key.remove(finished.write.key());
         }
+        self.index_deadline(write_id);
+    }
+
+    /// Keeps `write_deadlines` in step with one write's earliest deadline.
+    fn index_deadline(&mut self, write_id: u64) {
+        let deadline = self
+            .writes
+            .get(&write_id)
+            .and_then(|active| active.write.next_deadline_micros());
+        let indexed = self.indexed_deadlines.remove(&write_id);
+        if let Some(at) = indexed {
+            self.write_deadlines.remove(&(at, write_id));
+        }
+        if let Some(at) = deadline {
+            self.write_deadlines.insert((at, write_id));
+            self.indexed_deadlines.insert(write_id, at);
+        }
     }
 
     /// Whether `flush` has work: staged writes waiting for their commit.
@@ -590,11 +607,9 @@ impl Node {
 
     /// The earliest local time at which `handle_deadlines` has work.
     pub fn next_deadline_micros(&self) -> u64 {
-        let writes = self
-            .writes
-            .values()
-            .filter_map(|active| active.write.next_deadline_micros());
-        writes
+        let earliest_write = self.write_deadlines.first().map(|(at, _)| *at);
+        earliest_write
+            .into_iter()
             .chain([self.next_repair_micros, self.next_interval_check_micros])
             .min()
             .expect("the repair and interval timers always exist")

@@ -23,6 +23,7 @@ use super::log::{LogError, LogRecord, SegmentedLog, RECORD_PAYLOAD_BYTES_MAX};
 use super::redb_backend::DiskBackend;
 use crate::seams::{Disk, DiskError, SharedDisk};
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
@@ -184,6 +185,10 @@ enum ApplyMode {
 pub struct EventStore {
     config: StoreConfig,
     database: Database,
+    /// The events table as of the last checkpoint, kept open between checkpoints: the
+    /// write-once check looks a key up for every staged event, and a read transaction per
+    /// lookup costs more than the lookup. Dropped at each checkpoint, the only writer.
+    events_table: RefCell<Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>>,
     log: SegmentedLog,
     memtable: Memtable,
     /// Every open interval that has events, with its current summary.
@@ -225,6 +230,7 @@ impl EventStore {
         let mut store = EventStore {
             config,
             database,
+            events_table: RefCell::new(None),
             log,
             memtable: Memtable::default(),
             open_intervals,
@@ -564,8 +570,12 @@ impl EventStore {
     }
 
     fn database_event(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let transaction = self.database.begin_read().map_err(engine)?;
-        let table = transaction.open_table(EVENTS).map_err(engine)?;
+        let mut cached = self.events_table.borrow_mut();
+        if cached.is_none() {
+            let transaction = self.database.begin_read().map_err(engine)?;
+            *cached = Some(transaction.open_table(EVENTS).map_err(engine)?);
+        }
+        let table = cached.as_ref().expect("opened above");
         let event = table.get(key).map_err(engine)?;
         Ok(event.map(|event| event.value().to_vec()))
     }
@@ -660,6 +670,9 @@ impl EventStore {
     /// commit names that segment as the checkpoint, then the older segments go.
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         let segment = self.log.rotate()?;
+        // The cached snapshot must not outlive the data it was taken of, nor pin its pages
+        // while the checkpoint allocates.
+        self.events_table.replace(None);
         let mut transaction = self.database.begin_write().map_err(engine)?;
         transaction.set_durability(Durability::Immediate);
         {
