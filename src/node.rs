@@ -421,17 +421,23 @@ impl Node {
         if self.store.is_poisoned() {
             return;
         }
-        let unconfirmed: BTreeSet<EventKey> = self.store.unconfirmed().into_iter().collect();
+        let unconfirmed = self.store.unconfirmed();
         self.unconfirmed_since
             .retain(|key, _| unconfirmed.contains(key));
         let mut candidates = Vec::new();
         for key in unconfirmed {
-            let since = *self.unconfirmed_since.entry(key.clone()).or_insert(now);
+            let since = match self.unconfirmed_since.get(key) {
+                Some(since) => *since,
+                None => {
+                    self.unconfirmed_since.insert(key.clone(), now);
+                    now
+                }
+            };
             if candidates.len() < self.config.repair_batch_max
-                && !self.write_ids_by_key.contains_key(&key)
+                && !self.write_ids_by_key.contains_key(key)
                 && since.saturating_add(self.config.repair_delay_micros) <= now
             {
-                candidates.push(key);
+                candidates.push(key.clone());
             }
         }
         let suspected = self.suspected();

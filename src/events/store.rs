@@ -448,8 +448,8 @@ impl EventStore {
     }
 
     /// Keys of durable events not confirmed yet, in key order.
-    pub fn unconfirmed(&self) -> Vec<EventKey> {
-        self.unconfirmed.iter().cloned().collect()
+    pub fn unconfirmed(&self) -> &BTreeSet<EventKey> {
+        &self.unconfirmed
     }
 
     /// The number of durable events.
@@ -810,6 +810,10 @@ fn read_open_intervals(database: &Database) -> Result<BTreeMap<u64, IntervalSumm
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unconfirmed_keys(store: &EventStore) -> Vec<EventKey> {
+        store.unconfirmed().iter().cloned().collect()
+    }
     use crate::events::log::segment_name;
     use crate::events::test_disk::TestDisk;
     use crate::ids::NodeId;
@@ -1109,7 +1113,7 @@ mod tests {
         assert!(!store.has_staged());
         // Reads serve what is known durable, and not the failed batch.
         assert_eq!(all(&store), vec![(key(0, 0), b"durable".to_vec())]);
-        assert_eq!(store.unconfirmed(), vec![key(0, 0)]);
+        assert_eq!(unconfirmed_keys(&store), vec![key(0, 0)]);
 
         let mut store = open(&disk, config());
         store.poison();
@@ -1175,7 +1179,7 @@ mod tests {
             .filter(|c| ![1, 8].contains(c))
             .map(|c| key(0, c))
             .collect();
-        assert_eq!(store.unconfirmed(), unconfirmed);
+        assert_eq!(unconfirmed_keys(&store), unconfirmed);
         let summary = store.interval_summary(NOW_MICROS).unwrap().unwrap();
         assert_eq!(summary.event_count, 10);
 
@@ -1183,7 +1187,7 @@ mod tests {
         let store = open(&disk, checkpointing);
         assert_eq!(store.stats().recovered_records, 0);
         assert_eq!(all(&store), expected);
-        assert_eq!(store.unconfirmed(), unconfirmed);
+        assert_eq!(unconfirmed_keys(&store), unconfirmed);
         assert_eq!(store.interval_summary(NOW_MICROS).unwrap(), Some(summary));
     }
 
@@ -1218,15 +1222,15 @@ mod tests {
         put(&mut store, &key(0, 1), b"b");
         store.commit().unwrap();
         assert_eq!(store.stats().checkpoints, 1);
-        assert_eq!(store.unconfirmed(), vec![key(0, 0), key(0, 1)]);
+        assert_eq!(unconfirmed_keys(&store), vec![key(0, 0), key(0, 1)]);
         // Confirm one checkpointed key and one memtable key.
         put(&mut store, &key(0, 2), b"c");
         store.commit().unwrap();
         store.stage_confirm(&[key(0, 0), key(0, 2)]).unwrap();
         store.commit().unwrap();
-        assert_eq!(store.unconfirmed(), vec![key(0, 1)]);
+        assert_eq!(unconfirmed_keys(&store), vec![key(0, 1)]);
         let store = open(&disk.crash(), config());
-        assert_eq!(store.unconfirmed(), vec![key(0, 1)]);
+        assert_eq!(unconfirmed_keys(&store), vec![key(0, 1)]);
     }
 
     #[test]
