@@ -23,7 +23,7 @@ use borough::seams::{Rng, SeededRng, SharedDisk};
 use borough::wire::Message;
 use std::cell::Cell;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -64,10 +64,38 @@ pub enum Event {
     End,
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// A queued event, ordered by time, then by when it was scheduled.
+#[derive(Debug)]
 struct Scheduled {
     at_micros: u64,
     sequence: u64,
+    event: Event,
+}
+
+impl Scheduled {
+    fn order(&self) -> (u64, u64) {
+        (self.at_micros, self.sequence)
+    }
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        self.order() == other.order()
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.order().cmp(&other.order())
+    }
 }
 
 pub enum NodeState {
@@ -129,8 +157,7 @@ pub struct World {
     pub steps: u64,
     pub messages_delivered: u64,
     pub interval_closures: Vec<(NodeId, u64)>,
-    queue: BinaryHeap<Reverse<(Scheduled, u64)>>,
-    events: BTreeMap<u64, Event>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
     next_sequence: u64,
 }
 
@@ -174,7 +201,6 @@ impl World {
             messages_delivered: 0,
             interval_closures: Vec::new(),
             queue: BinaryHeap::new(),
-            events: BTreeMap::new(),
             next_sequence: 0,
             config,
         };
@@ -197,14 +223,11 @@ impl World {
     pub fn schedule(&mut self, at_micros: u64, event: Event) {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        self.events.insert(sequence, event);
-        self.queue.push(Reverse((
-            Scheduled {
-                at_micros,
-                sequence,
-            },
+        self.queue.push(Reverse(Scheduled {
+            at_micros,
             sequence,
-        )));
+            event,
+        }));
     }
 
     pub fn node_ids(&self) -> Vec<NodeId> {
@@ -220,11 +243,7 @@ impl World {
 
     /// Runs to the end of the scenario.
     pub fn run(&mut self) {
-        while let Some(Reverse((scheduled, sequence))) = self.queue.pop() {
-            let event = self
-                .events
-                .remove(&sequence)
-                .expect("every queued event is stored");
+        while let Some(Reverse(scheduled)) = self.queue.pop() {
             debug_assert!(
                 scheduled.at_micros >= self.now.get(),
                 "time never runs backwards"
@@ -232,7 +251,7 @@ impl World {
             self.now.set(scheduled.at_micros);
             crate::trace::set_log_time(scheduled.at_micros);
             self.steps += 1;
-            self.handle(event);
+            self.handle(scheduled.event);
             if self.ended {
                 break;
             }
