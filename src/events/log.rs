@@ -83,15 +83,23 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
 
 /// Frames one record: header then payload.
 pub fn encode_record(record: &LogRecord, into: &mut Vec<u8>) {
-    let payload = postcard::to_allocvec(record).expect("log records always serialise");
+    // The payload is serialised in place after a header placeholder, then the header is
+    // filled in: no intermediate buffer per record.
+    let header_at = into.len();
+    into.extend_from_slice(&[0; 8]);
+    let mut buffer = std::mem::take(into);
+    buffer = postcard::to_extend(record, buffer).expect("log records always serialise");
+    *into = buffer;
+    let payload = &into[header_at + 8..];
     assert!(
         !payload.is_empty() && payload.len() as u64 <= RECORD_PAYLOAD_BYTES_MAX,
         "log record payload of {} bytes is outside (0, {RECORD_PAYLOAD_BYTES_MAX}]: callers bound record sizes",
         payload.len()
     );
-    into.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    into.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-    into.extend_from_slice(&payload);
+    let length = (payload.len() as u32).to_le_bytes();
+    let checksum = crc32c::crc32c(payload).to_le_bytes();
+    into[header_at..header_at + 4].copy_from_slice(&length);
+    into[header_at + 4..header_at + 8].copy_from_slice(&checksum);
 }
 
 /// The segmented log, positioned at the end of its last segment.
