@@ -34,8 +34,16 @@ impl RunSummary {
         self.violations.is_empty()
     }
 
-    /// Whether the run met its scenario's expectation.
+    /// Whether the run met its scenario's expectation. A run that did not replay identically
+    /// meets none: a canary's failure is only evidence if it is reproducible.
     pub fn met(&self, expectation: Expectation) -> bool {
+        if self
+            .violations
+            .iter()
+            .any(|violation| violation.checker == "determinism")
+        {
+            return false;
+        }
         match expectation {
             Expectation::Pass => self.passed_checks(),
             Expectation::Fail => !self.passed_checks(),
