@@ -35,15 +35,17 @@ impl StorageBackend for DiskBackend {
         })
     }
 
-    fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, io::Error> {
-        Ok(self.disk.read_at(&self.name, offset, len)?)
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        let bytes = self.disk.read_at(&self.name, offset, out.len())?;
+        out.copy_from_slice(&bytes);
+        Ok(())
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
         Ok(self.disk.truncate(&self.name, len)?)
     }
 
-    fn sync_data(&self, _eventual: bool) -> Result<(), io::Error> {
+    fn sync_data(&self) -> Result<(), io::Error> {
         Ok(self.disk.sync(&self.name)?)
     }
 
@@ -57,7 +59,7 @@ mod tests {
     use super::*;
     use crate::events::test_disk::TestDisk;
     use crate::seams::Disk;
-    use redb::{Database, TableDefinition};
+    use redb::{Database, ReadableDatabase, TableDefinition};
 
     const TABLE: TableDefinition<&str, u64> = TableDefinition::new("numbers");
 
@@ -68,13 +70,20 @@ mod tests {
         let backend = DiskBackend::new(disk.clone(), "db");
         assert_eq!(backend.len().unwrap(), 0);
         backend.set_len(8).unwrap();
-        assert_eq!(backend.read(0, 8).unwrap(), vec![0; 8]);
+        let mut eight = [1u8; 8];
+        backend.read(0, &mut eight).unwrap();
+        assert_eq!(eight, [0; 8]);
         backend.write(2, b"ab").unwrap();
-        assert_eq!(backend.read(1, 3).unwrap(), b"\0ab");
-        assert!(backend.read(6, 4).is_err(), "reads past the end fail");
+        let mut three = [0u8; 3];
+        backend.read(1, &mut three).unwrap();
+        assert_eq!(&three, b"\0ab");
+        assert!(
+            backend.read(6, &mut [0u8; 4]).is_err(),
+            "reads past the end fail"
+        );
         backend.set_len(3).unwrap();
         assert_eq!(backend.len().unwrap(), 3);
-        backend.sync_data(true).unwrap();
+        backend.sync_data().unwrap();
         assert_eq!(disk.syncs("db"), 1);
         let missing = DiskBackend::new(disk, "missing");
         assert_eq!(missing.len().unwrap_err().kind(), io::ErrorKind::NotFound);

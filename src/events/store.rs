@@ -22,7 +22,9 @@ use super::key::EventKey;
 use super::log::{LogError, LogRecord, SegmentedLog, RECORD_PAYLOAD_BYTES_MAX};
 use super::redb_backend::DiskBackend;
 use crate::seams::{Disk, DiskError, SharedDisk};
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -674,7 +676,9 @@ impl EventStore {
         // while the checkpoint allocates.
         self.events_table.replace(None);
         let mut transaction = self.database.begin_write().map_err(engine)?;
-        transaction.set_durability(Durability::Immediate);
+        transaction
+            .set_durability(Durability::Immediate)
+            .map_err(engine)?;
         {
             let mut events = transaction.open_table(EVENTS).map_err(engine)?;
             for (key, event) in &self.memtable.events {
@@ -763,7 +767,9 @@ fn initialise_database(database: &Database) -> Result<u64, StoreError> {
         Err(error) => return Err(engine(error)),
     }
     let mut transaction = database.begin_write().map_err(engine)?;
-    transaction.set_durability(Durability::Immediate);
+    transaction
+        .set_durability(Durability::Immediate)
+        .map_err(engine)?;
     {
         transaction.open_table(EVENTS).map_err(engine)?;
         transaction.open_table(UNCONFIRMED).map_err(engine)?;
