@@ -516,17 +516,7 @@ impl Disk for SimDisk {
         let image = &mut *image;
         let inode = image.inode(name)?;
         let file_len = inode.volatile.len() as u64;
-        let end = match offset.checked_add(len as u64) {
-            Some(end) if end <= file_len => end,
-            _ => {
-                return Err(DiskError::ShortRead {
-                    name: name.to_string(),
-                    offset,
-                    len,
-                    file_len,
-                })
-            }
-        };
+        let end = borough::seams::read_extent(name, offset, len, file_len)?;
         let mut data = inode.volatile[offset as usize..end as usize].to_vec();
         image.stats.reads += 1;
         if len > 0

@@ -178,14 +178,7 @@ impl Disk for TestDisk {
         let mut state = self.lock();
         let data = &state.inode(name)?.data;
         let file_len = data.len() as u64;
-        if offset + len as u64 > file_len {
-            return Err(DiskError::ShortRead {
-                name: name.to_string(),
-                offset,
-                len,
-                file_len,
-            });
-        }
+        crate::seams::read_extent(name, offset, len, file_len)?;
         let mut bytes = data[offset as usize..offset as usize + len].to_vec();
         for flip in &mut state.read_flips {
             let covered = flip.offset >= offset && flip.offset < offset + len as u64;

@@ -102,14 +102,7 @@ impl Disk for FileDisk {
         let file_len = self
             .len(name)?
             .ok_or_else(|| DiskError::NotFound(name.into()))?;
-        if offset + len as u64 > file_len {
-            return Err(DiskError::ShortRead {
-                name: name.to_string(),
-                offset,
-                len,
-                file_len,
-            });
-        }
+        crate::seams::read_extent(name, offset, len, file_len)?;
         self.with_handle(name, |file| {
             file.seek(SeekFrom::Start(offset))?;
             let mut buffer = vec![0; len];
@@ -213,6 +206,13 @@ mod tests {
             disk.read_at("a", 8, 10),
             Err(DiskError::ShortRead { .. })
         ));
+        assert!(
+            matches!(
+                disk.read_at("a", u64::MAX, 2),
+                Err(DiskError::ShortRead { .. })
+            ),
+            "an offset that overflows is a short read, not a panic"
+        );
         disk.truncate("a", 5).unwrap();
         disk.rename("a", "b").unwrap();
         disk.sync_directory().unwrap();

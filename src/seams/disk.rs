@@ -46,6 +46,20 @@ impl DiskError {
     }
 }
 
+/// Checks that `len` bytes at `offset` lie inside a file of `file_len` bytes and returns where
+/// the read ends. Every `Disk` uses it, so all of them refuse the same reads (overflow included).
+pub fn read_extent(name: &str, offset: u64, len: usize, file_len: u64) -> Result<u64, DiskError> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= file_len => Ok(end),
+        _ => Err(DiskError::ShortRead {
+            name: name.to_string(),
+            offset,
+            len,
+            file_len,
+        }),
+    }
+}
+
 impl From<DiskError> for std::io::Error {
     fn from(error: DiskError) -> Self {
         let kind = match error {

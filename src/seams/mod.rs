@@ -11,6 +11,6 @@ mod network;
 mod rng;
 
 pub use clock::Clock;
-pub use disk::{Disk, DiskError, SharedDisk};
+pub use disk::{read_extent, Disk, DiskError, SharedDisk};
 pub use network::Network;
 pub use rng::{Rng, SeededRng};
