@@ -108,7 +108,11 @@ pub struct SegmentedLog {
     disk: SharedDisk,
     segment_bytes_max: u64,
     segment: u64,
+    /// `segment_name(segment)`, kept so an append formats nothing.
+    segment_file: String,
     segment_len_bytes: u64,
+    /// Reused for every batch, so an append allocates only when a batch outgrows the last.
+    batch_buffer: Vec<u8>,
 }
 
 impl SegmentedLog {
@@ -140,12 +144,13 @@ impl SegmentedLog {
             disk,
             segment_bytes_max,
             segment: first_segment,
+            segment_file: segment_name(first_segment),
             segment_len_bytes: 0,
+            batch_buffer: Vec::new(),
         };
         let mut recovery = Recovery::default();
         let Some(&last) = segments.last() else {
-            let name = segment_name(first_segment);
-            log.disk.create(&name)?;
+            log.disk.create(&log.segment_file)?;
             log.disk.sync_directory()?;
             return Ok((log, recovery));
         };
@@ -160,6 +165,7 @@ impl SegmentedLog {
             let end = log.recover_segment(segment, segment == last, &mut recovery)?;
             if segment == last {
                 log.segment = segment;
+                log.segment_file = segment_name(segment);
                 log.segment_len_bytes = end;
             }
         }
@@ -176,7 +182,8 @@ impl SegmentedLog {
     /// appended. An error leaves the log in an unknown state: the caller must stop using it.
     pub fn append(&mut self, records: &[LogRecord]) -> Result<u64, DiskError> {
         assert!(!records.is_empty(), "an empty batch has nothing to commit");
-        let mut bytes = Vec::new();
+        let mut bytes = std::mem::take(&mut self.batch_buffer);
+        bytes.clear();
         for record in records {
             encode_record(record, &mut bytes);
         }
@@ -186,9 +193,9 @@ impl SegmentedLog {
         {
             self.rotate()?;
         }
-        let name = segment_name(self.segment);
-        let offset = self.disk.append(&name, &bytes)?;
-        self.disk.sync(&name)?;
+        let offset = self.disk.append(&self.segment_file, &bytes)?;
+        self.batch_buffer = bytes;
+        self.disk.sync(&self.segment_file)?;
         self.segment_len_bytes = offset + batch_bytes;
         Ok(batch_bytes)
     }
@@ -196,9 +203,11 @@ impl SegmentedLog {
     /// Starts a new, empty segment and returns its number; the name is durable on return.
     pub fn rotate(&mut self) -> Result<u64, DiskError> {
         let next = self.segment + 1;
-        self.disk.create(&segment_name(next))?;
+        let next_file = segment_name(next);
+        self.disk.create(&next_file)?;
         self.disk.sync_directory()?;
         self.segment = next;
+        self.segment_file = next_file;
         self.segment_len_bytes = 0;
         Ok(next)
     }
