@@ -1,18 +1,233 @@
-//! The `borough` binary. The cluster shell (TCP transport, HTTP API, `borough start`) arrives
-//! with the cluster issue; until then the binary reports what it is and points at the
-//! simulator, which runs the same node code.
+//! The `borough` binary: `borough start` runs a node; `borough event put|get|scan` and
+//! `borough status` are a client of a node's HTTP API.
+//!
+//! With no config at all, `borough start` runs one node with its data under
+//! `./borough-data`, its client API on 127.0.0.1:7480 and its peer port on 127.0.0.1:7481.
 
-fn main() {
-    let mut arguments = std::env::args().skip(1);
-    match arguments.next().as_deref() {
-        Some("--version") | Some("version") => println!("borough {}", env!("CARGO_PKG_VERSION")),
-        _ => {
-            eprintln!(
-                "borough {}: the cluster shell is not built yet; run the node inside the \
-                 simulator with `cargo run -p borough-sim -- sweep scenarios --seeds 0..20`",
-                env!("CARGO_PKG_VERSION")
-            );
-            std::process::exit(2);
+use borough::production::config::{LogFormat, ShellConfig, StartFlags};
+use borough::production::server::{serve, shutdown_signal};
+use borough::production::HttpClient;
+use clap::{Parser, Subcommand};
+use hyper::StatusCode;
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+const DEFAULT_NODE_URL: &str = "http://127.0.0.1:7480";
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(35);
+
+#[derive(Parser)]
+#[command(
+    name = "borough",
+    version,
+    about = "Borough: a replicated event store node and its client"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (config file, then flags, then defaults).
+    Start(Box<StartFlags>),
+    /// Store, read and scan events through a node's HTTP API.
+    Event {
+        #[command(subcommand)]
+        command: EventCommand,
+    },
+    /// Print a node's health: its id, place and peers.
+    Status {
+        #[arg(long, default_value = DEFAULT_NODE_URL)]
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventCommand {
+    /// Store an event (JSON from the argument, or standard input); prints its key.
+    Put {
+        #[arg(long, default_value = DEFAULT_NODE_URL)]
+        node: String,
+        /// ONE, QUORUM or ALL; the node's default when absent.
+        #[arg(long)]
+        commit: Option<String>,
+        /// The event as JSON; read from standard input when absent.
+        event: Option<String>,
+    },
+    /// Print the event stored under KEY.
+    Get {
+        #[arg(long, default_value = DEFAULT_NODE_URL)]
+        node: String,
+        key: String,
+    },
+    /// Print events in key order, one JSON object per line.
+    Scan {
+        #[arg(long, default_value = DEFAULT_NODE_URL)]
+        node: String,
+        #[arg(long)]
+        from: Option<String>,
+        /// Exclusive upper bound.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("borough: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match cli.command {
+        Command::Start(flags) => start(&runtime, *flags),
+        Command::Event { command } => runtime.block_on(event(command)),
+        Command::Status { node } => runtime.block_on(status(node)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("borough: {message}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn start(runtime: &tokio::runtime::Runtime, flags: StartFlags) -> Result<(), String> {
+    let config = ShellConfig::resolve(&flags).map_err(|error| error.to_string())?;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Human => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    runtime.block_on(serve(config, shutdown_signal()))
+}
+
+fn url(node: &str, path: &str) -> String {
+    format!("{}{path}", node.trim_end_matches('/'))
+}
+
+/// Fails with the node's own error text unless the status is `expected`.
+fn expect_status(
+    response: &borough::production::http_client::HttpResponse,
+    expected: StatusCode,
+) -> Result<(), String> {
+    if response.status == expected {
+        return Ok(());
+    }
+    let detail = serde_json::from_slice::<serde_json::Value>(&response.body)
+        .ok()
+        .and_then(|body| {
+            body.get("error")
+                .and_then(|error| error.as_str().map(String::from))
+        })
+        .unwrap_or_else(|| response.body_text());
+    Err(format!("{}: {detail}", response.status))
+}
+
+fn encode_query_value(value: &str) -> String {
+    // Keys are digits, hex and '-', so only an unexpected character needs escaping.
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'-' | b'_' | b'.' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+async fn event(command: EventCommand) -> Result<(), String> {
+    let client = HttpClient::new();
+    match command {
+        EventCommand::Put {
+            node,
+            commit,
+            event,
+        } => {
+            let body = match event {
+                Some(event) => event.into_bytes(),
+                None => {
+                    let mut body = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut body)
+                        .map_err(|error| format!("reading the event from stdin: {error}"))?;
+                    body
+                }
+            };
+            let path = match commit {
+                Some(level) => format!("/events?commit={}", encode_query_value(&level)),
+                None => "/events".to_string(),
+            };
+            let response = client
+                .post_json(&url(&node, &path), body, CLIENT_TIMEOUT)
+                .await
+                .map_err(|error| error.to_string())?;
+            expect_status(&response, StatusCode::CREATED)?;
+            let answer: serde_json::Value =
+                serde_json::from_slice(&response.body).map_err(|error| error.to_string())?;
+            println!("{}", answer["key"].as_str().unwrap_or_default());
+        }
+        EventCommand::Get { node, key } => {
+            let response = client
+                .get(
+                    &url(&node, &format!("/events/{}", encode_query_value(&key))),
+                    CLIENT_TIMEOUT,
+                )
+                .await
+                .map_err(|error| error.to_string())?;
+            expect_status(&response, StatusCode::OK)?;
+            println!("{}", response.body_text());
+        }
+        EventCommand::Scan {
+            node,
+            from,
+            to,
+            limit,
+        } => {
+            let mut path = format!("/events?limit={limit}");
+            if let Some(from) = from {
+                path.push_str(&format!("&from={}", encode_query_value(&from)));
+            }
+            if let Some(to) = to {
+                path.push_str(&format!("&to={}", encode_query_value(&to)));
+            }
+            let response = client
+                .get(&url(&node, &path), CLIENT_TIMEOUT)
+                .await
+                .map_err(|error| error.to_string())?;
+            expect_status(&response, StatusCode::OK)?;
+            let answer: serde_json::Value =
+                serde_json::from_slice(&response.body).map_err(|error| error.to_string())?;
+            for event in answer["events"].as_array().into_iter().flatten() {
+                println!("{event}");
+            }
+            if let Some(unreachable) = answer.get("unreachable_peers") {
+                eprintln!("borough: incomplete scan, unreachable peers: {unreachable}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn status(node: String) -> Result<(), String> {
+    let response = HttpClient::new()
+        .get(&url(&node, "/health"), CLIENT_TIMEOUT)
+        .await
+        .map_err(|error| error.to_string())?;
+    println!("{}", response.body_text());
+    expect_status(&response, StatusCode::OK)
 }

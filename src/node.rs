@@ -88,6 +88,29 @@ pub enum NodeOutput {
     IntervalClosed(IntervalClosed),
 }
 
+/// What the node has done since it opened, for metrics. Counting never changes behaviour.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeCounters {
+    /// Replica writes to a peer that failed or timed out.
+    pub replica_failures: u64,
+    /// Replica writes started on a spare peer after a failure or timeout ("get it done").
+    pub respreads: u64,
+    /// Repairs started by this node for events it holds short of their replication factor.
+    pub repairs: u64,
+    /// Group commits: each is one log append and one sync.
+    pub group_commits: u64,
+}
+
+fn count_failures_and_respreads(counters: &mut NodeCounters, actions: &[WriteAction]) {
+    for action in actions {
+        match action {
+            WriteAction::Suspect(_) => counters.replica_failures += 1,
+            WriteAction::SendReplicate(_) => counters.respreads += 1,
+            _ => {}
+        }
+    }
+}
+
 /// Something staged in the store that is answered once the commit is known.
 #[derive(Debug)]
 enum AwaitingCommit {
@@ -128,6 +151,7 @@ pub struct Node {
     unconfirmed_since: BTreeMap<EventKey, u64>,
     next_interval_check_micros: u64,
     outputs: Vec<NodeOutput>,
+    counters: NodeCounters,
 }
 
 impl std::fmt::Debug for Node {
@@ -165,6 +189,7 @@ impl Node {
             unconfirmed_since: BTreeMap::new(),
             next_interval_check_micros: now,
             outputs: Vec::new(),
+            counters: NodeCounters::default(),
             config,
             seams,
         })
@@ -176,6 +201,10 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    pub fn counters(&self) -> NodeCounters {
+        self.counters
     }
 
     pub fn store(&self) -> &EventStore {
@@ -334,7 +363,12 @@ impl Node {
                 let deadline = self.seams.clock.now_micros() + self.config.replica_timeout_micros;
                 let actions = match outcome {
                     Ok(()) => active.write.on_success(from),
-                    Err(_) => active.write.on_failure(from, deadline),
+                    Err(_) => {
+                        self.counters.replica_failures += 1;
+                        let actions = active.write.on_failure(from, deadline);
+                        count_failures_and_respreads(&mut self.counters, &actions);
+                        actions
+                    }
                 };
                 self.apply(write_id, actions);
             }
@@ -392,6 +426,7 @@ impl Node {
                 Some(active) => active.write.on_deadline(now, next_deadline),
                 None => continue,
             };
+            count_failures_and_respreads(&mut self.counters, &actions);
             self.apply(write_id, actions);
         }
         if now >= self.next_repair_micros {
@@ -460,6 +495,7 @@ impl Node {
                 return;
             };
             tracing::debug!(%key, "repairing an event short of its replication factor");
+            self.counters.repairs += 1;
             self.begin_write(key, event, plan, None, now);
         }
     }
@@ -569,6 +605,7 @@ impl Node {
         if !self.store.has_staged() {
             return;
         }
+        self.counters.group_commits += 1;
         let outcome = self
             .store
             .commit()

@@ -7,7 +7,8 @@
 use crate::seams::Clock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-#[derive(Debug)]
+/// Clones share the anchor, so they read the same time.
+#[derive(Clone, Debug)]
 pub struct SystemClock {
     start_wall_micros: u64,
     start_instant: Instant,

@@ -1,0 +1,418 @@
+//! The node's configuration: a TOML file, then command-line flags over it, then defaults.
+//!
+//! With nothing given, a node runs alone: node id 1, its client API on 127.0.0.1:7480, its
+//! peer port on 127.0.0.1:7481, data under `./borough-data`, replication factor 1. With peers
+//! and no replication factor, the factor is 3, or the cluster's size when smaller. Unknown
+//! keys in the file are errors that name the key; every value is checked before anything
+//! starts, so a bad config changes nothing.
+
+use crate::coordinator::CommitLevel;
+use crate::ids::{Location, NodeId};
+use crate::placement::ReplicationStrategy;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:7480";
+pub const DEFAULT_PEER_ADDRESS: &str = "127.0.0.1:7481";
+pub const DEFAULT_DATA_DIR: &str = "borough-data";
+
+/// How replicas travel between nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// Length-prefixed, versioned postcard frames over one TCP connection per peer.
+    #[default]
+    Tcp,
+    /// The AllData peer protocol: a JSON `{"key", "event"}` POST per replica, 201 on success.
+    Http,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// A peer from the config: its id and its peer-port address. Zone and region are learned from
+/// the peer itself when it first answers.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerAddress {
+    pub id: u32,
+    pub address: SocketAddr,
+}
+
+impl std::str::FromStr for PeerAddress {
+    type Err = String;
+
+    /// `ID@HOST:PORT`, for example `2@127.0.0.1:7491`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (id, address) = text
+            .split_once('@')
+            .ok_or_else(|| format!("peer {text:?} is not ID@HOST:PORT"))?;
+        let id = id
+            .parse()
+            .map_err(|_| format!("peer {text:?}: {id:?} is not a node id"))?;
+        let address = address
+            .parse()
+            .map_err(|error| format!("peer {text:?}: {address:?} is not HOST:PORT ({error})"))?;
+        Ok(Self { id, address })
+    }
+}
+
+/// Options of the AllData HTTP peer client: each may be overridden per call.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpPeerOptions {
+    /// Method of the replica call; POST unless configured otherwise.
+    pub method: String,
+    /// Path of the peer's event endpoint.
+    pub path: String,
+    /// Port of the peer's HTTP peer endpoint; the peer's configured peer port when unset.
+    pub port: Option<u16>,
+    pub timeout_ms: u64,
+}
+
+impl Default for HttpPeerOptions {
+    fn default() -> Self {
+        Self {
+            method: "POST".to_string(),
+            path: "/peer/events".to_string(),
+            port: None,
+            timeout_ms: 2_000,
+        }
+    }
+}
+
+/// The config file's shape. Every field is optional; flags override them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub node_id: Option<u32>,
+    pub http: Option<SocketAddr>,
+    pub listen: Option<SocketAddr>,
+    /// The address peers should use to reach this node's peer port, when `listen` is a
+    /// wildcard such as 0.0.0.0.
+    pub advertise: Option<SocketAddr>,
+    pub advertise_http: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub zone: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub peers: Vec<PeerAddress>,
+    pub replication_factor: Option<u32>,
+    pub other_zone_replicas: Option<u32>,
+    pub other_region_replicas: Option<u32>,
+    pub commit_level: Option<String>,
+    pub transport: Option<TransportKind>,
+    pub http_peer: Option<HttpPeerOptions>,
+    pub log_format: Option<LogFormat>,
+    pub replica_timeout_ms: Option<u64>,
+    pub peer_down_after_ms: Option<u64>,
+    pub body_bytes_max: Option<usize>,
+}
+
+/// The flags of `borough start`; each overrides the file's value.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct StartFlags {
+    /// TOML config file; flags override its values.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub node_id: Option<u32>,
+    /// Client HTTP API address [default: 127.0.0.1:7480].
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Peer port address [default: 127.0.0.1:7481].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+    #[arg(long)]
+    pub advertise_http: Option<SocketAddr>,
+    /// Data directory [default: ./borough-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub zone: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// A peer as ID@HOST:PORT (its peer port); repeat for each. Added to the file's peers.
+    #[arg(long = "peer")]
+    pub peers: Vec<PeerAddress>,
+    #[arg(long)]
+    pub replication_factor: Option<u32>,
+    #[arg(long)]
+    pub other_zone_replicas: Option<u32>,
+    #[arg(long)]
+    pub other_region_replicas: Option<u32>,
+    /// Default commit level: ONE, QUORUM or ALL [default: QUORUM].
+    #[arg(long)]
+    pub commit_level: Option<String>,
+    #[arg(long, value_enum)]
+    pub transport: Option<TransportKind>,
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[arg(long)]
+    pub replica_timeout_ms: Option<u64>,
+}
+
+/// Everything a node needs to start, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShellConfig {
+    pub node_id: NodeId,
+    pub http: SocketAddr,
+    pub listen: SocketAddr,
+    pub advertise: SocketAddr,
+    pub advertise_http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub location: Location,
+    pub peers: Vec<PeerAddress>,
+    pub replication_factor: u32,
+    pub strategy: ReplicationStrategy,
+    pub commit_level: CommitLevel,
+    pub transport: TransportKind,
+    pub http_peer: HttpPeerOptions,
+    pub log_format: LogFormat,
+    pub replica_timeout_ms: u64,
+    /// A peer silent this long is skipped by placement until it is heard again.
+    pub peer_down_after_ms: u64,
+    /// Largest client request body (and so event) accepted.
+    pub body_bytes_max: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("config file {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("invalid configuration: {0}")]
+    Value(String),
+}
+
+pub fn parse_commit_level(text: &str) -> Result<CommitLevel, String> {
+    match text.to_ascii_uppercase().as_str() {
+        "ONE" => Ok(CommitLevel::One),
+        "QUORUM" => Ok(CommitLevel::Quorum),
+        "ALL" => Ok(CommitLevel::All),
+        _ => Err(format!(
+            "commit level {text:?} is not one of ONE, QUORUM, ALL"
+        )),
+    }
+}
+
+pub fn read_config_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Unreadable {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|error| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    })
+}
+
+impl ShellConfig {
+    /// The file (if any), then the flags, then defaults; checked as a whole.
+    pub fn resolve(flags: &StartFlags) -> Result<ShellConfig, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_config_file(path)?,
+            None => ConfigFile::default(),
+        };
+        Self::merge(file, flags)
+    }
+
+    pub fn merge(file: ConfigFile, flags: &StartFlags) -> Result<ShellConfig, ConfigError> {
+        let value = |reason: String| ConfigError::Value(reason);
+        let node_id = NodeId(flags.node_id.or(file.node_id).unwrap_or(1));
+        let http = flags
+            .http
+            .or(file.http)
+            .unwrap_or_else(|| DEFAULT_HTTP_ADDRESS.parse().expect("valid default"));
+        let listen = flags
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_PEER_ADDRESS.parse().expect("valid default"));
+        if http == listen {
+            return Err(value(format!(
+                "the client API and the peer port cannot share {http}"
+            )));
+        }
+        let advertise = flags.advertise.or(file.advertise).unwrap_or(listen);
+        let advertise_http = flags.advertise_http.or(file.advertise_http).unwrap_or(http);
+        let mut peers = file.peers;
+        for peer in &flags.peers {
+            if let Some(existing) = peers.iter().find(|known| known.id == peer.id) {
+                if existing.address != peer.address {
+                    return Err(value(format!(
+                        "peer {} is given two addresses: {} and {}",
+                        peer.id, existing.address, peer.address
+                    )));
+                }
+                continue;
+            }
+            peers.push(peer.clone());
+        }
+        if let Some(me) = peers.iter().find(|peer| peer.id == node_id.0) {
+            return Err(value(format!(
+                "peer {}@{} has this node's own id",
+                me.id, me.address
+            )));
+        }
+        peers.sort_by_key(|peer| peer.id);
+        let cluster_size = peers.len() as u32 + 1;
+        let replication_factor = flags
+            .replication_factor
+            .or(file.replication_factor)
+            .unwrap_or(cluster_size.min(3));
+        if replication_factor == 0 {
+            return Err(value("replication factor must be at least 1".to_string()));
+        }
+        let strategy = ReplicationStrategy {
+            other_zone_replicas: flags
+                .other_zone_replicas
+                .or(file.other_zone_replicas)
+                .unwrap_or(0),
+            other_region_replicas: flags
+                .other_region_replicas
+                .or(file.other_region_replicas)
+                .unwrap_or(0),
+        };
+        if strategy.other_zone_replicas + strategy.other_region_replicas >= replication_factor {
+            return Err(value(format!(
+                "other_zone_replicas ({}) plus other_region_replicas ({}) must leave room for \
+                 the local replica under replication factor {replication_factor}",
+                strategy.other_zone_replicas, strategy.other_region_replicas
+            )));
+        }
+        let commit_level = match flags.commit_level.as_ref().or(file.commit_level.as_ref()) {
+            Some(text) => parse_commit_level(text).map_err(value)?,
+            None => CommitLevel::Quorum,
+        };
+        let http_peer = file.http_peer.unwrap_or_default();
+        if http_peer.method.parse::<hyper::Method>().is_err() || http_peer.method.is_empty() {
+            return Err(value(format!(
+                "http_peer.method {:?} is not an HTTP method",
+                http_peer.method
+            )));
+        }
+        if !http_peer.path.starts_with('/') {
+            return Err(value(format!(
+                "http_peer.path {:?} must start with /",
+                http_peer.path
+            )));
+        }
+        let zone = flags
+            .zone
+            .clone()
+            .or(file.zone)
+            .unwrap_or_else(|| "zone-1".to_string());
+        let region = flags
+            .region
+            .clone()
+            .or(file.region)
+            .unwrap_or_else(|| "region-1".to_string());
+        if zone.is_empty() || region.is_empty() {
+            return Err(value("zone and region must not be empty".to_string()));
+        }
+        let replica_timeout_ms = flags
+            .replica_timeout_ms
+            .or(file.replica_timeout_ms)
+            .unwrap_or(2_000);
+        if replica_timeout_ms == 0 {
+            return Err(value("replica_timeout_ms must be positive".to_string()));
+        }
+        let body_bytes_max = file.body_bytes_max.unwrap_or(1024 * 1024);
+        if body_bytes_max == 0 || body_bytes_max > 1024 * 1024 {
+            return Err(value(format!(
+                "body_bytes_max {body_bytes_max} must be in 1..={}",
+                1024 * 1024
+            )));
+        }
+        Ok(ShellConfig {
+            node_id,
+            http,
+            listen,
+            advertise,
+            advertise_http,
+            data_dir: flags
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            location: Location::new(region, zone),
+            peers,
+            replication_factor,
+            strategy,
+            commit_level,
+            transport: flags.transport.or(file.transport).unwrap_or_default(),
+            http_peer,
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            replica_timeout_ms,
+            peer_down_after_ms: file.peer_down_after_ms.unwrap_or(3_000).max(100),
+            body_bytes_max,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_config_runs_one_node_on_the_documented_ports() {
+        let config = ShellConfig::resolve(&StartFlags::default()).unwrap();
+        assert_eq!(config.node_id, NodeId(1));
+        assert_eq!(config.http.to_string(), "127.0.0.1:7480");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:7481");
+        assert_eq!(config.data_dir, PathBuf::from("borough-data"));
+        assert_eq!(config.replication_factor, 1);
+        assert_eq!(config.commit_level, CommitLevel::Quorum);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_peers_set_the_default_factor() {
+        let file: ConfigFile = toml::from_str(
+            r#"
+            node_id = 4
+            zone = "a"
+            commit_level = "ONE"
+            peers = [{ id = 5, address = "127.0.0.1:9005" }]
+            "#,
+        )
+        .unwrap();
+        let flags = StartFlags {
+            zone: Some("b".into()),
+            peers: vec!["6@127.0.0.1:9006".parse().unwrap()],
+            ..StartFlags::default()
+        };
+        let config = ShellConfig::merge(file, &flags).unwrap();
+        assert_eq!(config.node_id, NodeId(4));
+        assert_eq!(config.location.zone, "b");
+        assert_eq!(config.commit_level, CommitLevel::One);
+        assert_eq!(config.peers.len(), 2);
+        assert_eq!(config.replication_factor, 3);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_name() {
+        let unknown = toml::from_str::<ConfigFile>("nodeid = 3").unwrap_err();
+        assert!(unknown.to_string().contains("nodeid"), "{unknown}");
+        let flags = StartFlags {
+            commit_level: Some("MOST".into()),
+            ..StartFlags::default()
+        };
+        let error = ShellConfig::merge(ConfigFile::default(), &flags).unwrap_err();
+        assert!(error.to_string().contains("MOST"), "{error}");
+        let own = StartFlags {
+            peers: vec!["1@127.0.0.1:9001".parse().unwrap()],
+            ..StartFlags::default()
+        };
+        assert!(ShellConfig::merge(ConfigFile::default(), &own).is_err());
+        assert!("2-127.0.0.1:1".parse::<PeerAddress>().is_err());
+    }
+}

@@ -1,0 +1,274 @@
+//! The AllData peer protocol as a peer transport: a replica is a JSON `{"key", "event"}`
+//! request to the peer (method, path and port configurable, each overridable per call), and
+//! only a 201 is a success; any other status, a socket error or a timeout is a failure the
+//! coordinator re-spreads. Confirmations go to `/peer/confirm`; membership is a periodic
+//! `/peer/hello` exchange.
+//!
+//! Invariants: at most `REQUESTS_IN_FLIGHT_MAX` replica calls are outstanding; beyond that a
+//! replica is failed at once (the coordinator re-spreads it) instead of queueing without bound.
+
+use crate::ids::NodeId;
+use crate::production::config::HttpPeerOptions;
+use crate::production::driver::{NodeHandle, NodeInput, PeerSender};
+use crate::production::http_api::{PeerConfirmBody, PeerEventBody, PeerHelloBody};
+use crate::production::http_client::HttpClient;
+use crate::production::membership::{report, Membership};
+use crate::production::metrics::Metrics;
+use crate::production::peer_frame::PeerInfo;
+use crate::wire::Message;
+use hyper::{Method, StatusCode};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+
+/// One call's overrides of the configured options.
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    pub method: Option<Method>,
+    pub path: Option<String>,
+    pub port: Option<u16>,
+}
+
+/// The AllData peer client: sends one event to one peer.
+#[derive(Clone, Debug)]
+pub struct HttpPeerClient {
+    client: HttpClient,
+    options: HttpPeerOptions,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PeerCallError {
+    #[error("peer answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl HttpPeerClient {
+    pub fn new(client: HttpClient, options: HttpPeerOptions) -> Self {
+        Self { client, options }
+    }
+
+    /// Sends `{"key": key, "event": event}` to the peer at `address` (its peer port unless
+    /// a port is configured or given). Only 201 is a success.
+    pub async fn send_event(
+        &self,
+        address: SocketAddr,
+        key: &str,
+        event: serde_json::Value,
+        overrides: &CallOptions,
+    ) -> Result<(), PeerCallError> {
+        let method = match &overrides.method {
+            Some(method) => method.clone(),
+            None => self
+                .options
+                .method
+                .parse()
+                .map_err(|_| PeerCallError::Transport("invalid configured method".into()))?,
+        };
+        let path = overrides.path.as_deref().unwrap_or(&self.options.path);
+        let port = overrides
+            .port
+            .or(self.options.port)
+            .unwrap_or(address.port());
+        let url = format!("http://{}:{port}{path}", address.ip());
+        let body = serde_json::to_vec(&PeerEventBody {
+            key: key.to_string(),
+            event,
+        })
+        .map_err(|error| PeerCallError::Transport(error.to_string()))?;
+        let response = self
+            .client
+            .request(
+                method,
+                &url,
+                Some("application/json"),
+                body,
+                Duration::from_millis(self.options.timeout_ms),
+            )
+            .await
+            .map_err(|error| PeerCallError::Transport(error.to_string()))?;
+        if response.status == StatusCode::CREATED {
+            Ok(())
+        } else {
+            Err(PeerCallError::Status {
+                status: response.status.as_u16(),
+                body: response.body_text(),
+            })
+        }
+    }
+}
+
+pub struct HttpTransport {
+    peer_client: HttpPeerClient,
+    local: PeerInfo,
+    membership: Arc<Membership>,
+    metrics: Arc<Metrics>,
+    node: OnceLock<NodeHandle>,
+    runtime: tokio::runtime::Handle,
+    in_flight: Arc<Semaphore>,
+    heartbeat_interval: Duration,
+}
+
+impl std::fmt::Debug for HttpTransport {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("HttpTransport")
+            .field("local", &self.local.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpTransport {
+    /// Must be called inside the runtime the transport's tasks will run on.
+    pub fn new(
+        peer_client: HttpPeerClient,
+        local: PeerInfo,
+        membership: Arc<Membership>,
+        metrics: Arc<Metrics>,
+        heartbeat_interval: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            peer_client,
+            local,
+            membership,
+            metrics,
+            node: OnceLock::new(),
+            runtime: tokio::runtime::Handle::current(),
+            in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+            heartbeat_interval,
+        })
+    }
+
+    /// Starts the hello exchange and the failure detector.
+    pub fn start(self: &Arc<Self>, node: NodeHandle) {
+        if self.node.set(node.clone()).is_err() {
+            panic!("HttpTransport::start called twice");
+        }
+        let transport = Arc::clone(self);
+        self.runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(transport.heartbeat_interval);
+            loop {
+                ticks.tick().await;
+                for (id, address) in transport.membership.known_peers() {
+                    let transport = Arc::clone(&transport);
+                    let node = node.clone();
+                    tokio::spawn(async move { transport.hello(id, address, &node).await });
+                }
+                for transition in transport.membership.expire(Instant::now()) {
+                    report(&node, transition).await;
+                }
+                transport
+                    .metrics
+                    .set_peers_up(transport.membership.up_http_addresses().len() as u64);
+            }
+        });
+    }
+
+    async fn hello(&self, id: NodeId, address: SocketAddr, node: &NodeHandle) {
+        let body = PeerHelloBody {
+            sender: self.local.clone(),
+            known_peers: self.membership.known_peers(),
+        };
+        let Ok(body) = serde_json::to_vec(&body) else {
+            return;
+        };
+        let url = format!("http://{address}/peer/hello");
+        let answer = self
+            .peer_client
+            .client
+            .post_json(&url, body, self.heartbeat_interval)
+            .await;
+        let Ok(response) = answer else {
+            return;
+        };
+        if response.status != StatusCode::OK {
+            return;
+        }
+        let Ok(hello) = serde_json::from_slice::<PeerHelloBody>(&response.body) else {
+            return;
+        };
+        if hello.sender.id != id {
+            tracing::warn!(expected = %id, answered = %hello.sender.id, %address, "a different node answers at this address");
+            return;
+        }
+        for (known, known_address) in hello.known_peers {
+            self.membership.learn(known, known_address);
+        }
+        if let Some(transition) = self.membership.hello(
+            id,
+            hello.sender.peer_address,
+            hello.sender.http_address,
+            hello.sender.location,
+            Instant::now(),
+        ) {
+            report(node, transition).await;
+        }
+    }
+}
+
+impl PeerSender for HttpTransport {
+    fn send(&self, to: NodeId, message: Message) {
+        let (Some(node), Some(address)) =
+            (self.node.get().cloned(), self.membership.peer_address(to))
+        else {
+            self.metrics.count_dropped_frame();
+            return;
+        };
+        match message {
+            Message::Replicate {
+                write_id,
+                key,
+                event,
+            } => {
+                let answer_key = key.clone();
+                let answer = move |outcome: Result<(), String>| NodeInput::PeerMessage {
+                    from: to,
+                    message: Message::ReplicateResult {
+                        write_id,
+                        key: answer_key,
+                        outcome,
+                    },
+                };
+                let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+                    let _ = node.try_submit(answer(Err("too many replica calls in flight".into())));
+                    return;
+                };
+                let event = serde_json::from_slice(&event).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(&event).into_owned())
+                });
+                let peer_client = self.peer_client.clone();
+                self.runtime.spawn(async move {
+                    let outcome = peer_client
+                        .send_event(address, key.as_str(), event, &CallOptions::default())
+                        .await
+                        .map_err(|error| error.to_string());
+                    drop(permit);
+                    let _ = node.submit(answer(outcome)).await;
+                });
+            }
+            Message::Confirm { keys } => {
+                let body = PeerConfirmBody {
+                    keys: keys.iter().map(|key| key.as_str().to_string()).collect(),
+                };
+                let Ok(body) = serde_json::to_vec(&body) else {
+                    return;
+                };
+                let client = self.peer_client.client.clone();
+                let url = format!("http://{address}/peer/confirm");
+                let timeout = self.heartbeat_interval * 2;
+                self.runtime.spawn(async move {
+                    // Best effort: a lost confirm costs only a redundant repair.
+                    let _ = client.post_json(&url, body, timeout).await;
+                });
+            }
+            Message::ReplicateResult { .. } => {
+                // Over HTTP a replica's answer is the response itself; nothing to send.
+            }
+        }
+    }
+}

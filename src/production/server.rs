@@ -1,0 +1,182 @@
+//! Starts a node: binds its ports, opens (recovers) its store on its own thread, starts the
+//! peer transport and serves the HTTP API until shutdown.
+//!
+//! Ports are bound before the store is opened, so a port in use fails fast and touches no
+//! data. Shutdown (Ctrl-C or SIGTERM) stops taking requests; every acknowledged write is
+//! already durable, so nothing more has to be flushed.
+
+use crate::ids::NodeId;
+use crate::node::NodeConfig;
+use crate::production::config::{ShellConfig, TransportKind};
+use crate::production::driver::{spawn_node, PeerSender};
+use crate::production::http_api::{client_router, peer_router, ApiState};
+use crate::production::http_client::HttpClient;
+use crate::production::http_transport::{HttpPeerClient, HttpTransport};
+use crate::production::membership::Membership;
+use crate::production::metrics::Metrics;
+use crate::production::peer_frame::PeerInfo;
+use crate::production::tcp_transport::{accept_peers, TcpTransport, TokioNet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Inputs the node thread queues before client calls are refused as overloaded.
+const NODE_INBOX_CAPACITY: usize = 16 * 1024;
+
+/// Runs the node until `shutdown` completes.
+pub async fn serve(
+    config: ShellConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let http_listener = TcpListener::bind(config.http)
+        .await
+        .map_err(|error| format!("cannot listen for clients on {}: {error}", config.http))?;
+    let peer_listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| format!("cannot listen for peers on {}: {error}", config.listen))?;
+    let bound_http = http_listener
+        .local_addr()
+        .map_err(|error| error.to_string())?;
+    let bound_peer = peer_listener
+        .local_addr()
+        .map_err(|error| error.to_string())?;
+    // A port of 0 means "any": advertise what was actually bound.
+    let advertise = if config.advertise == config.listen {
+        bound_peer
+    } else {
+        config.advertise
+    };
+    let advertise_http = if config.advertise_http == config.http {
+        bound_http
+    } else {
+        config.advertise_http
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| {
+        format!(
+            "cannot create data dir {}: {error}",
+            config.data_dir.display()
+        )
+    })?;
+
+    let peer_down_after = Duration::from_millis(config.peer_down_after_ms);
+    let heartbeat_interval = (peer_down_after / 4).max(Duration::from_millis(50));
+    let membership = Arc::new(Membership::new(config.node_id, peer_down_after));
+    for peer in &config.peers {
+        membership.learn(NodeId(peer.id), peer.address);
+    }
+    let metrics = Arc::new(Metrics::default());
+    let local = PeerInfo {
+        id: config.node_id,
+        location: config.location.clone(),
+        peer_address: advertise,
+        http_address: advertise_http,
+    };
+    let client = HttpClient::new();
+
+    let mut node_config = NodeConfig::new(config.node_id, config.location.clone());
+    node_config.replication_factor = config.replication_factor;
+    node_config.strategy = config.strategy;
+    node_config.default_commit_level = config.commit_level;
+    node_config.replica_timeout_micros = config.replica_timeout_ms * 1_000;
+    node_config.store.max_event_bytes = config.body_bytes_max;
+
+    enum Transport {
+        Tcp(Arc<TcpTransport<TokioNet>>),
+        Http(Arc<HttpTransport>),
+    }
+    let transport = match config.transport {
+        TransportKind::Tcp => Transport::Tcp(TcpTransport::new(
+            TokioNet,
+            local.clone(),
+            Arc::clone(&membership),
+            Arc::clone(&metrics),
+            heartbeat_interval,
+        )),
+        TransportKind::Http => Transport::Http(HttpTransport::new(
+            HttpPeerClient::new(client.clone(), config.http_peer.clone()),
+            local.clone(),
+            Arc::clone(&membership),
+            Arc::clone(&metrics),
+            heartbeat_interval,
+        )),
+    };
+    let sender: Arc<dyn PeerSender> = match &transport {
+        Transport::Tcp(tcp) => tcp.clone(),
+        Transport::Http(http) => http.clone(),
+    };
+    let data_dir = config.data_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        spawn_node(node_config, data_dir, sender, NODE_INBOX_CAPACITY)
+    })
+    .await
+    .map_err(|error| format!("opening the node failed: {error}"))?;
+    let (node, _node_thread) = opened.map_err(|error| {
+        format!(
+            "cannot open the store in {}: {error}",
+            config.data_dir.display()
+        )
+    })?;
+
+    let state = ApiState {
+        node: node.clone(),
+        local_id: config.node_id,
+        membership: Arc::clone(&membership),
+        metrics: Arc::clone(&metrics),
+        client,
+        body_bytes_max: config.body_bytes_max,
+    };
+    match transport {
+        Transport::Tcp(tcp) => {
+            tcp.start(node.clone());
+            tokio::spawn(accept_peers(tcp, peer_listener));
+        }
+        Transport::Http(http) => {
+            http.start(node.clone());
+            let router = peer_router(state.clone(), &config.http_peer.path, local.clone());
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(peer_listener, router).await {
+                    tracing::error!(%error, "peer HTTP server stopped");
+                }
+            });
+        }
+    }
+    tracing::info!(
+        node = %config.node_id,
+        http = %bound_http,
+        peer = %bound_peer,
+        transport = ?config.transport,
+        data_dir = %config.data_dir.display(),
+        peers = config.peers.len(),
+        replication_factor = config.replication_factor,
+        "borough node listening"
+    );
+    axum::serve(http_listener, client_router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|error| format!("client API server failed: {error}"))?;
+    tracing::info!(node = %config.node_id, "shut down");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}

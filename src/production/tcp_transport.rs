@@ -1,0 +1,336 @@
+//! The TCP peer transport: one outbound connection per peer carrying this node's frames, and
+//! inbound connections carrying each peer's frames to the node.
+//!
+//! Invariants:
+//! - every peer has a bounded outbound queue; when it is full (peer slow, down or
+//!   partitioned) new messages to it are dropped and counted, never buffered without bound:
+//!   the node's protocol already treats the network as lossy and re-spreads on timeout;
+//! - a lost connection is re-dialled with exponential backoff (50 ms doubling to 5 s), and
+//!   every new connection starts with a hello, so the receiver knows who is talking;
+//! - inbound frames over the size limit, malformed or of an unknown version close the
+//!   connection; a reader hands messages to the node with backpressure (it stops reading its
+//!   socket while the node's inbox is full);
+//! - the socket types come from a [`PeerNet`], so the same code runs over tokio's TCP in
+//!   production and over turmoil's simulated TCP in tests.
+
+use crate::ids::NodeId;
+use crate::production::driver::{NodeHandle, NodeInput, PeerSender};
+use crate::production::membership::{report, Membership};
+use crate::production::metrics::Metrics;
+use crate::production::peer_frame::{encode_frame, read_frame, FrameBody, PeerInfo};
+use crate::wire::Message;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Frames queued per peer before new ones are dropped.
+pub const OUTBOUND_QUEUE_FRAMES: usize = 1024;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the transport opens connections: tokio's TCP in production, turmoil's in tests.
+pub trait PeerNet: Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn connect(
+        &self,
+        address: SocketAddr,
+    ) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+/// Real TCP with Nagle off (frames are small and latency-bound).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioNet;
+
+impl PeerNet for TokioNet {
+    type Stream = tokio::net::TcpStream;
+
+    async fn connect(&self, address: SocketAddr) -> std::io::Result<Self::Stream> {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+pub struct TcpTransport<N: PeerNet> {
+    net: Arc<N>,
+    local: PeerInfo,
+    membership: Arc<Membership>,
+    metrics: Arc<Metrics>,
+    outbound: Mutex<BTreeMap<NodeId, mpsc::Sender<Vec<u8>>>>,
+    /// Set once the node is open; frames can only be handed to it from then on.
+    node: OnceLock<NodeHandle>,
+    runtime: tokio::runtime::Handle,
+    heartbeat_interval: Duration,
+}
+
+impl<N: PeerNet> std::fmt::Debug for TcpTransport<N> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("TcpTransport")
+            .field("local", &self.local.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<N: PeerNet> TcpTransport<N> {
+    /// Must be called inside the runtime the transport's tasks will run on.
+    pub fn new(
+        net: N,
+        local: PeerInfo,
+        membership: Arc<Membership>,
+        metrics: Arc<Metrics>,
+        heartbeat_interval: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            net: Arc::new(net),
+            local,
+            membership,
+            metrics,
+            outbound: Mutex::new(BTreeMap::new()),
+            node: OnceLock::new(),
+            runtime: tokio::runtime::Handle::current(),
+            heartbeat_interval,
+        })
+    }
+
+    /// Connects to every known peer and starts the failure detector. Call once the node is
+    /// open; inbound connections are served with [`TcpTransport::serve_inbound`].
+    pub fn start(self: &Arc<Self>, node: NodeHandle) {
+        if self.node.set(node.clone()).is_err() {
+            panic!("TcpTransport::start called twice");
+        }
+        for (id, _) in self.membership.known_peers() {
+            self.connect_to(id);
+        }
+        let transport = Arc::clone(self);
+        self.runtime.spawn(async move {
+            let mut ticks = tokio::time::interval(transport.heartbeat_interval);
+            loop {
+                ticks.tick().await;
+                for transition in transport.membership.expire(Instant::now()) {
+                    report(&node, transition).await;
+                }
+                transport
+                    .metrics
+                    .set_peers_up(transport.membership.up_http_addresses().len() as u64);
+            }
+        });
+    }
+
+    fn lock_outbound(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, mpsc::Sender<Vec<u8>>>> {
+        self.outbound
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts the connection task for `peer`, once.
+    fn connect_to(self: &Arc<Self>, peer: NodeId) {
+        let (sender, queue) = mpsc::channel(OUTBOUND_QUEUE_FRAMES);
+        {
+            let mut outbound = self.lock_outbound();
+            if outbound.contains_key(&peer) {
+                return;
+            }
+            outbound.insert(peer, sender);
+        }
+        let transport = Arc::clone(self);
+        self.runtime
+            .spawn(async move { transport.connection_loop(peer, queue).await });
+    }
+
+    async fn connection_loop(self: Arc<Self>, peer: NodeId, mut queue: mpsc::Receiver<Vec<u8>>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let Some(address) = self.membership.peer_address(peer) else {
+                return;
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, self.net.connect(address)).await {
+                Ok(Ok(stream)) => {
+                    tracing::debug!(%peer, %address, "connected");
+                    backoff = BACKOFF_MIN;
+                    let reason = self.send_frames(stream, &mut queue).await;
+                    match reason {
+                        None => return,
+                        Some(reason) => {
+                            self.metrics.count_reconnect();
+                            tracing::info!(%peer, %address, %reason, "connection lost; redialling")
+                        }
+                    }
+                }
+                Ok(Err(error)) => tracing::debug!(%peer, %address, %error, "connect failed"),
+                Err(_) => tracing::debug!(%peer, %address, "connect timed out"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Writes the hello, then queued frames and heartbeats until the connection fails
+    /// (returns why) or the queue closes (returns `None`).
+    async fn send_frames(
+        &self,
+        mut stream: N::Stream,
+        queue: &mut mpsc::Receiver<Vec<u8>>,
+    ) -> Option<String> {
+        let hello = FrameBody::Hello {
+            sender: self.local.clone(),
+            known_peers: self.membership.known_peers(),
+        };
+        let hello = encode_frame(&hello).expect("a hello is far below the frame limit");
+        if let Err(reason) = write_with_timeout(&mut stream, &hello).await {
+            return Some(reason);
+        }
+        let heartbeat = encode_frame(&FrameBody::Heartbeat).expect("a heartbeat is tiny");
+        let mut ticks = tokio::time::interval(self.heartbeat_interval);
+        loop {
+            let bytes = tokio::select! {
+                frame = queue.recv() => match frame {
+                    Some(frame) => frame,
+                    None => return None,
+                },
+                _ = ticks.tick() => heartbeat.clone(),
+            };
+            if let Err(reason) = write_with_timeout(&mut stream, &bytes).await {
+                return Some(reason);
+            }
+        }
+    }
+
+    /// Reads one inbound connection until it ends. The first frame must be a hello.
+    pub async fn serve_inbound<S: AsyncRead + Unpin>(self: Arc<Self>, mut stream: S) {
+        let Some(node) = self.node.get().cloned() else {
+            return;
+        };
+        let sender = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream)).await {
+            Ok(Ok(Some(FrameBody::Hello {
+                sender,
+                known_peers,
+            }))) => {
+                for (id, address) in known_peers {
+                    if self.membership.learn(id, address) {
+                        tracing::info!(peer = %id, %address, "learned of a peer");
+                        self.connect_to(id);
+                    }
+                }
+                if self.membership.learn(sender.id, sender.peer_address) {
+                    self.connect_to(sender.id);
+                }
+                if let Some(transition) = self.membership.hello(
+                    sender.id,
+                    sender.peer_address,
+                    sender.http_address,
+                    sender.location.clone(),
+                    Instant::now(),
+                ) {
+                    report(&node, transition).await;
+                }
+                sender.id
+            }
+            Ok(Ok(Some(_))) => {
+                tracing::warn!("inbound connection did not start with a hello; closed");
+                return;
+            }
+            Ok(Ok(None)) => return,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "inbound connection refused");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("inbound connection sent no hello in time; closed");
+                return;
+            }
+        };
+        loop {
+            let body = match read_frame(&mut stream).await {
+                Ok(Some(body)) => body,
+                Ok(None) => return,
+                Err(error) => {
+                    self.metrics.count_bad_frame();
+                    tracing::warn!(peer = %sender, %error, "closing connection");
+                    return;
+                }
+            };
+            if let Some(transition) = self.membership.heard(sender, Instant::now()) {
+                report(&node, transition).await;
+            }
+            match body {
+                FrameBody::Message(message) => {
+                    let input = NodeInput::PeerMessage {
+                        from: sender,
+                        message,
+                    };
+                    if node.submit(input).await.is_err() {
+                        return;
+                    }
+                }
+                FrameBody::Heartbeat => {}
+                FrameBody::Hello { .. } => {
+                    tracing::warn!(peer = %sender, "second hello on one connection; closed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn write_with_timeout<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> Result<(), String> {
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!(
+            "write stalled for {} ms",
+            WRITE_TIMEOUT.as_millis()
+        )),
+    }
+}
+
+impl<N: PeerNet> PeerSender for TcpTransport<N> {
+    fn send(&self, to: NodeId, message: Message) {
+        let queue = self.lock_outbound().get(&to).cloned();
+        let Some(queue) = queue else {
+            self.metrics.count_dropped_frame();
+            return;
+        };
+        let bytes = match encode_frame(&FrameBody::Message(message)) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(peer = %to, %error, "message not sent");
+                self.metrics.count_dropped_frame();
+                return;
+            }
+        };
+        if queue.try_send(bytes).is_err() {
+            self.metrics.count_dropped_frame();
+        }
+    }
+}
+
+/// Accepts peer connections on `listener` forever.
+pub async fn accept_peers(
+    transport: Arc<TcpTransport<TokioNet>>,
+    listener: tokio::net::TcpListener,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(Arc::clone(&transport).serve_inbound(stream));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accepting a peer connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
