@@ -257,12 +257,17 @@ impl ShellConfig {
             }
             peers.push(peer.clone());
         }
+        // Every node may be given the same full list: its own entry is dropped when the
+        // address is its own, and refused when it names some other address.
         if let Some(me) = peers.iter().find(|peer| peer.id == node_id.0) {
-            return Err(value(format!(
-                "peer {}@{} has this node's own id",
-                me.id, me.address
-            )));
+            if me.address != listen && me.address != advertise {
+                return Err(value(format!(
+                    "peer {}@{} has this node's own id but not its peer address {listen}",
+                    me.id, me.address
+                )));
+            }
         }
+        peers.retain(|peer| peer.id != node_id.0);
         peers.sort_by_key(|peer| peer.id);
         let cluster_size = peers.len() as u32 + 1;
         let replication_factor = flags
@@ -413,6 +418,17 @@ mod tests {
             ..StartFlags::default()
         };
         assert!(ShellConfig::merge(ConfigFile::default(), &own).is_err());
+        let full_list = StartFlags {
+            listen: Some("127.0.0.1:9001".parse().unwrap()),
+            peers: vec![
+                "1@127.0.0.1:9001".parse().unwrap(),
+                "2@127.0.0.1:9002".parse().unwrap(),
+            ],
+            ..StartFlags::default()
+        };
+        let config = ShellConfig::merge(ConfigFile::default(), &full_list).unwrap();
+        assert_eq!(config.peers.len(), 1, "its own entry is dropped");
+        assert_eq!(config.replication_factor, 2);
         assert!("2-127.0.0.1:1".parse::<PeerAddress>().is_err());
     }
 }

@@ -103,6 +103,12 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
+    /// A handle onto any receiver of node inputs: `spawn_node` makes the real one; transport
+    /// tests stand in for the node with a plain channel.
+    pub fn from_sender(inbox: mpsc::Sender<NodeInput>) -> Self {
+        Self { inbox }
+    }
+
     /// Queues an input without waiting; refused when the inbox is full.
     pub fn try_submit(&self, input: NodeInput) -> Result<(), DriverError> {
         self.inbox.try_send(input).map_err(|error| match error {

@@ -94,7 +94,23 @@ async fn observe(State(state): State<ApiState>, request: Request, next: Next) ->
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        // axum answers 405 with the Allow header and an empty body; add the error text.
+        let allow = response.headers().get(header::ALLOW).cloned();
+        let allowed = allow
+            .as_ref()
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} is not allowed here; allowed: {allowed}"),
+        );
+        if let Some(allow) = allow {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+    }
     state.metrics.observe_request(
         &method,
         &route,
