@@ -272,3 +272,89 @@ impl PeerSender for HttpTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::any;
+    use axum::Router;
+
+    /// A peer that answers each method and path with a fixed status.
+    async fn fake_peer() -> SocketAddr {
+        let router = Router::new()
+            .route(
+                "/peer/events",
+                any(|method: Method| async move {
+                    if method == Method::POST {
+                        StatusCode::CREATED
+                    } else {
+                        StatusCode::METHOD_NOT_ALLOWED
+                    }
+                }),
+            )
+            .route("/refuses", any(|| async { StatusCode::OK }))
+            .route(
+                "/broken",
+                any(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        address
+    }
+
+    #[tokio::test]
+    async fn only_201_is_a_success_and_overrides_apply_per_call() {
+        let address = fake_peer().await;
+        let client = HttpPeerClient::new(HttpClient::new(), HttpPeerOptions::default());
+        let event = serde_json::json!({"a": 1});
+        let key = "01700000000000000-00000001-00000000";
+        let defaults = CallOptions::default();
+        assert_eq!(
+            client
+                .send_event(address, key, event.clone(), &defaults)
+                .await,
+            Ok(())
+        );
+        let put = CallOptions {
+            method: Some(Method::PUT),
+            ..CallOptions::default()
+        };
+        assert!(matches!(
+            client.send_event(address, key, event.clone(), &put).await,
+            Err(PeerCallError::Status { status: 405, .. })
+        ));
+        let ok_is_not_created = CallOptions {
+            path: Some("/refuses".into()),
+            ..CallOptions::default()
+        };
+        assert!(matches!(
+            client
+                .send_event(address, key, event.clone(), &ok_is_not_created)
+                .await,
+            Err(PeerCallError::Status { status: 200, .. })
+        ));
+        let broken = CallOptions {
+            path: Some("/broken".into()),
+            ..CallOptions::default()
+        };
+        assert!(matches!(
+            client
+                .send_event(address, key, event.clone(), &broken)
+                .await,
+            Err(PeerCallError::Status { status: 500, .. })
+        ));
+        // A port with nobody listening is a socket error, not a hang.
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = unused.local_addr().unwrap().port();
+        drop(unused);
+        let elsewhere = CallOptions {
+            port: Some(closed_port),
+            ..CallOptions::default()
+        };
+        assert!(matches!(
+            client.send_event(address, key, event, &elsewhere).await,
+            Err(PeerCallError::Transport(_))
+        ));
+    }
+}
