@@ -59,6 +59,21 @@ pub async fn serve(
         )
     })?;
 
+    // Two processes on one data dir would interleave their logs: the second one refuses.
+    let lock_path = config.data_dir.join("LOCK");
+    let data_dir_lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|error| format!("cannot open {}: {error}", lock_path.display()))?;
+    data_dir_lock.try_lock().map_err(|error| {
+        format!(
+            "data dir {} is in use by another borough process ({error})",
+            config.data_dir.display()
+        )
+    })?;
+
     let peer_down_after = Duration::from_millis(config.peer_down_after_ms);
     let heartbeat_interval = (peer_down_after / 4).max(Duration::from_millis(50));
     let membership = Arc::new(Membership::new(config.node_id, peer_down_after));
@@ -156,6 +171,7 @@ pub async fn serve(
         .await
         .map_err(|error| format!("client API server failed: {error}"))?;
     tracing::info!(node = %config.node_id, "shut down");
+    drop(data_dir_lock);
     Ok(())
 }
 
