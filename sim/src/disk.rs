@@ -800,7 +800,7 @@ mod tests {
             assert_eq!(&after[..4], b"head");
             let len = after.len();
             assert!(
-                len == 4 || len == 2052 || len % 512 == 0,
+                len == 4 || len == 2052 || len.is_multiple_of(512),
                 "seed {seed}: {len}"
             );
             assert_eq!(&after[4..], &data[..len - 4]);
