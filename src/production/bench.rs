@@ -392,8 +392,7 @@ fn etcd_put_body(task_index: usize, request_index: u64, value_base64: &[u8]) -> 
 
 /// Standard base64 with padding (what etcd's gateway expects for `bytes` fields).
 fn base64_encode(input: &[u8]) -> Vec<u8> {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut output = Vec::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
         let bytes = [
@@ -534,9 +533,7 @@ impl LocalCluster {
                 .stdout(Stdio::null())
                 .stderr(log_file)
                 .spawn()
-                .map_err(|error| {
-                    format!("cannot start {} start: {error}", executable.display())
-                })?;
+                .map_err(|error| format!("cannot start {} start: {error}", executable.display()))?;
             cluster.nodes.push(LocalNode {
                 node_id,
                 http_address: http_addresses[index],
@@ -586,7 +583,13 @@ impl LocalCluster {
         let logs: Vec<String> = self
             .nodes
             .iter()
-            .map(|node| format!("--- node {} log:\n{}", node.node_id, log_tail(&node.log_path)))
+            .map(|node| {
+                format!(
+                    "--- node {} log:\n{}",
+                    node.node_id,
+                    log_tail(&node.log_path)
+                )
+            })
             .collect();
         Err(format!(
             "the local cluster was not ready within {} s ({last_problem})\n{}",

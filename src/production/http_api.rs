@@ -95,21 +95,17 @@ async fn observe(State(state): State<ApiState>, request: Request, next: Next) ->
         .map(|path| path.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let mut response = next.run(request).await;
-    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-        // axum answers 405 with the Allow header and an empty body; add the error text.
-        let allow = response.headers().get(header::ALLOW).cloned();
-        let allowed = allow
-            .as_ref()
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && response.headers().get(header::CONTENT_TYPE).is_none()
+    {
+        // axum answers 405 with an empty body (and adds `Allow` outside this layer); give it
+        // the error text every other refusal has.
         response = error(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("method {method} is not allowed here; allowed: {allowed}"),
+            format!(
+                "method {method} is not allowed on {route}; the Allow header lists those that are"
+            ),
         );
-        if let Some(allow) = allow {
-            response.headers_mut().insert(header::ALLOW, allow);
-        }
     }
     state.metrics.observe_request(
         &method,
@@ -135,7 +131,14 @@ fn json_body(
             ApiError(StatusCode::BAD_REQUEST, rejection.body_text())
         }
     })?;
-    if let Err(invalid) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+    // JSON text is UTF-8 (RFC 8259); skipping a string does not check that, so check first.
+    let text = std::str::from_utf8(&body).map_err(|invalid| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("body is not valid JSON: not UTF-8 ({invalid})"),
+        )
+    })?;
+    if let Err(invalid) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             format!("body is not valid JSON: {invalid}"),

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Borough against etcd, same client, same load: QUORUM writes of V-byte values with C requests
+# in flight (and again with 1 in flight), on a local 3-member etcd cluster and a local 3-node
+# Borough cluster, one after the other on this machine. Prints both side by side with the
+# ratios borough/etcd of events/s and of p99 latency.
+#
+# Usage: bench/etcd-compare.sh [CONCURRENCY [VALUE_BYTES]]
+# Environment: CONCURRENCY (64), VALUE_BYTES (256), DURATION_S (10), WARMUP_S (1),
+#   BOROUGH (target/release/borough; built with cargo if missing),
+#   ETCD_BASE_PORT (23790: members take client ports BASE, BASE+1, BASE+2 and peer ports
+#   BASE+10, BASE+11, BASE+12).
+# etcd comes from Debian's etcd-server package; without it (and without apt-get as root) the
+# script says so and exits 0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONCURRENCY="${1:-${CONCURRENCY:-64}}"
+VALUE_BYTES="${2:-${VALUE_BYTES:-256}}"
+DURATION_S="${DURATION_S:-10}"
+WARMUP_S="${WARMUP_S:-1}"
+BOROUGH="${BOROUGH:-target/release/borough}"
+ETCD_BASE_PORT="${ETCD_BASE_PORT:-23790}"
+MEMBER_COUNT=3
+
+if ! command -v etcd >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        install_prefix=()
+        if [ "$(id -u)" -ne 0 ]; then
+            if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+                install_prefix=(sudo -n)
+            else
+                install_prefix=(none)
+            fi
+        fi
+        if [ "${install_prefix[*]-}" != "none" ]; then
+            echo "etcd-compare: etcd not on PATH; installing Debian's etcd-server" >&2
+            export DEBIAN_FRONTEND=noninteractive
+            "${install_prefix[@]}" apt-get install -y etcd-server >&2 \
+                || { "${install_prefix[@]}" apt-get update >&2 \
+                    && "${install_prefix[@]}" apt-get install -y etcd-server >&2; } \
+                || true
+        fi
+    fi
+fi
+if ! command -v etcd >/dev/null 2>&1; then
+    echo "etcd-compare: etcd is not installed and could not be installed" \
+        "(apt-get install etcd-server needs root or sudo); skipping the comparison."
+    exit 0
+fi
+
+if ! command -v curl >/dev/null 2>&1; then
+    echo "etcd-compare: curl is needed to check etcd's health; skipping the comparison."
+    exit 0
+fi
+
+if [ ! -x "$BOROUGH" ]; then
+    echo "etcd-compare: $BOROUGH missing; building it" >&2
+    cargo build --release --bin borough >&2
+fi
+
+work_directory="$(mktemp -d -t borough-etcd-compare.XXXXXX)"
+etcd_process_ids=()
+cleanup() {
+    for process_id in "${etcd_process_ids[@]}"; do
+        kill "$process_id" 2>/dev/null || true
+    done
+    for process_id in "${etcd_process_ids[@]}"; do
+        wait "$process_id" 2>/dev/null || true
+    done
+    rm -rf "$work_directory"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+initial_cluster=""
+for member in $(seq 0 $((MEMBER_COUNT - 1))); do
+    peer_port=$((ETCD_BASE_PORT + 10 + member))
+    initial_cluster+="${initial_cluster:+,}member-$member=http://127.0.0.1:$peer_port"
+done
+
+client_urls=()
+for member in $(seq 0 $((MEMBER_COUNT - 1))); do
+    client_port=$((ETCD_BASE_PORT + member))
+    peer_port=$((ETCD_BASE_PORT + 10 + member))
+    client_urls+=("http://127.0.0.1:$client_port")
+    etcd --name "member-$member" \
+        --data-dir "$work_directory/member-$member" \
+        --listen-client-urls "http://127.0.0.1:$client_port" \
+        --advertise-client-urls "http://127.0.0.1:$client_port" \
+        --listen-peer-urls "http://127.0.0.1:$peer_port" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+        --initial-cluster "$initial_cluster" \
+        --initial-cluster-state new \
+        --initial-cluster-token borough-etcd-compare \
+        --log-level error \
+        >"$work_directory/member-$member.log" 2>&1 &
+    etcd_process_ids+=("$!")
+done
+
+echo "etcd-compare: waiting for the etcd cluster" >&2
+for attempt in $(seq 1 300); do
+    healthy=0
+    for url in "${client_urls[@]}"; do
+        if curl -fsS --max-time 1 "$url/health" 2>/dev/null | grep -q '"health":"true"'; then
+            healthy=$((healthy + 1))
+        fi
+    done
+    [ "$healthy" -eq "$MEMBER_COUNT" ] && break
+    if [ "$attempt" -eq 300 ]; then
+        echo "etcd-compare: etcd not healthy after 30 s; member logs:" >&2
+        tail -n 20 "$work_directory"/member-*.log >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+
+etcd_flags=()
+for url in "${client_urls[@]}"; do
+    etcd_flags+=(--etcd "$url")
+done
+
+# Prints the value of NAME in a `name=value ...` result line.
+field() {
+    local line="$1" name="$2"
+    sed -n "s/.*\\b$name=\\([^ ]*\\).*/\\1/p" <<<"$line"
+}
+
+ratio() {
+    awk -v numerator="$1" -v denominator="$2" \
+        'BEGIN { if (denominator > 0) printf "%.2f", numerator / denominator; else print "n/a" }'
+}
+
+summary=()
+for concurrency in 1 "$CONCURRENCY"; do
+    common_flags=(--commit-level QUORUM --concurrency "$concurrency" --value-bytes "$VALUE_BYTES"
+        --duration-s "$DURATION_S" --warmup-s "$WARMUP_S")
+    etcd_line="$("$BOROUGH" bench "${common_flags[@]}" "${etcd_flags[@]}" | grep 'events_per_s=' | tail -n 1)"
+    echo "$etcd_line"
+    borough_line="$("$BOROUGH" bench "${common_flags[@]}" | grep 'events_per_s=' | tail -n 1)"
+    echo "$borough_line"
+    etcd_rate="$(field "$etcd_line" events_per_s)"
+    borough_rate="$(field "$borough_line" events_per_s)"
+    etcd_p99="$(field "$etcd_line" p99_ms)"
+    borough_p99="$(field "$borough_line" p99_ms)"
+    summary+=("$(printf '%-11s %-11s %14s %14s %8s %11s %11s %8s %7s %7s' \
+        "$concurrency" "$VALUE_BYTES" "$borough_rate" "$etcd_rate" \
+        "$(ratio "$borough_rate" "$etcd_rate")" "$borough_p99" "$etcd_p99" \
+        "$(ratio "$borough_p99" "$etcd_p99")" \
+        "$(field "$borough_line" errors)" "$(field "$etcd_line" errors)")")
+    if [ "$concurrency" = "$CONCURRENCY" ]; then
+        break
+    fi
+done
+
+echo
+echo "QUORUM writes, 3 nodes on one machine ($(nproc) cores), ${DURATION_S} s measured per run"
+printf '%-11s %-11s %14s %14s %8s %11s %11s %8s %7s %7s\n' \
+    concurrency value_bytes borough_ev/s etcd_ev/s ratio borough_p99 etcd_p99 ratio \
+    b_errors e_errors
+printf '%s\n' "${summary[@]}"
+echo "(ratio = borough / etcd; higher events/s is better, lower p99 ms is better)"
