@@ -14,10 +14,10 @@
 //!   is torn down and redialled;
 //! - refused input: an oversized, malformed, empty or future-version frame closes the inbound
 //!   connection and is counted as refused; a connection that never says hello is closed after
-//!   the hello timeout, and one whose first frame is garbage is closed too.
-//!
-//! Two tests are ignored: they pin behaviour the transport does not have yet (a refused first
-//! frame is not counted; a silent inbound connection after its hello is never closed).
+//!   the hello timeout, and one whose first frame is garbage is closed too; a refused first
+//!   frame is counted like any other;
+//! - silence: an inbound connection that says hello and then goes silent without closing is
+//!   closed once it has been silent for the down-after time.
 //!
 //! Every test runs on a fixed turmoil seed with bounded simulated time.
 #![cfg(feature = "sim")]
@@ -813,11 +813,8 @@ fn refused_frames_close_the_connection_and_are_counted() {
     );
 }
 
-// Pins a gap: `serve_inbound` closes a connection whose first frame is refused (oversized,
-// empty, malformed, future version) without `count_bad_frame`, unlike the same frame after
-// the hello. Un-ignore once the hello path counts it.
+// A first frame that is refused (here oversized) is counted like one after the hello.
 #[test]
-#[ignore = "a refused first frame is not counted in borough_peer_frames_refused_total"]
 fn a_refused_first_frame_is_counted() {
     let mut sim = builder(Duration::from_secs(10)).build();
     let metrics_b = Arc::new(Metrics::default());
@@ -839,13 +836,11 @@ fn a_refused_first_frame_is_counted() {
     assert_eq!(refused_frames(&metrics_b), 1);
 }
 
-// Pins a leak: after the hello, `serve_inbound` reads with no deadline, so a peer that goes
-// silent without closing (it lost power, or a partition ate its FIN) holds the reader task
-// and its socket forever; B never writes on inbound connections, so TCP never notices.
-// Heartbeats come every heartbeat interval, so silence past the down-after time means the
-// connection is dead. Un-ignore once the reader has an idle deadline.
+// A peer that goes silent without closing (it lost power, or a partition ate its FIN) must
+// not hold the reader task and its socket forever: B never writes on inbound connections, so
+// TCP would never notice. Heartbeats come every heartbeat interval, so silence past the
+// down-after time means the connection is dead.
 #[test]
-#[ignore = "an inbound connection that goes silent after its hello is never closed"]
 fn an_inbound_connection_silent_past_the_down_after_time_is_closed() {
     let mut sim = builder(Duration::from_secs(30)).build();
     transport_host(

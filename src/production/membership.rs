@@ -56,6 +56,11 @@ impl Membership {
         }
     }
 
+    /// Silence longer than this calls a peer down (and closes its inbound connection).
+    pub fn peer_down_after(&self) -> Duration {
+        self.peer_down_after
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, PeerState>> {
         // A panic while holding the lock leaves plain data behind; keep serving.
         self.peers

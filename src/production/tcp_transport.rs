@@ -8,7 +8,8 @@
 //! - a lost connection is re-dialled with exponential backoff (50 ms doubling to 5 s), and
 //!   every new connection starts with a hello, so the receiver knows who is talking;
 //! - inbound frames over the size limit, malformed or of an unknown version close the
-//!   connection; a reader hands messages to the node with backpressure (it stops reading its
+//!   connection and are counted, the first frame included; an inbound connection silent for
+//!   longer than the down-after time is closed; a reader hands messages to the node with backpressure (it stops reading its
 //!   socket while the node's inbox is full);
 //! - the socket types come from a [`PeerNet`], so the same code runs over tokio's TCP in
 //!   production and over turmoil's simulated TCP in tests.
@@ -240,6 +241,7 @@ impl<N: PeerNet> TcpTransport<N> {
             }
             Ok(Ok(None)) => return,
             Ok(Err(error)) => {
+                self.metrics.count_bad_frame();
                 tracing::warn!(%error, "inbound connection refused");
                 return;
             }
@@ -248,13 +250,25 @@ impl<N: PeerNet> TcpTransport<N> {
                 return;
             }
         };
+        // The sender heartbeats every interval, so silence past the down-after time means the
+        // connection is dead (its host lost power, or a partition ate the FIN). This side never
+        // writes on an inbound connection, so without a deadline TCP would never notice.
+        let idle_limit = self.membership.peer_down_after();
         loop {
-            let body = match read_frame(&mut stream).await {
-                Ok(Some(body)) => body,
-                Ok(None) => return,
-                Err(error) => {
+            let body = match tokio::time::timeout(idle_limit, read_frame(&mut stream)).await {
+                Ok(Ok(Some(body))) => body,
+                Ok(Ok(None)) => return,
+                Ok(Err(error)) => {
                     self.metrics.count_bad_frame();
                     tracing::warn!(peer = %sender, %error, "closing connection");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(
+                        peer = %sender,
+                        idle_ms = idle_limit.as_millis() as u64,
+                        "inbound connection silent past the down-after time; closed"
+                    );
                     return;
                 }
             };
