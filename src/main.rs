@@ -1,9 +1,10 @@
 //! The `borough` binary: `borough start` runs a node; `borough event put|get|scan` and
-//! `borough status` are a client of a node's HTTP API.
+//! `borough status` are a client of a node's HTTP API; `borough bench` is its load generator.
 //!
 //! With no config at all, `borough start` runs one node with its data under
 //! `./borough-data`, its client API on 127.0.0.1:7480 and its peer port on 127.0.0.1:7481.
 
+use borough::production::bench::{run_bench, BenchFlags};
 use borough::production::config::{LogFormat, ShellConfig, StartFlags};
 use borough::production::server::{serve, shutdown_signal};
 use borough::production::HttpClient;
@@ -37,6 +38,9 @@ enum Command {
         #[command(subcommand)]
         command: EventCommand,
     },
+    /// Drive a cluster (or a throwaway local 3-node one) with a closed-loop HTTP write load and
+    /// print events/s and latency percentiles per commit level; `--etcd` drives etcd instead.
+    Bench(BenchFlags),
     /// Print a node's health: its id, place and peers.
     Status {
         #[arg(long, default_value = DEFAULT_NODE_URL)]
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Start(flags) => start(&runtime, *flags),
         Command::Event { command } => runtime.block_on(event(command)),
+        Command::Bench(flags) => runtime.block_on(run_bench(flags)).map(|_| ()),
         Command::Status { node } => runtime.block_on(status(node)),
     };
     match outcome {
