@@ -10,7 +10,7 @@ use borough::production::server::{serve, shutdown_signal};
 use borough::production::HttpClient;
 use clap::{Parser, Subcommand};
 use hyper::StatusCode;
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
@@ -110,8 +110,10 @@ fn main() -> ExitCode {
 fn start(runtime: &tokio::runtime::Runtime, flags: StartFlags) -> Result<(), String> {
     let config = ShellConfig::resolve(&flags).map_err(|error| error.to_string())?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: logs redirected to a file stay plain text.
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Human => subscriber.init(),
