@@ -445,7 +445,9 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PeerEventBody {
     pub key: String,
-    pub event: Value,
+    /// The event's JSON exactly as the client sent it: a replica must hold the same bytes as
+    /// the coordinator, or reads differ by node and the write-once check refuses repairs.
+    pub event: Box<serde_json::value::RawValue>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -502,10 +504,7 @@ async fn peer_event(
         Ok(key) => key,
         Err(malformed) => return error(StatusCode::BAD_REQUEST, malformed),
     };
-    let event = match serde_json::to_vec(&replica.event) {
-        Ok(event) => event,
-        Err(invalid) => return error(StatusCode::BAD_REQUEST, invalid),
-    };
+    let event = replica.event.get().as_bytes().to_vec();
     match state.node.http_replica(key, event).await {
         Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure),
         Ok(Err(store_error)) => error(StatusCode::INTERNAL_SERVER_ERROR, store_error),

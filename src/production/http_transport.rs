@@ -59,7 +59,7 @@ impl HttpPeerClient {
         &self,
         address: SocketAddr,
         key: &str,
-        event: serde_json::Value,
+        event: Box<serde_json::value::RawValue>,
         overrides: &CallOptions,
     ) -> Result<(), PeerCallError> {
         let method = match &overrides.method {
@@ -238,9 +238,22 @@ impl PeerSender for HttpTransport {
                     let _ = node.try_submit(answer(Err("too many replica calls in flight".into())));
                     return;
                 };
-                let event = serde_json::from_slice(&event).unwrap_or_else(|_| {
-                    serde_json::Value::String(String::from_utf8_lossy(&event).into_owned())
-                });
+                // Events are JSON checked at the client API; send their bytes unchanged.
+                let event = match String::from_utf8(event)
+                    .map_err(|error| error.to_string())
+                    .and_then(|text| {
+                        serde_json::value::RawValue::from_string(text)
+                            .map_err(|error| error.to_string())
+                    }) {
+                    Ok(event) => event,
+                    Err(error) => {
+                        drop(permit);
+                        let _ = node.try_submit(answer(Err(format!(
+                            "event is not JSON, cannot send it over HTTP: {error}"
+                        ))));
+                        return;
+                    }
+                };
                 let peer_client = self.peer_client.clone();
                 self.runtime.spawn(async move {
                     let outcome = peer_client
@@ -307,7 +320,7 @@ mod tests {
     async fn only_201_is_a_success_and_overrides_apply_per_call() {
         let address = fake_peer().await;
         let client = HttpPeerClient::new(HttpClient::new(), HttpPeerOptions::default());
-        let event = serde_json::json!({"a": 1});
+        let event = serde_json::value::RawValue::from_string(r#"{"a": 1}"#.to_string()).unwrap();
         let key = "01700000000000000-00000001-00000000";
         let defaults = CallOptions::default();
         assert_eq!(
