@@ -185,8 +185,8 @@ async fn start_transport(
 async fn record_inputs(mut inputs: mpsc::Receiver<NodeInput>, journal: Journal, incarnation: u32) {
     while let Some(input) = inputs.recv().await {
         let observed = match input {
-            NodeInput::PeerUp { id, location } => Observed::PeerUp { id, location },
-            NodeInput::PeerDown { id } => Observed::PeerDown { id },
+            NodeInput::PeerUp { id, location, .. } => Observed::PeerUp { id, location },
+            NodeInput::PeerDown { id, .. } => Observed::PeerDown { id },
             NodeInput::PeerMessage { from, message } => Observed::Message { from, message },
             _ => continue,
         };

@@ -269,6 +269,17 @@ impl ShellConfig {
         }
         peers.retain(|peer| peer.id != node_id.0);
         peers.sort_by_key(|peer| peer.id);
+        // The shell stands for HTTP peer callers under the largest id; no node may use it.
+        let reserved = crate::production::driver::HTTP_PEER.0;
+        if let Some(id) = std::iter::once(node_id.0)
+            .chain(peers.iter().map(|peer| peer.id))
+            .find(|id| *id == reserved)
+        {
+            return Err(value(format!(
+                "node id {id} is reserved; node ids go from 0 to {}",
+                reserved - 1
+            )));
+        }
         let cluster_size = peers.len() as u32 + 1;
         let replication_factor = flags
             .replication_factor
@@ -377,6 +388,25 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("borough-data"));
         assert_eq!(config.replication_factor, 1);
         assert_eq!(config.commit_level, CommitLevel::Quorum);
+    }
+
+    #[test]
+    fn the_reserved_node_id_is_refused_for_the_node_and_its_peers() {
+        let flags = StartFlags {
+            node_id: Some(u32::MAX),
+            ..StartFlags::default()
+        };
+        let refusal = ShellConfig::resolve(&flags).unwrap_err().to_string();
+        assert!(refusal.contains("reserved"), "{refusal}");
+        let file: ConfigFile =
+            toml::from_str(r#"peers = [{ id = 4294967295, address = "127.0.0.1:9005" }]"#).unwrap();
+        let refusal = ShellConfig::merge(file, &StartFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refusal.contains("node id 4294967295 is reserved"),
+            "{refusal}"
+        );
     }
 
     #[test]

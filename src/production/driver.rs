@@ -76,12 +76,15 @@ pub enum NodeInput {
         event: Vec<u8>,
         reply: Reply<Result<(), String>>,
     },
+    /// `generation` orders the reports of one peer: an older one than the last seen is stale.
     PeerUp {
         id: NodeId,
         location: Location,
+        generation: u64,
     },
     PeerDown {
         id: NodeId,
+        generation: u64,
     },
     Status {
         reply: Reply<NodeStatus>,
@@ -255,6 +258,7 @@ pub fn spawn_node(
                 pending_puts: BTreeMap::new(),
                 next_request_id: 0,
                 next_http_write_id: 0,
+                peer_generations: BTreeMap::new(),
             };
             runtime.block_on(loop_state.run(inbox));
         })
@@ -286,9 +290,22 @@ struct NodeLoop {
     pending_puts: BTreeMap<u64, Reply<Result<EventKey, PutError>>>,
     next_request_id: u64,
     next_http_write_id: u64,
+    /// The newest membership report applied per peer.
+    peer_generations: BTreeMap<NodeId, u64>,
 }
 
 impl NodeLoop {
+    /// Records `generation` for `peer` and says whether it is newer than any applied so far.
+    fn is_newest_report(&mut self, peer: NodeId, generation: u64) -> bool {
+        let newest = self.peer_generations.entry(peer).or_insert(0);
+        if generation <= *newest {
+            tracing::debug!(%peer, generation, newest = *newest, "stale membership report dropped");
+            return false;
+        }
+        *newest = generation;
+        true
+    }
+
     async fn run(mut self, mut inbox: mpsc::Receiver<NodeInput>) {
         loop {
             let now = self.clock.now_micros();
@@ -358,11 +375,21 @@ impl NodeLoop {
                     },
                 );
             }
-            NodeInput::PeerUp { id, location } => {
+            NodeInput::PeerUp {
+                id,
+                location,
+                generation,
+            } => {
+                if !self.is_newest_report(id, generation) {
+                    return;
+                }
                 tracing::info!(peer = %id, %location, "peer up: placement uses it");
                 self.node.add_peer(id, location);
             }
-            NodeInput::PeerDown { id } => {
+            NodeInput::PeerDown { id, generation } => {
+                if !self.is_newest_report(id, generation) {
+                    return;
+                }
                 if self.node.drop_peer(id) {
                     tracing::warn!(peer = %id, "peer down: placement skips it until it returns");
                 }

@@ -31,6 +31,9 @@ struct PeerState {
     location: Option<Location>,
     last_heard: Option<Instant>,
     up: bool,
+    /// Counts this peer's transitions, so the node can drop a report that arrives after a
+    /// newer one (reports travel from several tasks at once).
+    generation: u64,
 }
 
 #[derive(Debug)]
@@ -40,11 +43,11 @@ pub struct Membership {
     peers: Mutex<BTreeMap<NodeId, PeerState>>,
 }
 
-/// A change the node must be told about.
+/// A change the node must be told about, with the peer's transition count at the change.
 #[derive(Debug)]
 pub enum Transition {
-    Up(NodeId, Location),
-    Down(NodeId),
+    Up(NodeId, Location, u64),
+    Down(NodeId, u64),
 }
 
 impl Membership {
@@ -89,6 +92,7 @@ impl Membership {
                 location: None,
                 last_heard: None,
                 up: false,
+                generation: 0,
             },
         );
         true
@@ -114,6 +118,7 @@ impl Membership {
             location: None,
             last_heard: None,
             up: false,
+            generation: 0,
         });
         state.peer_address = peer_address;
         state.http_address = Some(http_address);
@@ -122,7 +127,8 @@ impl Membership {
         state.last_heard = Some(now);
         if !state.up || moved {
             state.up = true;
-            return Some(Transition::Up(id, location));
+            state.generation += 1;
+            return Some(Transition::Up(id, location, state.generation));
         }
         None
     }
@@ -136,7 +142,8 @@ impl Membership {
         if !state.up {
             if let Some(location) = state.location.clone() {
                 state.up = true;
-                return Some(Transition::Up(id, location));
+                state.generation += 1;
+                return Some(Transition::Up(id, location, state.generation));
             }
         }
         None
@@ -152,7 +159,8 @@ impl Membership {
                 .is_none_or(|heard| now.duration_since(heard) > self.peer_down_after);
             if state.up && silent {
                 state.up = false;
-                transitions.push(Transition::Down(*id));
+                state.generation += 1;
+                transitions.push(Transition::Down(*id, state.generation));
             }
         }
         transitions
@@ -192,11 +200,16 @@ impl Membership {
     }
 }
 
-/// Tells the node of a transition; waits for room so none is lost.
+/// Tells the node of a transition; waits for room so none is lost. Reports from different
+/// tasks may arrive out of order; the node keeps only the newest generation per peer.
 pub async fn report(node: &NodeHandle, transition: Transition) {
     let input = match transition {
-        Transition::Up(id, location) => NodeInput::PeerUp { id, location },
-        Transition::Down(id) => NodeInput::PeerDown { id },
+        Transition::Up(id, location, generation) => NodeInput::PeerUp {
+            id,
+            location,
+            generation,
+        },
+        Transition::Down(id, generation) => NodeInput::PeerDown { id, generation },
     };
     let _ = node.submit(input).await;
 }
@@ -218,15 +231,15 @@ mod tests {
         let location = Location::new("r", "z");
         assert!(matches!(
             membership.hello(NodeId(2), address, address, location, start),
-            Some(Transition::Up(NodeId(2), _))
+            Some(Transition::Up(NodeId(2), _, _))
         ));
         assert!(membership.expire(start + Duration::from_secs(2)).is_empty());
         let expired = membership.expire(start + Duration::from_secs(4));
-        assert!(matches!(expired[..], [Transition::Down(NodeId(2))]));
+        assert!(matches!(expired[..], [Transition::Down(NodeId(2), _)]));
         assert!(membership.up_http_addresses().is_empty());
         assert!(matches!(
             membership.heard(NodeId(2), start + Duration::from_secs(5)),
-            Some(Transition::Up(NodeId(2), _))
+            Some(Transition::Up(NodeId(2), _, _))
         ));
         assert_eq!(membership.up_http_addresses().len(), 1);
     }

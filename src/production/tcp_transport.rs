@@ -211,11 +211,21 @@ impl<N: PeerNet> TcpTransport<N> {
             return;
         };
         let sender = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream)).await {
+            Ok(Ok(Some(FrameBody::Hello { sender, .. })))
+                if sender.id == crate::production::driver::HTTP_PEER =>
+            {
+                self.metrics.count_bad_frame();
+                tracing::warn!(peer = %sender.id, "hello from the reserved node id; closed");
+                return;
+            }
             Ok(Ok(Some(FrameBody::Hello {
                 sender,
                 known_peers,
             }))) => {
                 for (id, address) in known_peers {
+                    if id == crate::production::driver::HTTP_PEER {
+                        continue;
+                    }
                     if self.membership.learn(id, address) {
                         tracing::info!(peer = %id, %address, "learned of a peer");
                         self.connect_to(id);
