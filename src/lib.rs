@@ -10,5 +10,6 @@ pub mod ids;
 pub mod node;
 pub mod placement;
 pub mod production;
+pub mod raft;
 pub mod seams;
 pub mod wire;

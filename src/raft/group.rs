@@ -1,0 +1,1097 @@
+//! One Raft group as a deterministic state machine: it is fed ticks, messages and requests,
+//! and hands back a [`Ready`] of what to persist, send and apply. It never touches the OS;
+//! its only randomness (election timeouts) comes from the seeded stream it is given.
+//!
+//! Invariants kept here (the simulator's checkers verify them from outside):
+//! - at most one vote per term, and the term and vote are durable before the vote is sent;
+//! - a vote or pre-vote is granted only to a log at least as up to date (§5.4.1);
+//! - a leader commits by counting only entries of its own term (§5.4.2); its own log counts
+//!   towards a quorum only once durable;
+//! - a configuration takes effect when its entry is appended (the latest one in the log, §6),
+//!   and a leader proposes no change while its last one is uncommitted;
+//! - nothing is applied before it is committed and durable locally.
+
+use crate::ids::NodeId;
+use crate::raft::configuration::{ConfigChange, ConfigChangeError, Configuration, VoteResult};
+use crate::raft::entry::{Entry, EntryKind, HardState, Snapshot, SnapshotMeta};
+use crate::raft::log::RaftLog;
+use crate::raft::message::{Message, MessageBody};
+use crate::raft::progress::{Progress, ReplicationState};
+use crate::raft::ready::{ReadState, Ready, Role, RoleState, SnapshotChunkRequest};
+use crate::seams::{Rng, SeededRng};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// The index of the snapshot every founding member starts from: the empty state machine and
+/// the founding configuration. A node that joins later starts below it, so it can only
+/// catch up from a snapshot, which carries the configuration.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+
+/// Bugs the simulator's canaries plant to prove the checkers catch them. Never set outside a
+/// canary scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RaftPlantedBug {
+    /// Grant votes without checking that the candidate's log is up to date.
+    VoteWithoutLogCheck,
+    /// Commit an entry of an earlier term by counting its replicas (Raft Figure 8).
+    CommitPreviousTermByCounting,
+}
+
+/// A group's knobs. Time is counted in ticks of the driver's choosing.
+#[derive(Clone, Debug)]
+pub struct RaftConfig {
+    /// A follower that hears nothing from a leader for a random time in
+    /// `[election_timeout_ticks, 2 * election_timeout_ticks)` campaigns.
+    pub election_timeout_ticks: u32,
+    pub heartbeat_interval_ticks: u32,
+    /// Ask for votes without raising terms first, so a node that was cut off cannot depose a
+    /// healthy leader when it returns (thesis §9.6).
+    pub pre_vote: bool,
+    /// A leader that has not heard from a quorum for an election timeout steps down, and
+    /// voters ignore campaigns while they hear from a leader (the leader lease).
+    pub check_quorum: bool,
+    /// Appends in flight to one follower in the pipelined state.
+    pub inflight_max: usize,
+    /// Entry bytes per append message (at least one entry is always sent).
+    pub append_bytes_max: usize,
+    /// Entry bytes per Ready's committed entries (at least one).
+    pub apply_bytes_max: usize,
+    pub snapshot_chunk_bytes: usize,
+    pub planted_bug: Option<RaftPlantedBug>,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 2,
+            pre_vote: true,
+            check_quorum: true,
+            inflight_max: 64,
+            append_bytes_max: 1 << 20,
+            apply_bytes_max: 4 << 20,
+            snapshot_chunk_bytes: 1 << 20,
+            planted_bug: None,
+        }
+    }
+}
+
+/// What a group recovers from durable storage.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveredState {
+    pub hard_state: HardState,
+    /// The snapshot the log starts after.
+    pub snapshot: SnapshotMeta,
+    /// The durable entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+    /// The index the state machine has durably applied.
+    pub applied: u64,
+}
+
+/// Where a proposal went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proposal {
+    /// Appended to this leader's log at `index` in `term`; it is committed if and when an
+    /// entry with that index and term is applied.
+    Appended { index: u64, term: u64 },
+    /// Sent to the leader, who will append it if it still leads.
+    Forwarded { leader: NodeId },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("no leader is known; retry after an election")]
+    NoLeader,
+    #[error("this node is not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("a leadership transfer is in progress")]
+    TransferInProgress,
+    #[error("a configuration change is still uncommitted")]
+    ConfigChangePending,
+    #[error("invalid configuration change: {0}")]
+    InvalidConfigChange(#[from] ConfigChangeError),
+}
+
+/// A summary for routing and for `info`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub committed: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    pub configuration: Configuration,
+}
+
+#[derive(Clone, Debug)]
+struct PendingRead {
+    requester: NodeId,
+    context: u64,
+    index: u64,
+    round: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Transfer {
+    target: NodeId,
+    elapsed_ticks: u32,
+    /// `TimeoutNow` went out; it is sent once, and the transfer times out if it is lost.
+    timeout_now_sent: bool,
+}
+
+/// What the last Ready asked the driver to make durable.
+#[derive(Clone, Debug)]
+struct Handed {
+    last_entry: Option<(u64, u64)>,
+}
+
+#[derive(Debug)]
+pub struct RaftGroup {
+    pub(super) id: NodeId,
+    pub(super) config: RaftConfig,
+    rng: SeededRng,
+    pub(super) term: u64,
+    pub(super) vote: Option<NodeId>,
+    pub(super) role: Role,
+    pub(super) leader: Option<NodeId>,
+    pub(super) log: RaftLog,
+    /// Configurations by the index they took effect at, oldest first; the first is the
+    /// snapshot's, the last is in force.
+    configurations: Vec<(u64, Configuration)>,
+    pub(super) progress: BTreeMap<NodeId, Progress>,
+    votes: BTreeMap<NodeId, bool>,
+    pub(super) election_elapsed_ticks: u32,
+    heartbeat_elapsed_ticks: u32,
+    randomized_election_timeout_ticks: u32,
+    transfer: Option<Transfer>,
+    read_round: u64,
+    read_broadcast_due: bool,
+    pending_reads: VecDeque<PendingRead>,
+    reads_waiting_for_term_commit: Vec<(NodeId, u64)>,
+    read_states: Vec<ReadState>,
+    incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    installed_snapshot: Option<Snapshot>,
+    snapshot_requests: Vec<SnapshotChunkRequest>,
+    outbox: Vec<Message>,
+    append_due: BTreeSet<NodeId>,
+    commit_broadcast_due: bool,
+    last_hard_state: HardState,
+    last_role_state: RoleState,
+    handed: Option<Handed>,
+}
+
+impl RaftGroup {
+    /// A founding member of a group whose first voters are `voters`.
+    pub fn bootstrap(
+        id: NodeId,
+        voters: impl IntoIterator<Item = NodeId>,
+        config: RaftConfig,
+        rng: SeededRng,
+    ) -> Self {
+        let state = RecoveredState {
+            snapshot: SnapshotMeta {
+                index: BOOTSTRAP_INDEX,
+                term: 0,
+                configuration: Configuration::with_voters(voters),
+            },
+            applied: BOOTSTRAP_INDEX,
+            ..RecoveredState::default()
+        };
+        Self::recover(id, config, state, rng)
+    }
+
+    /// A node that will join an existing group (as a learner first): it knows nothing until
+    /// the leader sends it a snapshot.
+    pub fn joining(id: NodeId, config: RaftConfig, rng: SeededRng) -> Self {
+        Self::recover(id, config, RecoveredState::default(), rng)
+    }
+
+    pub fn recover(id: NodeId, config: RaftConfig, state: RecoveredState, rng: SeededRng) -> Self {
+        assert!(config.election_timeout_ticks > config.heartbeat_interval_ticks);
+        assert!(config.heartbeat_interval_ticks > 0 && config.inflight_max > 0);
+        let log = RaftLog::recovered(
+            state.snapshot.index,
+            state.snapshot.term,
+            state.entries,
+            state.hard_state.commit,
+            state.applied,
+        );
+        let mut group = Self {
+            id,
+            config,
+            rng,
+            term: state.hard_state.term,
+            vote: state.hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            configurations: vec![(state.snapshot.index, state.snapshot.configuration)],
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            election_elapsed_ticks: 0,
+            heartbeat_elapsed_ticks: 0,
+            randomized_election_timeout_ticks: 0,
+            transfer: None,
+            read_round: 0,
+            read_broadcast_due: false,
+            pending_reads: VecDeque::new(),
+            reads_waiting_for_term_commit: Vec::new(),
+            read_states: Vec::new(),
+            incoming_snapshot: None,
+            installed_snapshot: None,
+            snapshot_requests: Vec::new(),
+            outbox: Vec::new(),
+            append_due: BTreeSet::new(),
+            commit_broadcast_due: false,
+            last_hard_state: HardState {
+                term: state.hard_state.term,
+                vote: state.hard_state.vote,
+                commit: log.committed(),
+            },
+            last_role_state: RoleState {
+                role: Role::Follower,
+                term: state.hard_state.term,
+                leader: None,
+            },
+            handed: None,
+            log,
+        };
+        let recovered_from = group.log.first_index();
+        group.track_configurations_from(recovered_from);
+        group.reset_election_timeout();
+        group
+    }
+
+    // ---- accessors ----
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    pub fn configuration(&self) -> &Configuration {
+        &self.configurations.last().expect("a base configuration").1
+    }
+
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        GroupStatus {
+            id: self.id,
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+            committed: self.log.committed(),
+            applied: self.log.applied(),
+            last_index: self.log.last_index(),
+            configuration: self.configuration().clone(),
+        }
+    }
+
+    fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed(),
+        }
+    }
+
+    fn role_state(&self) -> RoleState {
+        RoleState {
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+        }
+    }
+
+    /// The configuration in force at `index` (for a snapshot taken there).
+    fn configuration_at(&self, index: u64) -> Configuration {
+        self.configurations
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= index)
+            .map(|(_, configuration)| configuration.clone())
+            .unwrap_or_else(|| self.configurations[0].1.clone())
+    }
+
+    fn last_configuration_index(&self) -> u64 {
+        self.configurations.last().expect("a base configuration").0
+    }
+
+    // ---- requests from the application ----
+
+    /// Proposes a command. On a follower it is forwarded to the leader.
+    pub fn propose(&mut self, command: Vec<u8>) -> Result<Proposal, ProposeError> {
+        match self.role {
+            Role::Leader => {
+                if self.transfer.is_some() {
+                    return Err(ProposeError::TransferInProgress);
+                }
+                let index = self.append_as_leader(EntryKind::Command(command));
+                Ok(Proposal::Appended {
+                    index,
+                    term: self.term,
+                })
+            }
+            _ => match self.leader {
+                Some(leader) => {
+                    self.send_untermed(
+                        leader,
+                        MessageBody::Propose {
+                            commands: vec![command],
+                        },
+                    );
+                    Ok(Proposal::Forwarded { leader })
+                }
+                None => Err(ProposeError::NoLeader),
+            },
+        }
+    }
+
+    /// Proposes a membership change (on the leader only; one at a time).
+    pub fn propose_config_change(
+        &mut self,
+        change: ConfigChange,
+    ) -> Result<Proposal, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if self.transfer.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        // The last change must be committed, and so must an entry of this term, so the
+        // configuration this leader reasons from is the committed one (thesis §4.1).
+        if self.last_configuration_index() > self.log.committed()
+            || self.log.term(self.log.committed()) != Some(self.term)
+        {
+            return Err(ProposeError::ConfigChangePending);
+        }
+        self.configuration().apply(change)?;
+        let index = self.append_as_leader(EntryKind::ConfigChange(change));
+        Ok(Proposal::Appended {
+            index,
+            term: self.term,
+        })
+    }
+
+    /// Asks for a linearizable read. Once the group has confirmed it still leads, a
+    /// [`ReadState`] with `context` comes out of a Ready: serve the read when applied reaches
+    /// its index. On a follower the request goes to the leader.
+    pub fn read_index(&mut self, context: u64) -> Result<(), ProposeError> {
+        match self.role {
+            Role::Leader => {
+                self.leader_read(self.id, context);
+                Ok(())
+            }
+            _ => match self.leader {
+                Some(leader) => {
+                    self.send_untermed(leader, MessageBody::ReadIndex { context });
+                    Ok(())
+                }
+                None => Err(ProposeError::NoLeader),
+            },
+        }
+    }
+
+    /// Hands leadership to `target` once its log is caught up. Proposals are refused until
+    /// it takes over or an election timeout passes.
+    pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if target == self.id {
+            return Ok(());
+        }
+        if !self.configuration().is_voter(target) {
+            return Err(ProposeError::InvalidConfigChange(
+                ConfigChangeError::NotAVoter(target),
+            ));
+        }
+        self.transfer = Some(Transfer {
+            target,
+            elapsed_ticks: 0,
+            timeout_now_sent: false,
+        });
+        self.append_due.insert(target);
+        self.maybe_send_timeout_now();
+        Ok(())
+    }
+
+    /// The application has captured its state machine up to `index` (at most the applied
+    /// index) in a durable snapshot: drop the log below it. The leader sends this snapshot to
+    /// followers that need entries below it.
+    pub fn compact(&mut self, index: u64) {
+        let index = index.min(self.log.applied());
+        if index <= self.log.snapshot_index() {
+            return;
+        }
+        let configuration = self.configuration_at(index);
+        self.log.compact(index);
+        // Keep one configuration at or below the new snapshot: the base.
+        self.configurations.retain(|(from, _)| *from > index);
+        self.configurations.insert(0, (index, configuration));
+        // Transfers of an older snapshot restart with this one.
+        for (peer, progress) in self.progress.iter_mut() {
+            if matches!(progress.state, ReplicationState::Snapshot { index: old, .. } if old < index)
+            {
+                progress.become_snapshot(index);
+                self.append_due.insert(*peer);
+            }
+        }
+    }
+
+    /// Bytes of the snapshot at `index` for `to`, from `offset` (answering a
+    /// [`SnapshotChunkRequest`]); `done` when they reach its end. Ignored when the request is
+    /// no longer current (a heartbeat will ask again).
+    pub fn on_snapshot_chunk(
+        &mut self,
+        to: NodeId,
+        index: u64,
+        offset: u64,
+        data: Vec<u8>,
+        done: bool,
+    ) {
+        if self.role != Role::Leader || index != self.log.snapshot_index() {
+            return;
+        }
+        let Some(progress) = self.progress.get(&to) else {
+            return;
+        };
+        if progress.state != (ReplicationState::Snapshot { index, offset }) {
+            return;
+        }
+        let meta = SnapshotMeta {
+            index,
+            term: self
+                .log
+                .term(index)
+                .expect("the snapshot point's term is kept"),
+            configuration: self.configuration_at(index),
+        };
+        self.send(
+            to,
+            MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                data,
+                done,
+            },
+        );
+    }
+
+    // ---- time ----
+
+    /// One tick of the driver's clock.
+    pub fn tick(&mut self) {
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else {
+            self.election_elapsed_ticks += 1;
+            if self.election_elapsed_ticks >= self.randomized_election_timeout_ticks
+                && self.can_campaign()
+            {
+                self.election_elapsed_ticks = 0;
+                self.start_election(false);
+            }
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed_ticks += 1;
+        self.election_elapsed_ticks += 1;
+        if self.election_elapsed_ticks >= self.config.election_timeout_ticks {
+            self.election_elapsed_ticks = 0;
+            if self.config.check_quorum {
+                let mut active: BTreeSet<NodeId> = self
+                    .progress
+                    .iter()
+                    .filter(|(_, progress)| progress.recent_active)
+                    .map(|(peer, _)| *peer)
+                    .collect();
+                active.insert(self.id);
+                if !self.configuration().is_quorum(&active) {
+                    tracing::debug!(term = self.term, "leader lost its quorum; stepping down");
+                    self.become_follower(self.term, None);
+                    return;
+                }
+                for progress in self.progress.values_mut() {
+                    progress.recent_active = false;
+                }
+            }
+        }
+        if let Some(transfer) = &mut self.transfer {
+            transfer.elapsed_ticks += 1;
+            if transfer.elapsed_ticks >= self.config.election_timeout_ticks {
+                self.transfer = None;
+            }
+        }
+        if self.heartbeat_elapsed_ticks >= self.config.heartbeat_interval_ticks {
+            self.heartbeat_elapsed_ticks = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    fn can_campaign(&self) -> bool {
+        self.configuration().is_voter(self.id)
+    }
+
+    fn reset_election_timeout(&mut self) {
+        let base = self.config.election_timeout_ticks;
+        self.randomized_election_timeout_ticks = base + self.rng.below(u64::from(base)) as u32;
+    }
+
+    // ---- roles ----
+
+    pub(super) fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.election_elapsed_ticks = 0;
+        self.reset_election_timeout();
+        self.progress.clear();
+        self.votes.clear();
+        self.transfer = None;
+        self.pending_reads.clear();
+        self.reads_waiting_for_term_commit.clear();
+        self.append_due.clear();
+        self.commit_broadcast_due = false;
+        self.read_broadcast_due = false;
+    }
+
+    /// Starts a pre-vote, or (on a transfer, or without pre-vote) a real election.
+    pub(super) fn start_election(&mut self, transfer: bool) {
+        if self.config.pre_vote && !transfer {
+            self.role = Role::PreCandidate;
+            self.leader = None;
+            self.votes.clear();
+            self.votes.insert(self.id, true);
+            self.reset_election_timeout();
+            let body = MessageBody::PreVote {
+                last_log_index: self.log.last_index(),
+                last_log_term: self.log.last_term(),
+            };
+            for voter in self.other_voters() {
+                self.outbox.push(Message {
+                    from: self.id,
+                    to: voter,
+                    term: self.term + 1,
+                    body: body.clone(),
+                });
+            }
+            self.poll_election();
+        } else {
+            self.campaign(transfer);
+        }
+    }
+
+    fn campaign(&mut self, transfer: bool) {
+        self.term += 1;
+        self.vote = Some(self.id);
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.votes.clear();
+        self.votes.insert(self.id, true);
+        self.election_elapsed_ticks = 0;
+        self.reset_election_timeout();
+        let body = MessageBody::Vote {
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+            transfer,
+        };
+        for voter in self.other_voters() {
+            self.send(voter, body.clone());
+        }
+        self.poll_election();
+    }
+
+    fn other_voters(&self) -> Vec<NodeId> {
+        let configuration = self.configuration();
+        configuration
+            .voters
+            .union(&configuration.voters_outgoing)
+            .copied()
+            .filter(|voter| *voter != self.id)
+            .collect()
+    }
+
+    pub(super) fn record_vote(&mut self, from: NodeId, granted: bool) {
+        self.votes.entry(from).or_insert(granted);
+        self.poll_election();
+    }
+
+    fn poll_election(&mut self) {
+        match self.configuration().vote_result(&self.votes) {
+            VoteResult::Pending => {}
+            VoteResult::Lost => self.become_follower(self.term, None),
+            VoteResult::Won => match self.role {
+                Role::PreCandidate => self.campaign(false),
+                Role::Candidate => self.become_leader(),
+                Role::Follower | Role::Leader => {}
+            },
+        }
+    }
+
+    fn become_leader(&mut self) {
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        self.transfer = None;
+        self.votes.clear();
+        self.election_elapsed_ticks = 0;
+        self.heartbeat_elapsed_ticks = 0;
+        self.progress.clear();
+        self.reconcile_progress();
+        // Committing an entry of its own term commits everything before it (§5.4.2) and
+        // lets the leader serve reads.
+        self.append_as_leader(EntryKind::Empty);
+        tracing::debug!(node = %self.id, term = self.term, "became leader");
+    }
+
+    /// Gives every member but this node a progress entry, and drops those of non-members.
+    fn reconcile_progress(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let members = self.configuration().members();
+        self.progress.retain(|peer, _| members.contains(peer));
+        let next_index = self.log.last_index() + 1;
+        for member in members {
+            if member != self.id {
+                self.progress
+                    .entry(member)
+                    .or_insert_with(|| Progress::new(next_index));
+            }
+        }
+    }
+
+    // ---- the log ----
+
+    fn append_as_leader(&mut self, kind: EntryKind) -> u64 {
+        let index = self.log.last_index() + 1;
+        self.log.append(vec![Entry {
+            term: self.term,
+            index,
+            kind,
+        }]);
+        self.track_configurations_from(index);
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        self.append_due.extend(peers);
+        index
+    }
+
+    /// Takes the configuration changes of the log's entries from `from` on into effect.
+    pub(super) fn track_configurations_from(&mut self, from: u64) {
+        for index in from..=self.log.last_index() {
+            let Some(Entry {
+                kind: EntryKind::ConfigChange(change),
+                ..
+            }) = self.log.entry(index)
+            else {
+                continue;
+            };
+            let change = *change;
+            match self.configuration().apply(change) {
+                Ok(next) => self.configurations.push((index, next)),
+                // Every node refuses the same change on the same log, so it is a no-op.
+                Err(refusal) => {
+                    tracing::debug!(index, ?change, %refusal, "configuration change ignored")
+                }
+            }
+        }
+        self.reconcile_progress();
+    }
+
+    /// Forgets configurations whose entries were truncated from `from` on.
+    pub(super) fn untrack_configurations_from(&mut self, from: u64) {
+        let base = self.configurations[0].0;
+        self.configurations
+            .retain(|(index, _)| *index < from || *index == base);
+    }
+
+    /// Advances the leader's commit index to what a quorum holds, counting only entries of
+    /// the current term. Returns whether it moved.
+    pub(super) fn maybe_commit(&mut self) -> bool {
+        let persisted = self.log.persisted();
+        let own_id = self.id;
+        let progress = &self.progress;
+        let candidate = self.configuration().committed_index(|node| {
+            if node == own_id {
+                persisted
+            } else {
+                progress
+                    .get(&node)
+                    .map_or(0, |progress| progress.match_index)
+            }
+        });
+        if candidate <= self.log.committed() || candidate > self.log.last_index() {
+            return false;
+        }
+        let counts_by_replicas =
+            self.config.planted_bug == Some(RaftPlantedBug::CommitPreviousTermByCounting);
+        if !counts_by_replicas && self.log.term(candidate) != Some(self.term) {
+            return false;
+        }
+        self.log.commit_to(candidate);
+        self.on_leader_commit();
+        true
+    }
+
+    fn on_leader_commit(&mut self) {
+        self.commit_broadcast_due = true;
+        if self.log.term(self.log.committed()) == Some(self.term) {
+            for (requester, context) in std::mem::take(&mut self.reads_waiting_for_term_commit) {
+                self.leader_read(requester, context);
+            }
+        }
+        let settled = self.last_configuration_index() <= self.log.committed();
+        if settled && !self.configuration().is_voter(self.id) {
+            // Removed or demoted, and the change is committed: let the others elect (§6).
+            tracing::debug!(node = %self.id, "leader is no longer a voter; stepping down");
+            self.become_follower(self.term, None);
+            return;
+        }
+        if settled && self.configuration().is_joint() {
+            self.append_as_leader(EntryKind::ConfigChange(ConfigChange::LeaveJoint));
+        }
+    }
+
+    // ---- reads ----
+
+    pub(super) fn leader_read(&mut self, requester: NodeId, context: u64) {
+        if self.log.term(self.log.committed()) != Some(self.term) {
+            self.reads_waiting_for_term_commit
+                .push((requester, context));
+            return;
+        }
+        let index = self.log.committed();
+        let only_me: BTreeSet<NodeId> = [self.id].into_iter().collect();
+        if self.configuration().is_quorum(&only_me) {
+            self.answer_read(requester, context, index);
+            return;
+        }
+        self.pending_reads.push_back(PendingRead {
+            requester,
+            context,
+            index,
+            round: self.read_round + 1,
+        });
+        self.read_broadcast_due = true;
+    }
+
+    fn answer_read(&mut self, requester: NodeId, context: u64, index: u64) {
+        if requester == self.id {
+            self.read_states.push(ReadState { context, index });
+        } else {
+            self.send_untermed(requester, MessageBody::ReadIndexResponse { context, index });
+        }
+    }
+
+    /// Answers the reads whose round a quorum has acknowledged.
+    pub(super) fn release_reads(&mut self) {
+        while let Some(front) = self.pending_reads.front() {
+            let round = front.round;
+            let mut acknowledged: BTreeSet<NodeId> = self
+                .progress
+                .iter()
+                .filter(|(_, progress)| progress.read_round_acknowledged >= round)
+                .map(|(peer, _)| *peer)
+                .collect();
+            acknowledged.insert(self.id);
+            if !self.configuration().is_quorum(&acknowledged) {
+                break;
+            }
+            let read = self.pending_reads.pop_front().expect("front exists");
+            self.answer_read(read.requester, read.context, read.index);
+        }
+    }
+
+    pub(super) fn push_read_state(&mut self, context: u64, index: u64) {
+        self.read_states.push(ReadState { context, index });
+    }
+
+    // ---- sending ----
+
+    pub(super) fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.outbox.push(Message {
+            from: self.id,
+            to,
+            term: self.term,
+            body,
+        });
+    }
+
+    /// A local request (proposal, read) that the term rules do not apply to.
+    fn send_untermed(&mut self, to: NodeId, body: MessageBody) {
+        self.outbox.push(Message {
+            from: self.id,
+            to,
+            term: 0,
+            body,
+        });
+    }
+
+    pub(super) fn send_with_term(&mut self, to: NodeId, term: u64, body: MessageBody) {
+        self.outbox.push(Message {
+            from: self.id,
+            to,
+            term,
+            body,
+        });
+    }
+
+    pub(super) fn mark_append_due(&mut self, peer: NodeId) {
+        self.append_due.insert(peer);
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let peers: Vec<(NodeId, u64)> = self
+            .progress
+            .iter()
+            .map(|(peer, progress)| (*peer, progress.match_index))
+            .collect();
+        for (peer, match_index) in peers {
+            self.send(
+                peer,
+                MessageBody::Heartbeat {
+                    leader_commit: match_index.min(self.log.committed()),
+                    read_round: self.read_round,
+                },
+            );
+        }
+    }
+
+    /// Sends `to` what it lacks, if its flow control allows: entries, an empty append when
+    /// `send_if_empty` (to carry the commit index or probe), or the next snapshot chunk.
+    pub(super) fn send_append(&mut self, to: NodeId, send_if_empty: bool) {
+        let inflight_max = self.config.inflight_max;
+        let Some(progress) = self.progress.get_mut(&to) else {
+            return;
+        };
+        if progress.is_paused(inflight_max) {
+            return;
+        }
+        if let ReplicationState::Snapshot { index, offset } = progress.state {
+            progress.paused = true;
+            self.snapshot_requests.push(SnapshotChunkRequest {
+                to,
+                index,
+                offset,
+                bytes_max: self.config.snapshot_chunk_bytes,
+            });
+            return;
+        }
+        let prev_log_index = progress.next_index - 1;
+        let prev_log_term = self.log.term(prev_log_index);
+        let entries = self
+            .log
+            .entries_from(progress.next_index, self.config.append_bytes_max);
+        match (prev_log_term, entries) {
+            (Some(prev_log_term), Some(entries)) => {
+                if entries.is_empty() && !send_if_empty {
+                    return;
+                }
+                let last_index = prev_log_index + entries.len() as u64;
+                progress.on_append_sent(last_index, !entries.is_empty());
+                let leader_commit = self.log.committed();
+                self.send(
+                    to,
+                    MessageBody::Append {
+                        prev_log_index,
+                        prev_log_term,
+                        entries,
+                        leader_commit,
+                    },
+                );
+            }
+            _ => {
+                // The entries it needs are compacted: send the snapshot instead.
+                let index = self.log.snapshot_index();
+                progress.become_snapshot(index);
+                progress.paused = true;
+                self.snapshot_requests.push(SnapshotChunkRequest {
+                    to,
+                    index,
+                    offset: 0,
+                    bytes_max: self.config.snapshot_chunk_bytes,
+                });
+            }
+        }
+    }
+
+    /// Turns the round's deferred sends into messages: one append per peer however many
+    /// proposals arrived, and one heartbeat round for all reads that came in.
+    fn flush(&mut self) {
+        if self.role != Role::Leader {
+            self.append_due.clear();
+            self.commit_broadcast_due = false;
+            self.read_broadcast_due = false;
+            return;
+        }
+        if self.read_broadcast_due {
+            self.read_broadcast_due = false;
+            self.read_round += 1;
+            self.heartbeat_elapsed_ticks = 0;
+            self.broadcast_heartbeat();
+        }
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        let broadcast_commit = std::mem::take(&mut self.commit_broadcast_due);
+        let due = std::mem::take(&mut self.append_due);
+        for peer in peers {
+            if broadcast_commit || due.contains(&peer) {
+                self.send_append(peer, broadcast_commit);
+            }
+        }
+    }
+
+    // ---- the Ready loop ----
+
+    pub fn has_ready(&self) -> bool {
+        self.handed.is_none()
+            && (!self.outbox.is_empty()
+                || self.log.has_unpersisted()
+                || self.log.has_committed_to_apply()
+                || self.hard_state() != self.last_hard_state
+                || self.role_state() != self.last_role_state
+                || self.installed_snapshot.is_some()
+                || !self.read_states.is_empty()
+                || !self.snapshot_requests.is_empty()
+                || (self.role == Role::Leader
+                    && (!self.append_due.is_empty()
+                        || self.commit_broadcast_due
+                        || self.read_broadcast_due)))
+    }
+
+    /// Everything the driver must do now (see [`Ready`] for the order). Call
+    /// [`RaftGroup::advance`] once it is done, before the next `ready`.
+    pub fn ready(&mut self) -> Ready {
+        assert!(
+            self.handed.is_none(),
+            "advance() the previous Ready before asking for the next"
+        );
+        self.flush();
+        let hard_state = self.hard_state();
+        let term_or_vote_changed = hard_state.term != self.last_hard_state.term
+            || hard_state.vote != self.last_hard_state.vote;
+        let snapshot = self.installed_snapshot.take();
+        let entries = self.log.take_unpersisted();
+        let mut messages = Vec::new();
+        let mut messages_after_persist = Vec::new();
+        let is_leader = self.role == Role::Leader;
+        for message in std::mem::take(&mut self.outbox) {
+            let early = is_leader
+                && !term_or_vote_changed
+                && snapshot.is_none()
+                && message.body.is_leader_replication();
+            if early {
+                messages.push(message);
+            } else {
+                messages_after_persist.push(message);
+            }
+        }
+        let committed_entries = self.log.take_committed(self.config.apply_bytes_max);
+        let role_state = self.role_state();
+        let role_changed = role_state != self.last_role_state;
+        self.last_role_state = role_state;
+        let hard_state_changed = hard_state != self.last_hard_state;
+        self.last_hard_state = hard_state;
+        self.handed = Some(Handed {
+            last_entry: entries.last().map(|entry| (entry.index, entry.term)),
+        });
+        Ready {
+            hard_state: hard_state_changed.then_some(hard_state),
+            snapshot,
+            entries,
+            messages,
+            messages_after_persist,
+            committed_entries,
+            read_states: std::mem::take(&mut self.read_states),
+            snapshot_requests: std::mem::take(&mut self.snapshot_requests),
+            role_state: role_changed.then_some(role_state),
+        }
+    }
+
+    /// The driver did everything the last Ready asked: its writes are durable.
+    pub fn advance(&mut self) {
+        let handed = self
+            .handed
+            .take()
+            .expect("advance() without an outstanding Ready");
+        if let Some((index, term)) = handed.last_entry {
+            self.log.persisted_to(index, term);
+        }
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+    }
+
+    // ---- snapshots received ----
+
+    pub(super) fn install_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>) {
+        if self.log.matches(meta.index, meta.term) {
+            // We hold that entry already: everything up to it is committed.
+            self.log.commit_to(meta.index);
+            return;
+        }
+        self.log.restore(&meta);
+        self.configurations = vec![(meta.index, meta.configuration.clone())];
+        self.installed_snapshot = Some(Snapshot { meta, data });
+    }
+
+    pub(super) fn incoming_snapshot_mut(&mut self) -> &mut Option<(SnapshotMeta, Vec<u8>)> {
+        &mut self.incoming_snapshot
+    }
+
+    pub(super) fn planted_bug(&self) -> Option<RaftPlantedBug> {
+        self.config.planted_bug
+    }
+
+    /// Tells the transfer's target to campaign once its log has caught up with ours.
+    pub(super) fn maybe_send_timeout_now(&mut self) {
+        let last_index = self.log.last_index();
+        let Some(transfer) = &mut self.transfer else {
+            return;
+        };
+        let caught_up = self
+            .progress
+            .get(&transfer.target)
+            .is_some_and(|progress| progress.match_index == last_index);
+        if caught_up && !transfer.timeout_now_sent {
+            transfer.timeout_now_sent = true;
+            let target = transfer.target;
+            self.send(target, MessageBody::TimeoutNow);
+        }
+    }
+
+    pub(super) fn transfer_target(&self) -> Option<NodeId> {
+        self.transfer.as_ref().map(|transfer| transfer.target)
+    }
+
+    pub(super) fn is_transferring(&self) -> bool {
+        self.transfer.is_some()
+    }
+
+    pub(super) fn append_commands(&mut self, commands: Vec<Vec<u8>>) {
+        for command in commands {
+            self.append_as_leader(EntryKind::Command(command));
+        }
+    }
+}
