@@ -8,6 +8,7 @@ pub mod coordinator;
 pub mod events;
 pub mod ids;
 pub mod node;
+pub mod partition;
 pub mod placement;
 pub mod production;
 pub mod raft;

@@ -1,8 +1,9 @@
-//! The node-wide write-ahead log of the event store: append-only segment files
-//! `log-{segment:016}.wal` holding checksummed records.
+//! A node-wide write-ahead log: append-only segment files `{prefix}{segment:016}.wal` holding
+//! checksummed records. The event store's log uses the prefix `log-` and [`LogRecord`]; the
+//! Raft log uses its own prefix and record type on the same framing and recovery.
 //!
 //! Framing: `[u32 LE payload length][u32 LE crc32c of payload][payload]`, payload = postcard
-//! of a [`LogRecord`]. Invariants:
+//! of a record. Invariants:
 //! - a batch is one `append` and one `sync` (group commit), never split across segments;
 //! - bytes that failed their checksum are never returned: a mismatch is re-read (read
 //!   corruption is transient), and a persistent one ends the segment there;
@@ -14,7 +15,9 @@
 //!   segment numbers on disk have no holes below the current one.
 
 use crate::seams::{DiskError, SharedDisk};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
 
 const RECORD_HEADER_BYTES: u64 = 8;
 /// A length above this is corruption, not a record: it bounds what a flipped length bit can
@@ -22,7 +25,8 @@ const RECORD_HEADER_BYTES: u64 = 8;
 pub const RECORD_PAYLOAD_BYTES_MAX: u64 = 16 * 1024 * 1024;
 /// Re-reads of a record that failed its checksum before it is taken as damaged at rest.
 const CHECKSUM_REREADS: u32 = 3;
-const SEGMENT_PREFIX: &str = "log-";
+/// The event store's segment prefix.
+pub const EVENT_LOG_PREFIX: &str = "log-";
 const SEGMENT_SUFFIX: &str = ".wal";
 const SEGMENT_DIGITS: usize = 16;
 
@@ -58,23 +62,40 @@ pub enum LogError {
 }
 
 /// What recovery found in the segments it replayed.
-#[derive(Debug, Default)]
-pub struct Recovery {
-    pub records: Vec<LogRecord>,
+#[derive(Debug)]
+pub struct Recovery<R = LogRecord> {
+    pub records: Vec<R>,
     /// Damaged places that were not a torn tail; the records after each are lost.
     pub corrupt_records: u64,
     /// Bytes cut from the end of the last segment (a batch torn by a crash).
     pub torn_tail_bytes: u64,
 }
 
+impl<R> Default for Recovery<R> {
+    fn default() -> Self {
+        Self {
+            records: Vec::new(),
+            corrupt_records: 0,
+            torn_tail_bytes: 0,
+        }
+    }
+}
+
+/// The event store's segment file name.
 pub fn segment_name(segment: u64) -> String {
-    format!("{SEGMENT_PREFIX}{segment:0SEGMENT_DIGITS$}{SEGMENT_SUFFIX}")
+    prefixed_segment_name(EVENT_LOG_PREFIX, segment)
+}
+
+pub fn prefixed_segment_name(prefix: &str, segment: u64) -> String {
+    format!("{prefix}{segment:0SEGMENT_DIGITS$}{SEGMENT_SUFFIX}")
 }
 
 pub fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name
-        .strip_prefix(SEGMENT_PREFIX)?
-        .strip_suffix(SEGMENT_SUFFIX)?;
+    parse_prefixed_segment_name(EVENT_LOG_PREFIX, name)
+}
+
+pub fn parse_prefixed_segment_name(prefix: &str, name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(SEGMENT_SUFFIX)?;
     if digits.len() != SEGMENT_DIGITS || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
     }
@@ -82,7 +103,7 @@ pub fn parse_segment_name(name: &str) -> Option<u64> {
 }
 
 /// Frames one record: header then payload.
-pub fn encode_record(record: &LogRecord, into: &mut Vec<u8>) {
+pub fn encode_record<R: Serialize>(record: &R, into: &mut Vec<u8>) {
     // The payload is serialised in place after a header placeholder, then the header is
     // filled in: no intermediate buffer per record.
     let header_at = into.len();
@@ -104,8 +125,9 @@ pub fn encode_record(record: &LogRecord, into: &mut Vec<u8>) {
 
 /// The segmented log, positioned at the end of its last segment.
 #[derive(Debug)]
-pub struct SegmentedLog {
+pub struct SegmentedLog<R = LogRecord> {
     disk: SharedDisk,
+    prefix: &'static str,
     segment_bytes_max: u64,
     segment: u64,
     /// `segment_name(segment)`, kept so an append formats nothing.
@@ -113,21 +135,34 @@ pub struct SegmentedLog {
     segment_len_bytes: u64,
     /// Reused for every batch, so an append allocates only when a batch outgrows the last.
     batch_buffer: Vec<u8>,
+    records: PhantomData<fn() -> R>,
 }
 
-impl SegmentedLog {
-    /// Recovers the log: removes segments below `first_segment` (already checkpointed),
-    /// replays the rest in order, repairs their damage, and positions for appending.
+impl SegmentedLog<LogRecord> {
+    /// The event store's log (prefix `log-`); see [`SegmentedLog::open_prefixed`].
     pub fn open(
         disk: SharedDisk,
         segment_bytes_max: u64,
         first_segment: u64,
-    ) -> Result<(SegmentedLog, Recovery), LogError> {
+    ) -> Result<(SegmentedLog<LogRecord>, Recovery<LogRecord>), LogError> {
+        Self::open_prefixed(disk, EVENT_LOG_PREFIX, segment_bytes_max, first_segment)
+    }
+}
+
+impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
+    /// Recovers the log: removes segments below `first_segment` (already checkpointed),
+    /// replays the rest in order, repairs their damage, and positions for appending.
+    pub fn open_prefixed(
+        disk: SharedDisk,
+        prefix: &'static str,
+        segment_bytes_max: u64,
+        first_segment: u64,
+    ) -> Result<(SegmentedLog<R>, Recovery<R>), LogError> {
         assert!(segment_bytes_max > 0, "segment_bytes_max must be positive");
         let mut segments = Vec::new();
         let mut removed_any = false;
         for name in disk.list()? {
-            let Some(segment) = parse_segment_name(&name) else {
+            let Some(segment) = parse_prefixed_segment_name(prefix, &name) else {
                 continue;
             };
             if segment < first_segment {
@@ -142,11 +177,13 @@ impl SegmentedLog {
         }
         let mut log = SegmentedLog {
             disk,
+            prefix,
             segment_bytes_max,
             segment: first_segment,
-            segment_file: segment_name(first_segment),
+            segment_file: prefixed_segment_name(prefix, first_segment),
             segment_len_bytes: 0,
             batch_buffer: Vec::new(),
+            records: PhantomData,
         };
         let mut recovery = Recovery::default();
         let Some(&last) = segments.last() else {
@@ -165,7 +202,7 @@ impl SegmentedLog {
             let end = log.recover_segment(segment, segment == last, &mut recovery)?;
             if segment == last {
                 log.segment = segment;
-                log.segment_file = segment_name(segment);
+                log.segment_file = prefixed_segment_name(prefix, segment);
                 log.segment_len_bytes = end;
             }
         }
@@ -180,7 +217,7 @@ impl SegmentedLog {
     /// Appends `records` as one write and one sync, first rotating to a new segment when the
     /// batch would push a non-empty segment past `segment_bytes_max`. Returns the bytes
     /// appended. An error leaves the log in an unknown state: the caller must stop using it.
-    pub fn append(&mut self, records: &[LogRecord]) -> Result<u64, DiskError> {
+    pub fn append(&mut self, records: &[R]) -> Result<u64, DiskError> {
         assert!(!records.is_empty(), "an empty batch has nothing to commit");
         let mut bytes = std::mem::take(&mut self.batch_buffer);
         bytes.clear();
@@ -203,7 +240,7 @@ impl SegmentedLog {
     /// Starts a new, empty segment and returns its number; the name is durable on return.
     pub fn rotate(&mut self) -> Result<u64, DiskError> {
         let next = self.segment + 1;
-        let next_file = segment_name(next);
+        let next_file = prefixed_segment_name(self.prefix, next);
         self.disk.create(&next_file)?;
         self.disk.sync_directory()?;
         self.segment = next;
@@ -222,7 +259,9 @@ impl SegmentedLog {
         );
         let mut removed = 0;
         for name in self.disk.list()? {
-            if parse_segment_name(&name).is_some_and(|number| number < segment) {
+            if parse_prefixed_segment_name(self.prefix, &name)
+                .is_some_and(|number| number < segment)
+            {
                 self.disk.remove(&name)?;
                 removed += 1;
             }
@@ -239,9 +278,9 @@ impl SegmentedLog {
         &self,
         segment: u64,
         is_last: bool,
-        recovery: &mut Recovery,
+        recovery: &mut Recovery<R>,
     ) -> Result<u64, LogError> {
-        let name = segment_name(segment);
+        let name = prefixed_segment_name(self.prefix, segment);
         // One read for the whole segment; only a record that fails its checks is read again.
         let bytes = self.disk.read_all(&name)?;
         let file_len = bytes.len() as u64;
@@ -260,13 +299,12 @@ impl SegmentedLog {
                     }
                 },
             };
-            let record = postcard::from_bytes::<LogRecord>(&payload).map_err(|error| {
-                LogError::Undecodable {
+            let record =
+                postcard::from_bytes::<R>(&payload).map_err(|error| LogError::Undecodable {
                     name: name.clone(),
                     offset,
                     message: error.to_string(),
-                }
-            })?;
+                })?;
             recovery.records.push(record);
             offset += RECORD_HEADER_BYTES + payload.len() as u64;
         }
@@ -314,7 +352,7 @@ impl SegmentedLog {
         file_len: u64,
         torn: bool,
         defect: RecordDefect,
-        recovery: &mut Recovery,
+        recovery: &mut Recovery<R>,
     ) -> Result<(), DiskError> {
         let cut_bytes = file_len - offset;
         if torn {

@@ -7,11 +7,11 @@ pub mod log;
 mod redb_backend;
 mod store;
 #[cfg(test)]
-mod test_disk;
+pub(crate) mod test_disk;
 
 pub use interval::{ConsolidationInterval, InvalidConsolidationInterval};
 pub use key::{EventKey, KeyGenerator, MalformedKey, RESERVATION_MICROS};
-pub use redb_backend::DiskBackend;
+pub use redb_backend::{prepare_database_file, DiskBackend};
 pub use store::{
     CommitReport, EventStore, IntervalClosed, IntervalSummary, StageOutcome, StoreConfig,
     StoreError, StoreStats,

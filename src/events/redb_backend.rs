@@ -5,9 +5,42 @@
 //! reads past the end are errors, and `sync_data` is a write barrier. We keep the barrier by
 //! always syncing fully, even when redb says `eventual`: the seam has no cheaper barrier.
 
-use crate::seams::SharedDisk;
+use crate::seams::{Disk, DiskError, SharedDisk};
 use redb::StorageBackend;
 use std::io;
+
+/// Length of the magic number redb writes at the start of its file once creation completes.
+const REDB_MAGIC_BYTES: u64 = 9;
+
+/// Makes sure the database file `name` exists, durably, and that redb can open or create it.
+///
+/// redb creates a database by writing and syncing its structures with the magic number
+/// zeroed, then the magic number: a crash or failed sync in between leaves a file redb refuses
+/// forever (`InvalidData`). Such a file never held anything of ours, since our stores write
+/// only after a successful open, so it is started over. Only an all-zero magic number
+/// qualifies: anything else may be a real database with a damaged header, which must not be
+/// wiped.
+pub fn prepare_database_file(disk: &dyn Disk, name: &str) -> Result<(), DiskError> {
+    let Some(len) = disk.len(name)? else {
+        disk.create(name)?;
+        disk.sync_directory()?;
+        return Ok(());
+    };
+    if len == 0 {
+        return Ok(());
+    }
+    let magic = disk.read_at(name, 0, len.min(REDB_MAGIC_BYTES) as usize)?;
+    if magic.iter().all(|&byte| byte == 0) {
+        tracing::warn!(
+            file = name,
+            len,
+            "the database's creation never completed: starting it over"
+        );
+        disk.truncate(name, 0)?;
+        disk.sync(name)?;
+    }
+    Ok(())
+}
 
 #[derive(Debug)]
 pub struct DiskBackend {

@@ -20,8 +20,8 @@
 use super::interval::ConsolidationInterval;
 use super::key::EventKey;
 use super::log::{LogError, LogRecord, SegmentedLog, RECORD_PAYLOAD_BYTES_MAX};
-use super::redb_backend::DiskBackend;
-use crate::seams::{Disk, DiskError, SharedDisk};
+use super::redb_backend::{prepare_database_file, DiskBackend};
+use crate::seams::{DiskError, SharedDisk};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
@@ -33,8 +33,6 @@ const DATABASE_FILE: &str = "events.redb";
 /// redb's page cache: small, since the memtable already holds the hot, recent events.
 const DATABASE_CACHE_BYTES: usize = 4 * 1024 * 1024;
 const CHECKPOINT_SEGMENT: &str = "checkpoint_segment";
-/// Length of the magic number redb writes at the start of its file once creation completes.
-const REDB_MAGIC_BYTES: u64 = 9;
 /// Keys per `Confirm` record: keeps every record far below the log's record bound.
 const CONFIRM_KEYS_PER_RECORD: usize = 4096;
 /// Room in a log record for the key and the encoding around an event's bytes.
@@ -219,7 +217,7 @@ impl EventStore {
             config.checkpoint_records > 0,
             "checkpoint_records must be positive"
         );
-        prepare_database_file(disk.as_ref())?;
+        prepare_database_file(disk.as_ref(), DATABASE_FILE)?;
         let database = Database::builder()
             .set_cache_size(DATABASE_CACHE_BYTES)
             .create_with_backend(DiskBackend::new(disk.clone(), DATABASE_FILE))
@@ -722,35 +720,6 @@ enum Applied {
 
 fn parse_stored_key(key: &str) -> Result<EventKey, StoreError> {
     EventKey::parse(key).map_err(|error| StoreError::Corrupt(format!("stored {error}")))
-}
-
-/// Makes sure `events.redb` exists, durably, and that redb can open or create it.
-///
-/// redb creates a database by writing and syncing its structures with the magic number
-/// zeroed, then the magic number: a crash or failed sync in between leaves a file redb refuses
-/// forever (`InvalidData`). Such a file never held anything of ours, since the store writes only
-/// after a successful open, so it is started over. Only an all-zero magic number qualifies:
-/// anything else may be a real database with a damaged header, which must not be wiped.
-fn prepare_database_file(disk: &dyn Disk) -> Result<(), StoreError> {
-    let Some(len) = disk.len(DATABASE_FILE)? else {
-        disk.create(DATABASE_FILE)?;
-        disk.sync_directory()?;
-        return Ok(());
-    };
-    if len == 0 {
-        return Ok(());
-    }
-    let magic = disk.read_at(DATABASE_FILE, 0, len.min(REDB_MAGIC_BYTES) as usize)?;
-    if magic.iter().all(|&byte| byte == 0) {
-        tracing::warn!(
-            file = DATABASE_FILE,
-            len,
-            "the database's creation never completed: starting it over"
-        );
-        disk.truncate(DATABASE_FILE, 0)?;
-        disk.sync(DATABASE_FILE)?;
-    }
-    Ok(())
 }
 
 /// Creates the tables of a new database and returns the checkpoint segment.

@@ -1,0 +1,174 @@
+//! What a partition's Raft log carries: key-value commands, as bytes in `EntryKind::Command`.
+//!
+//! The postcard encoding of [`KvCommand`] is the log format: variants are only ever appended,
+//! never reordered or removed. Sizes are checked before a command is proposed, so nothing
+//! that reaches the log can fail to apply for being too large.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest key a partition stores.
+pub const KEY_BYTES_MAX: usize = 4 * 1024;
+/// Largest value a partition stores.
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Most operations in one atomic batch.
+pub const BATCH_OPERATIONS_MAX: usize = 10_000;
+
+/// One write, applied atomically when its entry applies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvOperation {
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Puts and deletes that apply together or not at all.
+    Batch(Vec<BatchOperation>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchOperation {
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+}
+
+/// A command with the identity of the request that proposed it, so the node that proposed it
+/// can answer its client when the entry applies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvCommand {
+    /// The proposing node's id and its request number.
+    pub proposer: u32,
+    pub request_id: u64,
+    pub operation: KvOperation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidCommand {
+    #[error("keys must not be empty")]
+    EmptyKey,
+    #[error("key of {0} bytes is over the limit of {KEY_BYTES_MAX}")]
+    KeyTooLong(usize),
+    #[error("value of {0} bytes is over the limit of {VALUE_BYTES_MAX}")]
+    ValueTooLarge(usize),
+    #[error("a batch of {0} operations is over the limit of {BATCH_OPERATIONS_MAX}")]
+    BatchTooLarge(usize),
+    #[error("an empty batch does nothing")]
+    EmptyBatch,
+}
+
+fn check_key(key: &[u8]) -> Result<(), InvalidCommand> {
+    if key.is_empty() {
+        return Err(InvalidCommand::EmptyKey);
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(InvalidCommand::KeyTooLong(key.len()));
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), InvalidCommand> {
+    if value.len() > VALUE_BYTES_MAX {
+        return Err(InvalidCommand::ValueTooLarge(value.len()));
+    }
+    Ok(())
+}
+
+impl KvOperation {
+    /// Checks sizes before the operation is proposed.
+    pub fn validate(&self) -> Result<(), InvalidCommand> {
+        match self {
+            KvOperation::Put { key, value } => {
+                check_key(key)?;
+                check_value(value)
+            }
+            KvOperation::Delete { key } => check_key(key),
+            KvOperation::Batch(operations) => {
+                if operations.is_empty() {
+                    return Err(InvalidCommand::EmptyBatch);
+                }
+                if operations.len() > BATCH_OPERATIONS_MAX {
+                    return Err(InvalidCommand::BatchTooLarge(operations.len()));
+                }
+                for operation in operations {
+                    match operation {
+                        BatchOperation::Put { key, value } => {
+                            check_key(key)?;
+                            check_value(value)?;
+                        }
+                        BatchOperation::Delete { key } => check_key(key)?,
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl KvCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("commands always serialise")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<KvCommand, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_sizes_are_refused_before_proposing() {
+        let put = |key: usize, value: usize| KvOperation::Put {
+            key: vec![b'k'; key],
+            value: vec![b'v'; value],
+        };
+        assert_eq!(put(0, 1).validate(), Err(InvalidCommand::EmptyKey));
+        assert_eq!(
+            put(KEY_BYTES_MAX + 1, 1).validate(),
+            Err(InvalidCommand::KeyTooLong(KEY_BYTES_MAX + 1))
+        );
+        assert_eq!(
+            put(1, VALUE_BYTES_MAX + 1).validate(),
+            Err(InvalidCommand::ValueTooLarge(VALUE_BYTES_MAX + 1))
+        );
+        assert_eq!(put(KEY_BYTES_MAX, VALUE_BYTES_MAX).validate(), Ok(()));
+        assert_eq!(
+            KvOperation::Batch(vec![]).validate(),
+            Err(InvalidCommand::EmptyBatch)
+        );
+        assert_eq!(
+            KvOperation::Batch(vec![BatchOperation::Delete { key: vec![] }]).validate(),
+            Err(InvalidCommand::EmptyKey)
+        );
+    }
+
+    #[test]
+    fn commands_round_trip() {
+        let command = KvCommand {
+            proposer: 3,
+            request_id: 9,
+            operation: KvOperation::Batch(vec![
+                BatchOperation::Put {
+                    key: b"a".to_vec(),
+                    value: b"1".to_vec(),
+                },
+                BatchOperation::Delete { key: b"b".to_vec() },
+            ]),
+        };
+        assert_eq!(KvCommand::decode(&command.encode()).unwrap(), command);
+    }
+}
