@@ -337,11 +337,7 @@ impl KvStore {
     }
 
     /// Pairs of `id` in `query`'s range, in key order (or reversed).
-    pub fn range(
-        &self,
-        id: PartitionId,
-        query: &RangeQuery,
-    ) -> Result<Vec<Pair>, KvError> {
+    pub fn range(&self, id: PartitionId, query: &RangeQuery) -> Result<Vec<Pair>, KvError> {
         if !self.points.contains_key(&id) {
             return Err(KvError::UnknownPartition(id));
         }

@@ -4,6 +4,7 @@
 
 pub mod command;
 pub mod kv_store;
+pub mod raft_log;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -1,0 +1,393 @@
+//! The node-wide Raft log: the hard states and entries of every partition on the node in one
+//! segmented log (`raft-{segment}.wal`), so a round of all groups costs one append and one
+//! sync (group commit).
+//!
+//! Invariants:
+//! - records replay in log order; an `Entries` record replaces the partition's entries from its
+//!   first index on (a conflicting suffix is truncated by writing its replacement), a `Base`
+//!   record drops every entry before it (a snapshot install, or a checkpoint's restart point);
+//! - nothing staged is durable before `commit` returns `Ok`; a failed commit poisons the log,
+//!   since after a failed sync nobody knows what is on disk;
+//! - a checkpoint writes every partition's live state (hard state, base, entries) into a fresh
+//!   segment and syncs it before the older segments are removed, so a crash at any point
+//!   replays to the same state.
+
+use crate::events::log::{LogError, SegmentedLog};
+use crate::partition::PartitionId;
+use crate::raft::{Entry, HardState};
+use crate::seams::{DiskError, SharedDisk};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const RAFT_LOG_PREFIX: &str = "raft-";
+
+/// One record of the Raft log. The postcard encoding is the on-disk format: variants are only
+/// ever appended, never reordered or removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftLogRecord {
+    HardState {
+        partition: u64,
+        hard_state: HardState,
+    },
+    Entries {
+        partition: u64,
+        entries: Vec<Entry>,
+    },
+    /// The partition's log restarts after (`index`, `term`).
+    Base {
+        partition: u64,
+        index: u64,
+        term: u64,
+    },
+    /// The partition left this node.
+    Removed {
+        partition: u64,
+    },
+}
+
+/// A partition's log as recovery found it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveredLog {
+    pub hard_state: HardState,
+    /// The last `Base` point, if any.
+    pub base: Option<(u64, u64)>,
+    /// Contiguous entries after the base.
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RaftLogError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("the Raft log is poisoned by an earlier write failure ({0}); restart the node")]
+    Poisoned(String),
+}
+
+/// What one partition's live state is, for a checkpoint.
+#[derive(Debug)]
+pub struct LiveLog<'a> {
+    pub partition: PartitionId,
+    pub hard_state: HardState,
+    pub base: (u64, u64),
+    pub entries: Vec<&'a Entry>,
+}
+
+#[derive(Debug)]
+pub struct RaftLogStore {
+    log: SegmentedLog<RaftLogRecord>,
+    staged: Vec<RaftLogRecord>,
+    poisoned: Option<String>,
+    syncs: u64,
+}
+
+impl RaftLogStore {
+    /// Opens the log and replays it into each partition's recovered state.
+    pub fn open(
+        disk: SharedDisk,
+        segment_bytes_max: u64,
+    ) -> Result<(RaftLogStore, BTreeMap<PartitionId, RecoveredLog>), RaftLogError> {
+        let (log, recovery) =
+            SegmentedLog::open_prefixed(disk, RAFT_LOG_PREFIX, segment_bytes_max, 0)?;
+        if recovery.corrupt_records > 0 {
+            tracing::warn!(
+                corrupt_records = recovery.corrupt_records,
+                "the Raft log lost synced records to damage"
+            );
+        }
+        let mut recovered: BTreeMap<PartitionId, RecoveredLog> = BTreeMap::new();
+        for record in recovery.records {
+            match record {
+                RaftLogRecord::HardState {
+                    partition,
+                    hard_state,
+                } => {
+                    recovered
+                        .entry(PartitionId(partition))
+                        .or_default()
+                        .hard_state = hard_state;
+                }
+                RaftLogRecord::Entries { partition, entries } => {
+                    let log = recovered.entry(PartitionId(partition)).or_default();
+                    let Some(first) = entries.first() else {
+                        continue;
+                    };
+                    log.entries.retain(|entry| entry.index < first.index);
+                    let contiguous = log
+                        .entries
+                        .last()
+                        .map_or(true, |last| last.index + 1 == first.index);
+                    if !contiguous {
+                        // Only a record lost to damage leaves a hole; what follows it cannot
+                        // be trusted to match, so the tail starts over here.
+                        log.entries.clear();
+                    }
+                    log.entries.extend(entries);
+                }
+                RaftLogRecord::Base {
+                    partition,
+                    index,
+                    term,
+                } => {
+                    let log = recovered.entry(PartitionId(partition)).or_default();
+                    log.base = Some((index, term));
+                    log.entries.retain(|entry| entry.index > index);
+                    if log
+                        .entries
+                        .first()
+                        .is_some_and(|entry| entry.index != index + 1)
+                    {
+                        log.entries.clear();
+                    }
+                }
+                RaftLogRecord::Removed { partition } => {
+                    recovered.remove(&PartitionId(partition));
+                }
+            }
+        }
+        Ok((
+            RaftLogStore {
+                log,
+                staged: Vec::new(),
+                poisoned: None,
+                syncs: 0,
+            },
+            recovered,
+        ))
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    /// Syncs done by commits and checkpoints.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+
+    pub fn stage_hard_state(&mut self, partition: PartitionId, hard_state: HardState) {
+        self.staged.push(RaftLogRecord::HardState {
+            partition: partition.0,
+            hard_state,
+        });
+    }
+
+    pub fn stage_entries(&mut self, partition: PartitionId, entries: Vec<Entry>) {
+        if !entries.is_empty() {
+            self.staged.push(RaftLogRecord::Entries {
+                partition: partition.0,
+                entries,
+            });
+        }
+    }
+
+    pub fn stage_base(&mut self, partition: PartitionId, index: u64, term: u64) {
+        self.staged.push(RaftLogRecord::Base {
+            partition: partition.0,
+            index,
+            term,
+        });
+    }
+
+    pub fn stage_removed(&mut self, partition: PartitionId) {
+        self.staged.push(RaftLogRecord::Removed {
+            partition: partition.0,
+        });
+    }
+
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    /// Makes everything staged durable with one append and one sync.
+    pub fn commit(&mut self) -> Result<(), RaftLogError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(RaftLogError::Poisoned(reason.clone()));
+        }
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let staged = std::mem::take(&mut self.staged);
+        match self.log.append(&staged) {
+            Ok(_) => {
+                self.syncs += 1;
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "Raft log poisoned: refusing writes until restart");
+                self.poisoned = Some(error.to_string());
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Segments the log spans now; a caller checkpoints when it grows past a bound.
+    pub fn segment(&self) -> u64 {
+        self.log.segment()
+    }
+
+    /// Rewrites the live state of every partition into a fresh segment and drops the older
+    /// ones. Nothing may be staged.
+    pub fn checkpoint<'a>(
+        &mut self,
+        live: impl IntoIterator<Item = LiveLog<'a>>,
+    ) -> Result<(), RaftLogError> {
+        assert!(
+            self.staged.is_empty(),
+            "commit staged records before a checkpoint"
+        );
+        if let Some(reason) = &self.poisoned {
+            return Err(RaftLogError::Poisoned(reason.clone()));
+        }
+        let result = (|| {
+            let segment = self.log.rotate()?;
+            let mut records = Vec::new();
+            for partition in live {
+                records.push(RaftLogRecord::HardState {
+                    partition: partition.partition.0,
+                    hard_state: partition.hard_state,
+                });
+                records.push(RaftLogRecord::Base {
+                    partition: partition.partition.0,
+                    index: partition.base.0,
+                    term: partition.base.1,
+                });
+                // Bounded records: entries go in slices that keep each one well below the limit.
+                let mut chunk = Vec::new();
+                let mut chunk_bytes = 0;
+                for entry in partition.entries {
+                    chunk_bytes += entry.payload_bytes() + 32;
+                    chunk.push(entry.clone());
+                    if chunk_bytes > 4 * 1024 * 1024 {
+                        records.push(RaftLogRecord::Entries {
+                            partition: partition.partition.0,
+                            entries: std::mem::take(&mut chunk),
+                        });
+                        chunk_bytes = 0;
+                    }
+                }
+                if !chunk.is_empty() {
+                    records.push(RaftLogRecord::Entries {
+                        partition: partition.partition.0,
+                        entries: chunk,
+                    });
+                }
+            }
+            if !records.is_empty() {
+                self.log.append(&records)?;
+                self.syncs += 1;
+            }
+            self.log.remove_segments_below(segment)?;
+            Ok::<(), DiskError>(())
+        })();
+        if let Err(error) = result {
+            tracing::error!(%error, "Raft log checkpoint failed: poisoned");
+            self.poisoned = Some(error.to_string());
+            return Err(error.into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::test_disk::TestDisk;
+    use crate::ids::NodeId;
+    use crate::raft::EntryKind;
+    use crate::seams::Disk;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Command(vec![index as u8]),
+        }
+    }
+
+    fn open(
+        disk: &std::sync::Arc<TestDisk>,
+    ) -> (RaftLogStore, BTreeMap<PartitionId, RecoveredLog>) {
+        RaftLogStore::open(disk.clone(), 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn committed_records_replay_with_truncation_and_bases() {
+        let disk = TestDisk::new();
+        let (mut log, recovered) = open(&disk);
+        assert!(recovered.is_empty());
+        let one = PartitionId(1);
+        let two = PartitionId(2);
+        let hard_state = HardState {
+            term: 3,
+            vote: Some(NodeId(2)),
+            commit: 2,
+        };
+        log.stage_hard_state(one, hard_state);
+        log.stage_entries(one, vec![entry(2, 1), entry(3, 1), entry(4, 1)]);
+        log.stage_entries(two, vec![entry(2, 1)]);
+        log.commit().unwrap();
+        // A new leader replaces 4 and appends 5; partition 2 installs a snapshot at 9.
+        log.stage_entries(one, vec![entry(4, 3), entry(5, 3)]);
+        log.stage_base(two, 9, 2);
+        log.commit().unwrap();
+        // Staged but never committed: lost in the crash.
+        log.stage_entries(one, vec![entry(6, 3)]);
+        let (_, recovered) = open(&disk.crash());
+        assert_eq!(recovered[&one].hard_state, hard_state);
+        assert_eq!(
+            recovered[&one].entries,
+            vec![entry(2, 1), entry(3, 1), entry(4, 3), entry(5, 3)]
+        );
+        assert_eq!(recovered[&two].base, Some((9, 2)));
+        assert!(recovered[&two].entries.is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_keeps_the_live_state_and_drops_old_segments() {
+        let disk = TestDisk::new();
+        let (mut log, _) = open(&disk);
+        let one = PartitionId(1);
+        for index in 2..50 {
+            log.stage_entries(one, vec![entry(index, 1)]);
+            log.commit().unwrap();
+        }
+        let live_entries: Vec<Entry> = (40..50).map(|index| entry(index, 1)).collect();
+        let hard_state = HardState {
+            term: 1,
+            vote: None,
+            commit: 45,
+        };
+        log.checkpoint([LiveLog {
+            partition: one,
+            hard_state,
+            base: (39, 1),
+            entries: live_entries.iter().collect(),
+        }])
+        .unwrap();
+        let segments: Vec<String> = disk
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|name| name.starts_with(RAFT_LOG_PREFIX))
+            .collect();
+        assert_eq!(segments.len(), 1, "older segments are gone: {segments:?}");
+        let (_, recovered) = open(&disk.crash());
+        assert_eq!(recovered[&one].entries, live_entries);
+        assert_eq!(recovered[&one].base, Some((39, 1)));
+        assert_eq!(recovered[&one].hard_state, hard_state);
+    }
+
+    #[test]
+    fn a_failed_sync_poisons_the_log() {
+        let disk = TestDisk::new();
+        let (mut log, _) = open(&disk);
+        disk.fail_syncs(true);
+        log.stage_entries(PartitionId(1), vec![entry(2, 1)]);
+        assert!(log.commit().is_err());
+        disk.fail_syncs(false);
+        log.stage_entries(PartitionId(1), vec![entry(3, 1)]);
+        assert!(matches!(log.commit(), Err(RaftLogError::Poisoned(_))));
+    }
+}
