@@ -3,8 +3,12 @@
 //! of a node in one embedded database.
 
 pub mod command;
+pub mod host;
 pub mod kv_store;
 pub mod raft_log;
+
+#[cfg(test)]
+mod host_tests;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -117,7 +117,7 @@ impl RaftLogStore {
                     let contiguous = log
                         .entries
                         .last()
-                        .map_or(true, |last| last.index + 1 == first.index);
+                        .is_none_or(|last| last.index + 1 == first.index);
                     if !contiguous {
                         // Only a record lost to damage leaves a hole; what follows it cannot
                         // be trusted to match, so the tail starts over here.

@@ -301,6 +301,12 @@ impl RaftGroup {
         }
     }
 
+    /// The hard state the driver was last asked to persist (durable once that Ready is
+    /// advanced).
+    pub fn durable_hard_state(&self) -> HardState {
+        self.last_hard_state
+    }
+
     fn hard_state(&self) -> HardState {
         HardState {
             term: self.term,
@@ -318,7 +324,7 @@ impl RaftGroup {
     }
 
     /// The configuration in force at `index` (for a snapshot taken there).
-    fn configuration_at(&self, index: u64) -> Configuration {
+    pub fn configuration_at(&self, index: u64) -> Configuration {
         self.configurations
             .iter()
             .rev()
@@ -457,9 +463,11 @@ impl RaftGroup {
         }
     }
 
-    /// Bytes of the snapshot at `index` for `to`, from `offset` (answering a
-    /// [`SnapshotChunkRequest`]); `done` when they reach its end. Ignored when the request is
-    /// no longer current (a heartbeat will ask again).
+    /// Bytes of a snapshot for `to`, from `offset` (answering a [`SnapshotChunkRequest`]);
+    /// `done` when they reach its end. The first chunk (offset 0) may come from any snapshot
+    /// the application holds at an index from the request's up to the applied index (it
+    /// snapshots its state as it is); later chunks must come from that same snapshot.
+    /// Ignored when the request is no longer current (a heartbeat will ask again).
     pub fn on_snapshot_chunk(
         &mut self,
         to: NodeId,
@@ -468,21 +476,36 @@ impl RaftGroup {
         data: Vec<u8>,
         done: bool,
     ) {
-        if self.role != Role::Leader || index != self.log.snapshot_index() {
+        if self.role != Role::Leader {
             return;
         }
-        let Some(progress) = self.progress.get(&to) else {
+        let snapshot_index = self.log.snapshot_index();
+        let applied = self.log.applied();
+        let Some(progress) = self.progress.get_mut(&to) else {
             return;
         };
-        if progress.state != (ReplicationState::Snapshot { index, offset }) {
+        let ReplicationState::Snapshot {
+            index: sending,
+            offset: expected,
+        } = progress.state
+        else {
+            return;
+        };
+        let acceptable = if offset == 0 {
+            (snapshot_index.max(sending)..=applied.max(sending)).contains(&index)
+        } else {
+            index == sending
+        };
+        if offset != expected || !acceptable {
             return;
         }
+        let Some(term) = self.log.term(index) else {
+            return;
+        };
+        progress.state = ReplicationState::Snapshot { index, offset };
         let meta = SnapshotMeta {
             index,
-            term: self
-                .log
-                .term(index)
-                .expect("the snapshot point's term is kept"),
+            term,
             configuration: self.configuration_at(index),
         };
         self.send(

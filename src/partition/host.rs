@@ -1,0 +1,805 @@
+//! A node's partitions: every Raft group the node hosts, driven together so that a round of
+//! all of them costs one append and one sync of the node-wide Raft log (group commit), one
+//! envelope per peer (all groups' messages to that peer batched), and one pass of applies
+//! into the state machines.
+//!
+//! Invariants:
+//! - the Ready contract of `raft::ready` is kept for every group in a round: replication
+//!   messages may leave at once, everything else only after the round's sync; committed
+//!   entries apply after it; a received snapshot is named in the log (synced) before the
+//!   state machine installs it, so a crash in between recovers to the old state, never to a
+//!   mix;
+//! - a write is answered only by the node that proposed it, when the entry it proposed applies
+//!   there (or with an error saying its outcome is unknown, after a timeout);
+//! - a read is answered only after the group confirmed its leadership for it (ReadIndex) and
+//!   the state machine applied up to the read's index: reads are linearizable;
+//! - the Raft log drops entries only at or below a partition's checkpointed applied index;
+//! - any storage failure poisons the host: it refuses every request until the node restarts.
+
+use crate::ids::NodeId;
+use crate::partition::command::{InvalidCommand, KvCommand, KvOperation};
+use crate::partition::kv_store::{AppliedPoint, KvError, KvStore, Pair, RangeQuery, WriteOutcome};
+use crate::partition::raft_log::{LiveLog, RaftLogError, RaftLogStore, RecoveredLog};
+use crate::partition::PartitionId;
+use crate::raft::{
+    Configuration, GroupStatus, Message, ProposeError, RaftConfig, RaftGroup, Ready,
+    RecoveredState, SnapshotMeta, BOOTSTRAP_INDEX,
+};
+use crate::seams::{SeededRng, SharedDisk};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    pub raft: RaftConfig,
+    pub log_segment_bytes_max: u64,
+    /// Applied entries (across partitions) between checkpoints of the state machines.
+    pub checkpoint_applied_entries: u64,
+    /// Segments the Raft log may grow by before its live state is rewritten.
+    pub log_checkpoint_segments: u64,
+    /// Ticks a request waits for its answer before it is answered "outcome unknown".
+    pub request_timeout_ticks: u64,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            raft: RaftConfig::default(),
+            log_segment_bytes_max: 16 * 1024 * 1024,
+            checkpoint_applied_entries: 4096,
+            log_checkpoint_segments: 4,
+            request_timeout_ticks: 50,
+        }
+    }
+}
+
+/// Every Raft message of one round from one node to another.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftEnvelope {
+    pub messages: Vec<(PartitionId, Message)>,
+}
+
+/// How a partition starts on this node.
+#[derive(Clone, Debug)]
+pub enum PartitionStart {
+    /// A founding replica of a new partition with these voters.
+    Bootstrap { voters: Vec<NodeId> },
+    /// A replica that joins an existing partition (as a learner): it catches up from a
+    /// snapshot the leader sends.
+    Joining,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("partition {0} is not on this node")]
+    UnknownPartition(PartitionId),
+    #[error("this node does not lead partition {partition} (leader: {leader:?})")]
+    NotLeader {
+        partition: PartitionId,
+        leader: Option<NodeId>,
+    },
+    #[error(transparent)]
+    Invalid(#[from] InvalidCommand),
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("no answer in time: the write may or may not have been applied")]
+    OutcomeUnknown,
+    #[error("the partition store failed and refuses requests until the node restarts: {0}")]
+    Poisoned(String),
+    #[error("partition {0} is busy with a leadership transfer or membership change; retry")]
+    Busy(PartitionId),
+    #[error("invalid membership change: {0}")]
+    InvalidMembershipChange(String),
+}
+
+/// What a read asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadRequest {
+    Get { key: Vec<u8> },
+    Range(RangeQuery),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadAnswer {
+    Value(Vec<u8>),
+    Pairs(Vec<Pair>),
+}
+
+/// Answers to this node's clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostOutput {
+    WriteAnswered {
+        request_id: u64,
+        result: Result<WriteOutcome, RequestError>,
+    },
+    ReadAnswered {
+        request_id: u64,
+        result: Result<ReadAnswer, RequestError>,
+    },
+}
+
+#[derive(Debug)]
+struct PendingWrite {
+    partition: PartitionId,
+    /// Where the local leader appended it (unknown when forwarded).
+    appended_at: Option<(u64, u64)>,
+    deadline_tick: u64,
+}
+
+#[derive(Debug)]
+struct PendingRead {
+    partition: PartitionId,
+    request: ReadRequest,
+    /// Known once the leader confirmed the read.
+    read_index: Option<u64>,
+    deadline_tick: u64,
+}
+
+#[derive(Debug)]
+struct CachedSnapshot {
+    data: Vec<u8>,
+    last_used_tick: u64,
+}
+
+/// Counters for benchmarks and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostCounters {
+    pub rounds: u64,
+    pub log_syncs: u64,
+    pub entries_applied: u64,
+    pub envelopes_sent: u64,
+    pub messages_sent: u64,
+    pub state_machine_checkpoints: u64,
+    pub log_checkpoints: u64,
+}
+
+#[derive(Debug)]
+pub struct PartitionHost {
+    id: NodeId,
+    config: HostConfig,
+    rng_seed: u64,
+    groups: BTreeMap<PartitionId, RaftGroup>,
+    kv: KvStore,
+    raft_log: RaftLogStore,
+    outbox: BTreeMap<NodeId, RaftEnvelope>,
+    outputs: Vec<HostOutput>,
+    next_request_id: u64,
+    pending_writes: BTreeMap<u64, PendingWrite>,
+    pending_reads: BTreeMap<u64, PendingRead>,
+    snapshots: BTreeMap<(PartitionId, u64), CachedSnapshot>,
+    tick: u64,
+    applied_since_checkpoint: u64,
+    log_checkpoint_segment: u64,
+    poisoned: Option<String>,
+    counters: HostCounters,
+}
+
+/// What recovery makes of a partition's state machine point and its log.
+fn recovered_state(point: &AppliedPoint, log: Option<RecoveredLog>) -> RecoveredState {
+    let log = log.unwrap_or_default();
+    let snapshot = SnapshotMeta {
+        index: point.index,
+        term: point.term,
+        configuration: point.configuration.clone(),
+    };
+    let base_ahead = log.base.is_some_and(|(index, _)| index > point.index);
+    let mut entries: Vec<_> = if base_ahead {
+        // A snapshot was named in the log but never installed: start from the old state and
+        // let the leader send it again.
+        Vec::new()
+    } else {
+        log.entries
+            .into_iter()
+            .filter(|entry| entry.index > point.index)
+            .collect()
+    };
+    if entries
+        .first()
+        .is_some_and(|first| first.index != point.index + 1)
+    {
+        entries.clear();
+    }
+    RecoveredState {
+        hard_state: log.hard_state,
+        snapshot,
+        entries,
+        applied: point.index,
+    }
+}
+
+impl PartitionHost {
+    /// Opens the node's partition storage and recovers every partition on it.
+    pub fn open(
+        id: NodeId,
+        disk: SharedDisk,
+        config: HostConfig,
+        rng_seed: u64,
+    ) -> Result<PartitionHost, RequestError> {
+        let kv = KvStore::open(disk.clone())?;
+        let (raft_log, mut recovered) = RaftLogStore::open(disk, config.log_segment_bytes_max)
+            .map_err(|error| RequestError::Poisoned(error.to_string()))?;
+        let mut groups = BTreeMap::new();
+        for (partition, point) in kv.points() {
+            let state = recovered_state(point, recovered.remove(partition));
+            let group = RaftGroup::recover(
+                id,
+                config.raft.clone(),
+                state,
+                group_rng(rng_seed, id, *partition),
+            );
+            groups.insert(*partition, group);
+        }
+        let log_checkpoint_segment = raft_log.segment();
+        Ok(PartitionHost {
+            id,
+            config,
+            rng_seed,
+            groups,
+            kv,
+            raft_log,
+            outbox: BTreeMap::new(),
+            outputs: Vec::new(),
+            next_request_id: 0,
+            pending_writes: BTreeMap::new(),
+            pending_reads: BTreeMap::new(),
+            snapshots: BTreeMap::new(),
+            tick: 0,
+            applied_since_checkpoint: 0,
+            log_checkpoint_segment,
+            poisoned: None,
+            counters: HostCounters::default(),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn counters(&self) -> HostCounters {
+        HostCounters {
+            log_syncs: self.raft_log.syncs(),
+            ..self.counters
+        }
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    pub fn partitions(&self) -> impl Iterator<Item = PartitionId> + '_ {
+        self.groups.keys().copied()
+    }
+
+    pub fn status(&self, partition: PartitionId) -> Option<GroupStatus> {
+        self.groups.get(&partition).map(RaftGroup::status)
+    }
+
+    pub fn group(&self, partition: PartitionId) -> Option<&RaftGroup> {
+        self.groups.get(&partition)
+    }
+
+    fn check_usable(&self) -> Result<(), RequestError> {
+        match &self.poisoned {
+            Some(reason) => Err(RequestError::Poisoned(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, reason: String) -> RequestError {
+        tracing::error!(node = %self.id, %reason, "partition host poisoned");
+        self.poisoned.get_or_insert(reason.clone());
+        RequestError::Poisoned(reason)
+    }
+
+    /// Adds a partition replica to this node, durably.
+    pub fn create_partition(
+        &mut self,
+        partition: PartitionId,
+        start: PartitionStart,
+    ) -> Result<(), RequestError> {
+        self.check_usable()?;
+        if self.groups.contains_key(&partition) {
+            return Ok(());
+        }
+        let point = match &start {
+            PartitionStart::Bootstrap { voters } => AppliedPoint {
+                index: BOOTSTRAP_INDEX,
+                term: 0,
+                configuration: Configuration::with_voters(voters.iter().copied()),
+            },
+            PartitionStart::Joining => AppliedPoint::default(),
+        };
+        if let Err(error) = self.kv.create_partition(partition, point.clone()) {
+            return Err(self.poison(error.to_string()));
+        }
+        let group = RaftGroup::recover(
+            self.id,
+            self.config.raft.clone(),
+            recovered_state(&point, None),
+            group_rng(self.rng_seed, self.id, partition),
+        );
+        self.groups.insert(partition, group);
+        Ok(())
+    }
+
+    // ---- client requests ----
+
+    fn new_request_id(&mut self) -> u64 {
+        self.next_request_id += 1;
+        self.next_request_id
+    }
+
+    /// Proposes a write; its answer comes out of [`PartitionHost::take_outputs`] with the
+    /// returned request id. Bad input is refused here and changes nothing.
+    pub fn write(
+        &mut self,
+        partition: PartitionId,
+        operation: KvOperation,
+    ) -> Result<u64, RequestError> {
+        self.check_usable()?;
+        operation.validate()?;
+        let request_id = self.new_request_id();
+        let Some(group) = self.groups.get_mut(&partition) else {
+            return Err(RequestError::UnknownPartition(partition));
+        };
+        let command = KvCommand {
+            proposer: self.id.0,
+            request_id,
+            operation,
+        };
+        let appended_at = match group.propose(command.encode()) {
+            Ok(crate::raft::Proposal::Appended { index, term }) => Some((index, term)),
+            Ok(crate::raft::Proposal::Forwarded { .. }) => None,
+            Err(error) => return Err(propose_refusal(partition, error)),
+        };
+        self.pending_writes.insert(
+            request_id,
+            PendingWrite {
+                partition,
+                appended_at,
+                deadline_tick: self.tick + self.config.request_timeout_ticks,
+            },
+        );
+        Ok(request_id)
+    }
+
+    /// Starts a linearizable read; its answer comes out of [`PartitionHost::take_outputs`].
+    pub fn read(
+        &mut self,
+        partition: PartitionId,
+        request: ReadRequest,
+    ) -> Result<u64, RequestError> {
+        self.check_usable()?;
+        let request_id = self.new_request_id();
+        let Some(group) = self.groups.get_mut(&partition) else {
+            return Err(RequestError::UnknownPartition(partition));
+        };
+        if let Err(error) = group.read_index(request_id) {
+            return Err(propose_refusal(partition, error));
+        }
+        self.pending_reads.insert(
+            request_id,
+            PendingRead {
+                partition,
+                request,
+                read_index: None,
+                deadline_tick: self.tick + self.config.request_timeout_ticks,
+            },
+        );
+        Ok(request_id)
+    }
+
+    /// Proposes a membership change of `partition` (on its leader).
+    pub fn change_membership(
+        &mut self,
+        partition: PartitionId,
+        change: crate::raft::ConfigChange,
+    ) -> Result<(), RequestError> {
+        self.check_usable()?;
+        let Some(group) = self.groups.get_mut(&partition) else {
+            return Err(RequestError::UnknownPartition(partition));
+        };
+        group
+            .propose_config_change(change)
+            .map(|_| ())
+            .map_err(|error| propose_refusal(partition, error))
+    }
+
+    pub fn transfer_leadership(
+        &mut self,
+        partition: PartitionId,
+        target: NodeId,
+    ) -> Result<(), RequestError> {
+        let Some(group) = self.groups.get_mut(&partition) else {
+            return Err(RequestError::UnknownPartition(partition));
+        };
+        group
+            .transfer_leadership(target)
+            .map_err(|error| propose_refusal(partition, error))
+    }
+
+    // ---- inputs ----
+
+    /// Messages another node sent this one.
+    pub fn receive(&mut self, from: NodeId, envelope: RaftEnvelope) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        for (partition, message) in envelope.messages {
+            debug_assert_eq!(
+                message.from, from,
+                "envelope and message disagree on the sender"
+            );
+            match self.groups.get_mut(&partition) {
+                Some(group) if message.to == self.id => group.step(message),
+                _ => {
+                    tracing::debug!(node = %self.id, %partition, "message for a partition not here")
+                }
+            }
+        }
+    }
+
+    /// One tick of the node's clock for every group; requests past their deadline are
+    /// answered "outcome unknown".
+    pub fn tick(&mut self) {
+        if self.poisoned.is_some() {
+            return;
+        }
+        self.tick += 1;
+        for group in self.groups.values_mut() {
+            group.tick();
+        }
+        let now = self.tick;
+        let expired: Vec<u64> = self
+            .pending_writes
+            .iter()
+            .filter(|(_, write)| write.deadline_tick <= now)
+            .map(|(request_id, _)| *request_id)
+            .collect();
+        for request_id in expired {
+            self.pending_writes.remove(&request_id);
+            self.outputs.push(HostOutput::WriteAnswered {
+                request_id,
+                result: Err(RequestError::OutcomeUnknown),
+            });
+        }
+        let expired: Vec<u64> = self
+            .pending_reads
+            .iter()
+            .filter(|(_, read)| read.deadline_tick <= now)
+            .map(|(request_id, _)| *request_id)
+            .collect();
+        for request_id in expired {
+            self.pending_reads.remove(&request_id);
+            self.outputs.push(HostOutput::ReadAnswered {
+                request_id,
+                result: Err(RequestError::OutcomeUnknown),
+            });
+        }
+        self.snapshots
+            .retain(|_, snapshot| snapshot.last_used_tick + 200 > now);
+    }
+
+    // ---- the round ----
+
+    /// Whether some group has something to persist, send or apply.
+    pub fn has_work(&self) -> bool {
+        self.poisoned.is_none() && self.groups.values().any(RaftGroup::has_ready)
+    }
+
+    /// Runs every group's Ready loop until all are idle: one log sync per pass.
+    pub fn process(&mut self) {
+        for _ in 0..8 {
+            if !self.has_work() {
+                break;
+            }
+            if let Err(error) = self.process_pass() {
+                let _ = self.poison(error);
+                self.fail_all_requests();
+                return;
+            }
+        }
+        if let Err(error) = self.maintain() {
+            let _ = self.poison(error);
+            self.fail_all_requests();
+        }
+    }
+
+    fn process_pass(&mut self) -> Result<(), String> {
+        self.counters.rounds += 1;
+        let mut readies: Vec<(PartitionId, Ready)> = Vec::new();
+        for (partition, group) in self.groups.iter_mut() {
+            if group.has_ready() {
+                readies.push((*partition, group.ready()));
+            }
+        }
+        // 1. Replication traffic goes now; snapshot chunks are read; writes are staged.
+        for (partition, ready) in readies.iter_mut() {
+            let partition = *partition;
+            for message in std::mem::take(&mut ready.messages) {
+                self.queue(partition, message);
+            }
+            for request in std::mem::take(&mut ready.snapshot_requests) {
+                self.serve_snapshot_chunk(partition, request)?;
+            }
+            if let Some(snapshot) = &ready.snapshot {
+                self.raft_log
+                    .stage_base(partition, snapshot.meta.index, snapshot.meta.term);
+            }
+            self.raft_log
+                .stage_entries(partition, std::mem::take(&mut ready.entries));
+            if let Some(hard_state) = ready.hard_state {
+                self.raft_log.stage_hard_state(partition, hard_state);
+            }
+        }
+        // 2. One sync for every group.
+        self.raft_log.commit().map_err(|error| error.to_string())?;
+        // 3. Snapshots into the state machines, after the log names them.
+        for (partition, ready) in readies.iter_mut() {
+            if let Some(snapshot) = ready.snapshot.take() {
+                let point = AppliedPoint {
+                    index: snapshot.meta.index,
+                    term: snapshot.meta.term,
+                    configuration: snapshot.meta.configuration.clone(),
+                };
+                self.kv
+                    .install_snapshot(*partition, point, &snapshot.data)
+                    .map_err(|error| error.to_string())?;
+            }
+        }
+        // 4. What waited for durability; 5. applies and reads; 6. advance.
+        for (partition, mut ready) in readies {
+            for message in std::mem::take(&mut ready.messages_after_persist) {
+                self.queue(partition, message);
+            }
+            if !ready.committed_entries.is_empty() {
+                let last = ready.committed_entries.last().expect("not empty").index;
+                let configuration = self.groups[&partition].configuration_at(last);
+                let applied = self
+                    .kv
+                    .apply(partition, &ready.committed_entries, configuration)
+                    .map_err(|error| error.to_string())?;
+                self.counters.entries_applied += ready.committed_entries.len() as u64;
+                self.applied_since_checkpoint += ready.committed_entries.len() as u64;
+                self.answer_applied_writes(partition, &ready.committed_entries, applied);
+            }
+            for read_state in ready.read_states {
+                if let Some(read) = self.pending_reads.get_mut(&read_state.context) {
+                    read.read_index = Some(read_state.index);
+                }
+            }
+            self.groups
+                .get_mut(&partition)
+                .expect("a group with a Ready")
+                .advance();
+            self.serve_reads(partition);
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, partition: PartitionId, message: Message) {
+        let to = message.to;
+        self.outbox
+            .entry(to)
+            .or_default()
+            .messages
+            .push((partition, message));
+    }
+
+    fn serve_snapshot_chunk(
+        &mut self,
+        partition: PartitionId,
+        request: crate::raft::SnapshotChunkRequest,
+    ) -> Result<(), String> {
+        let applied_index = self.kv.point(partition).map_or(0, |point| point.index);
+        // A new transfer snapshots the state machine as it is now; a running one continues
+        // from the image it started with.
+        let index = if request.offset == 0 {
+            applied_index
+        } else {
+            request.index
+        };
+        if !self.snapshots.contains_key(&(partition, index)) {
+            if request.offset != 0 {
+                // The image is gone: the next heartbeat restarts nothing, so let the leader
+                // time the transfer out and start over.
+                return Ok(());
+            }
+            let (point, data) = self
+                .kv
+                .snapshot(partition)
+                .map_err(|error| error.to_string())?;
+            debug_assert_eq!(point.index, index);
+            self.snapshots.insert(
+                (partition, index),
+                CachedSnapshot {
+                    data,
+                    last_used_tick: self.tick,
+                },
+            );
+        }
+        let cached = self
+            .snapshots
+            .get_mut(&(partition, index))
+            .expect("cached above");
+        cached.last_used_tick = self.tick;
+        let start = (request.offset as usize).min(cached.data.len());
+        let end = start
+            .saturating_add(request.bytes_max)
+            .min(cached.data.len());
+        let chunk = cached.data[start..end].to_vec();
+        let done = end == cached.data.len();
+        if let Some(group) = self.groups.get_mut(&partition) {
+            group.on_snapshot_chunk(request.to, index, request.offset, chunk, done);
+        }
+        Ok(())
+    }
+
+    fn answer_applied_writes(
+        &mut self,
+        partition: PartitionId,
+        entries: &[crate::raft::Entry],
+        applied: Vec<crate::partition::kv_store::AppliedCommand>,
+    ) {
+        for command in applied {
+            if command.proposer != self.id.0 {
+                continue;
+            }
+            if let Some(write) = self.pending_writes.remove(&command.request_id) {
+                debug_assert_eq!(write.partition, partition);
+                self.outputs.push(HostOutput::WriteAnswered {
+                    request_id: command.request_id,
+                    result: Ok(command.outcome),
+                });
+            }
+        }
+        // A write appended here whose index applied with another entry was lost in a
+        // leadership change: it never committed, so it will never apply.
+        let mut lost = Vec::new();
+        for (request_id, write) in &self.pending_writes {
+            if write.partition != partition {
+                continue;
+            }
+            if let Some((index, term)) = write.appended_at {
+                if let Some(entry) = entries.iter().find(|entry| entry.index == index) {
+                    if entry.term != term {
+                        lost.push(*request_id);
+                    }
+                }
+            }
+        }
+        for request_id in lost {
+            self.pending_writes.remove(&request_id);
+            self.outputs.push(HostOutput::WriteAnswered {
+                request_id,
+                result: Err(RequestError::NotLeader {
+                    partition,
+                    leader: self.groups.get(&partition).and_then(RaftGroup::leader),
+                }),
+            });
+        }
+    }
+
+    fn serve_reads(&mut self, partition: PartitionId) {
+        let applied = self.kv.point(partition).map_or(0, |point| point.index);
+        let ready: Vec<u64> = self
+            .pending_reads
+            .iter()
+            .filter(|(_, read)| {
+                read.partition == partition && read.read_index.is_some_and(|index| index <= applied)
+            })
+            .map(|(request_id, _)| *request_id)
+            .collect();
+        for request_id in ready {
+            let read = self
+                .pending_reads
+                .remove(&request_id)
+                .expect("listed above");
+            let result = match &read.request {
+                ReadRequest::Get { key } => self.kv.get(partition, key).map(ReadAnswer::Value),
+                ReadRequest::Range(query) => self.kv.range(partition, query).map(ReadAnswer::Pairs),
+            }
+            .map_err(RequestError::from);
+            self.outputs
+                .push(HostOutput::ReadAnswered { request_id, result });
+        }
+    }
+
+    /// Checkpoints the state machines and the log when due, and drops what they cover.
+    fn maintain(&mut self) -> Result<(), String> {
+        if self.applied_since_checkpoint >= self.config.checkpoint_applied_entries {
+            self.kv.checkpoint().map_err(|error| error.to_string())?;
+            self.applied_since_checkpoint = 0;
+            self.counters.state_machine_checkpoints += 1;
+            for (partition, group) in self.groups.iter_mut() {
+                group.compact(self.kv.checkpointed_index(*partition));
+            }
+        }
+        if self.raft_log.segment()
+            >= self.log_checkpoint_segment + self.config.log_checkpoint_segments
+            && !self.raft_log.has_staged()
+        {
+            let live: Vec<LiveLog<'_>> = self
+                .groups
+                .iter()
+                .map(|(partition, group)| {
+                    let log = group.log();
+                    let base_index = log.snapshot_index();
+                    let base_term = log.term(base_index).expect("the base term is kept");
+                    // Only what is durable: entries appended since the last Ready are not.
+                    let entries = (log.first_index()..=log.persisted())
+                        .filter_map(|index| log.entry(index))
+                        .collect();
+                    LiveLog {
+                        partition: *partition,
+                        hard_state: group.durable_hard_state(),
+                        base: (base_index, base_term),
+                        entries,
+                    }
+                })
+                .collect();
+            self.raft_log
+                .checkpoint(live)
+                .map_err(|error: RaftLogError| error.to_string())?;
+            self.log_checkpoint_segment = self.raft_log.segment();
+            self.counters.log_checkpoints += 1;
+        }
+        Ok(())
+    }
+
+    fn fail_all_requests(&mut self) {
+        let reason = self.poisoned.clone().unwrap_or_default();
+        for request_id in std::mem::take(&mut self.pending_writes).into_keys() {
+            self.outputs.push(HostOutput::WriteAnswered {
+                request_id,
+                result: Err(RequestError::Poisoned(reason.clone())),
+            });
+        }
+        for request_id in std::mem::take(&mut self.pending_reads).into_keys() {
+            self.outputs.push(HostOutput::ReadAnswered {
+                request_id,
+                result: Err(RequestError::Poisoned(reason.clone())),
+            });
+        }
+    }
+
+    // ---- outputs ----
+
+    /// One envelope per peer with everything for it since the last call.
+    pub fn take_envelopes(&mut self) -> Vec<(NodeId, RaftEnvelope)> {
+        let envelopes: Vec<(NodeId, RaftEnvelope)> =
+            std::mem::take(&mut self.outbox).into_iter().collect();
+        self.counters.envelopes_sent += envelopes.len() as u64;
+        self.counters.messages_sent += envelopes
+            .iter()
+            .map(|(_, envelope)| envelope.messages.len() as u64)
+            .sum::<u64>();
+        envelopes
+    }
+
+    pub fn take_outputs(&mut self) -> Vec<HostOutput> {
+        std::mem::take(&mut self.outputs)
+    }
+}
+
+/// The election-timeout stream of one group on one node. The node id is mixed in so that
+/// nodes given the same seed still draw different timeouts (identical draws split every vote).
+fn group_rng(rng_seed: u64, node: NodeId, partition: PartitionId) -> SeededRng {
+    SeededRng::split(rng_seed ^ (u64::from(node.0) << 40), partition.0)
+}
+
+fn propose_refusal(partition: PartitionId, error: ProposeError) -> RequestError {
+    match error {
+        ProposeError::NoLeader => RequestError::NotLeader {
+            partition,
+            leader: None,
+        },
+        ProposeError::NotLeader { leader } => RequestError::NotLeader { partition, leader },
+        ProposeError::TransferInProgress | ProposeError::ConfigChangePending => {
+            RequestError::Busy(partition)
+        }
+        ProposeError::InvalidConfigChange(error) => {
+            RequestError::InvalidMembershipChange(error.to_string())
+        }
+    }
+}

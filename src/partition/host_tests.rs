@@ -1,0 +1,467 @@
+//! Hosts of several partitions on a small in-memory cluster: group commit, batching per
+//! peer, linearizable reads, and recovery from the durable image after a crash.
+
+use crate::events::test_disk::TestDisk;
+use crate::ids::NodeId;
+use crate::partition::command::{BatchOperation, KvOperation};
+use crate::partition::host::{
+    HostConfig, HostOutput, PartitionHost, PartitionStart, ReadAnswer, ReadRequest, RequestError,
+};
+use crate::partition::kv_store::{KvError, RangeQuery, WriteOutcome};
+use crate::partition::PartitionId;
+use crate::raft::{ConfigChange, Role};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+struct Cluster {
+    hosts: BTreeMap<NodeId, PartitionHost>,
+    disks: BTreeMap<NodeId, Arc<TestDisk>>,
+    down: Vec<NodeId>,
+    outputs: BTreeMap<NodeId, Vec<HostOutput>>,
+    config: HostConfig,
+}
+
+impl Cluster {
+    fn new(nodes: u32, partitions: u64, config: HostConfig) -> Self {
+        let ids: Vec<NodeId> = (1..=nodes).map(NodeId).collect();
+        let mut cluster = Cluster {
+            hosts: BTreeMap::new(),
+            disks: BTreeMap::new(),
+            down: Vec::new(),
+            outputs: BTreeMap::new(),
+            config,
+        };
+        for id in &ids {
+            let disk = TestDisk::new();
+            let mut host =
+                PartitionHost::open(*id, disk.clone(), cluster.config.clone(), 7).unwrap();
+            for partition in 0..partitions {
+                host.create_partition(
+                    PartitionId(partition),
+                    PartitionStart::Bootstrap {
+                        voters: ids.clone(),
+                    },
+                )
+                .unwrap();
+            }
+            cluster.hosts.insert(*id, host);
+            cluster.disks.insert(*id, disk);
+        }
+        cluster
+    }
+
+    /// Processes every host and delivers envelopes until quiet.
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            let mut sent = Vec::new();
+            for (id, host) in self.hosts.iter_mut() {
+                if self.down.contains(id) {
+                    continue;
+                }
+                host.process();
+                for (to, envelope) in host.take_envelopes() {
+                    sent.push((*id, to, envelope));
+                }
+                self.outputs
+                    .entry(*id)
+                    .or_default()
+                    .extend(host.take_outputs());
+            }
+            if sent.is_empty() {
+                return;
+            }
+            for (from, to, envelope) in sent {
+                if self.down.contains(&to) {
+                    continue;
+                }
+                if let Some(host) = self.hosts.get_mut(&to) {
+                    host.receive(from, envelope);
+                }
+            }
+        }
+        panic!("the cluster did not settle");
+    }
+
+    fn tick(&mut self, ticks: u32) {
+        for _ in 0..ticks {
+            for (id, host) in self.hosts.iter_mut() {
+                if !self.down.contains(id) {
+                    host.tick();
+                }
+            }
+            self.settle();
+        }
+    }
+
+    fn leader(&self, partition: PartitionId) -> Option<NodeId> {
+        self.hosts
+            .iter()
+            .filter(|(id, _)| !self.down.contains(id))
+            .filter(|(_, host)| {
+                host.status(partition)
+                    .is_some_and(|status| status.role == Role::Leader)
+            })
+            .max_by_key(|(_, host)| host.status(partition).unwrap().term)
+            .map(|(id, _)| *id)
+    }
+
+    fn elect_all(&mut self, partitions: u64) {
+        for _ in 0..300 {
+            if (0..partitions).all(|partition| self.leader(PartitionId(partition)).is_some()) {
+                // One more heartbeat round so every follower knows its leader.
+                self.tick(3);
+                return;
+            }
+            self.tick(1);
+        }
+        panic!("not every partition elected a leader");
+    }
+
+    fn answer(&mut self, node: NodeId, request_id: u64) -> Option<HostOutput> {
+        let outputs = self.outputs.entry(node).or_default();
+        let position = outputs.iter().position(|output| match output {
+            HostOutput::WriteAnswered { request_id: id, .. }
+            | HostOutput::ReadAnswered { request_id: id, .. } => *id == request_id,
+        })?;
+        Some(outputs.remove(position))
+    }
+
+    fn put(
+        &mut self,
+        partition: PartitionId,
+        key: &str,
+        value: &str,
+    ) -> Result<WriteOutcome, RequestError> {
+        let leader = self.leader(partition).expect("a leader");
+        let request_id = self.hosts.get_mut(&leader).unwrap().write(
+            partition,
+            KvOperation::Put {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+            },
+        )?;
+        self.settle();
+        match self.answer(leader, request_id) {
+            Some(HostOutput::WriteAnswered { result, .. }) => result,
+            other => panic!("no write answer: {other:?}"),
+        }
+    }
+
+    fn get_via(
+        &mut self,
+        node: NodeId,
+        partition: PartitionId,
+        key: &str,
+    ) -> Result<ReadAnswer, RequestError> {
+        let request_id = self.hosts.get_mut(&node).unwrap().read(
+            partition,
+            ReadRequest::Get {
+                key: key.as_bytes().to_vec(),
+            },
+        )?;
+        self.settle();
+        self.tick(2);
+        match self.answer(node, request_id) {
+            Some(HostOutput::ReadAnswered { result, .. }) => result,
+            other => panic!("no read answer: {other:?}"),
+        }
+    }
+
+    fn crash_and_restart(&mut self, id: NodeId) {
+        let disk = self.disks[&id].crash();
+        self.hosts.remove(&id);
+        let host = PartitionHost::open(id, disk.clone(), self.config.clone(), 8).unwrap();
+        self.disks.insert(id, disk);
+        self.hosts.insert(id, host);
+    }
+}
+
+#[test]
+fn writes_and_linearizable_reads_on_several_partitions() {
+    let mut cluster = Cluster::new(3, 4, HostConfig::default());
+    cluster.elect_all(4);
+    for partition in 0..4 {
+        let partition = PartitionId(partition);
+        assert_eq!(
+            cluster.put(partition, "key", &format!("v{}", partition.0)),
+            Ok(WriteOutcome::Put)
+        );
+    }
+    // Reads from every node, follower or leader, see the write (ReadIndex through the leader).
+    for node in 1..=3 {
+        for partition in 0..4 {
+            assert_eq!(
+                cluster.get_via(NodeId(node), PartitionId(partition), "key"),
+                Ok(ReadAnswer::Value(format!("v{partition}").into_bytes()))
+            );
+        }
+    }
+    let missing = cluster
+        .get_via(NodeId(1), PartitionId(0), "absent")
+        .unwrap_err();
+    assert_eq!(missing, RequestError::Kv(KvError::KeyNotFound));
+    assert_eq!(missing.to_string(), "Key not found in database");
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let mut cluster = Cluster::new(3, 1, HostConfig::default());
+    cluster.elect_all(1);
+    let leader = cluster.leader(PartitionId(0)).unwrap();
+    let host = cluster.hosts.get_mut(&leader).unwrap();
+    let before = host.status(PartitionId(0)).unwrap().last_index;
+    assert!(matches!(
+        host.write(
+            PartitionId(0),
+            KvOperation::Put {
+                key: vec![],
+                value: vec![1]
+            }
+        ),
+        Err(RequestError::Invalid(_))
+    ));
+    assert_eq!(
+        host.write(PartitionId(9), KvOperation::Delete { key: b"a".to_vec() }),
+        Err(RequestError::UnknownPartition(PartitionId(9)))
+    );
+    assert_eq!(host.status(PartitionId(0)).unwrap().last_index, before);
+}
+
+#[test]
+fn one_round_of_many_partitions_costs_one_sync_and_one_envelope_per_peer() {
+    let partitions = 50;
+    let mut cluster = Cluster::new(3, partitions, HostConfig::default());
+    cluster.elect_all(partitions);
+    // Move every leader to node 1 so one host proposes for all partitions.
+    for partition in 0..partitions {
+        let partition = PartitionId(partition);
+        let leader = cluster.leader(partition).unwrap();
+        if leader != NodeId(1) {
+            cluster
+                .hosts
+                .get_mut(&leader)
+                .unwrap()
+                .transfer_leadership(partition, NodeId(1))
+                .unwrap();
+        }
+    }
+    cluster.tick(5);
+    for partition in 0..partitions {
+        assert_eq!(cluster.leader(PartitionId(partition)), Some(NodeId(1)));
+    }
+    let host = cluster.hosts.get_mut(&NodeId(1)).unwrap();
+    let syncs_before = host.counters().log_syncs;
+    for partition in 0..partitions {
+        host.write(
+            PartitionId(partition),
+            KvOperation::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        )
+        .unwrap();
+    }
+    host.process();
+    assert_eq!(
+        host.counters().log_syncs,
+        syncs_before + 1,
+        "one sync for fifty groups"
+    );
+    let envelopes = host.take_envelopes();
+    assert_eq!(envelopes.len(), 2, "one envelope per peer");
+    for (_, envelope) in &envelopes {
+        assert_eq!(envelope.messages.len(), partitions as usize);
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_crashes_of_every_node() {
+    let mut cluster = Cluster::new(3, 2, HostConfig::default());
+    cluster.elect_all(2);
+    for index in 0..20 {
+        let partition = PartitionId(index % 2);
+        cluster
+            .put(partition, &format!("key-{index}"), &format!("{index}"))
+            .unwrap();
+    }
+    for node in 1..=3 {
+        cluster.crash_and_restart(NodeId(node));
+    }
+    cluster.elect_all(2);
+    for index in 0..20 {
+        let partition = PartitionId(index % 2);
+        assert_eq!(
+            cluster.get_via(NodeId(2), partition, &format!("key-{index}")),
+            Ok(ReadAnswer::Value(format!("{index}").into_bytes())),
+            "key-{index}"
+        );
+    }
+}
+
+#[test]
+fn checkpoints_compact_the_log_and_recovery_still_sees_everything() {
+    let config = HostConfig {
+        checkpoint_applied_entries: 10,
+        log_segment_bytes_max: 2048,
+        log_checkpoint_segments: 2,
+        ..HostConfig::default()
+    };
+    let mut cluster = Cluster::new(3, 1, config);
+    cluster.elect_all(1);
+    let partition = PartitionId(0);
+    for index in 0..60 {
+        cluster
+            .put(partition, &format!("key-{index:02}"), &"x".repeat(40))
+            .unwrap();
+    }
+    let counters = cluster.hosts[&NodeId(1)].counters();
+    assert!(counters.state_machine_checkpoints >= 5, "{counters:?}");
+    assert!(counters.log_checkpoints >= 1, "{counters:?}");
+    let first_index = cluster.hosts[&NodeId(1)]
+        .group(partition)
+        .unwrap()
+        .log()
+        .first_index();
+    assert!(
+        first_index > 40,
+        "the in-memory log was compacted: first index {first_index}"
+    );
+    for node in 1..=3 {
+        cluster.crash_and_restart(NodeId(node));
+    }
+    cluster.elect_all(1);
+    let leader = cluster.leader(partition).unwrap();
+    let request_id = cluster
+        .hosts
+        .get_mut(&leader)
+        .unwrap()
+        .read(
+            partition,
+            ReadRequest::Range(RangeQuery {
+                limit: 1000,
+                ..RangeQuery::default()
+            }),
+        )
+        .unwrap();
+    cluster.settle();
+    cluster.tick(2);
+    match cluster.answer(leader, request_id) {
+        Some(HostOutput::ReadAnswered {
+            result: Ok(ReadAnswer::Pairs(pairs)),
+            ..
+        }) => assert_eq!(pairs.len(), 60),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_new_replica_catches_up_from_a_snapshot_after_compaction() {
+    let config = HostConfig {
+        checkpoint_applied_entries: 5,
+        ..HostConfig::default()
+    };
+    let mut cluster = Cluster::new(3, 1, config.clone());
+    cluster.elect_all(1);
+    let partition = PartitionId(0);
+    for index in 0..30 {
+        cluster
+            .put(partition, &format!("key-{index:02}"), "v")
+            .unwrap();
+    }
+    // A fourth node joins: it has nothing, and the leader's log no longer starts at 1.
+    let disk = TestDisk::new();
+    let mut joiner = PartitionHost::open(NodeId(4), disk.clone(), config, 9).unwrap();
+    joiner
+        .create_partition(partition, PartitionStart::Joining)
+        .unwrap();
+    cluster.hosts.insert(NodeId(4), joiner);
+    cluster.disks.insert(NodeId(4), disk);
+    let leader = cluster.leader(partition).unwrap();
+    cluster
+        .hosts
+        .get_mut(&leader)
+        .unwrap()
+        .change_membership(partition, ConfigChange::AddLearner(NodeId(4)))
+        .unwrap();
+    cluster.tick(10);
+    let learner_applied = cluster.hosts[&NodeId(4)].status(partition).unwrap().applied;
+    let leader_applied = cluster.hosts[&leader].status(partition).unwrap().applied;
+    assert_eq!(learner_applied, leader_applied);
+    cluster
+        .hosts
+        .get_mut(&leader)
+        .unwrap()
+        .change_membership(partition, ConfigChange::Promote(NodeId(4)))
+        .unwrap();
+    cluster.tick(10);
+    let voters = cluster.hosts[&leader]
+        .status(partition)
+        .unwrap()
+        .configuration
+        .voters;
+    assert_eq!(voters.len(), 4);
+    // The new voter serves reads of data it only ever got through the snapshot.
+    assert_eq!(
+        cluster.get_via(NodeId(4), partition, "key-03"),
+        Ok(ReadAnswer::Value(b"v".to_vec()))
+    );
+    // And a batch applies atomically across keys.
+    let leader = cluster.leader(partition).unwrap();
+    let request_id = cluster
+        .hosts
+        .get_mut(&leader)
+        .unwrap()
+        .write(
+            partition,
+            KvOperation::Batch(vec![
+                BatchOperation::Delete {
+                    key: b"key-03".to_vec(),
+                },
+                BatchOperation::Put {
+                    key: b"key-99".to_vec(),
+                    value: b"w".to_vec(),
+                },
+            ]),
+        )
+        .unwrap();
+    cluster.settle();
+    assert!(matches!(
+        cluster.answer(leader, request_id),
+        Some(HostOutput::WriteAnswered {
+            result: Ok(WriteOutcome::Batch),
+            ..
+        })
+    ));
+    assert_eq!(
+        cluster.get_via(NodeId(4), partition, "key-03"),
+        Err(RequestError::Kv(KvError::KeyNotFound))
+    );
+}
+
+#[test]
+fn a_poisoned_host_refuses_requests() {
+    let mut cluster = Cluster::new(1, 1, HostConfig::default());
+    cluster.elect_all(1);
+    cluster.disks[&NodeId(1)].fail_syncs(true);
+    let host = cluster.hosts.get_mut(&NodeId(1)).unwrap();
+    let request_id = host
+        .write(
+            PartitionId(0),
+            KvOperation::Put {
+                key: b"a".to_vec(),
+                value: b"1".to_vec(),
+            },
+        )
+        .unwrap();
+    host.process();
+    assert!(host.is_poisoned());
+    let outputs = host.take_outputs();
+    assert!(matches!(
+        outputs.as_slice(),
+        [HostOutput::WriteAnswered { request_id: id, result: Err(RequestError::Poisoned(_)) }] if *id == request_id
+    ));
+    assert!(matches!(
+        host.write(PartitionId(0), KvOperation::Delete { key: b"a".to_vec() }),
+        Err(RequestError::Poisoned(_))
+    ));
+}
