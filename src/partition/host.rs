@@ -22,8 +22,8 @@ use crate::partition::kv_store::{AppliedPoint, KvError, KvStore, Pair, RangeQuer
 use crate::partition::raft_log::{LiveLog, RaftLogError, RaftLogStore, RecoveredLog};
 use crate::partition::PartitionId;
 use crate::raft::{
-    Configuration, GroupStatus, Message, ProposeError, RaftConfig, RaftGroup, Ready,
-    RecoveredState, SnapshotMeta, BOOTSTRAP_INDEX,
+    Configuration, Entry, EntryKind, GroupStatus, Message, ProposeError, RaftConfig, RaftGroup,
+    Ready, RecoveredState, RoleState, SnapshotMeta, BOOTSTRAP_INDEX,
 };
 use crate::seams::{SeededRng, SharedDisk};
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,9 @@ pub struct HostConfig {
     pub log_checkpoint_segments: u64,
     /// Ticks a request waits for its answer before it is answered "outcome unknown".
     pub request_timeout_ticks: u64,
+    /// Report every applied entry and role change in the outputs, for the simulator's
+    /// checkers.
+    pub report_applied: bool,
 }
 
 impl Default for HostConfig {
@@ -49,6 +52,7 @@ impl Default for HostConfig {
             checkpoint_applied_entries: 4096,
             log_checkpoint_segments: 4,
             request_timeout_ticks: 50,
+            report_applied: false,
         }
     }
 }
@@ -116,6 +120,18 @@ pub enum HostOutput {
         request_id: u64,
         result: Result<ReadAnswer, RequestError>,
     },
+    /// An entry applied here (only with `report_applied`).
+    Applied {
+        partition: PartitionId,
+        index: u64,
+        term: u64,
+        digest: u64,
+    },
+    /// A group's role, term or leader changed (only with `report_applied`).
+    RoleChanged {
+        partition: PartitionId,
+        role_state: RoleState,
+    },
 }
 
 #[derive(Debug)]
@@ -167,6 +183,8 @@ pub struct PartitionHost {
     pending_writes: BTreeMap<u64, PendingWrite>,
     pending_reads: BTreeMap<u64, PendingRead>,
     snapshots: BTreeMap<(PartitionId, u64), CachedSnapshot>,
+    /// A round waiting for its sync.
+    prepared: Option<Vec<(PartitionId, Ready)>>,
     tick: u64,
     applied_since_checkpoint: u64,
     log_checkpoint_segment: u64,
@@ -243,6 +261,7 @@ impl PartitionHost {
             pending_writes: BTreeMap::new(),
             pending_reads: BTreeMap::new(),
             snapshots: BTreeMap::new(),
+            prepared: None,
             tick: 0,
             applied_since_checkpoint: 0,
             log_checkpoint_segment,
@@ -487,25 +506,37 @@ impl PartitionHost {
         self.poisoned.is_none() && self.groups.values().any(RaftGroup::has_ready)
     }
 
-    /// Runs every group's Ready loop until all are idle: one log sync per pass.
+    /// Runs rounds until every group is idle, syncing inline (tests and tools; a driver with
+    /// a disk to wait on uses [`PartitionHost::prepare_round`] and
+    /// [`PartitionHost::complete_round`]).
     pub fn process(&mut self) {
         for _ in 0..8 {
-            if !self.has_work() {
-                break;
+            if !self.prepare_round() {
+                if !self.has_work() {
+                    break;
+                }
+                continue;
             }
-            if let Err(error) = self.process_pass() {
-                let _ = self.poison(error);
-                self.fail_all_requests();
-                return;
-            }
-        }
-        if let Err(error) = self.maintain() {
-            let _ = self.poison(error);
-            self.fail_all_requests();
+            self.complete_round();
         }
     }
 
-    fn process_pass(&mut self) -> Result<(), String> {
+    /// Whether a prepared round waits for its sync.
+    pub fn has_prepared_round(&self) -> bool {
+        self.prepared.is_some()
+    }
+
+    /// Starts a round: takes every group's Ready, sends the replication traffic that may leave
+    /// now, and stages the log writes. Returns true when the round waits for a sync (call
+    /// [`PartitionHost::complete_round`] once the disk can take it); a round with nothing to
+    /// write completes at once.
+    pub fn prepare_round(&mut self) -> bool {
+        if self.prepared.is_some() {
+            return true;
+        }
+        if !self.has_work() {
+            return false;
+        }
         self.counters.rounds += 1;
         let mut readies: Vec<(PartitionId, Ready)> = Vec::new();
         for (partition, group) in self.groups.iter_mut() {
@@ -513,14 +544,16 @@ impl PartitionHost {
                 readies.push((*partition, group.ready()));
             }
         }
-        // 1. Replication traffic goes now; snapshot chunks are read; writes are staged.
         for (partition, ready) in readies.iter_mut() {
             let partition = *partition;
             for message in std::mem::take(&mut ready.messages) {
                 self.queue(partition, message);
             }
             for request in std::mem::take(&mut ready.snapshot_requests) {
-                self.serve_snapshot_chunk(partition, request)?;
+                if let Err(error) = self.serve_snapshot_chunk(partition, request) {
+                    self.fail(error);
+                    return false;
+                }
             }
             if let Some(snapshot) = &ready.snapshot {
                 self.raft_log
@@ -532,9 +565,43 @@ impl PartitionHost {
                 self.raft_log.stage_hard_state(partition, hard_state);
             }
         }
-        // 2. One sync for every group.
+        self.prepared = Some(readies);
+        if self.raft_log.has_staged() {
+            true
+        } else {
+            self.complete_round();
+            false
+        }
+    }
+
+    /// Finishes the prepared round: one sync for every group's writes, then what waited for
+    /// it (snapshots installed, acknowledgements sent, entries applied, reads served).
+    pub fn complete_round(&mut self) {
+        let Some(readies) = self.prepared.take() else {
+            return;
+        };
+        if self.poisoned.is_some() {
+            return;
+        }
+        if let Err(error) = self.complete(readies) {
+            self.fail(error);
+            return;
+        }
+        if let Err(error) = self.maintain() {
+            self.fail(error);
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        self.prepared = None;
+        let _ = self.poison(reason);
+        self.fail_all_requests();
+    }
+
+    fn complete(&mut self, mut readies: Vec<(PartitionId, Ready)>) -> Result<(), String> {
+        // One sync for every group.
         self.raft_log.commit().map_err(|error| error.to_string())?;
-        // 3. Snapshots into the state machines, after the log names them.
+        // Snapshots into the state machines, after the log names them.
         for (partition, ready) in readies.iter_mut() {
             if let Some(snapshot) = ready.snapshot.take() {
                 let point = AppliedPoint {
@@ -547,7 +614,7 @@ impl PartitionHost {
                     .map_err(|error| error.to_string())?;
             }
         }
-        // 4. What waited for durability; 5. applies and reads; 6. advance.
+        // What waited for durability; then applies and reads; then advance.
         for (partition, mut ready) in readies {
             for message in std::mem::take(&mut ready.messages_after_persist) {
                 self.queue(partition, message);
@@ -561,12 +628,28 @@ impl PartitionHost {
                     .map_err(|error| error.to_string())?;
                 self.counters.entries_applied += ready.committed_entries.len() as u64;
                 self.applied_since_checkpoint += ready.committed_entries.len() as u64;
+                if self.config.report_applied {
+                    for entry in &ready.committed_entries {
+                        self.outputs.push(HostOutput::Applied {
+                            partition,
+                            index: entry.index,
+                            term: entry.term,
+                            digest: entry_digest(entry),
+                        });
+                    }
+                }
                 self.answer_applied_writes(partition, &ready.committed_entries, applied);
             }
             for read_state in ready.read_states {
                 if let Some(read) = self.pending_reads.get_mut(&read_state.context) {
                     read.read_index = Some(read_state.index);
                 }
+            }
+            if let (Some(role_state), true) = (ready.role_state, self.config.report_applied) {
+                self.outputs.push(HostOutput::RoleChanged {
+                    partition,
+                    role_state,
+                });
             }
             self.groups
                 .get_mut(&partition)
@@ -780,6 +863,18 @@ impl PartitionHost {
     pub fn take_outputs(&mut self) -> Vec<HostOutput> {
         std::mem::take(&mut self.outputs)
     }
+}
+
+/// A stable digest of an entry, for checkers that compare what nodes applied.
+pub fn entry_digest(entry: &Entry) -> u64 {
+    let kind = match &entry.kind {
+        EntryKind::Empty => 0,
+        EntryKind::Command(bytes) => xxhash_rust::xxh3::xxh3_64(bytes),
+        EntryKind::ConfigChange(change) => {
+            xxhash_rust::xxh3::xxh3_64(&postcard::to_stdvec(change).expect("changes serialise"))
+        }
+    };
+    kind ^ entry.term.rotate_left(17)
 }
 
 /// The election-timeout stream of one group on one node. The node id is mixed in so that

@@ -122,6 +122,7 @@ impl Cluster {
         let position = outputs.iter().position(|output| match output {
             HostOutput::WriteAnswered { request_id: id, .. }
             | HostOutput::ReadAnswered { request_id: id, .. } => *id == request_id,
+            HostOutput::Applied { .. } | HostOutput::RoleChanged { .. } => false,
         })?;
         Some(outputs.remove(position))
     }
