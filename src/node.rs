@@ -17,6 +17,11 @@ use crate::events::{
     EventKey, EventStore, IntervalClosed, KeyGenerator, StageOutcome, StoreConfig, StoreError,
 };
 use crate::ids::{Location, NodeId};
+use crate::partition::command::KvOperation;
+use crate::partition::host::{
+    HostConfig, HostOutput, PartitionHost, PartitionStart, ReadRequest, RequestError,
+};
+use crate::partition::PartitionId;
 use crate::placement::{self, PeerTable, ReplicaPlan, ReplicationStrategy};
 use crate::seams::{Clock, Network, Rng, SharedDisk};
 use crate::wire::Message;
@@ -49,6 +54,25 @@ pub struct NodeConfig {
     pub interval_check_micros: u64,
     pub store: StoreConfig,
     pub planted_bug: Option<PlantedBug>,
+    /// Raft partitions on this node; `None` runs the event store alone.
+    pub partitions: Option<PartitionsConfig>,
+}
+
+/// How the node runs its Raft partitions.
+#[derive(Clone, Debug)]
+pub struct PartitionsConfig {
+    pub host: HostConfig,
+    /// One Raft tick every this long on the node's clock.
+    pub tick_micros: u64,
+}
+
+impl Default for PartitionsConfig {
+    fn default() -> Self {
+        Self {
+            host: HostConfig::default(),
+            tick_micros: 10_000,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -67,6 +91,7 @@ impl NodeConfig {
             interval_check_micros: 1_000_000,
             store: StoreConfig::default(),
             planted_bug: None,
+            partitions: None,
         }
     }
 }
@@ -86,6 +111,8 @@ pub enum NodeOutput {
         result: Result<EventKey, PutError>,
     },
     IntervalClosed(IntervalClosed),
+    /// Answers and observations of the node's Raft partitions.
+    Partition(HostOutput),
 }
 
 /// What the node has done since it opened, for metrics. Counting never changes behaviour.
@@ -152,6 +179,8 @@ pub struct Node {
     next_interval_check_micros: u64,
     outputs: Vec<NodeOutput>,
     counters: NodeCounters,
+    partitions: Option<PartitionHost>,
+    next_raft_tick_micros: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -174,7 +203,28 @@ impl Node {
         let store = EventStore::open(seams.disk.clone(), config.store.clone())?;
         let keys = KeyGenerator::open(config.id, seams.disk.as_ref()).map_err(StoreError::Disk)?;
         let now = seams.clock.now_micros();
+        let mut seams = seams;
+        let partitions = match &config.partitions {
+            // Drawn only when partitions run, so event-store runs keep their random streams.
+            Some(partitions) => Some(
+                PartitionHost::open(
+                    config.id,
+                    seams.disk.clone(),
+                    partitions.host.clone(),
+                    seams.rng.next_u64(),
+                )
+                .map_err(|error| StoreError::Corrupt(format!("partitions: {error}")))?,
+            ),
+            None => None,
+        };
+        let next_raft_tick_micros = now
+            + config
+                .partitions
+                .as_ref()
+                .map_or(u64::MAX / 2, |partitions| partitions.tick_micros);
         Ok(Self {
+            partitions,
+            next_raft_tick_micros,
             peers: PeerTable::new(config.id, config.location.clone()),
             store,
             keys,
@@ -378,7 +428,96 @@ impl Node {
                     let _ = self.store.stage_confirm(&keys);
                 }
             }
+            Message::Raft(envelope) => {
+                if let Some(host) = &mut self.partitions {
+                    host.receive(from, envelope);
+                    self.pump_partitions();
+                }
+            }
         }
+    }
+
+    // ---- partitions ----
+
+    /// The node's Raft partitions, when it runs them.
+    pub fn partitions(&self) -> Option<&PartitionHost> {
+        self.partitions.as_ref()
+    }
+
+    fn host(&mut self) -> Result<&mut PartitionHost, RequestError> {
+        self.partitions
+            .as_mut()
+            .ok_or(RequestError::UnknownPartition(PartitionId(u64::MAX)))
+    }
+
+    pub fn create_partition(
+        &mut self,
+        partition: PartitionId,
+        start: PartitionStart,
+    ) -> Result<(), RequestError> {
+        self.host()?.create_partition(partition, start)?;
+        self.pump_partitions();
+        Ok(())
+    }
+
+    /// Proposes a write to `partition`; the answer is a `NodeOutput::Partition`.
+    pub fn partition_write(
+        &mut self,
+        partition: PartitionId,
+        operation: KvOperation,
+    ) -> Result<u64, RequestError> {
+        let request_id = self.host()?.write(partition, operation)?;
+        self.pump_partitions();
+        Ok(request_id)
+    }
+
+    /// Starts a linearizable read of `partition`; the answer is a `NodeOutput::Partition`.
+    pub fn partition_read(
+        &mut self,
+        partition: PartitionId,
+        request: ReadRequest,
+    ) -> Result<u64, RequestError> {
+        let request_id = self.host()?.read(partition, request)?;
+        self.pump_partitions();
+        Ok(request_id)
+    }
+
+    /// Ticks the partitions for the time that passed (a few ticks at most: after a pause or a
+    /// clock jump, catching up tick by tick would only cause elections).
+    fn tick_partitions(&mut self, now: u64) {
+        let Some(tick_micros) = self
+            .config
+            .partitions
+            .as_ref()
+            .map(|partitions| partitions.tick_micros)
+        else {
+            return;
+        };
+        if let Some(host) = &mut self.partitions {
+            let mut ticks = 0;
+            while self.next_raft_tick_micros <= now && ticks < 3 {
+                host.tick();
+                self.next_raft_tick_micros += tick_micros;
+                ticks += 1;
+            }
+            if self.next_raft_tick_micros <= now {
+                self.next_raft_tick_micros = now + tick_micros;
+            }
+        }
+        self.pump_partitions();
+    }
+
+    /// Starts the partitions' next round if one is due, and hands on what they produced.
+    fn pump_partitions(&mut self) {
+        let Some(host) = &mut self.partitions else {
+            return;
+        };
+        host.prepare_round();
+        for (to, envelope) in host.take_envelopes() {
+            self.seams.network.send(to, Message::Raft(envelope));
+        }
+        self.outputs
+            .extend(host.take_outputs().into_iter().map(NodeOutput::Partition));
     }
 
     fn handle_replicate(&mut self, from: NodeId, write_id: u64, key: EventKey, event: Vec<u8>) {
@@ -415,6 +554,9 @@ impl Node {
     /// Fires every timer due on the node's clock: replica timeouts, repairs, interval closing.
     pub fn handle_deadlines(&mut self) {
         let now = self.now();
+        if now >= self.next_raft_tick_micros {
+            self.tick_partitions(now);
+        }
         let due: Vec<u64> = self
             .write_deadlines
             .range(..=(now, u64::MAX))
@@ -597,11 +739,22 @@ impl Node {
     /// Whether `flush` has work: staged writes waiting for their commit.
     pub fn has_staged_writes(&self) -> bool {
         self.store.has_staged()
+            || self
+                .partitions
+                .as_ref()
+                .is_some_and(PartitionHost::has_prepared_round)
     }
 
     /// Group commit: one append and one sync for everything staged, then the answers that
     /// waited for it. A failed commit poisons the store and fails every waiting write.
     pub fn flush(&mut self) {
+        if let Some(host) = &mut self.partitions {
+            if host.has_prepared_round() {
+                host.complete_round();
+                self.counters.group_commits += 1;
+            }
+            self.pump_partitions();
+        }
         if !self.store.has_staged() {
             return;
         }
@@ -653,7 +806,11 @@ impl Node {
         let earliest_write = self.write_deadlines.first().map(|(at, _)| *at);
         earliest_write
             .into_iter()
-            .chain([self.next_repair_micros, self.next_interval_check_micros])
+            .chain([
+                self.next_repair_micros,
+                self.next_interval_check_micros,
+                self.next_raft_tick_micros,
+            ])
             .min()
             .expect("the repair and interval timers always exist")
     }
@@ -664,6 +821,10 @@ impl Node {
 
     pub fn is_poisoned(&self) -> bool {
         self.store.is_poisoned()
+            || self
+                .partitions
+                .as_ref()
+                .is_some_and(PartitionHost::is_poisoned)
     }
 
     /// Writes this node is coordinating or repairing.

@@ -28,6 +28,8 @@ pub enum Message {
     },
     /// The sender saw replication factor reached for these keys: stop repairing them.
     Confirm { keys: Vec<EventKey> },
+    /// Every Raft message of one round from the sender's partitions to the receiver's.
+    Raft(crate::partition::host::RaftEnvelope),
 }
 
 impl Message {
@@ -37,6 +39,7 @@ impl Message {
             Message::Replicate { .. } => "replicate",
             Message::ReplicateResult { .. } => "replicate_result",
             Message::Confirm { .. } => "confirm",
+            Message::Raft(_) => "raft",
         }
     }
 }

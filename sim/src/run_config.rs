@@ -3,12 +3,17 @@
 //! Drawing happens once, from a stream of its own, before the world starts, so adding a knob to
 //! a scenario changes only the draws after it in this stream and never the world's stream.
 
-use crate::scenario::{parse_planted_bug, ChecksSection, Drawn, FaultSection, Scenario};
+use crate::scenario::{
+    parse_planted_bug, parse_raft_planted_bug, ChecksSection, Drawn, FaultSection, RaftCanary,
+    Scenario,
+};
 use borough::coordinator::CommitLevel;
 use borough::events::{ConsolidationInterval, StoreConfig};
 use borough::ids::{Location, NodeId};
-use borough::node::{NodeConfig, PlantedBug};
+use borough::node::{NodeConfig, PartitionsConfig, PlantedBug};
+use borough::partition::host::HostConfig;
 use borough::placement::ReplicationStrategy;
+use borough::raft::RaftConfig;
 use borough::seams::{Rng, SeededRng};
 
 /// The stream that draws the run's configuration.
@@ -18,12 +23,44 @@ const CONFIG_STREAM: u64 = 7;
 const EPOCH_BASE_MICROS: u64 = 1_767_225_600_000_000;
 const DAY_MICROS: u64 = 86_400_000_000;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    Events,
+    Kv,
+}
+
 #[derive(Clone, Debug)]
 pub struct WorkloadConfig {
+    pub kind: WorkloadKind,
     pub rate_per_s: u64,
     pub event_bytes: Drawn<u64>,
     pub commit_levels: Vec<CommitLevel>,
     pub client_timeout_micros: u64,
+    pub keys_per_partition: u64,
+    pub read_ratio: f64,
+    pub delete_ratio: f64,
+}
+
+/// The Raft partitions of a run.
+#[derive(Clone, Debug)]
+pub struct PartitionsRun {
+    pub count: u64,
+    pub replicas: u64,
+    pub tick_micros: u64,
+    pub raft: RaftConfig,
+    pub checkpoint_applied_entries: u64,
+    pub acknowledge_before_sync: bool,
+}
+
+impl PartitionsRun {
+    /// The voters of `partition`: `replicas` consecutive nodes from a start that rotates
+    /// with the partition, so leaders and load spread over the cluster.
+    pub fn voters(&self, partition: u64, nodes: &[(NodeId, Location)]) -> Vec<NodeId> {
+        let replicas = (self.replicas as usize).min(nodes.len());
+        (0..replicas)
+            .map(|offset| nodes[(partition as usize + offset) % nodes.len()].0)
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -45,6 +82,7 @@ pub struct RunConfig {
     pub checkpoint_records: usize,
     pub planted_bug: Option<PlantedBug>,
     pub workloads: Vec<WorkloadConfig>,
+    pub partitions: Option<PartitionsRun>,
     pub faults: Vec<FaultSection>,
     pub checks: ChecksSection,
 }
@@ -89,39 +127,94 @@ impl RunConfig {
         let workloads = file
             .workload
             .iter()
-            .map(|workload| WorkloadConfig {
-                rate_per_s: workload.rate_per_s.draw(&mut rng),
-                event_bytes: workload.event_bytes,
-                commit_levels: workload
-                    .commit_levels
-                    .iter()
-                    .map(|level| level.parse().expect("validated on load"))
-                    .collect(),
-                client_timeout_micros: workload.client_timeout_ms.draw(&mut rng) * 1000,
+            .map(|workload| {
+                let kind = if workload.kind == "kv" {
+                    WorkloadKind::Kv
+                } else {
+                    WorkloadKind::Events
+                };
+                let rate_per_s = workload.rate_per_s.draw(&mut rng);
+                let client_timeout_micros = workload.client_timeout_ms.draw(&mut rng) * 1000;
+                // Drawn only for kv workloads, so event runs keep their streams.
+                let (keys_per_partition, read_ratio, delete_ratio) = match kind {
+                    WorkloadKind::Kv => (
+                        workload.keys_per_partition.draw(&mut rng).max(1),
+                        workload.read_ratio.draw(&mut rng),
+                        workload.delete_ratio.draw(&mut rng),
+                    ),
+                    WorkloadKind::Events => (0, 0.0, 0.0),
+                };
+                WorkloadConfig {
+                    kind,
+                    rate_per_s,
+                    event_bytes: workload.event_bytes,
+                    commit_levels: workload
+                        .commit_levels
+                        .iter()
+                        .map(|level| level.parse().expect("validated on load"))
+                        .collect(),
+                    client_timeout_micros,
+                    keys_per_partition,
+                    read_ratio,
+                    delete_ratio,
+                }
             })
             .collect();
+        let epoch_micros = EPOCH_BASE_MICROS + rng.below(DAY_MICROS);
+        let safety_micros = file.scenario.safety_duration_ms.draw(&mut rng) * 1000;
+        let liveness_micros = file.scenario.liveness_duration_ms.draw(&mut rng) * 1000;
+        let replica_timeout_micros = knobs.replica_timeout_ms.draw(&mut rng) * 1000;
+        let repair_delay_micros = knobs.repair_delay_ms.draw(&mut rng) * 1000;
+        let checkpoint_records = knobs.checkpoint_records.draw(&mut rng) as usize;
+        // Drawn last, so scenarios without partitions keep every earlier draw.
+        let partitions = file.partitions.as_ref().map(|section| {
+            let canary = section
+                .planted_bug
+                .as_deref()
+                .map(|name| parse_raft_planted_bug(name).expect("validated on load"));
+            PartitionsRun {
+                count: section.count.draw(&mut rng).max(1),
+                replicas: section.replicas.draw(&mut rng),
+                tick_micros: section.tick_ms.draw(&mut rng) * 1000,
+                raft: RaftConfig {
+                    election_timeout_ticks: section.election_timeout_ticks.draw(&mut rng) as u32,
+                    heartbeat_interval_ticks: section.heartbeat_interval_ticks.draw(&mut rng)
+                        as u32,
+                    pre_vote: section.pre_vote,
+                    check_quorum: section.check_quorum,
+                    planted_bug: match canary {
+                        Some(RaftCanary::Raft(bug)) => Some(bug),
+                        _ => None,
+                    },
+                    ..RaftConfig::default()
+                },
+                checkpoint_applied_entries: section.checkpoint_applied_entries.draw(&mut rng),
+                acknowledge_before_sync: canary == Some(RaftCanary::AcknowledgeBeforeSync),
+            }
+        });
         Self {
             scenario: scenario.name.clone(),
             seed,
-            epoch_micros: EPOCH_BASE_MICROS + rng.below(DAY_MICROS),
+            epoch_micros,
             nodes,
-            safety_micros: file.scenario.safety_duration_ms.draw(&mut rng) * 1000,
-            liveness_micros: file.scenario.liveness_duration_ms.draw(&mut rng) * 1000,
+            safety_micros,
+            liveness_micros,
             replication_factor,
             strategy,
-            replica_timeout_micros: knobs.replica_timeout_ms.draw(&mut rng) * 1000,
-            repair_delay_micros: knobs.repair_delay_ms.draw(&mut rng) * 1000,
+            replica_timeout_micros,
+            repair_delay_micros,
             latency_micros: millis_to_micros(knobs.latency_ms),
             cross_region_latency_micros: millis_to_micros(knobs.cross_region_latency_ms),
             fsync_latency_micros: millis_to_micros(knobs.fsync_latency_ms),
             consolidation_interval: ConsolidationInterval::parse(&knobs.consolidation_interval)
                 .expect("validated on load"),
-            checkpoint_records: knobs.checkpoint_records.draw(&mut rng) as usize,
+            checkpoint_records,
             planted_bug: knobs
                 .planted_bug
                 .as_deref()
                 .map(|name| parse_planted_bug(name).expect("validated on load")),
             workloads,
+            partitions,
             faults: file.fault.clone(),
             checks: file.checks.clone(),
         }
@@ -148,6 +241,29 @@ impl RunConfig {
             checkpoint_records: self.checkpoint_records,
             ..StoreConfig::default()
         };
+        if let Some(partitions) = &self.partitions {
+            let client_timeout_micros = self
+                .workloads
+                .iter()
+                .filter(|workload| workload.kind == WorkloadKind::Kv)
+                .map(|workload| workload.client_timeout_micros)
+                .max()
+                .unwrap_or(5_000_000);
+            config.partitions = Some(PartitionsConfig {
+                host: HostConfig {
+                    raft: partitions.raft.clone(),
+                    checkpoint_applied_entries: partitions.checkpoint_applied_entries,
+                    // Answer before the client gives up, so outcomes are known where they can be.
+                    request_timeout_ticks: (client_timeout_micros / partitions.tick_micros)
+                        .saturating_sub(1)
+                        .max(1),
+                    report_applied: true,
+                    acknowledge_before_sync: partitions.acknowledge_before_sync,
+                    ..HostConfig::default()
+                },
+                tick_micros: partitions.tick_micros,
+            });
+        }
         config
     }
 

@@ -26,6 +26,15 @@ pub struct RunSummary {
     pub fault_occurrences: u64,
     pub intervals_closed: usize,
     pub syncs: u64,
+    /// The kv workload: operations in the checked history, of which answered, indeterminate;
+    /// refused on the spot; entries applied and elections won across the cluster.
+    pub kv_operations: usize,
+    pub kv_answered: usize,
+    pub kv_indeterminate: usize,
+    pub kv_refused: u64,
+    pub raft_applies: u64,
+    pub raft_elections: u64,
+    pub linearizability_unknown_keys: u64,
     pub violations: Vec<Violation>,
 }
 
@@ -75,6 +84,20 @@ impl RunSummary {
             self.intervals_closed,
             self.syncs
         );
+        // Only runs with partitions print this line, so event-store snapshots are unchanged.
+        if self.kv_operations > 0 || self.raft_applies > 0 {
+            let _ = writeln!(
+                text,
+                "kv: {} checked ({} answered, {} indeterminate) refused: {} applies: {} elections: {} unknown_keys: {}",
+                self.kv_operations,
+                self.kv_answered,
+                self.kv_indeterminate,
+                self.kv_refused,
+                self.raft_applies,
+                self.raft_elections,
+                self.linearizability_unknown_keys
+            );
+        }
         for violation in &self.violations {
             let _ = writeln!(
                 text,
@@ -113,6 +136,19 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
         fault_occurrences: world.fault_state.occurrences,
         intervals_closed: world.interval_closures.len(),
         syncs: world.nodes.iter().map(|node| node.disk.stats().syncs).sum(),
+        kv_operations: world.kv_history.records.len(),
+        kv_answered: world.kv_history.count(|record| {
+            record.operation.output
+                != crate::checkers::linearizability::OperationOutput::Indeterminate
+        }),
+        kv_indeterminate: world.kv_history.count(|record| {
+            record.operation.output
+                == crate::checkers::linearizability::OperationOutput::Indeterminate
+        }),
+        kv_refused: world.kv_history.refused,
+        raft_applies: world.raft.applies,
+        raft_elections: world.raft.elections_won,
+        linearizability_unknown_keys: world.linearizability_unknown_keys,
         violations: world.violations.clone(),
     }
 }

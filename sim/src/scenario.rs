@@ -174,7 +174,8 @@ fn default_checkpoint_records() -> Drawn<u64> {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSection {
-    /// Only `events` so far: clients putting events at random nodes.
+    /// `events`: clients putting events at random nodes; `kv`: clients reading and writing
+    /// keys of the Raft partitions through random nodes.
     pub kind: String,
     pub rate_per_s: Drawn<u64>,
     #[serde(default = "default_event_bytes")]
@@ -183,6 +184,68 @@ pub struct WorkloadSection {
     pub commit_levels: Vec<String>,
     #[serde(default = "default_client_timeout")]
     pub client_timeout_ms: Drawn<u64>,
+    /// `kv`: distinct keys per partition (few keys, many conflicts).
+    #[serde(default = "default_keys_per_partition")]
+    pub keys_per_partition: Drawn<u64>,
+    /// `kv`: the share of operations that are reads.
+    #[serde(default = "default_read_ratio")]
+    pub read_ratio: Drawn<f64>,
+    /// `kv`: the share of writes that are deletes.
+    #[serde(default = "default_delete_ratio")]
+    pub delete_ratio: Drawn<f64>,
+}
+
+fn default_keys_per_partition() -> Drawn<u64> {
+    Drawn::Fixed(8)
+}
+fn default_read_ratio() -> Drawn<f64> {
+    Drawn::Fixed(0.5)
+}
+fn default_delete_ratio() -> Drawn<f64> {
+    Drawn::Fixed(0.1)
+}
+
+/// Raft partitions on every node: how many, how many replicas each, and the Raft knobs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionsSection {
+    pub count: Drawn<u64>,
+    /// Voters per partition, placed on consecutive nodes.
+    #[serde(default = "default_partition_replicas")]
+    pub replicas: Drawn<u64>,
+    #[serde(default = "default_tick")]
+    pub tick_ms: Drawn<u64>,
+    #[serde(default = "default_election_timeout_ticks")]
+    pub election_timeout_ticks: Drawn<u64>,
+    #[serde(default = "default_heartbeat_interval_ticks")]
+    pub heartbeat_interval_ticks: Drawn<u64>,
+    /// Applied entries between checkpoints of the state machines (and log compaction).
+    #[serde(default = "default_partition_checkpoint")]
+    pub checkpoint_applied_entries: Drawn<u64>,
+    #[serde(default = "yes")]
+    pub pre_vote: bool,
+    #[serde(default = "yes")]
+    pub check_quorum: bool,
+    /// A Raft bug planted on purpose: `vote_without_log_check`,
+    /// `commit_previous_term_by_counting` or `acknowledge_before_sync`.
+    #[serde(default)]
+    pub planted_bug: Option<String>,
+}
+
+fn default_partition_replicas() -> Drawn<u64> {
+    Drawn::Fixed(3)
+}
+fn default_tick() -> Drawn<u64> {
+    Drawn::Fixed(10)
+}
+fn default_election_timeout_ticks() -> Drawn<u64> {
+    Drawn::Fixed(10)
+}
+fn default_heartbeat_interval_ticks() -> Drawn<u64> {
+    Drawn::Fixed(2)
+}
+fn default_partition_checkpoint() -> Drawn<u64> {
+    Drawn::Fixed(256)
 }
 
 fn default_event_bytes() -> Drawn<u64> {
@@ -293,6 +356,8 @@ pub struct ScenarioFile {
     pub cluster: ClusterSection,
     pub knobs: KnobsSection,
     #[serde(default)]
+    pub partitions: Option<PartitionsSection>,
+    #[serde(default)]
     pub workload: Vec<WorkloadSection>,
     #[serde(default)]
     pub fault: Vec<FaultSection>,
@@ -355,10 +420,35 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
     if let Some(bug) = &file.knobs.planted_bug {
         parse_planted_bug(bug)?;
     }
+    if let Some(partitions) = &file.partitions {
+        if let Some(bug) = &partitions.planted_bug {
+            parse_raft_planted_bug(bug)?;
+        }
+        if partitions.replicas.max() == 0 || partitions.tick_ms.max() == 0 {
+            return Err("partitions.replicas and partitions.tick_ms must be at least 1".into());
+        }
+        if partitions.heartbeat_interval_ticks.max() == 0 {
+            return Err("partitions.heartbeat_interval_ticks must be at least 1".into());
+        }
+        let lowest_election = match partitions.election_timeout_ticks {
+            Drawn::Fixed(value) | Drawn::Range(value, _) => value,
+        };
+        if lowest_election <= partitions.heartbeat_interval_ticks.max() {
+            return Err(
+                "partitions.election_timeout_ticks must exceed heartbeat_interval_ticks".into(),
+            );
+        }
+    }
     for workload in &file.workload {
+        if workload.kind == "kv" {
+            if file.partitions.is_none() {
+                return Err("a kv workload needs a [partitions] section".into());
+            }
+            continue;
+        }
         if workload.kind != "events" {
             return Err(format!(
-                "unknown workload kind {:?}: expected \"events\"",
+                "unknown workload kind {:?}: expected \"events\" or \"kv\"",
                 workload.kind
             ));
         }
@@ -401,6 +491,28 @@ pub fn parse_planted_bug(name: &str) -> Result<PlantedBug, String> {
         "acknowledge_before_durable" => Ok(PlantedBug::AcknowledgeBeforeDurable),
         other => Err(format!(
             "unknown planted_bug {other:?}: expected \"acknowledge_before_durable\""
+        )),
+    }
+}
+
+/// A Raft bug a canary plants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RaftCanary {
+    Raft(borough::raft::RaftPlantedBug),
+    /// Acknowledge appends and votes before the log is synced.
+    AcknowledgeBeforeSync,
+}
+
+pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
+    use borough::raft::RaftPlantedBug;
+    match name {
+        "vote_without_log_check" => Ok(RaftCanary::Raft(RaftPlantedBug::VoteWithoutLogCheck)),
+        "commit_previous_term_by_counting" => Ok(RaftCanary::Raft(
+            RaftPlantedBug::CommitPreviousTermByCounting,
+        )),
+        "acknowledge_before_sync" => Ok(RaftCanary::AcknowledgeBeforeSync),
+        other => Err(format!(
+            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\" or \"acknowledge_before_sync\""
         )),
     }
 }

@@ -19,6 +19,8 @@ use crate::workload::History;
 use borough::events::EventKey;
 use borough::ids::{Location, NodeId};
 use borough::node::{Node, NodeOutput, NodeSeams};
+use borough::partition::host::PartitionStart;
+use borough::partition::PartitionId;
 use borough::seams::{Rng, SeededRng, SharedDisk};
 use borough::wire::Message;
 use std::cell::Cell;
@@ -48,6 +50,12 @@ pub enum Event {
     },
     ClientPut {
         workload: usize,
+    },
+    ClientKv {
+        workload: usize,
+    },
+    KvTimeout {
+        history_id: u64,
     },
     ClientTimeout {
         request_id: u64,
@@ -157,6 +165,9 @@ pub struct World {
     pub steps: u64,
     pub messages_delivered: u64,
     pub interval_closures: Vec<(NodeId, u64)>,
+    pub kv_history: crate::workload::kv::KvHistory,
+    pub raft: crate::checkers::raft::RaftObservations,
+    pub linearizability_unknown_keys: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     next_sequence: u64,
 }
@@ -200,6 +211,9 @@ impl World {
             steps: 0,
             messages_delivered: 0,
             interval_closures: Vec::new(),
+            kv_history: Default::default(),
+            raft: Default::default(),
+            linearizability_unknown_keys: 0,
             queue: BinaryHeap::new(),
             next_sequence: 0,
             config,
@@ -294,6 +308,8 @@ impl World {
                 self.with_node(index, |node| node.flush());
             }
             Event::ClientPut { workload } => crate::workload::client_put(self, workload),
+            Event::ClientKv { workload } => crate::workload::kv::client_operation(self, workload),
+            Event::KvTimeout { history_id } => self.kv_history.time_out(history_id),
             Event::ClientTimeout { request_id } => {
                 self.history.time_out(request_id, self.now.get())
             }
@@ -424,6 +440,10 @@ impl World {
                     tracing::info!(node = %id, start_micros = closed.start_micros, events = closed.event_count, "interval closed");
                     self.interval_closures.push((id, closed.start_micros));
                 }
+                NodeOutput::Partition(output) => {
+                    crate::checkers::raft::on_output(self, id, &output);
+                    crate::workload::kv::on_answer(self, id, &output);
+                }
             }
         }
         if poisoned && !self.nodes[index].restart_scheduled {
@@ -466,6 +486,7 @@ impl World {
         self.trace
             .record(self.now.get(), "crash", id.0 as u64, report.writes_dropped);
         self.history.node_crashed(id, self.now.get());
+        self.kv_history.node_crashed(id);
     }
 
     /// Boots (or reboots) a node from its durable disk image.
@@ -497,6 +518,18 @@ impl World {
             Ok(mut node) => {
                 for (peer, location) in &self.config.nodes {
                     node.add_peer(*peer, location.clone());
+                }
+                if let Some(partitions) = &self.config.partitions {
+                    for partition in 0..partitions.count {
+                        let voters = partitions.voters(partition, &self.config.nodes);
+                        if voters.contains(&id) {
+                            // Idempotent: a restarted node recovers the partition instead.
+                            let _ = node.create_partition(
+                                PartitionId(partition),
+                                PartitionStart::Bootstrap { voters },
+                            );
+                        }
+                    }
                 }
                 self.nodes[index].state = NodeState::Up(Box::new(node));
                 self.trace.record(self.now.get(), "start", id.0 as u64, 0);
@@ -548,6 +581,7 @@ fn key_hash(message: &Message) -> u64 {
     match message {
         Message::Replicate { key, .. } | Message::ReplicateResult { key, .. } => hash_key(key),
         Message::Confirm { keys } => keys.first().map_or(0, hash_key),
+        Message::Raft(envelope) => envelope.messages.len() as u64,
     }
 }
 

@@ -42,6 +42,9 @@ pub struct HostConfig {
     /// Report every applied entry and role change in the outputs, for the simulator's
     /// checkers.
     pub report_applied: bool,
+    /// A canary's planted bug: send acknowledgements and votes before the log is synced.
+    /// Never set outside a canary scenario.
+    pub acknowledge_before_sync: bool,
 }
 
 impl Default for HostConfig {
@@ -53,6 +56,7 @@ impl Default for HostConfig {
             log_checkpoint_segments: 4,
             request_timeout_ticks: 50,
             report_applied: false,
+            acknowledge_before_sync: false,
         }
     }
 }
@@ -548,6 +552,11 @@ impl PartitionHost {
             let partition = *partition;
             for message in std::mem::take(&mut ready.messages) {
                 self.queue(partition, message);
+            }
+            if self.config.acknowledge_before_sync {
+                for message in std::mem::take(&mut ready.messages_after_persist) {
+                    self.queue(partition, message);
+                }
             }
             for request in std::mem::take(&mut ready.snapshot_requests) {
                 if let Err(error) = self.serve_snapshot_chunk(partition, request) {

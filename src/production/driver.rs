@@ -432,6 +432,8 @@ impl NodeLoop {
                         "consolidation interval closed"
                     );
                 }
+                // The shell does not run partitions yet (the config never enables them).
+                NodeOutput::Partition(_) => {}
             }
         }
     }

@@ -282,6 +282,10 @@ impl PeerSender for HttpTransport {
             Message::ReplicateResult { .. } => {
                 // Over HTTP a replica's answer is the response itself; nothing to send.
             }
+            Message::Raft(_) => {
+                // The AllData HTTP peer protocol carries events only; Raft runs over TCP.
+                tracing::warn!(peer = %to, "a Raft message cannot travel over the HTTP peer transport; dropped");
+            }
         }
     }
 }

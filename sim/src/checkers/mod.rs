@@ -2,11 +2,14 @@
 //!
 //! `on_answer` runs at every client answer (keys must be unique across acknowledged puts);
 //! `finish` runs once at the end: it power-cycles every node (so only durable state counts),
-//! reads every store, and runs the event-store checks in `event_store` and the consolidation
-//! interval checks in `intervals`.
+//! reads every store, and runs the event-store checks in `event_store`, the consolidation
+//! interval checks in `intervals`, and the Raft partition checks in `raft` (which also judge
+//! every apply and role change as it happens, and the kv history's linearizability).
 
 mod event_store;
 mod intervals;
+pub mod linearizability;
+pub mod raft;
 
 use crate::workload::PutOutcome;
 use crate::world::{Violation, World};
@@ -65,6 +68,7 @@ pub fn finish(world: &mut World) {
     {
         return;
     }
+    raft::check_converged(world);
     for index in 0..world.nodes.len() {
         world.crash_node(index);
         world.start_node(index);
@@ -72,4 +76,5 @@ pub fn finish(world: &mut World) {
     let copies = StoredCopies::read(world);
     event_store::check(world, &copies);
     intervals::check(world, &copies);
+    raft::check_durable_and_linearizable(world);
 }

@@ -5,7 +5,9 @@
 //! whose node crashed first, is indeterminate: the event may or may not exist. Only
 //! acknowledged puts carry guarantees, and the checkers hold the cluster to them.
 
-use crate::run_config::WorkloadConfig;
+pub mod kv;
+
+use crate::run_config::{WorkloadConfig, WorkloadKind};
 use crate::world::{Event, World};
 use borough::coordinator::{CommitLevel, PutError};
 use borough::events::EventKey;
@@ -84,7 +86,11 @@ impl History {
 pub fn start(world: &mut World) {
     for index in 0..world.config.workloads.len() {
         let at = next_arrival(world, index);
-        world.schedule(at, Event::ClientPut { workload: index });
+        let event = match world.config.workloads[index].kind {
+            WorkloadKind::Events => Event::ClientPut { workload: index },
+            WorkloadKind::Kv => Event::ClientKv { workload: index },
+        };
+        world.schedule(at, event);
     }
 }
 

@@ -1,0 +1,215 @@
+//! Raft checkers, fed by every node's observations as they happen and by a look at the
+//! cluster at the end.
+//!
+//! - election safety: at most one leader per partition and term, checked at every role change;
+//! - state machine safety: every replica applies the same entry at each index of a partition,
+//!   checked at every apply (which also covers log matching and leader completeness for what
+//!   was applied: a committed entry lost and replaced would apply differently somewhere);
+//! - convergence (liveness): after healing, every live replica of a partition has a leader and
+//!   has applied the same index by the end of the run;
+//! - durability: after the final power cycle, a majority of every partition's voters still
+//!   holds the last entry applied anywhere;
+//! - linearizability of the kv history, per key (`linearizability`), and liveness of kv writes
+//!   issued once the cluster healed.
+
+use crate::checkers::linearizability::{check_history, CheckOutcome, OperationOutput};
+use crate::world::{Violation, World};
+use borough::ids::NodeId;
+use borough::partition::host::HostOutput;
+use borough::partition::PartitionId;
+use borough::raft::Role;
+use std::collections::BTreeMap;
+
+/// Search steps per key before the linearizability check gives up on it.
+const LINEARIZABILITY_STEPS_PER_KEY: u64 = 2_000_000;
+
+#[derive(Debug, Default)]
+pub struct RaftObservations {
+    applied: BTreeMap<(PartitionId, u64), (u64, u64, NodeId)>,
+    leaders: BTreeMap<(PartitionId, u64), NodeId>,
+    /// The highest index applied anywhere per partition, with its term.
+    highest_applied: BTreeMap<PartitionId, (u64, u64)>,
+    pub applies: u64,
+    pub elections_won: u64,
+}
+
+pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput) {
+    let now = world.now_micros();
+    match output {
+        HostOutput::Applied {
+            partition,
+            index,
+            term,
+            digest,
+        } => {
+            world.raft.applies += 1;
+            match world.raft.applied.get(&(*partition, *index)) {
+                Some((first_term, first_digest, first_node))
+                    if (*first_term, *first_digest) != (*term, *digest) =>
+                {
+                    let message = format!(
+                        "{partition} index {index}: {node} applied term {term} (digest {digest:016x}), {first_node} applied term {first_term} (digest {first_digest:016x})"
+                    );
+                    world.violations.push(Violation {
+                        at_micros: now,
+                        checker: "state_machine_safety",
+                        message,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    world
+                        .raft
+                        .applied
+                        .insert((*partition, *index), (*term, *digest, node));
+                }
+            }
+            let highest = world.raft.highest_applied.entry(*partition).or_default();
+            if *index > highest.0 {
+                *highest = (*index, *term);
+            }
+        }
+        HostOutput::RoleChanged {
+            partition,
+            role_state,
+        } => {
+            if role_state.role != Role::Leader {
+                return;
+            }
+            world.raft.elections_won += 1;
+            match world.raft.leaders.get(&(*partition, role_state.term)) {
+                Some(other) if *other != node => {
+                    let message = format!(
+                        "{partition} term {}: both {other} and {node} became leader",
+                        role_state.term
+                    );
+                    world.violations.push(Violation {
+                        at_micros: now,
+                        checker: "election_safety",
+                        message,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    world
+                        .raft
+                        .leaders
+                        .insert((*partition, role_state.term), node);
+                }
+            }
+        }
+        HostOutput::WriteAnswered { .. } | HostOutput::ReadAnswered { .. } => {}
+    }
+}
+
+/// Before the final power cycle: the healed cluster converged.
+pub fn check_converged(world: &mut World) {
+    let Some(partitions) = world.config.partitions.clone() else {
+        return;
+    };
+    let now = world.now_micros();
+    for partition in 0..partitions.count {
+        let id = PartitionId(partition);
+        let mut applied = Vec::new();
+        let mut leaders = Vec::new();
+        for voter in partitions.voters(partition, &world.config.nodes) {
+            let index = world.index_of(voter);
+            let Some(status) = world.nodes[index]
+                .node()
+                .and_then(|node| node.partitions())
+                .and_then(|host| host.status(id))
+            else {
+                continue;
+            };
+            applied.push((voter, status.applied));
+            if status.role == Role::Leader {
+                leaders.push(voter);
+            }
+        }
+        if leaders.is_empty() {
+            world.violations.push(Violation {
+                at_micros: now,
+                checker: "raft_liveness",
+                message: format!("{id} has no leader at the end of the healed phase"),
+            });
+        }
+        let distinct: std::collections::BTreeSet<u64> =
+            applied.iter().map(|(_, index)| *index).collect();
+        if distinct.len() > 1 {
+            world.violations.push(Violation {
+                at_micros: now,
+                checker: "raft_liveness",
+                message: format!("{id} replicas did not converge: applied {applied:?}"),
+            });
+        }
+    }
+}
+
+/// After the final power cycle: the last applied entry of each partition survived on a
+/// majority of its voters, and the kv history is linearizable.
+pub fn check_durable_and_linearizable(world: &mut World) {
+    let Some(partitions) = world.config.partitions.clone() else {
+        return;
+    };
+    let now = world.now_micros();
+    for partition in 0..partitions.count {
+        let id = PartitionId(partition);
+        let Some(&(index, term)) = world.raft.highest_applied.get(&id) else {
+            continue;
+        };
+        let voters = partitions.voters(partition, &world.config.nodes);
+        let holding = voters
+            .iter()
+            .filter(|voter| {
+                let node_index = world.index_of(**voter);
+                world.nodes[node_index]
+                    .node()
+                    .and_then(|node| node.partitions())
+                    .and_then(|host| host.group(id))
+                    .is_some_and(|group| {
+                        let log = group.log();
+                        log.snapshot_index() > index || log.term(index) == Some(term)
+                    })
+            })
+            .count();
+        if holding < voters.len() / 2 + 1 {
+            world.violations.push(Violation {
+                at_micros: now,
+                checker: "raft_durability",
+                message: format!(
+                    "{id}: entry {index} (term {term}) was applied but only {holding} of {} voters hold it after a power cycle",
+                    voters.len()
+                ),
+            });
+        }
+    }
+    let liveness_from = world.config.safety_micros + world.config.checks.liveness_bound_ms * 1000;
+    let liveness_to = world.config.workload_stop_micros();
+    let stuck = world.kv_history.count(|record| {
+        record.operation.call_micros >= liveness_from
+            && record.operation.call_micros < liveness_to
+            && record.operation.output == OperationOutput::Indeterminate
+    });
+    if stuck > 0 {
+        world.violations.push(Violation {
+            at_micros: now,
+            checker: "raft_liveness",
+            message: format!("{stuck} kv writes issued after the cluster healed got no answer"),
+        });
+    }
+    let operations = world.kv_history.operations();
+    match check_history(&operations, LINEARIZABILITY_STEPS_PER_KEY) {
+        CheckOutcome::Linearizable => {}
+        CheckOutcome::NotLinearizable { key, explanation } => {
+            world.violations.push(Violation {
+                at_micros: now,
+                checker: "linearizability",
+                message: format!("key {}: {explanation:?}", String::from_utf8_lossy(&key)),
+            });
+        }
+        CheckOutcome::Unknown { key, reason } => {
+            tracing::warn!(key = %String::from_utf8_lossy(&key), %reason, "linearizability unknown for a key");
+            world.linearizability_unknown_keys += 1;
+        }
+    }
+}
