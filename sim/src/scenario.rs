@@ -303,6 +303,10 @@ pub enum FaultKind {
     Crash,
     Partition,
     OneWayPartition,
+    /// Cut the node leading the most Raft partitions off from everyone (both ways).
+    IsolateLeader,
+    /// Cut the node leading the most Raft partitions off one way: it hears, is not heard.
+    OneWayIsolateLeader,
     ZoneOutage,
     RegionOutage,
     FlakyLinks,

@@ -124,12 +124,14 @@ pub enum HostOutput {
         request_id: u64,
         result: Result<ReadAnswer, RequestError>,
     },
-    /// An entry applied here (only with `report_applied`).
+    /// An entry applied here (only with `report_applied`). `applier_term` is this node's
+    /// term when it applied the entry: the entry was committed in that term or earlier.
     Applied {
         partition: PartitionId,
         index: u64,
         term: u64,
         digest: u64,
+        applier_term: u64,
     },
     /// A group's role, term or leader changed (only with `report_applied`).
     RoleChanged {
@@ -638,12 +640,14 @@ impl PartitionHost {
                 self.counters.entries_applied += ready.committed_entries.len() as u64;
                 self.applied_since_checkpoint += ready.committed_entries.len() as u64;
                 if self.config.report_applied {
+                    let applier_term = self.groups[&partition].term();
                     for entry in &ready.committed_entries {
                         self.outputs.push(HostOutput::Applied {
                             partition,
                             index: entry.index,
                             term: entry.term,
                             digest: entry_digest(entry),
+                            applier_term,
                         });
                     }
                 }

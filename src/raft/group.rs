@@ -32,7 +32,8 @@ pub const BOOTSTRAP_INDEX: u64 = 1;
 pub enum RaftPlantedBug {
     /// Grant votes without checking that the candidate's log is up to date.
     VoteWithoutLogCheck,
-    /// Commit an entry of an earlier term by counting its replicas (Raft Figure 8).
+    /// Commit an entry of an earlier term by counting its replicas (Raft Figure 8), and
+    /// start a term without the empty entry that would otherwise mask it.
     CommitPreviousTermByCounting,
 }
 
@@ -51,7 +52,8 @@ pub struct RaftConfig {
     pub check_quorum: bool,
     /// Appends in flight to one follower in the pipelined state.
     pub inflight_max: usize,
-    /// Entry bytes per append message (at least one entry is always sent).
+    /// Entries and entry bytes per append message (at least one entry is always sent).
+    pub append_entries_max: usize,
     pub append_bytes_max: usize,
     /// Entry bytes per Ready's committed entries (at least one).
     pub apply_bytes_max: usize,
@@ -67,6 +69,7 @@ impl Default for RaftConfig {
             pre_vote: true,
             check_quorum: true,
             inflight_max: 64,
+            append_entries_max: 512,
             append_bytes_max: 1 << 20,
             apply_bytes_max: 4 << 20,
             snapshot_chunk_bytes: 1 << 20,
@@ -684,8 +687,14 @@ impl RaftGroup {
         self.progress.clear();
         self.reconcile_progress();
         // Committing an entry of its own term commits everything before it (§5.4.2) and
-        // lets the leader serve reads.
-        self.append_as_leader(EntryKind::Empty);
+        // lets the leader serve reads. The Figure 8 canary leaves it out: with it, the old
+        // entries always reach a quorum together with it, which hides the planted bug.
+        if self.config.planted_bug != Some(RaftPlantedBug::CommitPreviousTermByCounting) {
+            self.append_as_leader(EntryKind::Empty);
+        } else {
+            let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+            self.append_due.extend(peers);
+        }
         tracing::debug!(node = %self.id, term = self.term, "became leader");
     }
 
@@ -924,9 +933,11 @@ impl RaftGroup {
         }
         let prev_log_index = progress.next_index - 1;
         let prev_log_term = self.log.term(prev_log_index);
-        let entries = self
-            .log
-            .entries_from(progress.next_index, self.config.append_bytes_max);
+        let entries = self.log.entries_from(
+            progress.next_index,
+            self.config.append_entries_max,
+            self.config.append_bytes_max,
+        );
         match (prev_log_term, entries) {
             (Some(prev_log_term), Some(entries)) => {
                 if entries.is_empty() && !send_if_empty {

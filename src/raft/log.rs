@@ -174,9 +174,14 @@ impl RaftLog {
         self.unpersisted_from = self.unpersisted_from.min(index);
     }
 
-    /// Up to `bytes_max` worth of entries from `from` on (at least one when any exist), or
-    /// `None` when `from` is compacted away.
-    pub fn entries_from(&self, from: u64, bytes_max: usize) -> Option<Vec<Entry>> {
+    /// Up to `entries_max` entries and `bytes_max` worth of them from `from` on (at least one
+    /// when any exist), or `None` when `from` is compacted away.
+    pub fn entries_from(
+        &self,
+        from: u64,
+        entries_max: usize,
+        bytes_max: usize,
+    ) -> Option<Vec<Entry>> {
         if from <= self.snapshot_index {
             return None;
         }
@@ -185,7 +190,7 @@ impl RaftLog {
         let mut index = from;
         while let Some(entry) = self.entry(index) {
             bytes += entry.payload_bytes();
-            if !batch.is_empty() && bytes > bytes_max {
+            if !batch.is_empty() && (bytes > bytes_max || batch.len() >= entries_max) {
                 break;
             }
             batch.push(entry.clone());
@@ -401,7 +406,10 @@ mod tests {
         assert_eq!(log.first_index(), 3);
         assert_eq!(log.term(2), Some(1));
         assert_eq!(log.term(1), None);
-        assert_eq!(log.entries_from(2, usize::MAX), None);
-        assert_eq!(log.entries_from(3, usize::MAX).unwrap().len(), 1);
+        assert_eq!(log.entries_from(2, usize::MAX, usize::MAX), None);
+        assert_eq!(
+            log.entries_from(3, usize::MAX, usize::MAX).unwrap().len(),
+            1
+        );
     }
 }

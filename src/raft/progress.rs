@@ -1,7 +1,8 @@
 //! What a leader knows of one follower's log, and how fast it may send to it (flow control).
 //!
 //! Invariants: `match_index < next_index`; `match_index` never decreases while the leader
-//! leads; in `Probe` at most one append is unanswered, in `Replicate` at most
+//! leads, unless the follower refuses an append at or below it (it lost synced entries to
+//! disk damage), when it drops to what the follower's hint shows; in `Probe` at most one append is unanswered, in `Replicate` at most
 //! `inflight_max` appends are, in `Snapshot` only snapshot chunks are sent.
 
 use std::collections::VecDeque;
@@ -133,6 +134,12 @@ impl Progress {
                 if self.next_index.checked_sub(1) != Some(rejected_index) {
                     return false;
                 }
+                if rejected_index <= self.match_index {
+                    // The follower no longer holds what it confirmed: synced records lost to
+                    // disk damage (or a planted bug). Probing from `match_index` again would
+                    // loop forever; believe the hint instead.
+                    self.match_index = probe_from.min(rejected_index.saturating_sub(1));
+                }
                 self.next_index = rejected_index.min(probe_from + 1).max(self.match_index + 1);
                 self.paused = false;
                 true
@@ -160,6 +167,11 @@ mod tests {
         progress.next_index = 6;
         assert!(progress.on_rejected(5, 0));
         assert_eq!(progress.next_index, 4);
+        // A refusal at the match index: the follower lost entries it had confirmed.
+        progress.on_append_sent(3, false);
+        assert!(progress.on_rejected(3, 1));
+        assert_eq!(progress.match_index, 1);
+        assert_eq!(progress.next_index, 2);
     }
 
     #[test]

@@ -344,6 +344,18 @@ impl RaftGroup {
         };
         progress.recent_active = true;
         match outcome {
+            AppendOutcome::Accepted { match_index } if match_index > self.log.last_index() => {
+                // A follower holding more than its leader: leader completeness is broken
+                // (only a planted bug gets here). Acting on it would loop forever between
+                // probes and snapshots; the simulator's checkers report the cause.
+                tracing::error!(
+                    node = %self.id,
+                    follower = %from,
+                    match_index,
+                    last_index = self.log.last_index(),
+                    "a follower claims entries beyond the leader's log"
+                );
+            }
             AppendOutcome::Accepted { match_index } => {
                 let updated = progress.on_accepted(match_index);
                 match progress.state {

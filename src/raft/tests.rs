@@ -697,7 +697,8 @@ fn figure_8_the_planted_bug_commits_an_old_term_entry_by_counting() {
         planted_bug: Some(RaftPlantedBug::CommitPreviousTermByCounting),
         ..config()
     };
-    assert_eq!(figure_8(planted), (3, 4));
+    // Without its empty entry the leader's log ends at 3, the old-term entry it commits.
+    assert_eq!(figure_8(planted).0, 3);
 }
 
 #[test]

@@ -1380,6 +1380,99 @@ mod tests {
         }
     }
 
+    /// Tries every order: an operation may go next if no unplaced operation that must be
+    /// placed returned before its call; indeterminate writes may also be left out.
+    fn brute_force(history: &[Operation]) -> bool {
+        fn search(history: &[Operation], placed: &mut Vec<bool>, value: Option<&[u8]>) -> bool {
+            let required = |operation: &Operation| !operation.is_indeterminate();
+            if history
+                .iter()
+                .zip(placed.iter())
+                .all(|(operation, &placed)| placed || !required(operation))
+            {
+                return true;
+            }
+            for next in 0..history.len() {
+                let candidate = &history[next];
+                let blocked = history.iter().zip(placed.iter()).any(|(other, &placed)| {
+                    !placed
+                        && required(other)
+                        && other
+                            .return_micros
+                            .is_some_and(|r| r < candidate.call_micros)
+                });
+                if placed[next] || blocked {
+                    continue;
+                }
+                let after = match (&candidate.input, &candidate.output) {
+                    (OperationInput::Get { .. }, _) if !required(candidate) => continue,
+                    (OperationInput::Get { .. }, OperationOutput::Value(seen)) => {
+                        if seen.as_deref() != value {
+                            continue;
+                        }
+                        value
+                    }
+                    (OperationInput::Put { value, .. }, OperationOutput::Ok)
+                    | (OperationInput::Put { value, .. }, OperationOutput::Indeterminate) => {
+                        Some(value.as_slice())
+                    }
+                    (OperationInput::Delete { .. }, OperationOutput::Ok)
+                    | (OperationInput::Delete { .. }, OperationOutput::Indeterminate) => None,
+                    _ => continue,
+                };
+                placed[next] = true;
+                let found = search(history, placed, after);
+                placed[next] = false;
+                if found {
+                    return true;
+                }
+            }
+            false
+        }
+        search(history, &mut vec![false; history.len()], None)
+    }
+
+    #[test]
+    fn agrees_with_brute_force_on_small_random_histories() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut counts = [0usize; 2];
+        for round in 0..3_000 {
+            let length = 1 + rng.next_u64() % 7;
+            let history: Vec<Operation> = (0..length)
+                .map(|client| {
+                    let call = rng.next_u64() % 50;
+                    let returned = call + rng.next_u64() % 30;
+                    let value = ["a", "b", "c"][(rng.next_u64() % 3) as usize];
+                    let mut operation = match rng.next_u64() % 5 {
+                        0 | 1 => put(client, call, returned, value),
+                        2 => delete(client, call, returned),
+                        _ => get(
+                            client,
+                            call,
+                            returned,
+                            (rng.next_u64() % 4 != 0).then_some(value),
+                        ),
+                    };
+                    match rng.next_u64() % 6 {
+                        0 => operation.return_micros = None,
+                        1 => operation.output = OperationOutput::Indeterminate,
+                        _ => {}
+                    }
+                    operation
+                })
+                .collect();
+            let expected = brute_force(&history);
+            let outcome = check(&history);
+            assert_eq!(
+                outcome == CheckOutcome::Linearizable,
+                expected,
+                "round {round}: {outcome}\n{history:#?}"
+            );
+            counts[usize::from(expected)] += 1;
+        }
+        assert!(counts[0] > 500 && counts[1] > 500, "{counts:?}");
+    }
+
     #[test]
     fn large_generated_history() {
         let mut history = generate_register_history(42, 8, 50, 12_000);

@@ -2,6 +2,9 @@
 //! cluster at the end.
 //!
 //! - election safety: at most one leader per partition and term, checked at every role change;
+//! - leader completeness: a leader of term T holds every entry applied by a node whose term
+//!   was below T when it applied it (such an entry was committed before T), checked at every
+//!   election;
 //! - state machine safety: every replica applies the same entry at each index of a partition,
 //!   checked at every apply (which also covers log matching and leader completeness for what
 //!   was applied: a committed entry lost and replaced would apply differently somewhere);
@@ -29,9 +32,16 @@ pub struct RaftObservations {
     leaders: BTreeMap<(PartitionId, u64), NodeId>,
     /// The highest index applied anywhere per partition, with its term.
     highest_applied: BTreeMap<PartitionId, (u64, u64)>,
+    /// Per partition and applier term, the highest entry (index, term) applied by a node in
+    /// that term: everything a leader of a later term must hold.
+    committed_before: BTreeMap<(PartitionId, u64), (u64, u64)>,
     pub applies: u64,
     pub elections_won: u64,
+    divergences_reported: usize,
 }
+
+/// Divergent applies reported per run: one shows the bug, a thousand only bury it.
+const VIOLATIONS_PER_CHECKER_MAX: usize = 20;
 
 pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput) {
     let now = world.now_micros();
@@ -41,12 +51,24 @@ pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput) {
             index,
             term,
             digest,
+            applier_term,
         } => {
             world.raft.applies += 1;
+            let reported = world.raft.divergences_reported;
+            let best = world
+                .raft
+                .committed_before
+                .entry((*partition, *applier_term))
+                .or_default();
+            if *index > best.0 {
+                *best = (*index, *term);
+            }
             match world.raft.applied.get(&(*partition, *index)) {
                 Some((first_term, first_digest, first_node))
-                    if (*first_term, *first_digest) != (*term, *digest) =>
+                    if (*first_term, *first_digest) != (*term, *digest)
+                        && reported < VIOLATIONS_PER_CHECKER_MAX =>
                 {
+                    world.raft.divergences_reported += 1;
                     let message = format!(
                         "{partition} index {index}: {node} applied term {term} (digest {digest:016x}), {first_node} applied term {first_term} (digest {first_digest:016x})"
                     );
@@ -77,6 +99,7 @@ pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput) {
                 return;
             }
             world.raft.elections_won += 1;
+            check_leader_completeness(world, node, *partition, role_state.term);
             match world.raft.leaders.get(&(*partition, role_state.term)) {
                 Some(other) if *other != node => {
                     let message = format!(
@@ -99,6 +122,40 @@ pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput) {
             }
         }
         HostOutput::WriteAnswered { .. } | HostOutput::ReadAnswered { .. } => {}
+    }
+}
+
+fn check_leader_completeness(world: &mut World, node: NodeId, partition: PartitionId, term: u64) {
+    let Some((index, entry_term)) = world
+        .raft
+        .committed_before
+        .range((partition, 0)..(partition, term))
+        .map(|(_, entry)| *entry)
+        .max()
+    else {
+        return;
+    };
+    let node_index = world.index_of(node);
+    let Some(log) = world.nodes[node_index]
+        .node()
+        .and_then(|node| node.partitions())
+        .and_then(|host| host.group(partition))
+        .map(|group| group.log())
+    else {
+        return;
+    };
+    let holds = log.snapshot_index() >= index || log.term(index) == Some(entry_term);
+    if !holds {
+        let message = format!(
+            "{partition} term {term}: leader {node} lacks entry {index} (term {entry_term}), applied before its term; its log ends at {} (term {})",
+            log.last_index(),
+            log.last_term()
+        );
+        world.violations.push(Violation {
+            at_micros: world.now_micros(),
+            checker: "leader_completeness",
+            message,
+        });
     }
 }
 
@@ -196,6 +253,16 @@ pub fn check_durable_and_linearizable(world: &mut World) {
             checker: "raft_liveness",
             message: format!("{stuck} kv writes issued after the cluster healed got no answer"),
         });
+    }
+    if world.violations.iter().any(|violation| {
+        matches!(
+            violation.checker,
+            "state_machine_safety" | "election_safety" | "leader_completeness"
+        )
+    }) {
+        // The run already failed on the protocol's own invariants; searching a history that
+        // broken would only spend time (it is the slowest case of the search).
+        return;
     }
     let operations = world.kv_history.operations();
     match check_history(&operations, LINEARIZABILITY_STEPS_PER_KEY) {

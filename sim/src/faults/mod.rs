@@ -43,6 +43,27 @@ pub enum FaultEnd {
     },
 }
 
+/// The up node that leads the most Raft partitions, if any leads one.
+fn busiest_leader(world: &World) -> Option<NodeId> {
+    let mut best: Option<(usize, NodeId)> = None;
+    for node in &world.nodes {
+        let Some(host) = node.node().and_then(|node| node.partitions()) else {
+            continue;
+        };
+        let led = host
+            .partitions()
+            .filter(|partition| {
+                host.status(*partition)
+                    .is_some_and(|status| status.role == borough::raft::Role::Leader)
+            })
+            .count();
+        if led > 0 && best.is_none_or(|(most, _)| led > most) {
+            best = Some((led, node.id));
+        }
+    }
+    best.map(|(_, id)| id)
+}
+
 pub fn start(world: &mut World) {
     let mut disk_faults = DiskFaults::none();
     disk_faults.target_suffixes = vec![LOG_SUFFIX.to_string()];
@@ -143,6 +164,16 @@ pub fn occur(world: &mut World, index: usize) {
             let both_ways = fault.kind == FaultKind::Partition;
             tracing::info!(?group, both_ways, "fault: partition");
             isolate(world, group, both_ways, &fault);
+        }
+        FaultKind::IsolateLeader | FaultKind::OneWayIsolateLeader => {
+            // The node that leads the most partitions (lowest id on ties): the nemesis goes
+            // for the leader, where random partitions mostly hit followers.
+            let Some(leader) = busiest_leader(world) else {
+                return;
+            };
+            let both_ways = fault.kind == FaultKind::IsolateLeader;
+            tracing::info!(%leader, both_ways, "fault: isolate the leader");
+            isolate(world, [leader].into_iter().collect(), both_ways, &fault);
         }
         FaultKind::ZoneOutage | FaultKind::RegionOutage => {
             let places: BTreeSet<(String, String)> = world
