@@ -48,8 +48,11 @@ pub enum BatchOperation {
 /// can answer its client when the entry applies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvCommand {
-    /// The proposing node's id and its request number.
+    /// The proposing node's id, the session it proposed in (drawn at every start, so request
+    /// numbers from before a restart never answer requests made after it), and its request
+    /// number.
     pub proposer: u32,
+    pub proposer_session: u64,
     pub request_id: u64,
     pub operation: KvOperation,
 }
@@ -160,6 +163,7 @@ mod tests {
     fn commands_round_trip() {
         let command = KvCommand {
             proposer: 3,
+            proposer_session: 77,
             request_id: 9,
             operation: KvOperation::Batch(vec![
                 BatchOperation::Put {

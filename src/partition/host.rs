@@ -25,7 +25,7 @@ use crate::raft::{
     Configuration, Entry, EntryKind, GroupStatus, Message, ProposeError, RaftConfig, RaftGroup,
     Ready, RecoveredState, RoleState, SnapshotMeta, BOOTSTRAP_INDEX,
 };
-use crate::seams::{SeededRng, SharedDisk};
+use crate::seams::{Rng, SeededRng, SharedDisk};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -180,6 +180,8 @@ pub struct PartitionHost {
     id: NodeId,
     config: HostConfig,
     rng_seed: u64,
+    /// Drawn at every open: tells this run's proposals from those of earlier runs.
+    session: u64,
     groups: BTreeMap<PartitionId, RaftGroup>,
     kv: KvStore,
     raft_log: RaftLogStore,
@@ -258,6 +260,7 @@ impl PartitionHost {
             id,
             config,
             rng_seed,
+            session: SeededRng::split(rng_seed, u64::MAX).next_u64(),
             groups,
             kv,
             raft_log,
@@ -369,6 +372,7 @@ impl PartitionHost {
         };
         let command = KvCommand {
             proposer: self.id.0,
+            proposer_session: self.session,
             request_id,
             operation,
         };
@@ -738,11 +742,16 @@ impl PartitionHost {
         applied: Vec<crate::partition::kv_store::AppliedCommand>,
     ) {
         for command in applied {
-            if command.proposer != self.id.0 {
+            if command.proposer != self.id.0 || command.proposer_session != self.session {
                 continue;
             }
-            if let Some(write) = self.pending_writes.remove(&command.request_id) {
-                debug_assert_eq!(write.partition, partition);
+            let ours = self.pending_writes.get(&command.request_id).map(|write| {
+                // Within one session a request id names one write of one partition.
+                debug_assert_eq!(write.partition, partition, "request ids are per session");
+                write.partition == partition
+            });
+            if ours == Some(true) {
+                self.pending_writes.remove(&command.request_id);
                 self.outputs.push(HostOutput::WriteAnswered {
                     request_id: command.request_id,
                     result: Ok(command.outcome),

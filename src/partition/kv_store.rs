@@ -71,6 +71,7 @@ pub struct RangeQuery {
 pub struct AppliedCommand {
     pub index: u64,
     pub proposer: u32,
+    pub proposer_session: u64,
     pub request_id: u64,
     pub outcome: WriteOutcome,
 }
@@ -253,6 +254,7 @@ impl KvStore {
                         applied.push(AppliedCommand {
                             index: entry.index,
                             proposer: 0,
+                            proposer_session: 0,
                             request_id: 0,
                             outcome: WriteOutcome::Undecodable(error.to_string()),
                         });
@@ -292,6 +294,7 @@ impl KvStore {
                 applied.push(AppliedCommand {
                     index: entry.index,
                     proposer: command.proposer,
+                    proposer_session: command.proposer_session,
                     request_id: command.request_id,
                     outcome,
                 });
@@ -464,6 +467,7 @@ mod tests {
             kind: EntryKind::Command(
                 KvCommand {
                     proposer: 1,
+                    proposer_session: 1,
                     request_id: index,
                     operation,
                 }
