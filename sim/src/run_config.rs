@@ -167,31 +167,42 @@ impl RunConfig {
         let repair_delay_micros = knobs.repair_delay_ms.draw(&mut rng) * 1000;
         let checkpoint_records = knobs.checkpoint_records.draw(&mut rng) as usize;
         // Drawn last, so scenarios without partitions keep every earlier draw.
-        let partitions = file.partitions.as_ref().map(|section| {
-            let canary = section
-                .planted_bug
-                .as_deref()
-                .map(|name| parse_raft_planted_bug(name).expect("validated on load"));
-            PartitionsRun {
-                count: section.count.draw(&mut rng).max(1),
-                replicas: section.replicas.draw(&mut rng),
-                tick_micros: section.tick_ms.draw(&mut rng) * 1000,
-                raft: RaftConfig {
-                    election_timeout_ticks: section.election_timeout_ticks.draw(&mut rng) as u32,
-                    heartbeat_interval_ticks: section.heartbeat_interval_ticks.draw(&mut rng)
-                        as u32,
-                    pre_vote: section.pre_vote,
-                    check_quorum: section.check_quorum,
-                    planted_bug: match canary {
-                        Some(RaftCanary::Raft(bug)) => Some(bug),
-                        _ => None,
+        let partitions = file
+            .partitions
+            .as_ref()
+            .map(|section| {
+                let canary = section
+                    .planted_bug
+                    .as_deref()
+                    .map(|name| parse_raft_planted_bug(name).expect("validated on load"));
+                PartitionsRun {
+                    count: section.count.draw(&mut rng).max(1),
+                    replicas: section.replicas.draw(&mut rng),
+                    tick_micros: section.tick_ms.draw(&mut rng) * 1000,
+                    raft: RaftConfig {
+                        election_timeout_ticks: section.election_timeout_ticks.draw(&mut rng)
+                            as u32,
+                        heartbeat_interval_ticks: section.heartbeat_interval_ticks.draw(&mut rng)
+                            as u32,
+                        pre_vote: section.pre_vote,
+                        check_quorum: section.check_quorum,
+                        planted_bug: match canary {
+                            Some(RaftCanary::Raft(bug)) => Some(bug),
+                            _ => None,
+                        },
+                        ..RaftConfig::default()
                     },
-                    ..RaftConfig::default()
-                },
-                checkpoint_applied_entries: section.checkpoint_applied_entries.draw(&mut rng),
-                acknowledge_before_sync: canary == Some(RaftCanary::AcknowledgeBeforeSync),
-            }
-        });
+                    checkpoint_applied_entries: section.checkpoint_applied_entries.draw(&mut rng),
+                    acknowledge_before_sync: canary == Some(RaftCanary::AcknowledgeBeforeSync),
+                }
+            })
+            .map(|mut partitions| {
+                partitions.raft.quiesce_after_ticks =
+                    file.partitions.as_ref().map_or(0, |section| {
+                        section.quiesce_after_ticks.draw(&mut rng) as u32
+                    });
+                partitions
+            });
         Self {
             scenario: scenario.name.clone(),
             seed,

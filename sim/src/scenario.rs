@@ -226,6 +226,9 @@ pub struct PartitionsSection {
     pub pre_vote: bool,
     #[serde(default = "yes")]
     pub check_quorum: bool,
+    /// Idle ticks before a group goes quiet (0: never).
+    #[serde(default = "default_quiesce_after_ticks")]
+    pub quiesce_after_ticks: Drawn<u64>,
     /// A Raft bug planted on purpose: `vote_without_log_check`,
     /// `commit_previous_term_by_counting` or `acknowledge_before_sync`.
     #[serde(default)]
@@ -243,6 +246,9 @@ fn default_election_timeout_ticks() -> Drawn<u64> {
 }
 fn default_heartbeat_interval_ticks() -> Drawn<u64> {
     Drawn::Fixed(2)
+}
+fn default_quiesce_after_ticks() -> Drawn<u64> {
+    Drawn::Fixed(40)
 }
 fn default_partition_checkpoint() -> Drawn<u64> {
     Drawn::Fixed(256)

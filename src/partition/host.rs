@@ -50,7 +50,11 @@ pub struct HostConfig {
 impl Default for HostConfig {
     fn default() -> Self {
         Self {
-            raft: RaftConfig::default(),
+            // The host watches peer nodes, so idle groups may go quiet.
+            raft: RaftConfig {
+                quiesce_after_ticks: 40,
+                ..RaftConfig::default()
+            },
             log_segment_bytes_max: 16 * 1024 * 1024,
             checkpoint_applied_entries: 4096,
             log_checkpoint_segments: 4,
@@ -191,6 +195,8 @@ pub struct PartitionHost {
     pending_writes: BTreeMap<u64, PendingWrite>,
     pending_reads: BTreeMap<u64, PendingRead>,
     snapshots: BTreeMap<(PartitionId, u64), CachedSnapshot>,
+    /// When each peer node was last heard from (any envelope, empty ones included).
+    peer_heard_tick: BTreeMap<NodeId, u64>,
     /// A round waiting for its sync.
     prepared: Option<Vec<(PartitionId, Ready)>>,
     tick: u64,
@@ -270,6 +276,7 @@ impl PartitionHost {
             pending_writes: BTreeMap::new(),
             pending_reads: BTreeMap::new(),
             snapshots: BTreeMap::new(),
+            peer_heard_tick: BTreeMap::new(),
             prepared: None,
             tick: 0,
             applied_since_checkpoint: 0,
@@ -454,6 +461,7 @@ impl PartitionHost {
         if self.poisoned.is_some() {
             return;
         }
+        self.peer_heard_tick.insert(from, self.tick);
         for (partition, message) in envelope.messages {
             debug_assert_eq!(
                 message.from, from,
@@ -478,6 +486,7 @@ impl PartitionHost {
         for group in self.groups.values_mut() {
             group.tick();
         }
+        self.watch_peers();
         let now = self.tick;
         let expired: Vec<u64> = self
             .pending_writes
@@ -507,6 +516,47 @@ impl PartitionHost {
         }
         self.snapshots
             .retain(|_, snapshot| snapshot.last_used_tick + 200 > now);
+    }
+
+    /// Node-level liveness, so quiet groups cost nothing: every heartbeat interval each peer
+    /// gets one envelope (empty when no group has anything for it), and a quiet follower
+    /// whose leader's node has been silent for an election timeout is woken to elect.
+    fn watch_peers(&mut self) {
+        let raft = &self.config.raft;
+        if raft.quiesce_after_ticks == 0 {
+            return;
+        }
+        let heartbeat_ticks = u64::from(raft.heartbeat_interval_ticks);
+        let silent_ticks = u64::from(raft.election_timeout_ticks);
+        let now = self.tick;
+        let mut peers = std::collections::BTreeSet::new();
+        for group in self.groups.values() {
+            peers.extend(group.configuration().members());
+        }
+        peers.remove(&self.id);
+        if now.is_multiple_of(heartbeat_ticks) {
+            for peer in &peers {
+                self.outbox.entry(*peer).or_default();
+            }
+        }
+        for peer in &peers {
+            self.peer_heard_tick.entry(*peer).or_insert(now);
+        }
+        let heard = &self.peer_heard_tick;
+        for group in self.groups.values_mut() {
+            let Some(leader) = group.leader() else {
+                continue;
+            };
+            if !group.is_quiet() || leader == self.id {
+                continue;
+            }
+            let silent = heard
+                .get(&leader)
+                .is_none_or(|tick| now.saturating_sub(*tick) > silent_ticks);
+            if silent {
+                group.wake(true);
+            }
+        }
     }
 
     // ---- the round ----
@@ -870,7 +920,8 @@ impl PartitionHost {
 
     // ---- outputs ----
 
-    /// One envelope per peer with everything for it since the last call.
+    /// One envelope per peer with everything for it since the last call (an empty one is a
+    /// liveness ping).
     pub fn take_envelopes(&mut self) -> Vec<(NodeId, RaftEnvelope)> {
         let envelopes: Vec<(NodeId, RaftEnvelope)> =
             std::mem::take(&mut self.outbox).into_iter().collect();

@@ -466,3 +466,62 @@ fn a_poisoned_host_refuses_requests() {
         Err(RequestError::Poisoned(_))
     ));
 }
+
+#[test]
+fn idle_partitions_go_quiet_and_cost_only_one_ping_per_peer() {
+    let partitions = 20;
+    let mut cluster = Cluster::new(3, partitions, HostConfig::default());
+    cluster.elect_all(partitions);
+    for partition in 0..partitions {
+        cluster.put(PartitionId(partition), "k", "v").unwrap();
+    }
+    // Past the quiesce delay, every group is quiet.
+    cluster.tick(60);
+    for host in cluster.hosts.values() {
+        for partition in 0..partitions {
+            assert!(host.group(PartitionId(partition)).unwrap().is_quiet());
+        }
+    }
+    let before: Vec<(u64, u64)> = cluster
+        .hosts
+        .values()
+        .map(|host| {
+            let counters = host.counters();
+            (counters.messages_sent, counters.envelopes_sent)
+        })
+        .collect();
+    cluster.tick(100);
+    for (host, (messages, envelopes)) in cluster.hosts.values().zip(before) {
+        let counters = host.counters();
+        assert_eq!(
+            counters.messages_sent, messages,
+            "quiet groups send nothing"
+        );
+        // One ping per peer per heartbeat interval (2 ticks): 2 peers x 50.
+        assert_eq!(counters.envelopes_sent - envelopes, 100);
+    }
+    // A write wakes its group and commits.
+    assert_eq!(cluster.put(PartitionId(3), "k", "w"), Ok(WriteOutcome::Put));
+}
+
+#[test]
+fn quiet_followers_elect_when_the_leaders_node_goes_silent() {
+    let partitions = 6;
+    let mut cluster = Cluster::new(3, partitions, HostConfig::default());
+    cluster.elect_all(partitions);
+    cluster.tick(60);
+    let victim = NodeId(1);
+    let led: Vec<PartitionId> = (0..partitions)
+        .map(PartitionId)
+        .filter(|partition| cluster.leader(*partition) == Some(victim))
+        .collect();
+    assert!(!led.is_empty(), "node 1 leads something");
+    cluster.down.push(victim);
+    // Silence is noticed after an election timeout, then an election runs.
+    cluster.tick(60);
+    for partition in led {
+        let leader = cluster.leader(partition).expect("a new leader");
+        assert_ne!(leader, victim);
+        assert_eq!(cluster.put(partition, "after", "x"), Ok(WriteOutcome::Put));
+    }
+}

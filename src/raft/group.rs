@@ -58,6 +58,11 @@ pub struct RaftConfig {
     /// Entry bytes per Ready's committed entries (at least one).
     pub apply_bytes_max: usize,
     pub snapshot_chunk_bytes: usize,
+    /// A leader whose group has been idle (everything committed, applied and on every
+    /// follower) this long goes quiet with its followers: no ticks, no heartbeats. 0 never.
+    /// Only safe with a driver that wakes quiet followers when the leader's node goes silent
+    /// (the partition host does).
+    pub quiesce_after_ticks: u32,
     pub planted_bug: Option<RaftPlantedBug>,
 }
 
@@ -73,6 +78,7 @@ impl Default for RaftConfig {
             append_bytes_max: 1 << 20,
             apply_bytes_max: 4 << 20,
             snapshot_chunk_bytes: 1 << 20,
+            quiesce_after_ticks: 0,
             planted_bug: None,
         }
     }
@@ -170,6 +176,9 @@ pub struct RaftGroup {
     transfer: Option<Transfer>,
     read_round: u64,
     read_broadcast_due: bool,
+    /// Quiet: the group does not tick until something wakes it.
+    quiet: bool,
+    idle_ticks: u32,
     pending_reads: VecDeque<PendingRead>,
     reads_waiting_for_term_commit: Vec<(NodeId, u64)>,
     read_states: Vec<ReadState>,
@@ -237,6 +246,8 @@ impl RaftGroup {
             transfer: None,
             read_round: 0,
             read_broadcast_due: false,
+            quiet: false,
+            idle_ticks: 0,
             pending_reads: VecDeque::new(),
             reads_waiting_for_term_commit: Vec::new(),
             read_states: Vec::new(),
@@ -344,6 +355,7 @@ impl RaftGroup {
 
     /// Proposes a command. On a follower it is forwarded to the leader.
     pub fn propose(&mut self, command: Vec<u8>) -> Result<Proposal, ProposeError> {
+        self.wake(false);
         match self.role {
             Role::Leader => {
                 if self.transfer.is_some() {
@@ -402,6 +414,7 @@ impl RaftGroup {
     /// [`ReadState`] with `context` comes out of a Ready: serve the read when applied reaches
     /// its index. On a follower the request goes to the leader.
     pub fn read_index(&mut self, context: u64) -> Result<(), ProposeError> {
+        self.wake(false);
         match self.role {
             Role::Leader => {
                 self.leader_read(self.id, context);
@@ -420,6 +433,7 @@ impl RaftGroup {
     /// Hands leadership to `target` once its log is caught up. Proposals are refused until
     /// it takes over or an election timeout passes.
     pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), ProposeError> {
+        self.wake(false);
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
@@ -524,8 +538,48 @@ impl RaftGroup {
 
     // ---- time ----
 
+    /// Whether the group is quiet (idle, not ticking).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// Leaves the quiet state: the group ticks again. `leader_lost` forgets the leader (the
+    /// host saw its node go silent), so this node may vote and campaign at once.
+    pub fn wake(&mut self, leader_lost: bool) {
+        if leader_lost && self.role != Role::Leader {
+            self.leader = None;
+        }
+        if self.quiet {
+            self.quiet = false;
+            self.idle_ticks = 0;
+            self.election_elapsed_ticks = 0;
+            self.heartbeat_elapsed_ticks = 0;
+        }
+    }
+
+    /// Whether a leader has nothing left to do: the condition for going quiet.
+    fn is_idle_leader(&self) -> bool {
+        let last_index = self.log.last_index();
+        self.role == Role::Leader
+            && self.transfer.is_none()
+            && self.pending_reads.is_empty()
+            && self.reads_waiting_for_term_commit.is_empty()
+            && self.append_due.is_empty()
+            && !self.configuration().is_joint()
+            && self.log.committed() == last_index
+            && self.log.applied() == last_index
+            && self.log.persisted() == last_index
+            && self
+                .progress
+                .values()
+                .all(|progress| progress.match_index == last_index)
+    }
+
     /// One tick of the driver's clock.
     pub fn tick(&mut self) {
+        if self.quiet {
+            return;
+        }
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
@@ -568,6 +622,16 @@ impl RaftGroup {
                 self.transfer = None;
             }
         }
+        if self.config.quiesce_after_ticks > 0 && self.is_idle_leader() {
+            self.idle_ticks += 1;
+            if self.idle_ticks >= self.config.quiesce_after_ticks {
+                self.broadcast_heartbeat_with(true);
+                self.quiet = true;
+                return;
+            }
+        } else {
+            self.idle_ticks = 0;
+        }
         if self.heartbeat_elapsed_ticks >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed_ticks = 0;
             self.broadcast_heartbeat();
@@ -586,6 +650,8 @@ impl RaftGroup {
     // ---- roles ----
 
     pub(super) fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
+        self.quiet = false;
+        self.idle_ticks = 0;
         if term > self.term {
             self.term = term;
             self.vote = None;
@@ -890,11 +956,20 @@ impl RaftGroup {
         });
     }
 
+    pub(super) fn go_quiet(&mut self) {
+        self.quiet = true;
+        self.election_elapsed_ticks = 0;
+    }
+
     pub(super) fn mark_append_due(&mut self, peer: NodeId) {
         self.append_due.insert(peer);
     }
 
     fn broadcast_heartbeat(&mut self) {
+        self.broadcast_heartbeat_with(false);
+    }
+
+    fn broadcast_heartbeat_with(&mut self, quiesce: bool) {
         let peers: Vec<(NodeId, u64)> = self
             .progress
             .iter()
@@ -906,6 +981,7 @@ impl RaftGroup {
                 MessageBody::Heartbeat {
                     leader_commit: match_index.min(self.log.committed()),
                     read_round: self.read_round,
+                    quiesce,
                 },
             );
         }

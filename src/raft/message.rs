@@ -50,6 +50,9 @@ pub enum MessageBody {
         leader_commit: u64,
         /// Acknowledging it confirms the leadership for the ReadIndex reads of this round.
         read_round: u64,
+        /// The group is idle and everyone is caught up: stop ticking until woken (by any
+        /// other message, or by the host when the leader's node goes silent).
+        quiesce: bool,
     },
     HeartbeatResponse {
         read_round: u64,

@@ -18,6 +18,13 @@ impl RaftGroup {
     /// Takes one message addressed to this node.
     pub fn step(&mut self, message: Message) {
         debug_assert_eq!(message.to, self.id, "message delivered to the wrong node");
+        // Anything but the leader's quiesce notice and the answers to it wakes a quiet group.
+        if !matches!(
+            message.body,
+            MessageBody::Heartbeat { quiesce: true, .. } | MessageBody::HeartbeatResponse { .. }
+        ) {
+            self.wake(false);
+        }
         if message.term == 0 {
             self.step_local(message);
             return;
@@ -129,10 +136,17 @@ impl RaftGroup {
             MessageBody::Heartbeat {
                 leader_commit,
                 read_round,
+                quiesce,
             } => {
                 if self.hear_leader(from) {
                     let commit = leader_commit.min(self.log.last_index());
                     self.log.commit_to(commit);
+                    // Quiet only when caught up: a lagging follower keeps ticking and asking.
+                    if quiesce && leader_commit == self.log.last_index() {
+                        self.go_quiet();
+                    } else if quiesce {
+                        self.wake(false);
+                    }
                     self.send(from, MessageBody::HeartbeatResponse { read_round });
                 }
             }
