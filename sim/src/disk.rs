@@ -459,6 +459,27 @@ impl SimDisk {
         self.image().stats
     }
 
+    /// Bytes the simulated disk holds in memory (file images and unsynced operations): what a
+    /// memory measurement of the node must leave out, since a real disk holds it.
+    pub fn held_bytes(&self) -> u64 {
+        let image = self.image();
+        image
+            .inodes
+            .values()
+            .map(|inode| {
+                let pending: usize = inode
+                    .pending
+                    .iter()
+                    .map(|pending| match pending {
+                        Pending::Write { bytes, .. } => bytes.capacity(),
+                        Pending::SetLen(_) => 0,
+                    })
+                    .sum();
+                (inode.volatile.capacity() + inode.durable.capacity() + pending) as u64
+            })
+            .sum()
+    }
+
     /// The names a crash now would leave, sorted.
     pub fn file_names_durable(&self) -> Vec<String> {
         self.image().durable_names.keys().cloned().collect()

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod disk;
 pub mod faults;
 pub mod network;
+pub mod raft_bench;
 pub mod run_config;
 pub mod runner;
 pub mod scenario;

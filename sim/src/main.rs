@@ -6,6 +6,8 @@
 //! - `borough-sim sweep PATH --seeds A..B` runs every scenario under PATH for each seed and
 //!   keeps a debug log only for runs that missed their expectation (replayed with logs on).
 //! - `borough-sim bench SCENARIO.toml --seeds A..B` reports simulated seconds per wall second.
+//! - `borough-sim raft-bench --groups 1,100,10000` benchmarks Raft partitions: speed,
+//!   messages and syncs per committed entry, and the memory of a quiet group.
 
 use borough_sim::runner::{replay_command, run_seed, run_seed_twice, RunSummary};
 use borough_sim::scenario::{find_scenarios, Expectation, Scenario};
@@ -53,6 +55,19 @@ enum Command {
         #[arg(long, default_value = "sim-failures")]
         failures: PathBuf,
     },
+    /// Benchmark Raft partitions: for each group count, a 3-node cluster under a write load,
+    /// then the same cluster idle (for the memory of a quiet group).
+    RaftBench {
+        /// Group counts, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,100,10000")]
+        groups: Vec<u64>,
+        /// Simulated seconds of load per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Writes per second across all groups.
+        #[arg(long, default_value_t = 2000)]
+        writes_per_s: u64,
+    },
     /// Measure simulated seconds per wall second.
     Bench {
         scenario: PathBuf,
@@ -87,7 +102,48 @@ fn main() -> ExitCode {
             failures,
         } => sweep(&path, seeds, &failures),
         Command::Bench { scenario, seeds } => bench(&scenario, seeds),
+        Command::RaftBench {
+            groups,
+            seconds,
+            writes_per_s,
+        } => raft_bench(&groups, seconds, writes_per_s),
     }
+}
+
+/// Resident memory of this process, from `/proc/self/statm` (0 where it does not exist).
+fn resident_bytes() -> u64 {
+    const PAGE_BYTES: u64 = 4096;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * PAGE_BYTES)
+}
+
+fn raft_bench(groups: &[u64], seconds: u64, writes_per_s: u64) -> ExitCode {
+    use borough_sim::raft_bench;
+    // Memory first, in a fresh process: the same clusters with no load, every group quiet by
+    // the end. Resident memory before and after each run, the simulated disks' images left
+    // out; runs go from small to large, so memory an earlier run freed and this one reused
+    // makes the figure an underestimate for the smaller counts.
+    for &count in groups {
+        let before = resident_bytes();
+        let idle = raft_bench::run(count, 0, seconds, resident_bytes);
+        let grown = idle.heap_bytes.saturating_sub(before);
+        // Three replicas of each group, one per node.
+        let per_replica = grown as f64 / (count * 3) as f64;
+        println!(
+            "idle: groups={count} raft_messages={} envelopes={} resident_growth_mib={:.1} bytes_per_quiet_replica={:.0}",
+            idle.raft_messages,
+            idle.envelopes,
+            grown as f64 / (1024.0 * 1024.0),
+            per_replica
+        );
+    }
+    for &count in groups {
+        let loaded = raft_bench::run(count, writes_per_s, seconds, resident_bytes);
+        println!("load: {}", loaded.line());
+    }
+    ExitCode::SUCCESS
 }
 
 fn load(path: &Path) -> Result<Scenario, ExitCode> {

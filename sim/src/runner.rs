@@ -109,6 +109,15 @@ impl RunSummary {
     }
 }
 
+/// Runs one seed and hands back the world as it ended, with the wall seconds it took.
+#[allow(clippy::disallowed_methods)] // wall time is measured for the report, never fed to the run
+pub fn run_world(scenario: &Scenario, seed: u64) -> (World, f64) {
+    let started = std::time::Instant::now();
+    let mut world = World::new(RunConfig::draw(scenario, seed));
+    world.run();
+    (world, started.elapsed().as_secs_f64())
+}
+
 #[allow(clippy::disallowed_methods)] // wall time is measured for the report, never fed to the run
 pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
     let started = std::time::Instant::now();

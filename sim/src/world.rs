@@ -168,6 +168,9 @@ pub struct World {
     pub kv_history: crate::workload::kv::KvHistory,
     pub raft: crate::checkers::raft::RaftObservations,
     pub linearizability_unknown_keys: u64,
+    /// Raft envelopes (network messages) and the Raft messages in them, sent by all nodes.
+    pub raft_envelopes_sent: u64,
+    pub raft_messages_sent: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     next_sequence: u64,
 }
@@ -214,6 +217,8 @@ impl World {
             kv_history: Default::default(),
             raft: Default::default(),
             linearizability_unknown_keys: 0,
+            raft_envelopes_sent: 0,
+            raft_messages_sent: 0,
             queue: BinaryHeap::new(),
             next_sequence: 0,
             config,
@@ -374,6 +379,10 @@ impl World {
         let now = self.now.get();
         let sent: Vec<(NodeId, NodeId, Message)> = std::mem::take(&mut *self.outbox.borrow_mut());
         for (from, to, message) in sent {
+            if let Message::Raft(envelope) = &message {
+                self.raft_envelopes_sent += 1;
+                self.raft_messages_sent += envelope.messages.len() as u64;
+            }
             let base = self.link_latency_micros(from, to);
             for delay in self.network.transmit(from, to, base, &mut self.rng) {
                 self.schedule(

@@ -197,6 +197,11 @@ pub struct PartitionHost {
     snapshots: BTreeMap<(PartitionId, u64), CachedSnapshot>,
     /// When each peer node was last heard from (any envelope, empty ones included).
     peer_heard_tick: BTreeMap<NodeId, u64>,
+    /// The peer nodes of any group here, refreshed every election timeout.
+    peers: std::collections::BTreeSet<NodeId>,
+    /// Groups that may have a Ready: only these are looked at in a round, so thousands of
+    /// quiet groups cost nothing per message.
+    touched: std::collections::BTreeSet<PartitionId>,
     /// A round waiting for its sync.
     prepared: Option<Vec<(PartitionId, Ready)>>,
     tick: u64,
@@ -262,6 +267,7 @@ impl PartitionHost {
             groups.insert(*partition, group);
         }
         let log_checkpoint_segment = raft_log.segment();
+        let touched = groups.keys().copied().collect();
         Ok(PartitionHost {
             id,
             config,
@@ -277,6 +283,8 @@ impl PartitionHost {
             pending_reads: BTreeMap::new(),
             snapshots: BTreeMap::new(),
             peer_heard_tick: BTreeMap::new(),
+            peers: std::collections::BTreeSet::new(),
+            touched,
             prepared: None,
             tick: 0,
             applied_since_checkpoint: 0,
@@ -354,7 +362,21 @@ impl PartitionHost {
             group_rng(self.rng_seed, self.id, partition),
         );
         self.groups.insert(partition, group);
+        self.touched.insert(partition);
+        self.refresh_peers();
         Ok(())
+    }
+
+    fn refresh_peers(&mut self) {
+        let mut peers = std::collections::BTreeSet::new();
+        for group in self.groups.values() {
+            let configuration = group.configuration();
+            peers.extend(configuration.voters.iter().copied());
+            peers.extend(configuration.voters_outgoing.iter().copied());
+            peers.extend(configuration.learners.iter().copied());
+        }
+        peers.remove(&self.id);
+        self.peers = peers;
     }
 
     // ---- client requests ----
@@ -377,6 +399,7 @@ impl PartitionHost {
         let Some(group) = self.groups.get_mut(&partition) else {
             return Err(RequestError::UnknownPartition(partition));
         };
+        self.touched.insert(partition);
         let command = KvCommand {
             proposer: self.id.0,
             proposer_session: self.session,
@@ -410,6 +433,7 @@ impl PartitionHost {
         let Some(group) = self.groups.get_mut(&partition) else {
             return Err(RequestError::UnknownPartition(partition));
         };
+        self.touched.insert(partition);
         if let Err(error) = group.read_index(request_id) {
             return Err(propose_refusal(partition, error));
         }
@@ -435,6 +459,7 @@ impl PartitionHost {
         let Some(group) = self.groups.get_mut(&partition) else {
             return Err(RequestError::UnknownPartition(partition));
         };
+        self.touched.insert(partition);
         group
             .propose_config_change(change)
             .map(|_| ())
@@ -449,6 +474,7 @@ impl PartitionHost {
         let Some(group) = self.groups.get_mut(&partition) else {
             return Err(RequestError::UnknownPartition(partition));
         };
+        self.touched.insert(partition);
         group
             .transfer_leadership(target)
             .map_err(|error| propose_refusal(partition, error))
@@ -468,7 +494,10 @@ impl PartitionHost {
                 "envelope and message disagree on the sender"
             );
             match self.groups.get_mut(&partition) {
-                Some(group) if message.to == self.id => group.step(message),
+                Some(group) if message.to == self.id => {
+                    group.step(message);
+                    self.touched.insert(partition);
+                }
                 _ => {
                     tracing::debug!(node = %self.id, %partition, "message for a partition not here")
                 }
@@ -483,8 +512,11 @@ impl PartitionHost {
             return;
         }
         self.tick += 1;
-        for group in self.groups.values_mut() {
-            group.tick();
+        for (partition, group) in self.groups.iter_mut() {
+            if !group.is_quiet() {
+                group.tick();
+                self.touched.insert(*partition);
+            }
         }
         self.watch_peers();
         let now = self.tick;
@@ -529,32 +561,32 @@ impl PartitionHost {
         let heartbeat_ticks = u64::from(raft.heartbeat_interval_ticks);
         let silent_ticks = u64::from(raft.election_timeout_ticks);
         let now = self.tick;
-        let mut peers = std::collections::BTreeSet::new();
-        for group in self.groups.values() {
-            peers.extend(group.configuration().members());
+        if now.is_multiple_of(silent_ticks) {
+            // Membership changes are rare: the peer set need not be exact at every tick.
+            self.refresh_peers();
         }
-        peers.remove(&self.id);
         if now.is_multiple_of(heartbeat_ticks) {
-            for peer in &peers {
+            for peer in &self.peers {
                 self.outbox.entry(*peer).or_default();
             }
         }
-        for peer in &peers {
-            self.peer_heard_tick.entry(*peer).or_insert(now);
+        let mut silent_peers = std::collections::BTreeSet::new();
+        for peer in &self.peers {
+            let heard = *self.peer_heard_tick.entry(*peer).or_insert(now);
+            if now.saturating_sub(heard) > silent_ticks {
+                silent_peers.insert(*peer);
+            }
         }
-        let heard = &self.peer_heard_tick;
-        for group in self.groups.values_mut() {
+        if silent_peers.is_empty() {
+            return;
+        }
+        for (partition, group) in self.groups.iter_mut() {
             let Some(leader) = group.leader() else {
                 continue;
             };
-            if !group.is_quiet() || leader == self.id {
-                continue;
-            }
-            let silent = heard
-                .get(&leader)
-                .is_none_or(|tick| now.saturating_sub(*tick) > silent_ticks);
-            if silent {
+            if group.is_quiet() && silent_peers.contains(&leader) {
                 group.wake(true);
+                self.touched.insert(*partition);
             }
         }
     }
@@ -563,7 +595,11 @@ impl PartitionHost {
 
     /// Whether some group has something to persist, send or apply.
     pub fn has_work(&self) -> bool {
-        self.poisoned.is_none() && self.groups.values().any(RaftGroup::has_ready)
+        self.poisoned.is_none()
+            && self
+                .touched
+                .iter()
+                .any(|partition| self.groups.get(partition).is_some_and(RaftGroup::has_ready))
     }
 
     /// Runs rounds until every group is idle, syncing inline (tests and tools; a driver with
@@ -599,9 +635,13 @@ impl PartitionHost {
         }
         self.counters.rounds += 1;
         let mut readies: Vec<(PartitionId, Ready)> = Vec::new();
-        for (partition, group) in self.groups.iter_mut() {
-            if group.has_ready() {
-                readies.push((*partition, group.ready()));
+        // Every touched group is either taken now (and touched again when it advances) or
+        // has nothing to do until something touches it.
+        for partition in std::mem::take(&mut self.touched) {
+            if let Some(group) = self.groups.get_mut(&partition) {
+                if group.has_ready() {
+                    readies.push((partition, group.ready()));
+                }
             }
         }
         for (partition, ready) in readies.iter_mut() {
@@ -722,6 +762,7 @@ impl PartitionHost {
                 .get_mut(&partition)
                 .expect("a group with a Ready")
                 .advance();
+            self.touched.insert(partition);
             self.serve_reads(partition);
         }
         Ok(())
@@ -781,6 +822,7 @@ impl PartitionHost {
         let done = end == cached.data.len();
         if let Some(group) = self.groups.get_mut(&partition) {
             group.on_snapshot_chunk(request.to, index, request.offset, chunk, done);
+            self.touched.insert(partition);
         }
         Ok(())
     }
@@ -867,7 +909,11 @@ impl PartitionHost {
             self.applied_since_checkpoint = 0;
             self.counters.state_machine_checkpoints += 1;
             for (partition, group) in self.groups.iter_mut() {
-                group.compact(self.kv.checkpointed_index(*partition));
+                let index = self.kv.checkpointed_index(*partition);
+                if index > group.log().snapshot_index() {
+                    group.compact(index);
+                    self.touched.insert(*partition);
+                }
             }
         }
         if self.raft_log.segment()

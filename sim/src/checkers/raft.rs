@@ -43,6 +43,13 @@ pub struct RaftObservations {
 /// Divergent applies reported per run: one shows the bug, a thousand only bury it.
 const VIOLATIONS_PER_CHECKER_MAX: usize = 20;
 
+impl RaftObservations {
+    /// Distinct entries applied somewhere: the entries the cluster committed.
+    pub fn committed_entries(&self) -> u64 {
+        self.applied.len() as u64
+    }
+}
+
 pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput) {
     let now = world.now_micros();
     match output {
