@@ -243,12 +243,7 @@ impl RaftGroup {
             // Everything up to our commit index matches; say so and let the leader go on
             // from there.
             let match_index = self.log.committed();
-            self.send(
-                from,
-                MessageBody::AppendResponse {
-                    outcome: AppendOutcome::Accepted { match_index },
-                },
-            );
+            self.accept(from, match_index);
             return;
         }
         let old_last_index = self.log.last_index();
@@ -260,14 +255,7 @@ impl RaftGroup {
                 let first_new = truncated_from.unwrap_or(old_last_index + 1);
                 self.track_configurations_from(first_new);
                 self.log.commit_to(leader_commit.min(last_new));
-                self.send(
-                    from,
-                    MessageBody::AppendResponse {
-                        outcome: AppendOutcome::Accepted {
-                            match_index: last_new,
-                        },
-                    },
-                );
+                self.accept(from, last_new);
             }
             None => {
                 let probe = prev_log_index.min(self.log.last_index());
@@ -297,12 +285,7 @@ impl RaftGroup {
         if meta.index <= self.log.committed() {
             *self.incoming_snapshot_mut() = None;
             let match_index = self.log.committed();
-            self.send(
-                from,
-                MessageBody::AppendResponse {
-                    outcome: AppendOutcome::Accepted { match_index },
-                },
-            );
+            self.accept(from, match_index);
             return;
         }
         let incoming = self.incoming_snapshot_mut();
@@ -344,10 +327,15 @@ impl RaftGroup {
             .expect("a matching snapshot is being received");
         let index = meta.index;
         self.install_snapshot(meta, data);
+        self.accept(from, index);
+    }
+
+    /// Tells the leader this log matches its own up to `match_index` (sent once durable).
+    fn accept(&mut self, leader: NodeId, match_index: u64) {
         self.send(
-            from,
+            leader,
             MessageBody::AppendResponse {
-                outcome: AppendOutcome::Accepted { match_index: index },
+                outcome: AppendOutcome::Accepted { match_index },
             },
         );
     }
