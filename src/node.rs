@@ -180,6 +180,8 @@ pub struct Node {
     outputs: Vec<NodeOutput>,
     counters: NodeCounters,
     partitions: Option<PartitionHost>,
+    /// Set when the partition store was found damaged at open (see `partition::raft_log`).
+    partitions_damaged: Option<String>,
     next_raft_tick_micros: u64,
 }
 
@@ -204,17 +206,25 @@ impl Node {
         let keys = KeyGenerator::open(config.id, seams.disk.as_ref()).map_err(StoreError::Disk)?;
         let now = seams.clock.now_micros();
         let mut seams = seams;
+        let mut partitions_damaged = None;
         let partitions = match &config.partitions {
             // Drawn only when partitions run, so event-store runs keep their random streams.
-            Some(partitions) => Some(
-                PartitionHost::open(
-                    config.id,
-                    seams.disk.clone(),
-                    partitions.host.clone(),
-                    seams.rng.next_u64(),
-                )
-                .map_err(|error| StoreError::Corrupt(format!("partitions: {error}")))?,
-            ),
+            Some(partitions) => match PartitionHost::open(
+                config.id,
+                seams.disk.clone(),
+                partitions.host.clone(),
+                seams.rng.next_u64(),
+            ) {
+                Ok(host) => Some(host),
+                // The node still serves events; its partition replicas stay out until an
+                // operator rebuilds them.
+                Err(RequestError::Damaged(reason)) => {
+                    tracing::error!(node = %config.id, %reason, "partition replicas out of service");
+                    partitions_damaged = Some(reason);
+                    None
+                }
+                Err(error) => return Err(StoreError::Corrupt(format!("partitions: {error}"))),
+            },
             None => None,
         };
         let next_raft_tick_micros = now
@@ -224,6 +234,7 @@ impl Node {
                 .map_or(u64::MAX / 2, |partitions| partitions.tick_micros);
         Ok(Self {
             partitions,
+            partitions_damaged,
             next_raft_tick_micros,
             peers: PeerTable::new(config.id, config.location.clone()),
             store,
@@ -445,9 +456,17 @@ impl Node {
     }
 
     fn host(&mut self) -> Result<&mut PartitionHost, RequestError> {
+        if let Some(reason) = &self.partitions_damaged {
+            return Err(RequestError::Damaged(reason.clone()));
+        }
         self.partitions
             .as_mut()
             .ok_or(RequestError::UnknownPartition(PartitionId(u64::MAX)))
+    }
+
+    /// Why this node's partition replicas are out of service, if they are.
+    pub fn partitions_damaged(&self) -> Option<&str> {
+        self.partitions_damaged.as_deref()
     }
 
     pub fn create_partition(
@@ -480,6 +499,28 @@ impl Node {
         let request_id = self.host()?.read(partition, request)?;
         self.pump_partitions();
         Ok(request_id)
+    }
+
+    /// Proposes a membership change of `partition`; this node must lead it.
+    pub fn partition_change_membership(
+        &mut self,
+        partition: PartitionId,
+        change: crate::raft::ConfigChange,
+    ) -> Result<(), RequestError> {
+        self.host()?.change_membership(partition, change)?;
+        self.pump_partitions();
+        Ok(())
+    }
+
+    /// Hands the leadership of `partition` (which this node leads) to `target`.
+    pub fn partition_transfer_leadership(
+        &mut self,
+        partition: PartitionId,
+        target: NodeId,
+    ) -> Result<(), RequestError> {
+        self.host()?.transfer_leadership(partition, target)?;
+        self.pump_partitions();
+        Ok(())
     }
 
     /// Ticks the partitions for the time that passed (a few ticks at most: after a pause or a

@@ -87,6 +87,13 @@ fast_scenarios! {
     raft_partitions => "raft/raft-partitions",
     raft_flaky_links => "raft/raft-flaky-links",
     raft_clock_skew => "raft/raft-clock-skew",
+    raft_rolling_restarts => "raft/raft-rolling-restarts",
+    raft_majority_partitions => "raft/raft-majority-partitions",
+    raft_zone_outage => "raft/raft-zone-outage",
+    raft_disk_faults => "raft/raft-disk-faults",
+    raft_membership_changes => "raft/raft-membership-changes",
+    raft_snapshot_crash => "raft/raft-snapshot-crash",
+    raft_swarm => "raft/raft-swarm",
     raft_canary_vote_without_log_check => "raft/raft-canary-vote-without-log-check",
     raft_canary_commit_previous_term => "raft/raft-canary-commit-previous-term",
     raft_canary_ack_before_sync => "raft/raft-canary-ack-before-sync",
@@ -144,4 +151,35 @@ fn pinned_run_summaries() {
         let summary = run_seed(&scenario, seed);
         insta::assert_snapshot!(format!("{name}-seed{seed}"), summary.report());
     }
+}
+
+/// The Raft fault scenarios do what they are named after, not only pass: over a few seeds
+/// snapshots arrive and crashes hit them, replicas move, nodes restart in turn, and rotted
+/// Raft logs are refused.
+#[test]
+fn raft_fault_scenarios_exercise_their_faults() {
+    let totals = |name: &str| {
+        let scenario = Scenario::load(&scenario_path(name)).expect("scenario parses");
+        (0..3)
+            .map(|seed| run_seed(&scenario, seed))
+            .fold([0u64; 5], |mut totals, summary| {
+                totals[0] += summary.snapshots_installed;
+                totals[1] += summary.snapshot_crashes;
+                totals[2] += summary.membership_changes;
+                totals[3] += summary.rolling_restarts;
+                totals[4] += summary.damaged_replicas as u64;
+                totals
+            })
+    };
+    let snapshot = totals("raft/raft-snapshot-crash");
+    assert!(
+        snapshot[0] > 0 && snapshot[1] > 0,
+        "snapshots: {snapshot:?}"
+    );
+    let membership = totals("raft/raft-membership-changes");
+    assert!(membership[2] >= 10, "membership: {membership:?}");
+    let rolling = totals("raft/raft-rolling-restarts");
+    assert!(rolling[3] >= 9, "rolling restarts: {rolling:?}");
+    let disk = totals("raft/raft-disk-faults");
+    assert!(disk[4] > 0, "damaged replicas refused: {disk:?}");
 }

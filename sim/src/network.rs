@@ -74,7 +74,13 @@ impl NetworkModel {
         }
     }
 
-    fn uncut(&mut self, from: NodeId, to: NodeId) {
+    /// Cuts the directed link `from` → `to` (once more, if already cut).
+    pub fn cut(&mut self, from: NodeId, to: NodeId) {
+        *self.cuts.entry((from, to)).or_default() += 1;
+    }
+
+    /// Undoes one `cut` of the directed link `from` → `to`.
+    pub fn uncut(&mut self, from: NodeId, to: NodeId) {
         if let Some(count) = self.cuts.get_mut(&(from, to)) {
             *count -= 1;
             if *count == 0 {

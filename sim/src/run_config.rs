@@ -53,14 +53,39 @@ pub struct PartitionsRun {
 }
 
 impl PartitionsRun {
-    /// The voters of `partition`: `replicas` consecutive nodes from a start that rotates
-    /// with the partition, so leaders and load spread over the cluster.
+    /// The voters of `partition`: `replicas` consecutive nodes of the zone-interleaved node
+    /// order (one node of each zone in turn), from a start that rotates with the partition,
+    /// so replicas spread over zones first and leaders and load spread over the cluster.
     pub fn voters(&self, partition: u64, nodes: &[(NodeId, Location)]) -> Vec<NodeId> {
-        let replicas = (self.replicas as usize).min(nodes.len());
+        let order = zone_interleaved(nodes);
+        let replicas = (self.replicas as usize).min(order.len());
         (0..replicas)
-            .map(|offset| nodes[(partition as usize + offset) % nodes.len()].0)
+            .map(|offset| order[(partition as usize + offset) % order.len()])
             .collect()
     }
+}
+
+/// The nodes one zone at a time: the first node of every zone (zones in order), then the
+/// second of every zone, and so on. Any `k` consecutive nodes of this order (cyclically) hold
+/// at most `ceil(k / zones)` nodes of one zone when zones are equally sized.
+pub fn zone_interleaved(nodes: &[(NodeId, Location)]) -> Vec<NodeId> {
+    let mut zones: std::collections::BTreeMap<(&str, &str), Vec<NodeId>> = Default::default();
+    for (id, location) in nodes {
+        zones
+            .entry((location.region.as_str(), location.zone.as_str()))
+            .or_default()
+            .push(*id);
+    }
+    let deepest = zones.values().map(Vec::len).max().unwrap_or(0);
+    let mut order = Vec::with_capacity(nodes.len());
+    for depth in 0..deepest {
+        for members in zones.values() {
+            if let Some(id) = members.get(depth) {
+                order.push(*id);
+            }
+        }
+    }
+    order
 }
 
 #[derive(Clone, Debug)]
@@ -201,6 +226,13 @@ impl RunConfig {
                     file.partitions.as_ref().map_or(0, |section| {
                         section.quiesce_after_ticks.draw(&mut rng) as u32
                     });
+                if let Some(chunk) = file
+                    .partitions
+                    .as_ref()
+                    .and_then(|section| section.snapshot_chunk_bytes)
+                {
+                    partitions.raft.snapshot_chunk_bytes = chunk.draw(&mut rng).max(1) as _;
+                }
                 partitions
             });
         Self {
@@ -295,5 +327,54 @@ impl RunConfig {
             self.safety_micros as f64 / 1e6,
             self.liveness_micros as f64 / 1e6,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(zones: usize, nodes_per_zone: usize) -> Vec<(NodeId, Location)> {
+        // Nodes numbered zone by zone, as the simulator numbers them.
+        (0..zones * nodes_per_zone)
+            .map(|index| {
+                let zone = index / nodes_per_zone + 1;
+                (
+                    NodeId(index as u32 + 1),
+                    Location::new("r1", format!("z{zone}")),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn five_replicas_over_three_zones_keep_a_quorum_without_any_zone() {
+        let nodes = cluster(3, 2);
+        let partitions = PartitionsRun {
+            count: 12,
+            replicas: 5,
+            tick_micros: 10_000,
+            raft: RaftConfig::default(),
+            checkpoint_applied_entries: 256,
+            acknowledge_before_sync: false,
+        };
+        for partition in 0..partitions.count {
+            let voters = partitions.voters(partition, &nodes);
+            assert_eq!(voters.len(), 5);
+            for zone in ["z1", "z2", "z3"] {
+                let in_zone = voters
+                    .iter()
+                    .filter(|voter| {
+                        nodes
+                            .iter()
+                            .any(|(id, location)| id == *voter && location.zone == zone)
+                    })
+                    .count();
+                assert!(
+                    in_zone <= 2,
+                    "partition {partition}: {in_zone} voters in {zone}"
+                );
+            }
+        }
     }
 }

@@ -35,6 +35,15 @@ pub struct RunSummary {
     pub raft_applies: u64,
     pub raft_elections: u64,
     pub linearizability_unknown_keys: u64,
+    /// What the Raft faults did: snapshots installed (all nodes, all lives), crashes while
+    /// a snapshot was arriving, membership changes accepted, rolling restarts, bits rotted,
+    /// and nodes whose partition store was found damaged at the end.
+    pub snapshots_installed: u64,
+    pub snapshot_crashes: u64,
+    pub membership_changes: u64,
+    pub rolling_restarts: u64,
+    pub bits_rotted: u64,
+    pub damaged_replicas: usize,
     pub violations: Vec<Violation>,
 }
 
@@ -97,6 +106,16 @@ impl RunSummary {
                 self.raft_elections,
                 self.linearizability_unknown_keys
             );
+            let _ = writeln!(
+                text,
+                "raft faults: snapshots_installed: {} snapshot_crashes: {} membership_changes: {} rolling_restarts: {} bits_rotted: {} damaged_replicas: {}",
+                self.snapshots_installed,
+                self.snapshot_crashes,
+                self.membership_changes,
+                self.rolling_restarts,
+                self.bits_rotted,
+                self.damaged_replicas
+            );
         }
         for violation in &self.violations {
             let _ = writeln!(
@@ -158,6 +177,19 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
         raft_applies: world.raft.applies,
         raft_elections: world.raft.elections_won,
         linearizability_unknown_keys: world.linearizability_unknown_keys,
+        snapshots_installed: world.snapshots_installed(),
+        snapshot_crashes: world.fault_state.snapshot_crashes,
+        membership_changes: world.fault_state.membership_changes,
+        rolling_restarts: world.fault_state.rolling_restarts,
+        bits_rotted: world.fault_state.bits_rotted,
+        damaged_replicas: world
+            .nodes
+            .iter()
+            .filter(|node| {
+                node.node()
+                    .is_some_and(|node| node.partitions_damaged().is_some())
+            })
+            .count(),
         violations: world.violations.clone(),
     }
 }

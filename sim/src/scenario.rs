@@ -229,6 +229,10 @@ pub struct PartitionsSection {
     /// Idle ticks before a group goes quiet (0: never).
     #[serde(default = "default_quiesce_after_ticks")]
     pub quiesce_after_ticks: Drawn<u64>,
+    /// Bytes per InstallSnapshot chunk (the Raft default when absent); small chunks make a
+    /// transfer take many round trips, so crashes land in the middle of them.
+    #[serde(default)]
+    pub snapshot_chunk_bytes: Option<Drawn<u64>>,
     /// A Raft bug planted on purpose: `vote_without_log_check`,
     /// `commit_previous_term_by_counting` or `acknowledge_before_sync`.
     #[serde(default)]
@@ -301,6 +305,12 @@ pub struct FaultSection {
     /// Clock jumps: size of one jump, forwards or backwards.
     #[serde(default)]
     pub jump_ms: Option<Drawn<u64>>,
+    /// Disk faults: how many nodes (chosen at the start) suffer them; every node when absent.
+    #[serde(default)]
+    pub nodes: Option<u64>,
+    /// Rolling restarts: move each Raft leadership off the node before stopping it.
+    #[serde(default)]
+    pub drain_leaders: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -322,6 +332,33 @@ pub enum FaultKind {
     ClockSkew,
     ClockJump,
     Pause,
+    /// Restart the nodes one after another, in id order, each once the previous is back.
+    RollingRestart,
+    /// Every node still reaches a majority, but no two nodes the same one (nodes in a random
+    /// ring, each cut from those farther than its nearest neighbours).
+    MajoritiesRing,
+    /// Two halves cut from each other but both reach one bridge node.
+    Bridge,
+    /// Flip one bit of a synced log file of the disk-fault victims, persistently.
+    BitRot,
+    /// Move one replica of a random Raft partition to another node: add a learner, promote
+    /// it, demote a voter, remove it (one step per occurrence).
+    MembershipChange,
+    /// Power loss of a node that is receiving a Raft snapshot.
+    CrashDuringSnapshot,
+}
+
+impl FaultKind {
+    /// Faults of the disk, which `nodes` may confine to some nodes.
+    pub fn is_disk_fault(self) -> bool {
+        matches!(
+            self,
+            FaultKind::DiskCorruption
+                | FaultKind::TornWrites
+                | FaultKind::FsyncFailure
+                | FaultKind::BitRot
+        )
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -491,6 +528,16 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
         );
         if needs_every && fault.every_ms.is_none() {
             return Err(format!("fault {:?} needs every_ms", fault.kind));
+        }
+        let needs_partitions = matches!(
+            fault.kind,
+            FaultKind::MembershipChange | FaultKind::CrashDuringSnapshot
+        );
+        if needs_partitions && file.partitions.is_none() {
+            return Err(format!(
+                "fault {:?} needs a [partitions] section",
+                fault.kind
+            ));
         }
     }
     Ok(())

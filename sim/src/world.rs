@@ -25,7 +25,7 @@ use borough::seams::{Rng, SeededRng, SharedDisk};
 use borough::wire::Message;
 use std::cell::Cell;
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -171,6 +171,11 @@ pub struct World {
     /// Raft envelopes (network messages) and the Raft messages in them, sent by all nodes.
     pub raft_envelopes_sent: u64,
     pub raft_messages_sent: u64,
+    /// Per Raft partition, the nodes clients send its requests to: its voters at the start,
+    /// then as membership changes add and remove replicas.
+    pub partition_hosts: BTreeMap<u64, Vec<NodeId>>,
+    /// Snapshots installed by node lives that ended (crashes and stops).
+    snapshots_installed_before: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
     next_sequence: u64,
 }
@@ -219,10 +224,18 @@ impl World {
             linearizability_unknown_keys: 0,
             raft_envelopes_sent: 0,
             raft_messages_sent: 0,
+            partition_hosts: BTreeMap::new(),
+            snapshots_installed_before: 0,
             queue: BinaryHeap::new(),
             next_sequence: 0,
             config,
         };
+        if let Some(partitions) = world.config.partitions.clone() {
+            for partition in 0..partitions.count {
+                let voters = partitions.voters(partition, &world.config.nodes);
+                world.partition_hosts.insert(partition, voters);
+            }
+        }
         crate::faults::start(&mut world);
         for index in 0..world.nodes.len() {
             world.start_node(index);
@@ -476,8 +489,31 @@ impl World {
         }
     }
 
+    /// A process restart without power loss: memory is gone, the disk keeps what the
+    /// process wrote (synced or not, as the operating system still holds it).
+    pub fn stop_process(&mut self, index: usize) {
+        self.snapshots_installed_before += self.snapshots_installed_on(index);
+        let sim_node = &mut self.nodes[index];
+        if !sim_node.is_up() {
+            return;
+        }
+        if let Some(process_disk) = sim_node.process_disk.take() {
+            process_disk.kill();
+        }
+        sim_node.state = NodeState::Down;
+        sim_node.incarnation += 1;
+        sim_node.timer_at = None;
+        sim_node.flush_scheduled = false;
+        let id = sim_node.id;
+        tracing::info!(node = %id, "process stopped");
+        self.trace.record(self.now.get(), "stop", id.0 as u64, 0);
+        self.history.node_crashed(id, self.now.get());
+        self.kv_history.node_crashed(id);
+    }
+
     /// Power loss: memory and unsynced writes are gone.
     pub fn crash_node(&mut self, index: usize) {
+        self.snapshots_installed_before += self.snapshots_installed_on(index);
         let sim_node = &mut self.nodes[index];
         if !sim_node.is_up() {
             return;
@@ -566,6 +602,26 @@ impl World {
                 self.ended = true;
             }
         }
+    }
+
+    fn snapshots_installed_on(&self, index: usize) -> u64 {
+        self.nodes[index]
+            .node()
+            .and_then(|node| node.partitions())
+            .map_or(0, |host| host.counters().snapshots_installed)
+    }
+
+    /// Snapshots installed by every node in every life so far.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed_before
+            + (0..self.nodes.len())
+                .map(|index| self.snapshots_installed_on(index))
+                .sum::<u64>()
+    }
+
+    /// Applies disk faults to one node's disk.
+    pub fn set_node_disk_faults(&mut self, index: usize, faults: DiskFaults) {
+        self.nodes[index].disk.set_faults(faults);
     }
 
     /// Applies disk faults to every node's disk.

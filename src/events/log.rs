@@ -59,6 +59,26 @@ pub enum LogError {
         offset: u64,
         message: String,
     },
+    /// Synced records are damaged (a good record follows the damage) and the log was opened
+    /// with [`DamagePolicy::Refuse`]: nothing was changed on disk.
+    #[error("the log is damaged at rest in {name} at offset {offset} ({defect}): synced records are lost")]
+    DamagedAtRest {
+        name: String,
+        offset: u64,
+        defect: String,
+    },
+}
+
+/// What recovery does with synced records that are damaged (not a torn tail).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DamagePolicy {
+    /// Cut the segment at the damage and go on: the records after it are lost (the event
+    /// store re-replicates what it loses).
+    Truncate,
+    /// Refuse to open and change nothing: the damage is found again at every open, so a log
+    /// whose losses cannot be repaired locally (a Raft log: lost votes and acknowledgements)
+    /// never comes back silently shortened.
+    Refuse,
 }
 
 /// What recovery found in the segments it replayed.
@@ -135,6 +155,7 @@ pub struct SegmentedLog<R = LogRecord> {
     segment_len_bytes: u64,
     /// Reused for every batch, so an append allocates only when a batch outgrows the last.
     batch_buffer: Vec<u8>,
+    damage_policy: DamagePolicy,
     records: PhantomData<fn() -> R>,
 }
 
@@ -145,7 +166,13 @@ impl SegmentedLog<LogRecord> {
         segment_bytes_max: u64,
         first_segment: u64,
     ) -> Result<(SegmentedLog<LogRecord>, Recovery<LogRecord>), LogError> {
-        Self::open_prefixed(disk, EVENT_LOG_PREFIX, segment_bytes_max, first_segment)
+        Self::open_prefixed(
+            disk,
+            EVENT_LOG_PREFIX,
+            segment_bytes_max,
+            first_segment,
+            DamagePolicy::Truncate,
+        )
     }
 }
 
@@ -157,6 +184,7 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
         prefix: &'static str,
         segment_bytes_max: u64,
         first_segment: u64,
+        damage_policy: DamagePolicy,
     ) -> Result<(SegmentedLog<R>, Recovery<R>), LogError> {
         assert!(segment_bytes_max > 0, "segment_bytes_max must be positive");
         let mut segments = Vec::new();
@@ -183,6 +211,7 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
             segment_file: prefixed_segment_name(prefix, first_segment),
             segment_len_bytes: 0,
             batch_buffer: Vec::new(),
+            damage_policy,
             records: PhantomData,
         };
         let mut recovery = Recovery::default();
@@ -294,6 +323,13 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
                         // A torn write only ever hits the end of the last segment: a good record
                         // after the damage means synced data rotted, even in the last segment.
                         let torn = is_last && !good_record_follows(&bytes, offset);
+                        if !torn && self.damage_policy == DamagePolicy::Refuse {
+                            return Err(LogError::DamagedAtRest {
+                                name,
+                                offset,
+                                defect: format!("{defect:?}"),
+                            });
+                        }
                         self.cut_segment(&name, offset, file_len, torn, defect, recovery)?;
                         return Ok(offset);
                     }

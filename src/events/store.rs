@@ -99,8 +99,8 @@ impl From<LogError> for StoreError {
     fn from(error: LogError) -> Self {
         match error {
             LogError::Disk(error) => StoreError::Disk(error),
-            undecodable @ LogError::Undecodable { .. } => {
-                StoreError::Corrupt(undecodable.to_string())
+            corrupt @ (LogError::Undecodable { .. } | LogError::DamagedAtRest { .. }) => {
+                StoreError::Corrupt(corrupt.to_string())
             }
         }
     }

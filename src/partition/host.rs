@@ -98,6 +98,9 @@ pub enum RequestError {
     OutcomeUnknown,
     #[error("the partition store failed and refuses requests until the node restarts: {0}")]
     Poisoned(String),
+    /// The Raft log lost synced records: restarting does not help, rebuilding does.
+    #[error("the partition store is damaged and refuses requests: {0}")]
+    Damaged(String),
     #[error("partition {0} is busy with a leadership transfer or membership change; retry")]
     Busy(PartitionId),
     #[error("invalid membership change: {0}")]
@@ -177,6 +180,8 @@ pub struct HostCounters {
     pub messages_sent: u64,
     pub state_machine_checkpoints: u64,
     pub log_checkpoints: u64,
+    pub snapshot_chunks_received: u64,
+    pub snapshots_installed: u64,
 }
 
 #[derive(Debug)]
@@ -197,6 +202,8 @@ pub struct PartitionHost {
     snapshots: BTreeMap<(PartitionId, u64), CachedSnapshot>,
     /// When each peer node was last heard from (any envelope, empty ones included).
     peer_heard_tick: BTreeMap<NodeId, u64>,
+    /// Partitions receiving a snapshot, with the tick their last chunk arrived.
+    snapshot_chunk_tick: BTreeMap<PartitionId, u64>,
     /// The peer nodes of any group here, refreshed every election timeout.
     peers: std::collections::BTreeSet<NodeId>,
     /// Groups that may have a Ready: only these are looked at in a round, so thousands of
@@ -254,7 +261,10 @@ impl PartitionHost {
     ) -> Result<PartitionHost, RequestError> {
         let kv = KvStore::open(disk.clone())?;
         let (raft_log, mut recovered) = RaftLogStore::open(disk, config.log_segment_bytes_max)
-            .map_err(|error| RequestError::Poisoned(error.to_string()))?;
+            .map_err(|error| match error {
+                RaftLogError::DamagedAtRest(_) => RequestError::Damaged(error.to_string()),
+                error => RequestError::Poisoned(error.to_string()),
+            })?;
         let mut groups = BTreeMap::new();
         for (partition, point) in kv.points() {
             let state = recovered_state(point, recovered.remove(partition));
@@ -283,6 +293,7 @@ impl PartitionHost {
             pending_reads: BTreeMap::new(),
             snapshots: BTreeMap::new(),
             peer_heard_tick: BTreeMap::new(),
+            snapshot_chunk_tick: BTreeMap::new(),
             peers: std::collections::BTreeSet::new(),
             touched,
             prepared: None,
@@ -319,6 +330,15 @@ impl PartitionHost {
 
     pub fn group(&self, partition: PartitionId) -> Option<&RaftGroup> {
         self.groups.get(&partition)
+    }
+
+    /// Whether some partition here got a snapshot chunk within the last election timeout
+    /// and has not installed that snapshot yet.
+    pub fn is_receiving_snapshot(&self) -> bool {
+        let recent_ticks = u64::from(self.config.raft.election_timeout_ticks);
+        self.snapshot_chunk_tick
+            .values()
+            .any(|tick| tick + recent_ticks >= self.tick)
     }
 
     fn check_usable(&self) -> Result<(), RequestError> {
@@ -495,6 +515,10 @@ impl PartitionHost {
             );
             match self.groups.get_mut(&partition) {
                 Some(group) if message.to == self.id => {
+                    if let crate::raft::MessageBody::InstallSnapshot { .. } = &message.body {
+                        self.counters.snapshot_chunks_received += 1;
+                        self.snapshot_chunk_tick.insert(partition, self.tick);
+                    }
                     group.step(message);
                     self.touched.insert(partition);
                 }
@@ -717,6 +741,8 @@ impl PartitionHost {
                 self.kv
                     .install_snapshot(*partition, point, &snapshot.data)
                     .map_err(|error| error.to_string())?;
+                self.snapshot_chunk_tick.remove(partition);
+                self.counters.snapshots_installed += 1;
             }
         }
         // What waited for durability; then applies and reads; then advance.

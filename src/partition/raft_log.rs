@@ -10,9 +10,15 @@
 //!   since after a failed sync nobody knows what is on disk;
 //! - a checkpoint writes every partition's live state (hard state, base, entries) into a fresh
 //!   segment and syncs it before the older segments are removed, so a crash at any point
-//!   replays to the same state.
+//!   replays to the same state;
+//! - synced records damaged at rest are never cut away: the log refuses to open
+//!   ([`RaftLogError::DamagedAtRest`]), because a replica that silently lost a vote or an
+//!   acknowledged entry can elect a second leader in a term or lose a committed entry. The
+//!   replica must be rebuilt (removed from its groups and added back as a new one). A torn
+//!   tail (unsynced writes cut by a crash) is truncated as usual; damage to the very last
+//!   synced record looks exactly like one, which is the limit of what checksums can tell.
 
-use crate::events::log::{LogError, SegmentedLog};
+use crate::events::log::{DamagePolicy, LogError, SegmentedLog};
 use crate::partition::PartitionId;
 use crate::raft::{Entry, HardState};
 use crate::seams::{DiskError, SharedDisk};
@@ -55,10 +61,21 @@ pub struct RecoveredLog {
     pub entries: Vec<Entry>,
 }
 
+impl From<LogError> for RaftLogError {
+    fn from(error: LogError) -> Self {
+        match error {
+            LogError::DamagedAtRest { .. } => RaftLogError::DamagedAtRest(error.to_string()),
+            error => RaftLogError::Log(error),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RaftLogError {
+    #[error("the Raft log is damaged at rest ({0}); this node's replicas may have lost votes or acknowledged entries, so they stay out until rebuilt (remove them from their partitions and add them back)")]
+    DamagedAtRest(String),
     #[error(transparent)]
-    Log(#[from] LogError),
+    Log(LogError),
     #[error(transparent)]
     Disk(#[from] DiskError),
     #[error("the Raft log is poisoned by an earlier write failure ({0}); restart the node")]
@@ -88,14 +105,14 @@ impl RaftLogStore {
         disk: SharedDisk,
         segment_bytes_max: u64,
     ) -> Result<(RaftLogStore, BTreeMap<PartitionId, RecoveredLog>), RaftLogError> {
-        let (log, recovery) =
-            SegmentedLog::open_prefixed(disk, RAFT_LOG_PREFIX, segment_bytes_max, 0)?;
-        if recovery.corrupt_records > 0 {
-            tracing::warn!(
-                corrupt_records = recovery.corrupt_records,
-                "the Raft log lost synced records to damage"
-            );
-        }
+        let (log, recovery) = SegmentedLog::open_prefixed(
+            disk,
+            RAFT_LOG_PREFIX,
+            segment_bytes_max,
+            0,
+            DamagePolicy::Refuse,
+        )?;
+        debug_assert_eq!(recovery.corrupt_records, 0, "damage is refused, not cut");
         let mut recovered: BTreeMap<PartitionId, RecoveredLog> = BTreeMap::new();
         for record in recovery.records {
             match record {
@@ -389,5 +406,49 @@ mod tests {
         disk.fail_syncs(false);
         log.stage_entries(PartitionId(1), vec![entry(3, 1)]);
         assert!(matches!(log.commit(), Err(RaftLogError::Poisoned(_))));
+    }
+
+    #[test]
+    fn synced_records_damaged_at_rest_are_refused_at_every_open_and_never_cut() {
+        let disk = TestDisk::new();
+        let (mut log, _) = open(&disk);
+        let one = PartitionId(1);
+        for index in 2..6 {
+            log.stage_entries(one, vec![entry(index, 1)]);
+            log.commit().unwrap();
+        }
+        let segment = crate::events::log::prefixed_segment_name(RAFT_LOG_PREFIX, 0);
+        let length_before = disk.read_all(&segment).unwrap().len();
+        // A bit of the first record rots: good records follow it, so it is no torn tail.
+        disk.corrupt_at_rest(&segment, 10);
+        for _ in 0..2 {
+            let error = RaftLogStore::open(disk.crash(), 1 << 20).unwrap_err();
+            assert!(
+                matches!(error, RaftLogError::DamagedAtRest(_)),
+                "damage is refused: {error}"
+            );
+            assert_eq!(disk.read_all(&segment).unwrap().len(), length_before);
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_is_still_cut() {
+        let disk = TestDisk::new();
+        let (mut log, _) = open(&disk);
+        let one = PartitionId(1);
+        for index in 2..6 {
+            log.stage_entries(one, vec![entry(index, 1)]);
+            log.commit().unwrap();
+        }
+        let segment = crate::events::log::prefixed_segment_name(RAFT_LOG_PREFIX, 0);
+        let length = disk.read_all(&segment).unwrap().len() as u64;
+        disk.corrupt_at_rest(&segment, length - 1);
+        let (_, recovered) = open(&disk.crash());
+        let indexes: Vec<u64> = recovered[&one]
+            .entries
+            .iter()
+            .map(|entry| entry.index)
+            .collect();
+        assert_eq!(indexes, vec![2, 3, 4]);
     }
 }

@@ -166,6 +166,16 @@ fn check_leader_completeness(world: &mut World, node: NodeId, partition: Partiti
     }
 }
 
+/// The up replica of `partition` furthest along (highest last index, then term): its view of
+/// the configuration is the latest.
+fn most_advanced(world: &World, partition: PartitionId) -> Option<&borough::raft::RaftGroup> {
+    world
+        .nodes
+        .iter()
+        .filter_map(|node| node.node()?.partitions()?.group(partition))
+        .max_by_key(|group| (group.log().last_index(), group.term()))
+}
+
 /// Before the final power cycle: the healed cluster converged.
 pub fn check_converged(world: &mut World) {
     let Some(partitions) = world.config.partitions.clone() else {
@@ -176,7 +186,20 @@ pub fn check_converged(world: &mut World) {
         let id = PartitionId(partition);
         let mut applied = Vec::new();
         let mut leaders = Vec::new();
-        for voter in partitions.voters(partition, &world.config.nodes) {
+        let Some(configuration) =
+            most_advanced(world, id).map(|group| group.configuration().clone())
+        else {
+            continue;
+        };
+        let members = configuration
+            .voters
+            .iter()
+            .chain(&configuration.voters_outgoing)
+            .chain(&configuration.learners);
+        for voter in members
+            .copied()
+            .collect::<std::collections::BTreeSet<NodeId>>()
+        {
             let index = world.index_of(voter);
             let Some(status) = world.nodes[index]
                 .node()
@@ -221,30 +244,44 @@ pub fn check_durable_and_linearizable(world: &mut World) {
         let Some(&(index, term)) = world.raft.highest_applied.get(&id) else {
             continue;
         };
-        let voters = partitions.voters(partition, &world.config.nodes);
-        let holding = voters
-            .iter()
-            .filter(|voter| {
-                let node_index = world.index_of(**voter);
-                world.nodes[node_index]
-                    .node()
-                    .and_then(|node| node.partitions())
-                    .and_then(|host| host.group(id))
-                    .is_some_and(|group| {
-                        let log = group.log();
-                        log.snapshot_index() > index || log.term(index) == Some(term)
-                    })
-            })
-            .count();
-        if holding < voters.len() / 2 + 1 {
-            world.violations.push(Violation {
-                at_micros: now,
-                checker: "raft_durability",
-                message: format!(
-                    "{id}: entry {index} (term {term}) was applied but only {holding} of {} voters hold it after a power cycle",
-                    voters.len()
-                ),
-            });
+        // The voters that committed the entry: those of the configuration in force at it
+        // (both halves of a joint one).
+        let configuration = most_advanced(world, id).map_or_else(
+            || {
+                borough::raft::Configuration::with_voters(
+                    partitions.voters(partition, &world.config.nodes),
+                )
+            },
+            |group| group.configuration_at(index),
+        );
+        for voters in [&configuration.voters, &configuration.voters_outgoing] {
+            if voters.is_empty() {
+                continue;
+            }
+            let holding = voters
+                .iter()
+                .filter(|voter| {
+                    let node_index = world.index_of(**voter);
+                    world.nodes[node_index]
+                        .node()
+                        .and_then(|node| node.partitions())
+                        .and_then(|host| host.group(id))
+                        .is_some_and(|group| {
+                            let log = group.log();
+                            log.snapshot_index() > index || log.term(index) == Some(term)
+                        })
+                })
+                .count();
+            if holding < voters.len() / 2 + 1 {
+                world.violations.push(Violation {
+                    at_micros: now,
+                    checker: "raft_durability",
+                    message: format!(
+                        "{id}: entry {index} (term {term}) was applied but only {holding} of {} voters {voters:?} hold it after a power cycle",
+                        voters.len()
+                    ),
+                });
+            }
         }
     }
     let liveness_from = world.config.safety_micros + world.config.checks.liveness_bound_ms * 1000;

@@ -9,13 +9,15 @@
 //!
 //! Injectors only change the world; checkers (`crate::checkers`) judge the outcome.
 
+mod membership;
+
 use crate::disk::DiskFaults;
 use crate::network::FlakyLinks;
 use crate::scenario::{Drawn, FaultKind, FaultSection};
 use crate::world::{Event, World};
 use borough::ids::NodeId;
 use borough::seams::Rng;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Files the corruption and torn-write faults target: the log, whose checksums must catch them.
 /// The embedded engine's file sees crashes (unsynced writes lost) but no bit flips.
@@ -26,6 +28,17 @@ pub struct FaultState {
     /// Nodes down because of a crash fault (bounded by `max_nodes`).
     pub crashed_by_fault: BTreeSet<NodeId>,
     pub occurrences: u64,
+    /// Per bit-rot fault (by index), the nodes whose disks rot.
+    pub rot_victims: BTreeMap<usize, Vec<NodeId>>,
+    pub bits_rotted: u64,
+    /// Rolling restarts: the next node (by position) and the one restarting now.
+    pub rolling_next: usize,
+    pub rolling_down: Option<NodeId>,
+    pub rolling_restarts: u64,
+    /// Membership changes: per partition, the voters being moved out (demoted, to remove).
+    pub leaving: BTreeMap<u64, BTreeSet<NodeId>>,
+    pub membership_changes: u64,
+    pub snapshot_crashes: u64,
 }
 
 /// How an episodic fault ends.
@@ -40,6 +53,16 @@ pub enum FaultEnd {
     },
     Unpause {
         node: NodeId,
+    },
+    RestoreLinks {
+        links: Vec<(NodeId, NodeId)>,
+    },
+    /// A rolling restart's node, its leaderships moved away, stops now and restarts after
+    /// `down_micros`.
+    StopAfterDrain {
+        node: NodeId,
+        down_micros: u64,
+        power_loss: bool,
     },
 }
 
@@ -65,10 +88,29 @@ fn busiest_leader(world: &World) -> Option<NodeId> {
 }
 
 pub fn start(world: &mut World) {
-    let mut disk_faults = DiskFaults::none();
-    disk_faults.target_suffixes = vec![LOG_SUFFIX.to_string()];
+    let mut base = DiskFaults::none();
+    base.target_suffixes = vec![LOG_SUFFIX.to_string()];
+    let mut disk_faults = vec![base; world.nodes.len()];
     let faults = world.config.faults.clone();
+    // Disk faults hit every node, or the first `nodes` of one order drawn here (so faults
+    // with the same `nodes` hit the same replicas).
+    let disk_order: Vec<usize> = if faults
+        .iter()
+        .any(|fault| fault.kind.is_disk_fault() && fault.nodes.is_some())
+    {
+        let everyone = world.node_ids();
+        shuffled(world, &everyone)
+            .iter()
+            .map(|id| world.index_of(*id))
+            .collect()
+    } else {
+        Vec::new()
+    };
     for (index, fault) in faults.iter().enumerate() {
+        let victims: Vec<usize> = match (fault.kind.is_disk_fault(), fault.nodes) {
+            (true, Some(count)) => disk_order.iter().copied().take(count as usize).collect(),
+            _ => (0..world.nodes.len()).collect(),
+        };
         match fault.kind {
             FaultKind::FlakyLinks => {
                 world.network.flaky = FlakyLinks {
@@ -80,12 +122,29 @@ pub fn start(world: &mut World) {
                 };
             }
             FaultKind::DiskCorruption => {
-                disk_faults.read_corruption_ratio = draw_ratio(world, fault.read_corruption_ratio)
+                let ratio = draw_ratio(world, fault.read_corruption_ratio);
+                for victim in &victims {
+                    disk_faults[*victim].read_corruption_ratio = ratio;
+                }
             }
             FaultKind::FsyncFailure => {
-                disk_faults.sync_failure_ratio = draw_ratio(world, fault.sync_failure_ratio)
+                let ratio = draw_ratio(world, fault.sync_failure_ratio);
+                for victim in &victims {
+                    disk_faults[*victim].sync_failure_ratio = ratio;
+                }
             }
-            FaultKind::TornWrites => disk_faults.torn_writes = true,
+            FaultKind::TornWrites => {
+                for victim in &victims {
+                    disk_faults[*victim].torn_writes = true;
+                }
+            }
+            FaultKind::BitRot => {
+                let ids = victims
+                    .iter()
+                    .map(|victim| world.nodes[*victim].id)
+                    .collect();
+                world.fault_state.rot_victims.insert(index, ids);
+            }
             FaultKind::ClockSkew => {
                 let offset_max = fault
                     .offset_ms
@@ -109,7 +168,9 @@ pub fn start(world: &mut World) {
             world.schedule(at, Event::Fault { index });
         }
     }
-    world.set_disk_faults(disk_faults);
+    for (node, faults) in disk_faults.into_iter().enumerate() {
+        world.set_node_disk_faults(node, faults);
+    }
 }
 
 fn draw_ratio(world: &mut World, ratio: Option<Drawn<f64>>) -> f64 {
@@ -245,12 +306,206 @@ pub fn occur(world: &mut World, index: usize) {
             tracing::info!(node = %id, pause_ms = pause / 1000, "fault: pause");
             world.schedule(now + pause, Event::FaultEnd(FaultEnd::Unpause { node: id }));
         }
+        FaultKind::RollingRestart => rolling_restart(world, &fault),
+        FaultKind::MajoritiesRing | FaultKind::Bridge => {
+            let links = if fault.kind == FaultKind::MajoritiesRing {
+                majorities_ring_links(world)
+            } else {
+                bridge_links(world)
+            };
+            if links.is_empty() {
+                return;
+            }
+            tracing::info!(kind = ?fault.kind, cut_links = links.len(), "fault: non-transitive partition");
+            for (from, to) in &links {
+                world.network.cut(*from, *to);
+            }
+            world
+                .trace
+                .record(now, "cut_links", links.len() as u64, fault.kind as u64);
+            let at = now + duration_micros(world, &fault, 2_000);
+            world.schedule(at, Event::FaultEnd(FaultEnd::RestoreLinks { links }));
+        }
+        FaultKind::BitRot => {
+            let victims = world.fault_state.rot_victims[&index].clone();
+            if victims.is_empty() {
+                return;
+            }
+            let victim = victims[world.draw(0, victims.len() as u64 - 1) as usize];
+            let node = world.index_of(victim);
+            if let Some((file, bit)) = world.nodes[node].disk.rot() {
+                tracing::info!(node = %victim, %file, bit, "fault: bit rot");
+                world.trace.record(now, "rot", victim.0 as u64, bit);
+                world.fault_state.bits_rotted += 1;
+            }
+        }
+        FaultKind::MembershipChange => crate::faults::membership::step(world),
+        FaultKind::CrashDuringSnapshot => {
+            let max_nodes = fault.max_nodes.unwrap_or(1) as usize;
+            if world.fault_state.crashed_by_fault.len() >= max_nodes {
+                return;
+            }
+            let receiving: Vec<usize> = (0..world.nodes.len())
+                .filter(|node| {
+                    world.nodes[*node]
+                        .node()
+                        .and_then(|node| node.partitions())
+                        .is_some_and(|host| host.is_receiving_snapshot())
+                })
+                .collect();
+            if receiving.is_empty() {
+                return;
+            }
+            let victim = receiving[world.draw(0, receiving.len() as u64 - 1) as usize];
+            let id = world.nodes[victim].id;
+            let down = duration_micros(world, &fault, 1_000);
+            tracing::info!(node = %id, down_ms = down / 1000, "fault: crash while receiving a snapshot");
+            world.crash_node(victim);
+            world.fault_state.crashed_by_fault.insert(id);
+            world.fault_state.snapshot_crashes += 1;
+            world.schedule(
+                now + down,
+                Event::FaultEnd(FaultEnd::Restart { nodes: vec![id] }),
+            );
+        }
         FaultKind::FlakyLinks
         | FaultKind::DiskCorruption
         | FaultKind::FsyncFailure
         | FaultKind::TornWrites
         | FaultKind::ClockSkew => {}
     }
+}
+
+/// One step of a rolling restart: the next node in order goes down (after its leaderships
+/// moved away, with `drain_leaders`) once the previous one is back.
+fn rolling_restart(world: &mut World, fault: &FaultSection) {
+    if let Some(previous) = world.fault_state.rolling_down {
+        if !world.nodes[world.index_of(previous)].is_up() {
+            return;
+        }
+    }
+    let index = world.fault_state.rolling_next % world.nodes.len();
+    world.fault_state.rolling_next += 1;
+    if !world.nodes[index].is_up() {
+        return;
+    }
+    let id = world.nodes[index].id;
+    let down_micros = duration_micros(world, fault, 1_000);
+    let power_loss = fault.power_loss.unwrap_or(false);
+    world.fault_state.rolling_down = Some(id);
+    world.fault_state.rolling_restarts += 1;
+    let now = world.now_micros();
+    let drain_micros = if fault.drain_leaders.unwrap_or(false) {
+        let transfers = drain_leaderships(world, index);
+        tracing::info!(node = %id, transfers, "fault: rolling restart, draining leaderships");
+        world.config.partitions.as_ref().map_or(0, |partitions| {
+            partitions.tick_micros * u64::from(partitions.raft.election_timeout_ticks)
+        })
+    } else {
+        0
+    };
+    world.schedule(
+        now + drain_micros,
+        Event::FaultEnd(FaultEnd::StopAfterDrain {
+            node: id,
+            down_micros,
+            power_loss,
+        }),
+    );
+}
+
+/// Asks node `index` to hand each partition it leads to another up voter; returns how many
+/// transfers it started.
+fn drain_leaderships(world: &mut World, index: usize) -> usize {
+    let id = world.nodes[index].id;
+    let Some(host) = world.nodes[index].node().and_then(|node| node.partitions()) else {
+        return 0;
+    };
+    let mut transfers = Vec::new();
+    for partition in host.partitions() {
+        let Some(status) = host.status(partition) else {
+            continue;
+        };
+        if status.role != borough::raft::Role::Leader {
+            continue;
+        }
+        let target = status
+            .configuration
+            .voters
+            .iter()
+            .copied()
+            .find(|voter| *voter != id && world.nodes[world.index_of(*voter)].is_up());
+        if let Some(target) = target {
+            transfers.push((partition, target));
+        }
+    }
+    let count = transfers.len();
+    world.with_node(index, |node| {
+        for (partition, target) in transfers {
+            // A refusal (a membership change in flight) only leaves this leader in place.
+            let _ = node.partition_transfer_leadership(partition, target);
+        }
+    });
+    count
+}
+
+/// Nodes in a random ring, each cut (both ways) from those farther than its `reach` nearest
+/// on either side, where `reach` is the least that still lets each node see a majority.
+fn majorities_ring_links(world: &mut World) -> Vec<(NodeId, NodeId)> {
+    let everyone = world.node_ids();
+    let ring = shuffled(world, &everyone);
+    ring_links(&ring)
+}
+
+fn ring_links(ring: &[NodeId]) -> Vec<(NodeId, NodeId)> {
+    let count = ring.len();
+    let majority = count / 2 + 1;
+    let reach = (majority - 1).div_ceil(2);
+    let mut links = Vec::new();
+    for (position, from) in ring.iter().enumerate() {
+        for (other, to) in ring.iter().enumerate() {
+            let apart = position.abs_diff(other);
+            let distance = apart.min(count - apart);
+            if distance > reach {
+                links.push((*from, *to));
+            }
+        }
+    }
+    links
+}
+
+/// One random node bridges two halves that are cut from each other (both ways).
+fn bridge_links(world: &mut World) -> Vec<(NodeId, NodeId)> {
+    let everyone = world.node_ids();
+    if everyone.len() < 3 {
+        return Vec::new();
+    }
+    let order = shuffled(world, &everyone);
+    halves_links(&order)
+}
+
+/// `order[0]` bridges the halves of the rest.
+fn halves_links(order: &[NodeId]) -> Vec<(NodeId, NodeId)> {
+    let half = (order.len() - 1) / 2;
+    let (left, right) = order[1..].split_at(half);
+    let mut links = Vec::new();
+    for a in left {
+        for b in right {
+            links.push((*a, *b));
+            links.push((*b, *a));
+        }
+    }
+    links
+}
+
+fn shuffled(world: &mut World, nodes: &[NodeId]) -> Vec<NodeId> {
+    let mut pool = nodes.to_vec();
+    let mut order = Vec::with_capacity(pool.len());
+    while !pool.is_empty() {
+        let pick = world.rng.below(pool.len() as u64) as usize;
+        order.push(pool.swap_remove(pick));
+    }
+    order
 }
 
 fn isolate(world: &mut World, group: BTreeSet<NodeId>, both_ways: bool, fault: &FaultSection) {
@@ -289,6 +544,25 @@ pub fn end(world: &mut World, end: FaultEnd) {
             }
         }
         FaultEnd::Unpause { .. } => {}
+        FaultEnd::RestoreLinks { links } => {
+            for (from, to) in links {
+                world.network.uncut(from, to);
+            }
+        }
+        FaultEnd::StopAfterDrain {
+            node,
+            down_micros,
+            power_loss,
+        } => {
+            let index = world.index_of(node);
+            if power_loss {
+                world.crash_node(index);
+            } else {
+                world.stop_process(index);
+            }
+            let at = world.now_micros() + down_micros;
+            world.schedule(at, Event::FaultEnd(FaultEnd::Restart { nodes: vec![node] }));
+        }
     }
 }
 
@@ -306,6 +580,7 @@ pub fn heal(world: &mut World) {
         }
     }
     world.fault_state.crashed_by_fault.clear();
+    world.fault_state.rolling_down = None;
 }
 
 fn pick_up_node(world: &mut World) -> Option<usize> {
@@ -326,4 +601,63 @@ fn pick_group(world: &mut World, everyone: &[NodeId], size: usize) -> BTreeSet<N
         group.insert(pool.swap_remove(pick));
     }
     group
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which nodes each node still reaches (itself included) once `links` are cut.
+    fn reach(everyone: &[NodeId], links: &[(NodeId, NodeId)]) -> Vec<BTreeSet<NodeId>> {
+        everyone
+            .iter()
+            .map(|from| {
+                everyone
+                    .iter()
+                    .copied()
+                    .filter(|to| from == to || !links.contains(&(*from, *to)))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_majorities_ring_leaves_every_node_a_majority_but_not_the_same_one() {
+        for count in [4u32, 5, 6, 7] {
+            let everyone: Vec<NodeId> = (1..=count).map(NodeId).collect();
+            let ring: Vec<NodeId> = everyone.clone();
+            let majority = everyone.len() / 2 + 1;
+            let links = ring_links(&ring);
+            assert!(!links.is_empty());
+            let seen = reach(&everyone, &links);
+            assert!(
+                seen.iter().all(|set| set.len() >= majority),
+                "{count}: {seen:?}"
+            );
+            let distinct: BTreeSet<&BTreeSet<NodeId>> = seen.iter().collect();
+            assert!(
+                distinct.len() > 1,
+                "{count}: every node sees the same majority"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bridge_node_reaches_both_halves_and_each_half_with_it_is_a_majority() {
+        for count in [3u32, 5, 6, 7] {
+            let order: Vec<NodeId> = (1..=count).map(NodeId).collect();
+            let links = halves_links(&order);
+            let seen = reach(&order, &links);
+            assert_eq!(seen[0].len(), order.len(), "the bridge reaches everyone");
+            assert!(seen[1..].iter().all(|set| set.len() < order.len()));
+            if count % 2 == 1 {
+                // Odd clusters: both halves with the bridge are majorities.
+                let majority = order.len() / 2 + 1;
+                assert!(
+                    seen.iter().all(|set| set.len() >= majority),
+                    "{count}: {seen:?}"
+                );
+            }
+        }
+    }
 }

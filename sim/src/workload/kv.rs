@@ -116,8 +116,11 @@ pub fn client_operation(world: &mut World, index: usize) {
     let partition = world.draw(0, partitions.count - 1);
     let key_number = world.draw(0, workload.keys_per_partition - 1);
     let key = format!("k{key_number}").into_bytes();
-    let voters = partitions.voters(partition, &world.config.nodes);
-    let target_id = voters[world.draw(0, voters.len() as u64 - 1) as usize];
+    // Clients route to the nodes that hold the partition (its voters, unless membership
+    // changes moved replicas).
+    let hosts = &world.partition_hosts[&partition];
+    let pick = world.rng.in_range(0, hosts.len() as u64 - 1) as usize;
+    let target_id = world.partition_hosts[&partition][pick];
     let target = world.index_of(target_id);
     let history_id = world.kv_history.next_id;
     world.kv_history.next_id += 1;
