@@ -227,11 +227,12 @@ impl Node {
             },
             None => None,
         };
-        let next_raft_tick_micros = now
-            + config
-                .partitions
-                .as_ref()
-                .map_or(u64::MAX / 2, |partitions| partitions.tick_micros);
+        // No host (none configured, or its store is damaged): no Raft deadline at all, or
+        // a deadline nobody advances would fire forever.
+        let next_raft_tick_micros = match (&config.partitions, &partitions) {
+            (Some(settings), Some(_)) => now + settings.tick_micros,
+            _ => u64::MAX / 2,
+        };
         Ok(Self {
             partitions,
             partitions_damaged,

@@ -72,6 +72,9 @@ pub enum Event {
     End,
 }
 
+/// Timer firings of one node in one simulated second above which it is spinning.
+const TIMER_FIRINGS_PER_SECOND_MAX: u64 = 20_000;
+
 /// A queued event, ordered by time, then by when it was scheduled.
 #[derive(Debug)]
 struct Scheduled {
@@ -125,6 +128,9 @@ pub struct SimNode {
     pub flush_scheduled: bool,
     pub paused_until: u64,
     pub restart_scheduled: bool,
+    /// The simulated second and the timer firings counted in it (see `busy_loop`).
+    pub timer_window: (u64, u64),
+    pub busy_loop_reported: bool,
 }
 
 impl SimNode {
@@ -201,6 +207,8 @@ impl World {
                 flush_scheduled: false,
                 paused_until: 0,
                 restart_scheduled: false,
+                timer_window: (0, 0),
+                busy_loop_reported: false,
             })
             .collect();
         let mut world = Self {
@@ -311,6 +319,7 @@ impl World {
                 if self.defer_if_paused(index, Event::Timer { node, incarnation }) {
                     return;
                 }
+                self.count_timer_firing(index);
                 self.with_node(index, |node| node.handle_deadlines());
             }
             Event::Flush { node, incarnation } => {
@@ -343,6 +352,29 @@ impl World {
             Event::Heal => crate::faults::heal(self),
             Event::StopWorkload => self.workload_stopped = true,
             Event::End => self.ended = true,
+        }
+    }
+
+    /// A node whose deadlines fire thousands of times in one simulated second is spinning
+    /// on a deadline it never moves (real timers work in milliseconds): reported once per
+    /// node, since the run would otherwise only get slow.
+    fn count_timer_firing(&mut self, index: usize) {
+        let second = self.now.get() / 1_000_000;
+        let sim_node = &mut self.nodes[index];
+        if sim_node.timer_window.0 != second {
+            sim_node.timer_window = (second, 0);
+        }
+        sim_node.timer_window.1 += 1;
+        if sim_node.timer_window.1 == TIMER_FIRINGS_PER_SECOND_MAX && !sim_node.busy_loop_reported {
+            sim_node.busy_loop_reported = true;
+            let id = sim_node.id;
+            self.violations.push(Violation {
+                at_micros: self.now.get(),
+                checker: "busy_loop",
+                message: format!(
+                    "{id}'s deadlines fired {TIMER_FIRINGS_PER_SECOND_MAX} times within one simulated second"
+                ),
+            });
         }
     }
 
