@@ -3,8 +3,10 @@
 //! - `borough-sim run SCENARIO.toml --seed N [--twice]` prints `seed=N` first and a
 //!   `result: pass|fail ...` line last; a failure is preceded by its violations and the one
 //!   command that replays it.
-//! - `borough-sim sweep PATH --seeds A..B` runs every scenario under PATH for each seed and
-//!   keeps a debug log only for runs that missed their expectation (replayed with logs on).
+//! - `borough-sim sweep PATH --seeds A..B [--twice] [--jobs N]` runs every scenario under PATH
+//!   for each seed (one run per core at once) and keeps a debug log only for runs that missed
+//!   their expectation (replayed with logs on); `--twice` also fails a seed whose two runs
+//!   leave different traces.
 //! - `borough-sim bench SCENARIO.toml --seeds A..B` reports simulated seconds per wall second.
 //! - `borough-sim raft-bench --groups 1,100,10000` benchmarks Raft partitions: speed,
 //!   messages and syncs per committed entry, and the memory of a quiet group.
@@ -54,6 +56,13 @@ enum Command {
         /// Where logs of runs that missed their expectation go.
         #[arg(long, default_value = "sim-failures")]
         failures: PathBuf,
+        /// Run every seed twice and count a run whose two traces differ as missed.
+        #[arg(long)]
+        twice: bool,
+        /// Runs at once (each run is single-threaded and deterministic on its own); the
+        /// default is one per core.
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// Benchmark Raft partitions: for each group count, a 3-node cluster under a write load,
     /// then the same cluster idle (for the memory of a quiet group).
@@ -100,7 +109,9 @@ fn main() -> ExitCode {
             path,
             seeds,
             failures,
-        } => sweep(&path, seeds, &failures),
+            twice,
+            jobs,
+        } => sweep(&path, seeds, &failures, twice, jobs),
         Command::Bench { scenario, seeds } => bench(&scenario, seeds),
         Command::RaftBench {
             groups,
@@ -206,7 +217,13 @@ fn run(path: &Path, seed: u64, twice: bool) -> ExitCode {
     }
 }
 
-fn sweep(path: &Path, seeds: Range<u64>, failures: &Path) -> ExitCode {
+fn sweep(
+    path: &Path,
+    seeds: Range<u64>,
+    failures: &Path,
+    twice: bool,
+    jobs: Option<usize>,
+) -> ExitCode {
     let paths = match find_scenarios(path) {
         Ok(paths) if !paths.is_empty() => paths,
         Ok(_) => {
@@ -225,43 +242,66 @@ fn sweep(path: &Path, seeds: Range<u64>, failures: &Path) -> ExitCode {
             Err(code) => return code,
         }
     }
-    let total = scenarios.len() as u64 * (seeds.end - seeds.start);
-    let progress = ProgressBar::new(total);
+    let runs: Vec<(usize, u64)> = (0..scenarios.len())
+        .flat_map(|scenario| seeds.clone().map(move |seed| (scenario, seed)))
+        .collect();
+    let progress = ProgressBar::new(runs.len() as u64);
     progress.set_style(
         ProgressStyle::with_template(
             "{bar:40} {pos}/{len} runs, {msg} [{elapsed_precise} < {eta}]",
         )
         .expect("a valid template"),
     );
-    let (mut passed, mut failed) = (0u64, 0u64);
-    for scenario in &scenarios {
-        for seed in seeds.clone() {
-            let summary = run_seed(scenario, seed);
-            if summary.met(scenario.file.scenario.expect) {
-                passed += 1;
-            } else {
-                failed += 1;
-                let log = keep_failure_log(scenario, seed, failures);
-                let line = format!(
-                    "FAIL {} seed={seed}: {}\n  replay: {}\n  log: {log}",
-                    scenario.name,
-                    summary.violations.first().map_or(
-                        "no checker caught the planted bug".to_string(),
-                        |violation| format!("[{}] {}", violation.checker, violation.message)
-                    ),
-                    replay_command(scenario, seed)
-                );
-                // A hidden bar (no terminal) drops println; failures must always show.
-                if progress.is_hidden() {
-                    println!("{line}");
+    let jobs = jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .clamp(1, runs.len().max(1));
+    let next_run = std::sync::atomic::AtomicUsize::new(0);
+    let (passed, failed) = std::thread::scope(|scope| {
+        let (results, received) = std::sync::mpsc::channel::<Option<String>>();
+        for _ in 0..jobs {
+            let results = results.clone();
+            let (runs, scenarios, next_run) = (&runs, &scenarios, &next_run);
+            // Runs share nothing: each builds its own world from (scenario, seed), so running
+            // them side by side changes no trace.
+            #[allow(clippy::disallowed_methods)]
+            scope.spawn(move || loop {
+                let run = next_run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&(scenario_index, seed)) = runs.get(run) else {
+                    break;
+                };
+                let scenario = &scenarios[scenario_index];
+                let summary = if twice {
+                    run_seed_twice(scenario, seed)
                 } else {
-                    progress.println(line);
+                    run_seed(scenario, seed)
+                };
+                let missed = (!summary.met(scenario.file.scenario.expect))
+                    .then(|| failure_line(scenario, seed, &summary, failures));
+                if results.send(missed).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(results);
+        let (mut passed, mut failed) = (0u64, 0u64);
+        for missed in received {
+            match missed {
+                None => passed += 1,
+                Some(line) => {
+                    failed += 1;
+                    // A hidden bar (no terminal) drops println; failures must always show.
+                    if progress.is_hidden() {
+                        println!("{line}");
+                    } else {
+                        progress.println(line);
+                    }
                 }
             }
             progress.set_message(format!("{failed} failed"));
             progress.inc(1);
         }
-    }
+        (passed, failed)
+    });
     progress.finish_and_clear();
     println!(
         "swept: {} runs, {passed} passed, {failed} failed",
@@ -272,6 +312,20 @@ fn sweep(path: &Path, seeds: Range<u64>, failures: &Path) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// What a sweep prints for a run that missed its expectation, after keeping its log.
+fn failure_line(scenario: &Scenario, seed: u64, summary: &RunSummary, failures: &Path) -> String {
+    let log = keep_failure_log(scenario, seed, failures);
+    format!(
+        "FAIL {} seed={seed}: {}\n  replay: {}\n  log: {log}",
+        scenario.name,
+        summary.violations.first().map_or(
+            "no checker caught the planted bug".to_string(),
+            |violation| format!("[{}] {}", violation.checker, violation.message)
+        ),
+        replay_command(scenario, seed)
+    )
 }
 
 /// Replays the failing seed with debug logs into a file: the run is deterministic, so the
