@@ -63,6 +63,9 @@ impl std::str::FromStr for PeerAddress {
     }
 }
 
+/// The longest replica call timeout accepted: ten minutes.
+pub const HTTP_PEER_TIMEOUT_MS_MAX: u64 = 600_000;
+
 /// Options of the AllData HTTP peer client: each may be overridden per call.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -244,6 +247,15 @@ impl ShellConfig {
         }
         let advertise = flags.advertise.or(file.advertise).unwrap_or(listen);
         let advertise_http = flags.advertise_http.or(file.advertise_http).unwrap_or(http);
+        // Peers dial what this node advertises: a wildcard would have them dial themselves.
+        for (name, address) in [("advertise", advertise), ("advertise_http", advertise_http)] {
+            if address.ip().is_unspecified() {
+                return Err(value(format!(
+                    "{name} {address} is a wildcard address that peers cannot dial; set {name} \
+                     to this node's reachable address (needed when listening on a wildcard)"
+                )));
+            }
+        }
         let mut peers = file.peers;
         for peer in &flags.peers {
             if let Some(existing) = peers.iter().find(|known| known.id == peer.id) {
@@ -316,10 +328,37 @@ impl ShellConfig {
                 http_peer.method
             )));
         }
+        // The peer endpoint takes a body, and the peer router serves it under this method.
+        if !matches!(http_peer.method.as_str(), "POST" | "PUT" | "PATCH") {
+            return Err(value(format!(
+                "http_peer.method {:?} must be POST, PUT or PATCH (the replica call carries the event)",
+                http_peer.method
+            )));
+        }
         if !http_peer.path.starts_with('/') {
             return Err(value(format!(
                 "http_peer.path {:?} must start with /",
                 http_peer.path
+            )));
+        }
+        if http_peer.path.chars().any(|character| {
+            matches!(character, '{' | '}' | '*' | '?' | '#') || character.is_whitespace()
+        }) {
+            return Err(value(format!(
+                "http_peer.path {:?} must be a plain path (no {{, }}, *, ?, # or spaces)",
+                http_peer.path
+            )));
+        }
+        if crate::production::http_api::PEER_ROUTES.contains(&http_peer.path.as_str()) {
+            return Err(value(format!(
+                "http_peer.path {:?} is a built-in peer route",
+                http_peer.path
+            )));
+        }
+        if !(1..=HTTP_PEER_TIMEOUT_MS_MAX).contains(&http_peer.timeout_ms) {
+            return Err(value(format!(
+                "http_peer.timeout_ms {} must be in 1..={HTTP_PEER_TIMEOUT_MS_MAX}",
+                http_peer.timeout_ms
             )));
         }
         let zone = flags
@@ -431,6 +470,38 @@ mod tests {
         assert_eq!(config.commit_level, CommitLevel::One);
         assert_eq!(config.peers.len(), 2);
         assert_eq!(config.replication_factor, 3);
+    }
+
+    #[test]
+    fn http_peer_settings_and_wildcard_advertising_are_validated() {
+        let refused = |text: &str| {
+            let file: ConfigFile = toml::from_str(text).unwrap();
+            ShellConfig::merge(file, &StartFlags::default())
+                .unwrap_err()
+                .to_string()
+        };
+        for (text, expected) in [
+            ("[http_peer]\nmethod = \"GET\"", "must be POST"),
+            ("[http_peer]\npath = \"/peer/hello\"", "built-in"),
+            ("[http_peer]\npath = \"/peer/{key}\"", "plain path"),
+            ("[http_peer]\ntimeout_ms = 0", "timeout_ms"),
+            (
+                "[http_peer]\ntimeout_ms = 9223372036854775807",
+                "timeout_ms",
+            ),
+            ("listen = \"0.0.0.0:7481\"", "advertise"),
+            ("http = \"[::]:7480\"", "advertise_http"),
+        ] {
+            let refusal = refused(text);
+            assert!(refusal.contains(expected), "{text}: {refusal}");
+        }
+        let file: ConfigFile = toml::from_str(
+            "listen = \"0.0.0.0:7481\"\nadvertise = \"10.0.0.5:7481\"\n[http_peer]\nmethod = \"PUT\"",
+        )
+        .unwrap();
+        let config = ShellConfig::merge(file, &StartFlags::default()).unwrap();
+        assert_eq!(config.advertise.to_string(), "10.0.0.5:7481");
+        assert_eq!(config.http_peer.method, "PUT");
     }
 
     #[test]

@@ -340,6 +340,8 @@ async fn scan_events(
     }
     let mut unreachable_peers = Vec::new();
     if !local_only {
+        // Peers known to be down are not asked, but the answer still says it lacks them.
+        unreachable_peers.extend(state.membership.unreachable_peers().iter().map(|id| id.0));
         let mut query_string = format!("limit={limit}&scope=local");
         if let Some(from) = &from {
             query_string.push_str(&format!("&from={from}"));
@@ -373,6 +375,8 @@ async fn scan_events(
                 None => unreachable_peers.push(id.0),
             }
         }
+        unreachable_peers.sort_unstable();
+        unreachable_peers.dedup();
     }
     let events = merged
         .into_iter()
@@ -472,12 +476,25 @@ pub struct PeerHelloBody {
     pub known_peers: Vec<(NodeId, SocketAddr)>,
 }
 
-/// The peer-port router when the transport is HTTP. `event_path` is the configured path of
-/// the replica endpoint (`/peer/events` by default).
-pub fn peer_router(state: ApiState, event_path: &str, local: PeerInfo) -> Router {
+/// The peer port's fixed routes, which the configurable replica path may not take.
+pub const PEER_ROUTES: [&str; 2] = ["/peer/confirm", "/peer/hello"];
+
+/// The peer-port router when the transport is HTTP. `event_path` and `event_method` are the
+/// configured path and method of the replica endpoint (`POST /peer/events` by default).
+pub fn peer_router(
+    state: ApiState,
+    event_path: &str,
+    event_method: &str,
+    local: PeerInfo,
+) -> Router {
     let body_bytes_max = state.body_bytes_max;
+    let event_method = match event_method {
+        "PUT" => axum::routing::MethodFilter::PUT,
+        "PATCH" => axum::routing::MethodFilter::PATCH,
+        _ => axum::routing::MethodFilter::POST,
+    };
     Router::new()
-        .route(event_path, post(peer_event))
+        .route(event_path, axum::routing::on(event_method, peer_event))
         .route("/peer/confirm", post(peer_confirm))
         .route(
             "/peer/hello",

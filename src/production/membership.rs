@@ -6,6 +6,10 @@
 //! `peer_down_after`; the node is told of each change (`PeerUp` adds it to placement with the
 //! zone and region it announced, `PeerDown` drops it), so a silent peer is skipped and comes
 //! back when it is heard again. Transitions are decided under one lock and reported in order.
+//!
+//! The directory holds at most [`PEERS_MAX`] peers: peers learned from hellos are untrusted
+//! input, and every hello lists the whole directory, so an unbounded one could grow memory
+//! without limit and outgrow a frame.
 
 use crate::ids::{Location, NodeId};
 use crate::production::driver::{NodeHandle, NodeInput};
@@ -14,6 +18,9 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// Peers the directory holds at most; past it, new peers are refused (and logged).
+pub const PEERS_MAX: usize = 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerView {
@@ -84,6 +91,10 @@ impl Membership {
             }
             return false;
         }
+        if peers.len() >= PEERS_MAX {
+            tracing::warn!(peer = %id, %peer_address, limit = PEERS_MAX, "peer directory full; not learning this peer");
+            return false;
+        }
         peers.insert(
             id,
             PeerState {
@@ -112,6 +123,10 @@ impl Membership {
             return None;
         }
         let mut peers = self.lock();
+        if !peers.contains_key(&id) && peers.len() >= PEERS_MAX {
+            tracing::warn!(peer = %id, limit = PEERS_MAX, "peer directory full; ignoring this peer's hello");
+            return None;
+        }
         let state = peers.entry(id).or_insert(PeerState {
             peer_address,
             http_address: None,
@@ -198,6 +213,15 @@ impl Membership {
             .filter_map(|(id, state)| state.http_address.map(|address| (*id, address)))
             .collect()
     }
+
+    /// The known peers a merged read cannot ask: down, or never said where their HTTP API is.
+    pub fn unreachable_peers(&self) -> Vec<NodeId> {
+        self.lock()
+            .iter()
+            .filter(|(_, state)| !state.up || state.http_address.is_none())
+            .map(|(id, _)| *id)
+            .collect()
+    }
 }
 
 /// Tells the node of a transition; waits for room so none is lost. Reports from different
@@ -237,10 +261,39 @@ mod tests {
         let expired = membership.expire(start + Duration::from_secs(4));
         assert!(matches!(expired[..], [Transition::Down(NodeId(2), _)]));
         assert!(membership.up_http_addresses().is_empty());
+        assert_eq!(membership.unreachable_peers(), vec![NodeId(2)]);
         assert!(matches!(
             membership.heard(NodeId(2), start + Duration::from_secs(5)),
             Some(Transition::Up(NodeId(2), _, _))
         ));
         assert_eq!(membership.up_http_addresses().len(), 1);
+        assert!(membership.unreachable_peers().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_directory_stops_learning_at_its_limit() {
+        let membership = Membership::new(NodeId(1), Duration::from_secs(3));
+        let address: SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        for id in 2..2 + PEERS_MAX as u32 {
+            assert!(membership.learn(NodeId(id), address));
+        }
+        let beyond = NodeId(2 + PEERS_MAX as u32);
+        assert!(!membership.learn(beyond, address));
+        let location = Location::new("r", "z");
+        assert!(membership
+            .hello(beyond, address, address, location, Instant::now())
+            .is_none());
+        assert_eq!(membership.known_peers().len(), PEERS_MAX);
+        // A hello listing the full directory still fits in one frame.
+        let hello = crate::production::peer_frame::FrameBody::Hello {
+            sender: crate::production::peer_frame::PeerInfo {
+                id: NodeId(1),
+                peer_address: address,
+                http_address: address,
+                location: Location::new("r", "z"),
+            },
+            known_peers: membership.known_peers(),
+        };
+        assert!(crate::production::peer_frame::encode_frame(&hello).is_ok());
     }
 }

@@ -148,7 +148,12 @@ pub async fn serve(
         }
         Transport::Http(http) => {
             http.start(node.clone());
-            let router = peer_router(state.clone(), &config.http_peer.path, local.clone());
+            let router = peer_router(
+                state.clone(),
+                &config.http_peer.path,
+                &config.http_peer.method,
+                local.clone(),
+            );
             tokio::spawn(async move {
                 if let Err(error) = axum::serve(peer_listener, router).await {
                     tracing::error!(%error, "peer HTTP server stopped");

@@ -2,9 +2,10 @@
 //! inbound connections carrying each peer's frames to the node.
 //!
 //! Invariants:
-//! - every peer has a bounded outbound queue; when it is full (peer slow, down or
-//!   partitioned) new messages to it are dropped and counted, never buffered without bound:
-//!   the node's protocol already treats the network as lossy and re-spreads on timeout;
+//! - every peer has an outbound queue bounded in frames and in bytes; when it is full (peer
+//!   slow, down or partitioned) new messages to it are dropped and counted, never buffered
+//!   without bound: the node's protocol already treats the network as lossy and re-spreads
+//!   on timeout;
 //! - a lost connection is re-dialled with exponential backoff (50 ms doubling to 5 s), and
 //!   every new connection starts with a hello, so the receiver knows who is talking;
 //! - inbound frames over the size limit, malformed or of an unknown version close the
@@ -23,6 +24,7 @@ use crate::wire::Message;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -31,6 +33,16 @@ use tokio::time::Instant;
 
 /// Frames queued per peer before new ones are dropped.
 pub const OUTBOUND_QUEUE_FRAMES: usize = 1024;
+/// Bytes queued per peer before new frames are dropped: a slow peer holds at most this much
+/// memory, however large its frames (up to 4 MiB each) are.
+pub const OUTBOUND_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// One peer's outbound queue and the bytes waiting in it.
+#[derive(Clone, Debug)]
+struct OutboundQueue {
+    frames: mpsc::Sender<Vec<u8>>,
+    queued_bytes: Arc<AtomicUsize>,
+}
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,7 +77,7 @@ pub struct TcpTransport<N: PeerNet> {
     local: PeerInfo,
     membership: Arc<Membership>,
     metrics: Arc<Metrics>,
-    outbound: Mutex<BTreeMap<NodeId, mpsc::Sender<Vec<u8>>>>,
+    outbound: Mutex<BTreeMap<NodeId, OutboundQueue>>,
     /// Set once the node is open; frames can only be handed to it from then on.
     node: OnceLock<NodeHandle>,
     runtime: tokio::runtime::Handle,
@@ -126,7 +138,7 @@ impl<N: PeerNet> TcpTransport<N> {
         });
     }
 
-    fn lock_outbound(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, mpsc::Sender<Vec<u8>>>> {
+    fn lock_outbound(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, OutboundQueue>> {
         self.outbound
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -135,19 +147,31 @@ impl<N: PeerNet> TcpTransport<N> {
     /// Starts the connection task for `peer`, once.
     fn connect_to(self: &Arc<Self>, peer: NodeId) {
         let (sender, queue) = mpsc::channel(OUTBOUND_QUEUE_FRAMES);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         {
             let mut outbound = self.lock_outbound();
             if outbound.contains_key(&peer) {
                 return;
             }
-            outbound.insert(peer, sender);
+            outbound.insert(
+                peer,
+                OutboundQueue {
+                    frames: sender,
+                    queued_bytes: Arc::clone(&queued_bytes),
+                },
+            );
         }
         let transport = Arc::clone(self);
         self.runtime
-            .spawn(async move { transport.connection_loop(peer, queue).await });
+            .spawn(async move { transport.connection_loop(peer, queue, queued_bytes).await });
     }
 
-    async fn connection_loop(self: Arc<Self>, peer: NodeId, mut queue: mpsc::Receiver<Vec<u8>>) {
+    async fn connection_loop(
+        self: Arc<Self>,
+        peer: NodeId,
+        mut queue: mpsc::Receiver<Vec<u8>>,
+        queued_bytes: Arc<AtomicUsize>,
+    ) {
         let mut backoff = BACKOFF_MIN;
         loop {
             let Some(address) = self.membership.peer_address(peer) else {
@@ -157,7 +181,7 @@ impl<N: PeerNet> TcpTransport<N> {
                 Ok(Ok(stream)) => {
                     tracing::debug!(%peer, %address, "connected");
                     backoff = BACKOFF_MIN;
-                    let reason = self.send_frames(stream, &mut queue).await;
+                    let reason = self.send_frames(stream, &mut queue, &queued_bytes).await;
                     match reason {
                         None => return,
                         Some(reason) => {
@@ -180,12 +204,21 @@ impl<N: PeerNet> TcpTransport<N> {
         &self,
         mut stream: N::Stream,
         queue: &mut mpsc::Receiver<Vec<u8>>,
+        queued_bytes: &AtomicUsize,
     ) -> Option<String> {
         let hello = FrameBody::Hello {
             sender: self.local.clone(),
             known_peers: self.membership.known_peers(),
         };
-        let hello = encode_frame(&hello).expect("a hello is far below the frame limit");
+        // The directory is capped (`PEERS_MAX`) so a hello fits in a frame; should one not,
+        // this connection fails and is redialled rather than taking the task down.
+        let hello = match encode_frame(&hello) {
+            Ok(hello) => hello,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode the hello");
+                return Some(format!("hello not sent: {error}"));
+            }
+        };
         if let Err(reason) = write_with_timeout(&mut stream, &hello).await {
             return Some(reason);
         }
@@ -194,7 +227,10 @@ impl<N: PeerNet> TcpTransport<N> {
         loop {
             let bytes = tokio::select! {
                 frame = queue.recv() => match frame {
-                    Some(frame) => frame,
+                    Some(frame) => {
+                        queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                        frame
+                    }
                     None => return None,
                 },
                 _ = ticks.tick() => heartbeat.clone(),
@@ -334,7 +370,11 @@ impl<N: PeerNet> PeerSender for TcpTransport<N> {
                 return;
             }
         };
-        if queue.try_send(bytes).is_err() {
+        let frame_bytes = bytes.len();
+        let queued = queue.queued_bytes.fetch_add(frame_bytes, Ordering::Relaxed);
+        if queued + frame_bytes > OUTBOUND_QUEUE_BYTES_MAX || queue.frames.try_send(bytes).is_err()
+        {
+            queue.queued_bytes.fetch_sub(frame_bytes, Ordering::Relaxed);
             self.metrics.count_dropped_frame();
         }
     }
