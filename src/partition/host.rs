@@ -19,6 +19,7 @@
 use crate::ids::NodeId;
 use crate::partition::command::{InvalidCommand, KvCommand, KvOperation};
 use crate::partition::kv_store::{AppliedPoint, KvError, KvStore, Pair, RangeQuery, WriteOutcome};
+use crate::partition::pending::{Pending, PendingRequests};
 use crate::partition::raft_log::{LiveLog, RaftLogError, RaftLogStore, RecoveredLog};
 use crate::partition::PartitionId;
 use crate::raft::{
@@ -28,6 +29,9 @@ use crate::raft::{
 use crate::seams::{Rng, SeededRng, SharedDisk};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// Election timeouts between full recomputations of the peer set.
+const PEER_REFRESH_ELECTION_TIMEOUTS: u64 = 64;
 
 #[derive(Clone, Debug)]
 pub struct HostConfig {
@@ -164,6 +168,24 @@ struct PendingRead {
     deadline_tick: u64,
 }
 
+impl Pending for PendingWrite {
+    fn partition(&self) -> PartitionId {
+        self.partition
+    }
+    fn deadline_tick(&self) -> u64 {
+        self.deadline_tick
+    }
+}
+
+impl Pending for PendingRead {
+    fn partition(&self) -> PartitionId {
+        self.partition
+    }
+    fn deadline_tick(&self) -> u64 {
+        self.deadline_tick
+    }
+}
+
 #[derive(Debug)]
 struct CachedSnapshot {
     data: Vec<u8>,
@@ -197,15 +219,17 @@ pub struct PartitionHost {
     outbox: BTreeMap<NodeId, RaftEnvelope>,
     outputs: Vec<HostOutput>,
     next_request_id: u64,
-    pending_writes: BTreeMap<u64, PendingWrite>,
-    pending_reads: BTreeMap<u64, PendingRead>,
+    pending_writes: PendingRequests<PendingWrite>,
+    pending_reads: PendingRequests<PendingRead>,
     snapshots: BTreeMap<(PartitionId, u64), CachedSnapshot>,
     /// When each peer node was last heard from (any envelope, empty ones included).
     peer_heard_tick: BTreeMap<NodeId, u64>,
     /// Partitions receiving a snapshot, with the tick their last chunk arrived.
     snapshot_chunk_tick: BTreeMap<PartitionId, u64>,
-    /// The peer nodes of any group here, refreshed every election timeout.
+    /// The peer nodes of any group here: extended as groups are created, recomputed after a
+    /// configuration change (`peers_stale`) and every `PEER_REFRESH_ELECTION_TIMEOUTS`.
     peers: std::collections::BTreeSet<NodeId>,
+    peers_stale: bool,
     /// Groups that may have a Ready: only these are looked at in a round, so thousands of
     /// quiet groups cost nothing per message.
     touched: std::collections::BTreeSet<PartitionId>,
@@ -289,12 +313,13 @@ impl PartitionHost {
             outbox: BTreeMap::new(),
             outputs: Vec::new(),
             next_request_id: 0,
-            pending_writes: BTreeMap::new(),
-            pending_reads: BTreeMap::new(),
+            pending_writes: PendingRequests::default(),
+            pending_reads: PendingRequests::default(),
             snapshots: BTreeMap::new(),
             peer_heard_tick: BTreeMap::new(),
             snapshot_chunk_tick: BTreeMap::new(),
             peers: std::collections::BTreeSet::new(),
+            peers_stale: true,
             touched,
             prepared: None,
             tick: 0,
@@ -383,7 +408,18 @@ impl PartitionHost {
         );
         self.groups.insert(partition, group);
         self.touched.insert(partition);
-        self.refresh_peers();
+        // Only this group's members can be new peers: no pass over every group (creating
+        // thousands of partitions one by one would be quadratic).
+        let configuration = self.groups[&partition].configuration();
+        let members: Vec<NodeId> = configuration
+            .voters
+            .iter()
+            .chain(&configuration.voters_outgoing)
+            .chain(&configuration.learners)
+            .copied()
+            .filter(|member| *member != self.id)
+            .collect();
+        self.peers.extend(members);
         Ok(())
     }
 
@@ -544,27 +580,15 @@ impl PartitionHost {
         }
         self.watch_peers();
         let now = self.tick;
-        let expired: Vec<u64> = self
-            .pending_writes
-            .iter()
-            .filter(|(_, write)| write.deadline_tick <= now)
-            .map(|(request_id, _)| *request_id)
-            .collect();
-        for request_id in expired {
-            self.pending_writes.remove(&request_id);
+        for request_id in self.pending_writes.expired(now) {
+            self.pending_writes.remove(request_id);
             self.outputs.push(HostOutput::WriteAnswered {
                 request_id,
                 result: Err(RequestError::OutcomeUnknown),
             });
         }
-        let expired: Vec<u64> = self
-            .pending_reads
-            .iter()
-            .filter(|(_, read)| read.deadline_tick <= now)
-            .map(|(request_id, _)| *request_id)
-            .collect();
-        for request_id in expired {
-            self.pending_reads.remove(&request_id);
+        for request_id in self.pending_reads.expired(now) {
+            self.pending_reads.remove(request_id);
             self.outputs.push(HostOutput::ReadAnswered {
                 request_id,
                 result: Err(RequestError::OutcomeUnknown),
@@ -585,9 +609,13 @@ impl PartitionHost {
         let heartbeat_ticks = u64::from(raft.heartbeat_interval_ticks);
         let silent_ticks = u64::from(raft.election_timeout_ticks);
         let now = self.tick;
-        if now.is_multiple_of(silent_ticks) {
-            // Membership changes are rare: the peer set need not be exact at every tick.
+        // A pass over every group only when a configuration changed, and now and then to
+        // forget peers of changes a leader change undid (an extra peer only costs pings).
+        if (self.peers_stale && now.is_multiple_of(silent_ticks))
+            || now.is_multiple_of(silent_ticks * PEER_REFRESH_ELECTION_TIMEOUTS)
+        {
             self.refresh_peers();
+            self.peers_stale = false;
         }
         if now.is_multiple_of(heartbeat_ticks) {
             for peer in &self.peers {
@@ -654,19 +682,32 @@ impl PartitionHost {
         if self.prepared.is_some() {
             return true;
         }
-        if !self.has_work() {
+        if self.poisoned.is_some() {
             return false;
         }
-        self.counters.rounds += 1;
         let mut readies: Vec<(PartitionId, Ready)> = Vec::new();
         // Every touched group is either taken now (and touched again when it advances) or
-        // has nothing to do until something touches it.
+        // has nothing to do until something touches it: one look per touch, however often
+        // the node asks for a round.
         for partition in std::mem::take(&mut self.touched) {
             if let Some(group) = self.groups.get_mut(&partition) {
                 if group.has_ready() {
                     readies.push((partition, group.ready()));
                 }
             }
+        }
+        if readies.is_empty() {
+            return false;
+        }
+        self.counters.rounds += 1;
+        if readies.iter().any(|(_, ready)| {
+            ready.snapshot.is_some()
+                || ready
+                    .entries
+                    .iter()
+                    .any(|entry| matches!(entry.kind, EntryKind::ConfigChange(_)))
+        }) {
+            self.peers_stale = true;
         }
         for (partition, ready) in readies.iter_mut() {
             let partition = *partition;
@@ -774,7 +815,7 @@ impl PartitionHost {
                 self.answer_applied_writes(partition, &ready.committed_entries, applied);
             }
             for read_state in ready.read_states {
-                if let Some(read) = self.pending_reads.get_mut(&read_state.context) {
+                if let Some(read) = self.pending_reads.get_mut(read_state.context) {
                     read.read_index = Some(read_state.index);
                 }
             }
@@ -863,13 +904,13 @@ impl PartitionHost {
             if command.proposer != self.id.0 || command.proposer_session != self.session {
                 continue;
             }
-            let ours = self.pending_writes.get(&command.request_id).map(|write| {
+            let ours = self.pending_writes.get(command.request_id).map(|write| {
                 // Within one session a request id names one write of one partition.
                 debug_assert_eq!(write.partition, partition, "request ids are per session");
                 write.partition == partition
             });
             if ours == Some(true) {
-                self.pending_writes.remove(&command.request_id);
+                self.pending_writes.remove(command.request_id);
                 self.outputs.push(HostOutput::WriteAnswered {
                     request_id: command.request_id,
                     result: Ok(command.outcome),
@@ -879,20 +920,17 @@ impl PartitionHost {
         // A write appended here whose index applied with another entry was lost in a
         // leadership change: it never committed, so it will never apply.
         let mut lost = Vec::new();
-        for (request_id, write) in &self.pending_writes {
-            if write.partition != partition {
-                continue;
-            }
+        for (request_id, write) in self.pending_writes.of_partition(partition) {
             if let Some((index, term)) = write.appended_at {
                 if let Some(entry) = entries.iter().find(|entry| entry.index == index) {
                     if entry.term != term {
-                        lost.push(*request_id);
+                        lost.push(request_id);
                     }
                 }
             }
         }
         for request_id in lost {
-            self.pending_writes.remove(&request_id);
+            self.pending_writes.remove(request_id);
             self.outputs.push(HostOutput::WriteAnswered {
                 request_id,
                 result: Err(RequestError::NotLeader {
@@ -904,20 +942,18 @@ impl PartitionHost {
     }
 
     fn serve_reads(&mut self, partition: PartitionId) {
+        if self.pending_reads.of_partition(partition).next().is_none() {
+            return;
+        }
         let applied = self.kv.point(partition).map_or(0, |point| point.index);
         let ready: Vec<u64> = self
             .pending_reads
-            .iter()
-            .filter(|(_, read)| {
-                read.partition == partition && read.read_index.is_some_and(|index| index <= applied)
-            })
-            .map(|(request_id, _)| *request_id)
+            .of_partition(partition)
+            .filter(|(_, read)| read.read_index.is_some_and(|index| index <= applied))
+            .map(|(request_id, _)| request_id)
             .collect();
         for request_id in ready {
-            let read = self
-                .pending_reads
-                .remove(&request_id)
-                .expect("listed above");
+            let read = self.pending_reads.remove(request_id).expect("listed above");
             let result = match &read.request {
                 ReadRequest::Get { key } => self.kv.get(partition, key).map(ReadAnswer::Value),
                 ReadRequest::Range(query) => self.kv.range(partition, query).map(ReadAnswer::Pairs),
@@ -976,13 +1012,13 @@ impl PartitionHost {
 
     fn fail_all_requests(&mut self) {
         let reason = self.poisoned.clone().unwrap_or_default();
-        for request_id in std::mem::take(&mut self.pending_writes).into_keys() {
+        for request_id in self.pending_writes.take_all() {
             self.outputs.push(HostOutput::WriteAnswered {
                 request_id,
                 result: Err(RequestError::Poisoned(reason.clone())),
             });
         }
-        for request_id in std::mem::take(&mut self.pending_reads).into_keys() {
+        for request_id in self.pending_reads.take_all() {
             self.outputs.push(HostOutput::ReadAnswered {
                 request_id,
                 result: Err(RequestError::Poisoned(reason.clone())),

@@ -5,6 +5,7 @@
 pub mod command;
 pub mod host;
 pub mod kv_store;
+mod pending;
 pub mod raft_log;
 
 #[cfg(test)]

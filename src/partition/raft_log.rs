@@ -421,8 +421,10 @@ mod tests {
         let length_before = disk.read_all(&segment).unwrap().len();
         // A bit of the first record rots: good records follow it, so it is no torn tail.
         disk.corrupt_at_rest(&segment, 10);
+        let mut disk = disk;
         for _ in 0..2 {
-            let error = RaftLogStore::open(disk.crash(), 1 << 20).unwrap_err();
+            disk = disk.crash();
+            let error = RaftLogStore::open(disk.clone(), 1 << 20).unwrap_err();
             assert!(
                 matches!(error, RaftLogError::DamagedAtRest(_)),
                 "damage is refused: {error}"
