@@ -22,9 +22,15 @@ use tracing_subscriber::EnvFilter;
 
 // A simulation allocates and frees a small buffer per message, record and disk write; the
 // system allocator spent a fifth of a swarm run on that. Allocation never steers behaviour
-// (no address-ordered collections), so traces are unchanged.
+// (no address-ordered collections), so traces are unchanged. `Cap` (with no cap) counts the
+// live heap bytes, for raft-bench's exact memory figure.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: cap::Cap<mimalloc::MiMalloc> = cap::Cap::new(mimalloc::MiMalloc, usize::MAX);
+
+/// Live heap bytes of this process (as asked for, before the allocator's rounding).
+fn heap_bytes() -> u64 {
+    ALLOCATOR.allocated() as u64
+}
 
 #[derive(Parser)]
 #[command(
@@ -132,26 +138,13 @@ fn resident_bytes() -> u64 {
 
 fn raft_bench(groups: &[u64], seconds: u64, writes_per_s: u64) -> ExitCode {
     use borough_sim::raft_bench;
-    // Memory first, in a fresh process: the same clusters with no load, every group quiet by
-    // the end. Resident memory before and after each run, the simulated disks' images left
-    // out; runs go from small to large, so memory an earlier run freed and this one reused
-    // makes the figure an underestimate for the smaller counts.
+    // Memory first: the same clusters with no load, every group quiet by the end.
     for &count in groups {
-        let before = resident_bytes();
-        let idle = raft_bench::run(count, 0, seconds, resident_bytes);
-        let grown = idle.heap_bytes.saturating_sub(before);
-        // Three replicas of each group, one per node.
-        let per_replica = grown as f64 / (count * 3) as f64;
-        println!(
-            "idle: groups={count} raft_messages={} envelopes={} resident_growth_mib={:.1} bytes_per_quiet_replica={:.0}",
-            idle.raft_messages,
-            idle.envelopes,
-            grown as f64 / (1024.0 * 1024.0),
-            per_replica
-        );
+        let idle = raft_bench::measure_quiet_memory(count, seconds, heap_bytes, resident_bytes);
+        println!("{}", idle.line());
     }
     for &count in groups {
-        let loaded = raft_bench::run(count, writes_per_s, seconds, resident_bytes);
+        let loaded = raft_bench::run(count, writes_per_s, seconds);
         println!("load: {}", loaded.line());
     }
     ExitCode::SUCCESS
