@@ -16,7 +16,7 @@ use crate::raft::configuration::{ConfigChange, ConfigChangeError, Configuration,
 use crate::raft::entry::{Entry, EntryKind, HardState, Snapshot, SnapshotMeta};
 use crate::raft::log::RaftLog;
 use crate::raft::message::{Message, MessageBody};
-use crate::raft::progress::{Progress, ReplicationState};
+use crate::raft::progress::{Progress, ProgressMap, ReplicationState};
 use crate::raft::ready::{ReadState, Ready, Role, RoleState, SnapshotChunkRequest};
 use crate::seams::{Rng, SeededRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -155,8 +155,16 @@ struct Handed {
     last_entry: Option<(u64, u64)>,
 }
 
+/// One Raft group replica. A host keeps thousands in one ordered map, so the state sits
+/// behind a single pointer: map nodes filled in key order end about half empty, and a group
+/// held inline there cost nearly twice its size.
 #[derive(Debug)]
 pub struct RaftGroup {
+    pub(super) state: Box<GroupState>,
+}
+
+#[derive(Debug)]
+pub(super) struct GroupState {
     pub(super) id: NodeId,
     pub(super) config: RaftConfig,
     rng: SeededRng,
@@ -168,7 +176,7 @@ pub struct RaftGroup {
     /// Configurations by the index they took effect at, oldest first; the first is the
     /// snapshot's, the last is in force.
     configurations: Vec<(u64, Configuration)>,
-    pub(super) progress: BTreeMap<NodeId, Progress>,
+    pub(super) progress: ProgressMap,
     votes: BTreeMap<NodeId, bool>,
     pub(super) election_elapsed_ticks: u32,
     heartbeat_elapsed_ticks: u32,
@@ -182,8 +190,9 @@ pub struct RaftGroup {
     pending_reads: VecDeque<PendingRead>,
     reads_waiting_for_term_commit: Vec<(NodeId, u64)>,
     read_states: Vec<ReadState>,
-    incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
-    installed_snapshot: Option<Snapshot>,
+    /// Boxed: snapshots are rare, and every group would otherwise carry room for two.
+    incoming_snapshot: Option<Box<(SnapshotMeta, Vec<u8>)>>,
+    installed_snapshot: Option<Box<Snapshot>>,
     snapshot_requests: Vec<SnapshotChunkRequest>,
     outbox: Vec<Message>,
     append_due: BTreeSet<NodeId>,
@@ -230,47 +239,49 @@ impl RaftGroup {
             state.applied,
         );
         let mut group = Self {
-            id,
-            config,
-            rng,
-            term: state.hard_state.term,
-            vote: state.hard_state.vote,
-            role: Role::Follower,
-            leader: None,
-            configurations: vec![(state.snapshot.index, state.snapshot.configuration)],
-            progress: BTreeMap::new(),
-            votes: BTreeMap::new(),
-            election_elapsed_ticks: 0,
-            heartbeat_elapsed_ticks: 0,
-            randomized_election_timeout_ticks: 0,
-            transfer: None,
-            read_round: 0,
-            read_broadcast_due: false,
-            quiet: false,
-            idle_ticks: 0,
-            pending_reads: VecDeque::new(),
-            reads_waiting_for_term_commit: Vec::new(),
-            read_states: Vec::new(),
-            incoming_snapshot: None,
-            installed_snapshot: None,
-            snapshot_requests: Vec::new(),
-            outbox: Vec::new(),
-            append_due: BTreeSet::new(),
-            commit_broadcast_due: false,
-            last_hard_state: HardState {
+            state: Box::new(GroupState {
+                id,
+                config,
+                rng,
                 term: state.hard_state.term,
                 vote: state.hard_state.vote,
-                commit: log.committed(),
-            },
-            last_role_state: RoleState {
                 role: Role::Follower,
-                term: state.hard_state.term,
                 leader: None,
-            },
-            handed: None,
-            log,
+                configurations: vec![(state.snapshot.index, state.snapshot.configuration)],
+                progress: ProgressMap::default(),
+                votes: BTreeMap::new(),
+                election_elapsed_ticks: 0,
+                heartbeat_elapsed_ticks: 0,
+                randomized_election_timeout_ticks: 0,
+                transfer: None,
+                read_round: 0,
+                read_broadcast_due: false,
+                quiet: false,
+                idle_ticks: 0,
+                pending_reads: VecDeque::new(),
+                reads_waiting_for_term_commit: Vec::new(),
+                read_states: Vec::new(),
+                incoming_snapshot: None,
+                installed_snapshot: None,
+                snapshot_requests: Vec::new(),
+                outbox: Vec::new(),
+                append_due: BTreeSet::new(),
+                commit_broadcast_due: false,
+                last_hard_state: HardState {
+                    term: state.hard_state.term,
+                    vote: state.hard_state.vote,
+                    commit: log.committed(),
+                },
+                last_role_state: RoleState {
+                    role: Role::Follower,
+                    term: state.hard_state.term,
+                    leader: None,
+                },
+                handed: None,
+                log,
+            }),
         };
-        let recovered_from = group.log.first_index();
+        let recovered_from = group.state.log.first_index();
         group.track_configurations_from(recovered_from);
         group.reset_election_timeout();
         group
@@ -279,38 +290,43 @@ impl RaftGroup {
     // ---- accessors ----
 
     pub fn id(&self) -> NodeId {
-        self.id
+        self.state.id
     }
 
     pub fn role(&self) -> Role {
-        self.role
+        self.state.role
     }
 
     pub fn term(&self) -> u64 {
-        self.term
+        self.state.term
     }
 
     pub fn leader(&self) -> Option<NodeId> {
-        self.leader
+        self.state.leader
     }
 
     pub fn configuration(&self) -> &Configuration {
-        &self.configurations.last().expect("a base configuration").1
+        &self
+            .state
+            .configurations
+            .last()
+            .expect("a base configuration")
+            .1
     }
 
     pub fn log(&self) -> &RaftLog {
-        &self.log
+        &self.state.log
     }
 
     pub fn status(&self) -> GroupStatus {
         GroupStatus {
-            id: self.id,
-            role: self.role,
-            term: self.term,
-            leader: self.leader,
-            committed: self.log.committed(),
-            applied: self.log.applied(),
-            last_index: self.log.last_index(),
+            id: self.state.id,
+            role: self.state.role,
+            term: self.state.term,
+            leader: self.state.leader,
+            committed: self.state.log.committed(),
+            applied: self.state.log.applied(),
+            last_index: self.state.log.last_index(),
             configuration: self.configuration().clone(),
         }
     }
@@ -318,37 +334,42 @@ impl RaftGroup {
     /// The hard state the driver was last asked to persist (durable once that Ready is
     /// advanced).
     pub fn durable_hard_state(&self) -> HardState {
-        self.last_hard_state
+        self.state.last_hard_state
     }
 
     fn hard_state(&self) -> HardState {
         HardState {
-            term: self.term,
-            vote: self.vote,
-            commit: self.log.committed(),
+            term: self.state.term,
+            vote: self.state.vote,
+            commit: self.state.log.committed(),
         }
     }
 
     fn role_state(&self) -> RoleState {
         RoleState {
-            role: self.role,
-            term: self.term,
-            leader: self.leader,
+            role: self.state.role,
+            term: self.state.term,
+            leader: self.state.leader,
         }
     }
 
     /// The configuration in force at `index` (for a snapshot taken there).
     pub fn configuration_at(&self, index: u64) -> Configuration {
-        self.configurations
+        self.state
+            .configurations
             .iter()
             .rev()
             .find(|(from, _)| *from <= index)
             .map(|(_, configuration)| configuration.clone())
-            .unwrap_or_else(|| self.configurations[0].1.clone())
+            .unwrap_or_else(|| self.state.configurations[0].1.clone())
     }
 
     fn last_configuration_index(&self) -> u64 {
-        self.configurations.last().expect("a base configuration").0
+        self.state
+            .configurations
+            .last()
+            .expect("a base configuration")
+            .0
     }
 
     // ---- requests from the application ----
@@ -356,18 +377,18 @@ impl RaftGroup {
     /// Proposes a command. On a follower it is forwarded to the leader.
     pub fn propose(&mut self, command: Vec<u8>) -> Result<Proposal, ProposeError> {
         self.wake(false);
-        match self.role {
+        match self.state.role {
             Role::Leader => {
-                if self.transfer.is_some() {
+                if self.state.transfer.is_some() {
                     return Err(ProposeError::TransferInProgress);
                 }
                 let index = self.append_as_leader(EntryKind::Command(command));
                 Ok(Proposal::Appended {
                     index,
-                    term: self.term,
+                    term: self.state.term,
                 })
             }
-            _ => match self.leader {
+            _ => match self.state.leader {
                 Some(leader) => {
                     self.send_untermed(
                         leader,
@@ -387,18 +408,18 @@ impl RaftGroup {
         &mut self,
         change: ConfigChange,
     ) -> Result<Proposal, ProposeError> {
-        if self.role != Role::Leader {
+        if self.state.role != Role::Leader {
             return Err(ProposeError::NotLeader {
-                leader: self.leader,
+                leader: self.state.leader,
             });
         }
-        if self.transfer.is_some() {
+        if self.state.transfer.is_some() {
             return Err(ProposeError::TransferInProgress);
         }
         // The last change must be committed, and so must an entry of this term, so the
         // configuration this leader reasons from is the committed one (thesis §4.1).
-        if self.last_configuration_index() > self.log.committed()
-            || self.log.term(self.log.committed()) != Some(self.term)
+        if self.last_configuration_index() > self.state.log.committed()
+            || self.state.log.term(self.state.log.committed()) != Some(self.state.term)
         {
             return Err(ProposeError::ConfigChangePending);
         }
@@ -406,7 +427,7 @@ impl RaftGroup {
         let index = self.append_as_leader(EntryKind::ConfigChange(change));
         Ok(Proposal::Appended {
             index,
-            term: self.term,
+            term: self.state.term,
         })
     }
 
@@ -415,12 +436,12 @@ impl RaftGroup {
     /// its index. On a follower the request goes to the leader.
     pub fn read_index(&mut self, context: u64) -> Result<(), ProposeError> {
         self.wake(false);
-        match self.role {
+        match self.state.role {
             Role::Leader => {
-                self.leader_read(self.id, context);
+                self.leader_read(self.state.id, context);
                 Ok(())
             }
-            _ => match self.leader {
+            _ => match self.state.leader {
                 Some(leader) => {
                     self.send_untermed(leader, MessageBody::ReadIndex { context });
                     Ok(())
@@ -434,12 +455,12 @@ impl RaftGroup {
     /// it takes over or an election timeout passes.
     pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), ProposeError> {
         self.wake(false);
-        if self.role != Role::Leader {
+        if self.state.role != Role::Leader {
             return Err(ProposeError::NotLeader {
-                leader: self.leader,
+                leader: self.state.leader,
             });
         }
-        if target == self.id {
+        if target == self.state.id {
             return Ok(());
         }
         if !self.configuration().is_voter(target) {
@@ -447,12 +468,12 @@ impl RaftGroup {
                 ConfigChangeError::NotAVoter(target),
             ));
         }
-        self.transfer = Some(Transfer {
+        self.state.transfer = Some(Transfer {
             target,
             elapsed_ticks: 0,
             timeout_now_sent: false,
         });
-        self.append_due.insert(target);
+        self.state.append_due.insert(target);
         self.maybe_send_timeout_now();
         Ok(())
     }
@@ -461,21 +482,21 @@ impl RaftGroup {
     /// index) in a durable snapshot: drop the log below it. The leader sends this snapshot to
     /// followers that need entries below it.
     pub fn compact(&mut self, index: u64) {
-        let index = index.min(self.log.applied());
-        if index <= self.log.snapshot_index() {
+        let index = index.min(self.state.log.applied());
+        if index <= self.state.log.snapshot_index() {
             return;
         }
         let configuration = self.configuration_at(index);
-        self.log.compact(index);
+        self.state.log.compact(index);
         // Keep one configuration at or below the new snapshot: the base.
-        self.configurations.retain(|(from, _)| *from > index);
-        self.configurations.insert(0, (index, configuration));
+        self.state.configurations.retain(|(from, _)| *from > index);
+        self.state.configurations.insert(0, (index, configuration));
         // Transfers of an older snapshot restart with this one.
-        for (peer, progress) in self.progress.iter_mut() {
+        for (peer, progress) in self.state.progress.iter_mut() {
             if matches!(progress.state, ReplicationState::Snapshot { index: old, .. } if old < index)
             {
                 progress.become_snapshot(index);
-                self.append_due.insert(*peer);
+                self.state.append_due.insert(*peer);
             }
         }
     }
@@ -493,12 +514,12 @@ impl RaftGroup {
         data: Vec<u8>,
         done: bool,
     ) {
-        if self.role != Role::Leader {
+        if self.state.role != Role::Leader {
             return;
         }
-        let snapshot_index = self.log.snapshot_index();
-        let applied = self.log.applied();
-        let Some(progress) = self.progress.get_mut(&to) else {
+        let snapshot_index = self.state.log.snapshot_index();
+        let applied = self.state.log.applied();
+        let Some(progress) = self.state.progress.get_mut(&to) else {
             return;
         };
         let ReplicationState::Snapshot {
@@ -516,7 +537,7 @@ impl RaftGroup {
         if offset != expected || !acceptable {
             return;
         }
-        let Some(term) = self.log.term(index) else {
+        let Some(term) = self.state.log.term(index) else {
             return;
         };
         progress.state = ReplicationState::Snapshot { index, offset };
@@ -540,36 +561,37 @@ impl RaftGroup {
 
     /// Whether the group is quiet (idle, not ticking).
     pub fn is_quiet(&self) -> bool {
-        self.quiet
+        self.state.quiet
     }
 
     /// Leaves the quiet state: the group ticks again. `leader_lost` forgets the leader (the
     /// host saw its node go silent), so this node may vote and campaign at once.
     pub fn wake(&mut self, leader_lost: bool) {
-        if leader_lost && self.role != Role::Leader {
-            self.leader = None;
+        if leader_lost && self.state.role != Role::Leader {
+            self.state.leader = None;
         }
-        if self.quiet {
-            self.quiet = false;
-            self.idle_ticks = 0;
-            self.election_elapsed_ticks = 0;
-            self.heartbeat_elapsed_ticks = 0;
+        if self.state.quiet {
+            self.state.quiet = false;
+            self.state.idle_ticks = 0;
+            self.state.election_elapsed_ticks = 0;
+            self.state.heartbeat_elapsed_ticks = 0;
         }
     }
 
     /// Whether a leader has nothing left to do: the condition for going quiet.
     fn is_idle_leader(&self) -> bool {
-        let last_index = self.log.last_index();
-        self.role == Role::Leader
-            && self.transfer.is_none()
-            && self.pending_reads.is_empty()
-            && self.reads_waiting_for_term_commit.is_empty()
-            && self.append_due.is_empty()
+        let last_index = self.state.log.last_index();
+        self.state.role == Role::Leader
+            && self.state.transfer.is_none()
+            && self.state.pending_reads.is_empty()
+            && self.state.reads_waiting_for_term_commit.is_empty()
+            && self.state.append_due.is_empty()
             && !self.configuration().is_joint()
-            && self.log.committed() == last_index
-            && self.log.applied() == last_index
-            && self.log.persisted() == last_index
+            && self.state.log.committed() == last_index
+            && self.state.log.applied() == last_index
+            && self.state.log.persisted() == last_index
             && self
+                .state
                 .progress
                 .values()
                 .all(|progress| progress.match_index == last_index)
@@ -577,116 +599,122 @@ impl RaftGroup {
 
     /// One tick of the driver's clock.
     pub fn tick(&mut self) {
-        if self.quiet {
+        if self.state.quiet {
             return;
         }
-        if self.role == Role::Leader {
+        if self.state.role == Role::Leader {
             self.tick_leader();
         } else {
-            self.election_elapsed_ticks += 1;
-            if self.election_elapsed_ticks >= self.randomized_election_timeout_ticks
+            self.state.election_elapsed_ticks += 1;
+            if self.state.election_elapsed_ticks >= self.state.randomized_election_timeout_ticks
                 && self.can_campaign()
             {
-                self.election_elapsed_ticks = 0;
+                self.state.election_elapsed_ticks = 0;
                 self.start_election(false);
             }
         }
     }
 
     fn tick_leader(&mut self) {
-        self.heartbeat_elapsed_ticks += 1;
-        self.election_elapsed_ticks += 1;
-        if self.election_elapsed_ticks >= self.config.election_timeout_ticks {
-            self.election_elapsed_ticks = 0;
-            if self.config.check_quorum {
+        self.state.heartbeat_elapsed_ticks += 1;
+        self.state.election_elapsed_ticks += 1;
+        if self.state.election_elapsed_ticks >= self.state.config.election_timeout_ticks {
+            self.state.election_elapsed_ticks = 0;
+            if self.state.config.check_quorum {
                 let mut active: BTreeSet<NodeId> = self
+                    .state
                     .progress
                     .iter()
                     .filter(|(_, progress)| progress.recent_active)
                     .map(|(peer, _)| *peer)
                     .collect();
-                active.insert(self.id);
+                active.insert(self.state.id);
                 if !self.configuration().is_quorum(&active) {
-                    tracing::debug!(term = self.term, "leader lost its quorum; stepping down");
-                    self.become_follower(self.term, None);
+                    tracing::debug!(
+                        term = self.state.term,
+                        "leader lost its quorum; stepping down"
+                    );
+                    self.become_follower(self.state.term, None);
                     return;
                 }
-                for progress in self.progress.values_mut() {
+                for progress in self.state.progress.values_mut() {
                     progress.recent_active = false;
                 }
             }
         }
-        if let Some(transfer) = &mut self.transfer {
+        if let Some(transfer) = &mut self.state.transfer {
             transfer.elapsed_ticks += 1;
-            if transfer.elapsed_ticks >= self.config.election_timeout_ticks {
-                self.transfer = None;
+            if transfer.elapsed_ticks >= self.state.config.election_timeout_ticks {
+                self.state.transfer = None;
             }
         }
-        if self.config.quiesce_after_ticks > 0 && self.is_idle_leader() {
-            self.idle_ticks += 1;
-            if self.idle_ticks >= self.config.quiesce_after_ticks {
+        if self.state.config.quiesce_after_ticks > 0 && self.is_idle_leader() {
+            self.state.idle_ticks += 1;
+            if self.state.idle_ticks >= self.state.config.quiesce_after_ticks {
                 self.broadcast_heartbeat_with(true);
-                self.quiet = true;
+                self.state.quiet = true;
+                self.release_idle_buffers();
                 return;
             }
         } else {
-            self.idle_ticks = 0;
+            self.state.idle_ticks = 0;
         }
-        if self.heartbeat_elapsed_ticks >= self.config.heartbeat_interval_ticks {
-            self.heartbeat_elapsed_ticks = 0;
+        if self.state.heartbeat_elapsed_ticks >= self.state.config.heartbeat_interval_ticks {
+            self.state.heartbeat_elapsed_ticks = 0;
             self.broadcast_heartbeat();
         }
     }
 
     fn can_campaign(&self) -> bool {
-        self.configuration().is_voter(self.id)
+        self.configuration().is_voter(self.state.id)
     }
 
     fn reset_election_timeout(&mut self) {
-        let base = self.config.election_timeout_ticks;
-        self.randomized_election_timeout_ticks = base + self.rng.below(u64::from(base)) as u32;
+        let base = self.state.config.election_timeout_ticks;
+        self.state.randomized_election_timeout_ticks =
+            base + self.state.rng.below(u64::from(base)) as u32;
     }
 
     // ---- roles ----
 
     pub(super) fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
-        self.quiet = false;
-        self.idle_ticks = 0;
-        if term > self.term {
-            self.term = term;
-            self.vote = None;
+        self.state.quiet = false;
+        self.state.idle_ticks = 0;
+        if term > self.state.term {
+            self.state.term = term;
+            self.state.vote = None;
         }
-        self.role = Role::Follower;
-        self.leader = leader;
-        self.election_elapsed_ticks = 0;
+        self.state.role = Role::Follower;
+        self.state.leader = leader;
+        self.state.election_elapsed_ticks = 0;
         self.reset_election_timeout();
-        self.progress.clear();
-        self.votes.clear();
-        self.transfer = None;
-        self.pending_reads.clear();
-        self.reads_waiting_for_term_commit.clear();
-        self.append_due.clear();
-        self.commit_broadcast_due = false;
-        self.read_broadcast_due = false;
+        self.state.progress.clear();
+        self.state.votes.clear();
+        self.state.transfer = None;
+        self.state.pending_reads.clear();
+        self.state.reads_waiting_for_term_commit.clear();
+        self.state.append_due.clear();
+        self.state.commit_broadcast_due = false;
+        self.state.read_broadcast_due = false;
     }
 
     /// Starts a pre-vote, or (on a transfer, or without pre-vote) a real election.
     pub(super) fn start_election(&mut self, transfer: bool) {
-        if self.config.pre_vote && !transfer {
-            self.role = Role::PreCandidate;
-            self.leader = None;
-            self.votes.clear();
-            self.votes.insert(self.id, true);
+        if self.state.config.pre_vote && !transfer {
+            self.state.role = Role::PreCandidate;
+            self.state.leader = None;
+            self.state.votes.clear();
+            self.state.votes.insert(self.state.id, true);
             self.reset_election_timeout();
             let body = MessageBody::PreVote {
-                last_log_index: self.log.last_index(),
-                last_log_term: self.log.last_term(),
+                last_log_index: self.state.log.last_index(),
+                last_log_term: self.state.log.last_term(),
             };
             for voter in self.other_voters() {
-                self.outbox.push(Message {
-                    from: self.id,
+                self.state.outbox.push(Message {
+                    from: self.state.id,
                     to: voter,
-                    term: self.term + 1,
+                    term: self.state.term + 1,
                     body: body.clone(),
                 });
             }
@@ -697,17 +725,17 @@ impl RaftGroup {
     }
 
     fn campaign(&mut self, transfer: bool) {
-        self.term += 1;
-        self.vote = Some(self.id);
-        self.role = Role::Candidate;
-        self.leader = None;
-        self.votes.clear();
-        self.votes.insert(self.id, true);
-        self.election_elapsed_ticks = 0;
+        self.state.term += 1;
+        self.state.vote = Some(self.state.id);
+        self.state.role = Role::Candidate;
+        self.state.leader = None;
+        self.state.votes.clear();
+        self.state.votes.insert(self.state.id, true);
+        self.state.election_elapsed_ticks = 0;
         self.reset_election_timeout();
         let body = MessageBody::Vote {
-            last_log_index: self.log.last_index(),
-            last_log_term: self.log.last_term(),
+            last_log_index: self.state.log.last_index(),
+            last_log_term: self.state.log.last_term(),
             transfer,
         };
         for voter in self.other_voters() {
@@ -722,20 +750,20 @@ impl RaftGroup {
             .voters
             .union(&configuration.voters_outgoing)
             .copied()
-            .filter(|voter| *voter != self.id)
+            .filter(|voter| *voter != self.state.id)
             .collect()
     }
 
     pub(super) fn record_vote(&mut self, from: NodeId, granted: bool) {
-        self.votes.entry(from).or_insert(granted);
+        self.state.votes.entry(from).or_insert(granted);
         self.poll_election();
     }
 
     fn poll_election(&mut self) {
-        match self.configuration().vote_result(&self.votes) {
+        match self.configuration().vote_result(&self.state.votes) {
             VoteResult::Pending => {}
-            VoteResult::Lost => self.become_follower(self.term, None),
-            VoteResult::Won => match self.role {
+            VoteResult::Lost => self.become_follower(self.state.term, None),
+            VoteResult::Won => match self.state.role {
                 Role::PreCandidate => self.campaign(false),
                 Role::Candidate => self.become_leader(),
                 Role::Follower | Role::Leader => {}
@@ -744,39 +772,39 @@ impl RaftGroup {
     }
 
     fn become_leader(&mut self) {
-        self.role = Role::Leader;
-        self.leader = Some(self.id);
-        self.transfer = None;
-        self.votes.clear();
-        self.election_elapsed_ticks = 0;
-        self.heartbeat_elapsed_ticks = 0;
-        self.progress.clear();
+        self.state.role = Role::Leader;
+        self.state.leader = Some(self.state.id);
+        self.state.transfer = None;
+        self.state.votes.clear();
+        self.state.election_elapsed_ticks = 0;
+        self.state.heartbeat_elapsed_ticks = 0;
+        self.state.progress.clear();
         self.reconcile_progress();
         // Committing an entry of its own term commits everything before it (§5.4.2) and
         // lets the leader serve reads. The Figure 8 canary leaves it out: with it, the old
         // entries always reach a quorum together with it, which hides the planted bug.
-        if self.config.planted_bug != Some(RaftPlantedBug::CommitPreviousTermByCounting) {
+        if self.state.config.planted_bug != Some(RaftPlantedBug::CommitPreviousTermByCounting) {
             self.append_as_leader(EntryKind::Empty);
         } else {
-            let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-            self.append_due.extend(peers);
+            let peers: Vec<NodeId> = self.state.progress.keys().copied().collect();
+            self.state.append_due.extend(peers);
         }
-        tracing::debug!(node = %self.id, term = self.term, "became leader");
+        tracing::debug!(node = %self.state.id, term = self.state.term, "became leader");
     }
 
     /// Gives every member but this node a progress entry, and drops those of non-members.
     fn reconcile_progress(&mut self) {
-        if self.role != Role::Leader {
+        if self.state.role != Role::Leader {
             return;
         }
         let members = self.configuration().members();
-        self.progress.retain(|peer, _| members.contains(peer));
-        let next_index = self.log.last_index() + 1;
+        self.state.progress.retain(|peer, _| members.contains(peer));
+        let next_index = self.state.log.last_index() + 1;
         for member in members {
-            if member != self.id {
-                self.progress
-                    .entry(member)
-                    .or_insert_with(|| Progress::new(next_index));
+            if member != self.state.id {
+                self.state
+                    .progress
+                    .insert_if_absent(member, || Progress::new(next_index));
             }
         }
     }
@@ -784,31 +812,31 @@ impl RaftGroup {
     // ---- the log ----
 
     fn append_as_leader(&mut self, kind: EntryKind) -> u64 {
-        let index = self.log.last_index() + 1;
-        self.log.append(vec![Entry {
-            term: self.term,
+        let index = self.state.log.last_index() + 1;
+        self.state.log.append(vec![Entry {
+            term: self.state.term,
             index,
             kind,
         }]);
         self.track_configurations_from(index);
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-        self.append_due.extend(peers);
+        let peers: Vec<NodeId> = self.state.progress.keys().copied().collect();
+        self.state.append_due.extend(peers);
         index
     }
 
     /// Takes the configuration changes of the log's entries from `from` on into effect.
     pub(super) fn track_configurations_from(&mut self, from: u64) {
-        for index in from..=self.log.last_index() {
+        for index in from..=self.state.log.last_index() {
             let Some(Entry {
                 kind: EntryKind::ConfigChange(change),
                 ..
-            }) = self.log.entry(index)
+            }) = self.state.log.entry(index)
             else {
                 continue;
             };
             let change = *change;
             match self.configuration().apply(change) {
-                Ok(next) => self.configurations.push((index, next)),
+                Ok(next) => self.state.configurations.push((index, next)),
                 // Every node refuses the same change on the same log, so it is a no-op.
                 Err(refusal) => {
                     tracing::debug!(index, ?change, %refusal, "configuration change ignored")
@@ -820,17 +848,18 @@ impl RaftGroup {
 
     /// Forgets configurations whose entries were truncated from `from` on.
     pub(super) fn untrack_configurations_from(&mut self, from: u64) {
-        let base = self.configurations[0].0;
-        self.configurations
+        let base = self.state.configurations[0].0;
+        self.state
+            .configurations
             .retain(|(index, _)| *index < from || *index == base);
     }
 
     /// Advances the leader's commit index to what a quorum holds, counting only entries of
     /// the current term. Returns whether it moved.
     pub(super) fn maybe_commit(&mut self) -> bool {
-        let persisted = self.log.persisted();
-        let own_id = self.id;
-        let progress = &self.progress;
+        let persisted = self.state.log.persisted();
+        let own_id = self.state.id;
+        let progress = &self.state.progress;
         let candidate = self.configuration().committed_index(|node| {
             if node == own_id {
                 persisted
@@ -840,31 +869,33 @@ impl RaftGroup {
                     .map_or(0, |progress| progress.match_index)
             }
         });
-        if candidate <= self.log.committed() || candidate > self.log.last_index() {
+        if candidate <= self.state.log.committed() || candidate > self.state.log.last_index() {
             return false;
         }
         let counts_by_replicas =
-            self.config.planted_bug == Some(RaftPlantedBug::CommitPreviousTermByCounting);
-        if !counts_by_replicas && self.log.term(candidate) != Some(self.term) {
+            self.state.config.planted_bug == Some(RaftPlantedBug::CommitPreviousTermByCounting);
+        if !counts_by_replicas && self.state.log.term(candidate) != Some(self.state.term) {
             return false;
         }
-        self.log.commit_to(candidate);
+        self.state.log.commit_to(candidate);
         self.on_leader_commit();
         true
     }
 
     fn on_leader_commit(&mut self) {
-        self.commit_broadcast_due = true;
-        if self.log.term(self.log.committed()) == Some(self.term) {
-            for (requester, context) in std::mem::take(&mut self.reads_waiting_for_term_commit) {
+        self.state.commit_broadcast_due = true;
+        if self.state.log.term(self.state.log.committed()) == Some(self.state.term) {
+            for (requester, context) in
+                std::mem::take(&mut self.state.reads_waiting_for_term_commit)
+            {
                 self.leader_read(requester, context);
             }
         }
-        let settled = self.last_configuration_index() <= self.log.committed();
-        if settled && !self.configuration().is_voter(self.id) {
+        let settled = self.last_configuration_index() <= self.state.log.committed();
+        if settled && !self.configuration().is_voter(self.state.id) {
             // Removed or demoted, and the change is committed: let the others elect (§6).
-            tracing::debug!(node = %self.id, "leader is no longer a voter; stepping down");
-            self.become_follower(self.term, None);
+            tracing::debug!(node = %self.state.id, "leader is no longer a voter; stepping down");
+            self.become_follower(self.state.term, None);
             return;
         }
         if settled && self.configuration().is_joint() {
@@ -875,29 +906,30 @@ impl RaftGroup {
     // ---- reads ----
 
     pub(super) fn leader_read(&mut self, requester: NodeId, context: u64) {
-        if self.log.term(self.log.committed()) != Some(self.term) {
-            self.reads_waiting_for_term_commit
+        if self.state.log.term(self.state.log.committed()) != Some(self.state.term) {
+            self.state
+                .reads_waiting_for_term_commit
                 .push((requester, context));
             return;
         }
-        let index = self.log.committed();
-        let only_me: BTreeSet<NodeId> = [self.id].into_iter().collect();
+        let index = self.state.log.committed();
+        let only_me: BTreeSet<NodeId> = [self.state.id].into_iter().collect();
         if self.configuration().is_quorum(&only_me) {
             self.answer_read(requester, context, index);
             return;
         }
-        self.pending_reads.push_back(PendingRead {
+        self.state.pending_reads.push_back(PendingRead {
             requester,
             context,
             index,
-            round: self.read_round + 1,
+            round: self.state.read_round + 1,
         });
-        self.read_broadcast_due = true;
+        self.state.read_broadcast_due = true;
     }
 
     fn answer_read(&mut self, requester: NodeId, context: u64, index: u64) {
-        if requester == self.id {
-            self.read_states.push(ReadState { context, index });
+        if requester == self.state.id {
+            self.state.read_states.push(ReadState { context, index });
         } else {
             self.send_untermed(requester, MessageBody::ReadIndexResponse { context, index });
         }
@@ -905,42 +937,43 @@ impl RaftGroup {
 
     /// Answers the reads whose round a quorum has acknowledged.
     pub(super) fn release_reads(&mut self) {
-        while let Some(front) = self.pending_reads.front() {
+        while let Some(front) = self.state.pending_reads.front() {
             let round = front.round;
             let mut acknowledged: BTreeSet<NodeId> = self
+                .state
                 .progress
                 .iter()
                 .filter(|(_, progress)| progress.read_round_acknowledged >= round)
                 .map(|(peer, _)| *peer)
                 .collect();
-            acknowledged.insert(self.id);
+            acknowledged.insert(self.state.id);
             if !self.configuration().is_quorum(&acknowledged) {
                 break;
             }
-            let read = self.pending_reads.pop_front().expect("front exists");
+            let read = self.state.pending_reads.pop_front().expect("front exists");
             self.answer_read(read.requester, read.context, read.index);
         }
     }
 
     pub(super) fn push_read_state(&mut self, context: u64, index: u64) {
-        self.read_states.push(ReadState { context, index });
+        self.state.read_states.push(ReadState { context, index });
     }
 
     // ---- sending ----
 
     pub(super) fn send(&mut self, to: NodeId, body: MessageBody) {
-        self.outbox.push(Message {
-            from: self.id,
+        self.state.outbox.push(Message {
+            from: self.state.id,
             to,
-            term: self.term,
+            term: self.state.term,
             body,
         });
     }
 
     /// A local request (proposal, read) that the term rules do not apply to.
     fn send_untermed(&mut self, to: NodeId, body: MessageBody) {
-        self.outbox.push(Message {
-            from: self.id,
+        self.state.outbox.push(Message {
+            from: self.state.id,
             to,
             term: 0,
             body,
@@ -948,8 +981,8 @@ impl RaftGroup {
     }
 
     pub(super) fn send_with_term(&mut self, to: NodeId, term: u64, body: MessageBody) {
-        self.outbox.push(Message {
-            from: self.id,
+        self.state.outbox.push(Message {
+            from: self.state.id,
             to,
             term,
             body,
@@ -957,12 +990,28 @@ impl RaftGroup {
     }
 
     pub(super) fn go_quiet(&mut self) {
-        self.quiet = true;
-        self.election_elapsed_ticks = 0;
+        self.state.quiet = true;
+        self.state.election_elapsed_ticks = 0;
+        self.release_idle_buffers();
+    }
+
+    /// A quiet group may stay quiet for hours, and a host holds thousands: give back the room
+    /// its buffers grew to while it was busy (they grow again on the next burst).
+    fn release_idle_buffers(&mut self) {
+        let state = &mut *self.state;
+        state.log.release_idle_buffers();
+        state.configurations.shrink_to_fit();
+        state.progress.release_idle_buffers();
+        if state.pending_reads.is_empty() {
+            state.pending_reads = VecDeque::new();
+        }
+        if state.reads_waiting_for_term_commit.is_empty() {
+            state.reads_waiting_for_term_commit = Vec::new();
+        }
     }
 
     pub(super) fn mark_append_due(&mut self, peer: NodeId) {
-        self.append_due.insert(peer);
+        self.state.append_due.insert(peer);
     }
 
     fn broadcast_heartbeat(&mut self) {
@@ -971,6 +1020,7 @@ impl RaftGroup {
 
     fn broadcast_heartbeat_with(&mut self, quiesce: bool) {
         let peers: Vec<(NodeId, u64)> = self
+            .state
             .progress
             .iter()
             .map(|(peer, progress)| (*peer, progress.match_index))
@@ -979,8 +1029,8 @@ impl RaftGroup {
             self.send(
                 peer,
                 MessageBody::Heartbeat {
-                    leader_commit: match_index.min(self.log.committed()),
-                    read_round: self.read_round,
+                    leader_commit: match_index.min(self.state.log.committed()),
+                    read_round: self.state.read_round,
                     quiesce,
                 },
             );
@@ -990,8 +1040,8 @@ impl RaftGroup {
     /// Sends `to` what it lacks, if its flow control allows: entries, an empty append when
     /// `send_if_empty` (to carry the commit index or probe), or the next snapshot chunk.
     pub(super) fn send_append(&mut self, to: NodeId, send_if_empty: bool) {
-        let inflight_max = self.config.inflight_max;
-        let Some(progress) = self.progress.get_mut(&to) else {
+        let inflight_max = self.state.config.inflight_max;
+        let Some(progress) = self.state.progress.get_mut(&to) else {
             return;
         };
         if progress.is_paused(inflight_max) {
@@ -999,20 +1049,20 @@ impl RaftGroup {
         }
         if let ReplicationState::Snapshot { index, offset } = progress.state {
             progress.paused = true;
-            self.snapshot_requests.push(SnapshotChunkRequest {
+            self.state.snapshot_requests.push(SnapshotChunkRequest {
                 to,
                 index,
                 offset,
-                bytes_max: self.config.snapshot_chunk_bytes,
+                bytes_max: self.state.config.snapshot_chunk_bytes,
             });
             return;
         }
         let prev_log_index = progress.next_index - 1;
-        let prev_log_term = self.log.term(prev_log_index);
-        let entries = self.log.entries_from(
+        let prev_log_term = self.state.log.term(prev_log_index);
+        let entries = self.state.log.entries_from(
             progress.next_index,
-            self.config.append_entries_max,
-            self.config.append_bytes_max,
+            self.state.config.append_entries_max,
+            self.state.config.append_bytes_max,
         );
         match (prev_log_term, entries) {
             (Some(prev_log_term), Some(entries)) => {
@@ -1021,7 +1071,7 @@ impl RaftGroup {
                 }
                 let last_index = prev_log_index + entries.len() as u64;
                 progress.on_append_sent(last_index, !entries.is_empty());
-                let leader_commit = self.log.committed();
+                let leader_commit = self.state.log.committed();
                 self.send(
                     to,
                     MessageBody::Append {
@@ -1034,14 +1084,14 @@ impl RaftGroup {
             }
             _ => {
                 // The entries it needs are compacted: send the snapshot instead.
-                let index = self.log.snapshot_index();
+                let index = self.state.log.snapshot_index();
                 progress.become_snapshot(index);
                 progress.paused = true;
-                self.snapshot_requests.push(SnapshotChunkRequest {
+                self.state.snapshot_requests.push(SnapshotChunkRequest {
                     to,
                     index,
                     offset: 0,
-                    bytes_max: self.config.snapshot_chunk_bytes,
+                    bytes_max: self.state.config.snapshot_chunk_bytes,
                 });
             }
         }
@@ -1050,21 +1100,21 @@ impl RaftGroup {
     /// Turns the round's deferred sends into messages: one append per peer however many
     /// proposals arrived, and one heartbeat round for all reads that came in.
     fn flush(&mut self) {
-        if self.role != Role::Leader {
-            self.append_due.clear();
-            self.commit_broadcast_due = false;
-            self.read_broadcast_due = false;
+        if self.state.role != Role::Leader {
+            self.state.append_due.clear();
+            self.state.commit_broadcast_due = false;
+            self.state.read_broadcast_due = false;
             return;
         }
-        if self.read_broadcast_due {
-            self.read_broadcast_due = false;
-            self.read_round += 1;
-            self.heartbeat_elapsed_ticks = 0;
+        if self.state.read_broadcast_due {
+            self.state.read_broadcast_due = false;
+            self.state.read_round += 1;
+            self.state.heartbeat_elapsed_ticks = 0;
             self.broadcast_heartbeat();
         }
-        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
-        let broadcast_commit = std::mem::take(&mut self.commit_broadcast_due);
-        let due = std::mem::take(&mut self.append_due);
+        let peers: Vec<NodeId> = self.state.progress.keys().copied().collect();
+        let broadcast_commit = std::mem::take(&mut self.state.commit_broadcast_due);
+        let due = std::mem::take(&mut self.state.append_due);
         for peer in peers {
             if broadcast_commit || due.contains(&peer) {
                 self.send_append(peer, broadcast_commit);
@@ -1075,38 +1125,42 @@ impl RaftGroup {
     // ---- the Ready loop ----
 
     pub fn has_ready(&self) -> bool {
-        self.handed.is_none()
-            && (!self.outbox.is_empty()
-                || self.log.has_unpersisted()
-                || self.log.has_committed_to_apply()
-                || self.hard_state() != self.last_hard_state
-                || self.role_state() != self.last_role_state
-                || self.installed_snapshot.is_some()
-                || !self.read_states.is_empty()
-                || !self.snapshot_requests.is_empty()
-                || (self.role == Role::Leader
-                    && (!self.append_due.is_empty()
-                        || self.commit_broadcast_due
-                        || self.read_broadcast_due)))
+        self.state.handed.is_none()
+            && (!self.state.outbox.is_empty()
+                || self.state.log.has_unpersisted()
+                || self.state.log.has_committed_to_apply()
+                || self.hard_state() != self.state.last_hard_state
+                || self.role_state() != self.state.last_role_state
+                || self.state.installed_snapshot.is_some()
+                || !self.state.read_states.is_empty()
+                || !self.state.snapshot_requests.is_empty()
+                || (self.state.role == Role::Leader
+                    && (!self.state.append_due.is_empty()
+                        || self.state.commit_broadcast_due
+                        || self.state.read_broadcast_due)))
     }
 
     /// Everything the driver must do now (see [`Ready`] for the order). Call
     /// [`RaftGroup::advance`] once it is done, before the next `ready`.
     pub fn ready(&mut self) -> Ready {
         assert!(
-            self.handed.is_none(),
+            self.state.handed.is_none(),
             "advance() the previous Ready before asking for the next"
         );
         self.flush();
         let hard_state = self.hard_state();
-        let term_or_vote_changed = hard_state.term != self.last_hard_state.term
-            || hard_state.vote != self.last_hard_state.vote;
-        let snapshot = self.installed_snapshot.take();
-        let entries = self.log.take_unpersisted();
+        let term_or_vote_changed = hard_state.term != self.state.last_hard_state.term
+            || hard_state.vote != self.state.last_hard_state.vote;
+        let snapshot = self
+            .state
+            .installed_snapshot
+            .take()
+            .map(|snapshot| *snapshot);
+        let entries = self.state.log.take_unpersisted();
         let mut messages = Vec::new();
         let mut messages_after_persist = Vec::new();
-        let is_leader = self.role == Role::Leader;
-        for message in std::mem::take(&mut self.outbox) {
+        let is_leader = self.state.role == Role::Leader;
+        for message in std::mem::take(&mut self.state.outbox) {
             let early = is_leader
                 && !term_or_vote_changed
                 && snapshot.is_none()
@@ -1117,13 +1171,16 @@ impl RaftGroup {
                 messages_after_persist.push(message);
             }
         }
-        let committed_entries = self.log.take_committed(self.config.apply_bytes_max);
+        let committed_entries = self
+            .state
+            .log
+            .take_committed(self.state.config.apply_bytes_max);
         let role_state = self.role_state();
-        let role_changed = role_state != self.last_role_state;
-        self.last_role_state = role_state;
-        let hard_state_changed = hard_state != self.last_hard_state;
-        self.last_hard_state = hard_state;
-        self.handed = Some(Handed {
+        let role_changed = role_state != self.state.last_role_state;
+        self.state.last_role_state = role_state;
+        let hard_state_changed = hard_state != self.state.last_hard_state;
+        self.state.last_hard_state = hard_state;
+        self.state.handed = Some(Handed {
             last_entry: entries.last().map(|entry| (entry.index, entry.term)),
         });
         Ready {
@@ -1133,8 +1190,8 @@ impl RaftGroup {
             messages,
             messages_after_persist,
             committed_entries,
-            read_states: std::mem::take(&mut self.read_states),
-            snapshot_requests: std::mem::take(&mut self.snapshot_requests),
+            read_states: std::mem::take(&mut self.state.read_states),
+            snapshot_requests: std::mem::take(&mut self.state.snapshot_requests),
             role_state: role_changed.then_some(role_state),
         }
     }
@@ -1142,13 +1199,14 @@ impl RaftGroup {
     /// The driver did everything the last Ready asked: its writes are durable.
     pub fn advance(&mut self) {
         let handed = self
+            .state
             .handed
             .take()
             .expect("advance() without an outstanding Ready");
         if let Some((index, term)) = handed.last_entry {
-            self.log.persisted_to(index, term);
+            self.state.log.persisted_to(index, term);
         }
-        if self.role == Role::Leader {
+        if self.state.role == Role::Leader {
             self.maybe_commit();
         }
     }
@@ -1156,31 +1214,32 @@ impl RaftGroup {
     // ---- snapshots received ----
 
     pub(super) fn install_snapshot(&mut self, meta: SnapshotMeta, data: Vec<u8>) {
-        if self.log.matches(meta.index, meta.term) {
+        if self.state.log.matches(meta.index, meta.term) {
             // We hold that entry already: everything up to it is committed.
-            self.log.commit_to(meta.index);
+            self.state.log.commit_to(meta.index);
             return;
         }
-        self.log.restore(&meta);
-        self.configurations = vec![(meta.index, meta.configuration.clone())];
-        self.installed_snapshot = Some(Snapshot { meta, data });
+        self.state.log.restore(&meta);
+        self.state.configurations = vec![(meta.index, meta.configuration.clone())];
+        self.state.installed_snapshot = Some(Box::new(Snapshot { meta, data }));
     }
 
-    pub(super) fn incoming_snapshot_mut(&mut self) -> &mut Option<(SnapshotMeta, Vec<u8>)> {
-        &mut self.incoming_snapshot
+    pub(super) fn incoming_snapshot_mut(&mut self) -> &mut Option<Box<(SnapshotMeta, Vec<u8>)>> {
+        &mut self.state.incoming_snapshot
     }
 
     pub(super) fn planted_bug(&self) -> Option<RaftPlantedBug> {
-        self.config.planted_bug
+        self.state.config.planted_bug
     }
 
     /// Tells the transfer's target to campaign once its log has caught up with ours.
     pub(super) fn maybe_send_timeout_now(&mut self) {
-        let last_index = self.log.last_index();
-        let Some(transfer) = &mut self.transfer else {
+        let last_index = self.state.log.last_index();
+        let Some(transfer) = &mut self.state.transfer else {
             return;
         };
         let caught_up = self
+            .state
             .progress
             .get(&transfer.target)
             .is_some_and(|progress| progress.match_index == last_index);
@@ -1192,11 +1251,11 @@ impl RaftGroup {
     }
 
     pub(super) fn transfer_target(&self) -> Option<NodeId> {
-        self.transfer.as_ref().map(|transfer| transfer.target)
+        self.state.transfer.as_ref().map(|transfer| transfer.target)
     }
 
     pub(super) fn is_transferring(&self) -> bool {
-        self.transfer.is_some()
+        self.state.transfer.is_some()
     }
 
     pub(super) fn append_commands(&mut self, commands: Vec<Vec<u8>>) {

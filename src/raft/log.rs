@@ -292,6 +292,11 @@ impl RaftLog {
         self.unpersisted_from = meta.index + 1;
     }
 
+    /// Frees the entry buffer's spare room (a busy log's buffer is sized for its peak).
+    pub fn release_idle_buffers(&mut self) {
+        self.entries.shrink_to_fit();
+    }
+
     /// Drops the entries up to `index` (which the application has captured in a snapshot).
     pub fn compact(&mut self, index: u64) {
         assert!(

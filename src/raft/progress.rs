@@ -5,7 +5,82 @@
 //! disk damage), when it drops to what the follower's hint shows; in `Probe` at most one append is unanswered, in `Replicate` at most
 //! `inflight_max` appends are, in `Snapshot` only snapshot chunks are sent.
 
+use crate::ids::NodeId;
 use std::collections::VecDeque;
+
+/// A leader's progress of each peer, in peer id order. A group has a handful of peers, so a
+/// sorted vector sized to them beats an ordered map, whose first node holds room for eleven
+/// (about a kilobyte per leader).
+#[derive(Clone, Debug, Default)]
+pub struct ProgressMap {
+    peers: Vec<(NodeId, Progress)>,
+}
+
+impl ProgressMap {
+    fn position(&self, peer: NodeId) -> Result<usize, usize> {
+        self.peers.binary_search_by_key(&peer, |(id, _)| *id)
+    }
+
+    pub fn get(&self, peer: &NodeId) -> Option<&Progress> {
+        let position = self.position(*peer).ok()?;
+        Some(&self.peers[position].1)
+    }
+
+    pub fn get_mut(&mut self, peer: &NodeId) -> Option<&mut Progress> {
+        let position = self.position(*peer).ok()?;
+        Some(&mut self.peers[position].1)
+    }
+
+    /// Adds `peer` with `make()`'s progress unless it is tracked already.
+    pub fn insert_if_absent(&mut self, peer: NodeId, make: impl FnOnce() -> Progress) {
+        if let Err(position) = self.position(peer) {
+            // Peers come one at a time and rarely: room for exactly one more, not four.
+            self.peers.reserve_exact(1);
+            self.peers.insert(position, (peer, make()));
+        }
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&NodeId, &mut Progress) -> bool) {
+        self.peers
+            .retain_mut(|(peer, progress)| keep(peer, progress));
+    }
+
+    /// Forgets every peer and frees the room they took (a follower tracks none).
+    pub fn clear(&mut self) {
+        self.peers = Vec::new();
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &Progress)> {
+        self.peers.iter().map(|(peer, progress)| (peer, progress))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&NodeId, &mut Progress)> {
+        self.peers
+            .iter_mut()
+            .map(|(peer, progress)| (&*peer, progress))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &NodeId> {
+        self.peers.iter().map(|(peer, _)| peer)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Progress> {
+        self.peers.iter().map(|(_, progress)| progress)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Progress> {
+        self.peers.iter_mut().map(|(_, progress)| progress)
+    }
+
+    /// Gives back the room an idle group does not need: spare capacity, and empty in-flight
+    /// windows.
+    pub fn release_idle_buffers(&mut self) {
+        self.peers.shrink_to_fit();
+        for (_, progress) in &mut self.peers {
+            progress.release_idle_buffers();
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReplicationState {
@@ -78,6 +153,14 @@ impl Progress {
         self.state = ReplicationState::Snapshot { index, offset: 0 };
         self.paused = false;
         self.inflight.clear();
+    }
+
+    /// Frees the in-flight window's buffer when nothing is in flight; it grows again on the
+    /// next pipelined append.
+    pub fn release_idle_buffers(&mut self) {
+        if self.inflight.is_empty() {
+            self.inflight = VecDeque::new();
+        }
     }
 
     /// A heartbeat came back while the pipeline is full: appends were probably lost, so let

@@ -17,7 +17,10 @@ use crate::raft::ready::Role;
 impl RaftGroup {
     /// Takes one message addressed to this node.
     pub fn step(&mut self, message: Message) {
-        debug_assert_eq!(message.to, self.id, "message delivered to the wrong node");
+        debug_assert_eq!(
+            message.to, self.state.id,
+            "message delivered to the wrong node"
+        );
         // Anything but the leader's quiesce notice and the answers to it wakes a quiet group.
         if !matches!(
             message.body,
@@ -29,16 +32,16 @@ impl RaftGroup {
             self.step_local(message);
             return;
         }
-        if message.term > self.term {
+        if message.term > self.state.term {
             let is_campaign = matches!(
                 message.body,
                 MessageBody::PreVote { .. } | MessageBody::Vote { .. }
             );
             if is_campaign {
                 let forced = matches!(message.body, MessageBody::Vote { transfer: true, .. });
-                let in_lease = self.config.check_quorum
-                    && self.leader.is_some()
-                    && self.election_elapsed_ticks < self.config.election_timeout_ticks;
+                let in_lease = self.state.config.check_quorum
+                    && self.state.leader.is_some()
+                    && self.state.election_elapsed_ticks < self.state.config.election_timeout_ticks;
                 if in_lease && !forced {
                     // A live leader is heard: a campaign now would only disrupt it.
                     return;
@@ -47,7 +50,7 @@ impl RaftGroup {
             match message.body {
                 MessageBody::PreVote { .. } => {}
                 MessageBody::PreVoteResponse { granted: true }
-                    if self.role == Role::PreCandidate => {}
+                    if self.state.role == Role::PreCandidate => {}
                 MessageBody::Append { .. }
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::InstallSnapshot { .. } => {
@@ -55,7 +58,7 @@ impl RaftGroup {
                 }
                 _ => self.become_follower(message.term, None),
             }
-        } else if message.term < self.term {
+        } else if message.term < self.state.term {
             match message.body {
                 MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
                     // A leader that was cut off: tell it our term so it steps down.
@@ -81,13 +84,13 @@ impl RaftGroup {
     fn step_local(&mut self, message: Message) {
         match message.body {
             MessageBody::Propose { commands } => {
-                if self.role == Role::Leader && !self.is_transferring() {
+                if self.state.role == Role::Leader && !self.is_transferring() {
                     self.append_commands(commands);
                 }
                 // Elsewhere dropped: the proposer retries after its own timeout.
             }
             MessageBody::ReadIndex { context } => {
-                if self.role == Role::Leader {
+                if self.state.role == Role::Leader {
                     self.leader_read(message.from, context);
                 }
             }
@@ -114,12 +117,12 @@ impl RaftGroup {
                 ..
             } => self.answer_campaign(from, message.term, false, last_log_index, last_log_term),
             MessageBody::PreVoteResponse { granted } => {
-                if self.role == Role::PreCandidate {
+                if self.state.role == Role::PreCandidate {
                     self.record_vote(from, granted);
                 }
             }
             MessageBody::VoteResponse { granted } => {
-                if self.role == Role::Candidate {
+                if self.state.role == Role::Candidate {
                     self.record_vote(from, granted);
                 }
             }
@@ -139,10 +142,10 @@ impl RaftGroup {
                 quiesce,
             } => {
                 if self.hear_leader(from) {
-                    let commit = leader_commit.min(self.log.last_index());
-                    self.log.commit_to(commit);
+                    let commit = leader_commit.min(self.state.log.last_index());
+                    self.state.log.commit_to(commit);
                     // Quiet only when caught up: a lagging follower keeps ticking and asking.
-                    if quiesce && leader_commit == self.log.last_index() {
+                    if quiesce && leader_commit == self.state.log.last_index() {
                         self.go_quiet();
                     } else if quiesce {
                         self.wake(false);
@@ -161,22 +164,22 @@ impl RaftGroup {
                 }
             }
             MessageBody::AppendResponse { outcome } => {
-                if self.role == Role::Leader {
+                if self.state.role == Role::Leader {
                     self.handle_append_response(from, outcome);
                 }
             }
             MessageBody::HeartbeatResponse { read_round } => {
-                if self.role == Role::Leader {
+                if self.state.role == Role::Leader {
                     self.handle_heartbeat_response(from, read_round);
                 }
             }
             MessageBody::SnapshotChunkResponse { index, next_offset } => {
-                if self.role == Role::Leader {
+                if self.state.role == Role::Leader {
                     self.handle_snapshot_chunk_response(from, index, next_offset);
                 }
             }
             MessageBody::TimeoutNow => {
-                if self.role != Role::Leader && self.configuration().is_voter(self.id) {
+                if self.state.role != Role::Leader && self.configuration().is_voter(self.state.id) {
                     self.start_election(true);
                 }
             }
@@ -192,15 +195,15 @@ impl RaftGroup {
     /// node leads the same term itself, which election safety rules out (the simulator's
     /// checker reports it; the message is dropped).
     fn hear_leader(&mut self, from: NodeId) -> bool {
-        if self.role == Role::Leader {
-            tracing::error!(node = %self.id, other = %from, term = self.term, "two leaders in one term");
+        if self.state.role == Role::Leader {
+            tracing::error!(node = %self.state.id, other = %from, term = self.state.term, "two leaders in one term");
             return false;
         }
-        if self.role != Role::Follower {
-            self.become_follower(self.term, Some(from));
+        if self.state.role != Role::Follower {
+            self.become_follower(self.state.term, Some(from));
         }
-        self.leader = Some(from);
-        self.election_elapsed_ticks = 0;
+        self.state.leader = Some(from);
+        self.state.election_elapsed_ticks = 0;
         true
     }
 
@@ -212,20 +215,24 @@ impl RaftGroup {
         last_log_index: u64,
         last_log_term: u64,
     ) {
-        let may_vote = self.vote == Some(from)
-            || (self.vote.is_none() && self.leader.is_none())
-            || (pre_vote && campaign_term > self.term);
+        let may_vote = self.state.vote == Some(from)
+            || (self.state.vote.is_none() && self.state.leader.is_none())
+            || (pre_vote && campaign_term > self.state.term);
         let log_ok = self.planted_bug() == Some(RaftPlantedBug::VoteWithoutLogCheck)
-            || self.log.is_up_to_date(last_log_index, last_log_term);
+            || self.state.log.is_up_to_date(last_log_index, last_log_term);
         let granted = may_vote && log_ok;
         if pre_vote {
             // A granted pre-vote carries the campaign's term, a refusal ours.
-            let term = if granted { campaign_term } else { self.term };
+            let term = if granted {
+                campaign_term
+            } else {
+                self.state.term
+            };
             self.send_with_term(from, term, MessageBody::PreVoteResponse { granted });
         } else {
             if granted {
-                self.vote = Some(from);
-                self.election_elapsed_ticks = 0;
+                self.state.vote = Some(from);
+                self.state.election_elapsed_ticks = 0;
             }
             self.send(from, MessageBody::VoteResponse { granted });
         }
@@ -239,27 +246,32 @@ impl RaftGroup {
         entries: Vec<Entry>,
         leader_commit: u64,
     ) {
-        if prev_log_index < self.log.committed() {
+        if prev_log_index < self.state.log.committed() {
             // Everything up to our commit index matches; say so and let the leader go on
             // from there.
-            let match_index = self.log.committed();
+            let match_index = self.state.log.committed();
             self.accept(from, match_index);
             return;
         }
-        let old_last_index = self.log.last_index();
-        match self.log.try_append(prev_log_index, prev_log_term, entries) {
+        let old_last_index = self.state.log.last_index();
+        match self
+            .state
+            .log
+            .try_append(prev_log_index, prev_log_term, entries)
+        {
             Some((last_new, truncated_from)) => {
                 if let Some(truncated_from) = truncated_from {
                     self.untrack_configurations_from(truncated_from);
                 }
                 let first_new = truncated_from.unwrap_or(old_last_index + 1);
                 self.track_configurations_from(first_new);
-                self.log.commit_to(leader_commit.min(last_new));
+                self.state.log.commit_to(leader_commit.min(last_new));
                 self.accept(from, last_new);
             }
             None => {
-                let probe = prev_log_index.min(self.log.last_index());
-                let (hint_index, hint_term) = self.log.find_conflict_by_term(probe, prev_log_term);
+                let probe = prev_log_index.min(self.state.log.last_index());
+                let (hint_index, hint_term) =
+                    self.state.log.find_conflict_by_term(probe, prev_log_term);
                 self.send(
                     from,
                     MessageBody::AppendResponse {
@@ -282,17 +294,17 @@ impl RaftGroup {
         data: Vec<u8>,
         done: bool,
     ) {
-        if meta.index <= self.log.committed() {
+        if meta.index <= self.state.log.committed() {
             *self.incoming_snapshot_mut() = None;
-            let match_index = self.log.committed();
+            let match_index = self.state.log.committed();
             self.accept(from, match_index);
             return;
         }
         let incoming = self.incoming_snapshot_mut();
         if offset == 0 {
-            *incoming = Some((meta.clone(), Vec::new()));
+            *incoming = Some(Box::new((meta.clone(), Vec::new())));
         }
-        let held = match incoming {
+        let held = match incoming.as_deref() {
             Some((held_meta, buffer)) if *held_meta == meta => buffer.len() as u64,
             _ => 0,
         };
@@ -308,7 +320,7 @@ impl RaftGroup {
             return;
         }
         let (_, buffer) = incoming
-            .as_mut()
+            .as_deref_mut()
             .expect("a matching snapshot is being received");
         buffer.extend_from_slice(&data);
         let next_offset = buffer.len() as u64;
@@ -322,7 +334,7 @@ impl RaftGroup {
             );
             return;
         }
-        let (meta, data) = incoming
+        let (meta, data) = *incoming
             .take()
             .expect("a matching snapshot is being received");
         let index = meta.index;
@@ -341,20 +353,22 @@ impl RaftGroup {
     }
 
     fn handle_append_response(&mut self, from: NodeId, outcome: AppendOutcome) {
-        let Some(progress) = self.progress.get_mut(&from) else {
+        let Some(progress) = self.state.progress.get_mut(&from) else {
             return;
         };
         progress.recent_active = true;
         match outcome {
-            AppendOutcome::Accepted { match_index } if match_index > self.log.last_index() => {
+            AppendOutcome::Accepted { match_index }
+                if match_index > self.state.log.last_index() =>
+            {
                 // A follower holding more than its leader: leader completeness is broken
                 // (only a planted bug gets here). Acting on it would loop forever between
                 // probes and snapshots; the simulator's checkers report the cause.
                 tracing::error!(
-                    node = %self.id,
+                    node = %self.state.id,
                     follower = %from,
                     match_index,
-                    last_index = self.log.last_index(),
+                    last_index = self.state.log.last_index(),
                     "a follower claims entries beyond the leader's log"
                 );
             }
@@ -372,7 +386,7 @@ impl RaftGroup {
                 }
                 // Keep this follower's pipeline full.
                 self.mark_append_due(from);
-                if self.role == Role::Leader && self.transfer_target() == Some(from) {
+                if self.state.role == Role::Leader && self.transfer_target() == Some(from) {
                     self.maybe_send_timeout_now();
                 }
             }
@@ -381,8 +395,8 @@ impl RaftGroup {
                 hint_index,
                 hint_term,
             } => {
-                let (probe_from, _) = self.log.find_conflict_by_term(hint_index, hint_term);
-                let progress = self.progress.get_mut(&from).expect("checked above");
+                let (probe_from, _) = self.state.log.find_conflict_by_term(hint_index, hint_term);
+                let progress = self.state.progress.get_mut(&from).expect("checked above");
                 if progress.on_rejected(rejected_index, probe_from) {
                     self.send_append(from, true);
                 }
@@ -391,9 +405,9 @@ impl RaftGroup {
     }
 
     fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
-        let last_index = self.log.last_index();
-        let inflight_max = self.config.inflight_max;
-        let Some(progress) = self.progress.get_mut(&from) else {
+        let last_index = self.state.log.last_index();
+        let inflight_max = self.state.config.inflight_max;
+        let Some(progress) = self.state.progress.get_mut(&from) else {
             return;
         };
         progress.recent_active = true;
@@ -416,7 +430,7 @@ impl RaftGroup {
     }
 
     fn handle_snapshot_chunk_response(&mut self, from: NodeId, index: u64, next_offset: u64) {
-        let Some(progress) = self.progress.get_mut(&from) else {
+        let Some(progress) = self.state.progress.get_mut(&from) else {
             return;
         };
         progress.recent_active = true;
