@@ -996,6 +996,19 @@ pub fn check_generated_history(seed: u64, keys: u64, operations: usize) -> Check
     check_history(&history, DEFAULT_MAX_STEPS_PER_KEY)
 }
 
+/// For tests and benches: makes one determinate read in the second half of `history` see a
+/// value nobody wrote, and returns its index.
+pub fn corrupt_a_read(history: &mut [Operation]) -> usize {
+    let index = (history.len() / 2..history.len())
+        .find(|&index| {
+            !history[index].is_indeterminate()
+                && matches!(history[index].output, OperationOutput::Value(Some(_)))
+        })
+        .expect("a determinate read that saw a value");
+    history[index].output = OperationOutput::Value(Some(b"never written".to_vec()));
+    index
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1357,17 +1370,6 @@ mod tests {
             .count();
         assert!(overlapping > 100, "{overlapping}");
         assert!(history.iter().any(Operation::is_indeterminate));
-    }
-
-    fn corrupt_a_read(history: &mut [Operation]) -> usize {
-        let index = (history.len() / 2..history.len())
-            .find(|&index| {
-                !history[index].is_indeterminate()
-                    && matches!(history[index].output, OperationOutput::Value(Some(_)))
-            })
-            .expect("a determinate read that saw a value");
-        history[index].output = OperationOutput::Value(Some(b"never written".to_vec()));
-        index
     }
 
     #[test]
