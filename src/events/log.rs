@@ -442,10 +442,18 @@ fn good_record_follows(bytes: &[u8], offset: u64) -> bool {
     let start = offset as usize;
     let (payload_len, _) = parse_header(&bytes[start..start + RECORD_HEADER_BYTES as usize]);
     let next = offset + RECORD_HEADER_BYTES + payload_len;
-    payload_len > 0
+    if payload_len > 0
         && payload_len <= RECORD_PAYLOAD_BYTES_MAX
         && next < file_len
         && check_record(bytes, next).is_ok()
+    {
+        return true;
+    }
+    // The damaged header's length cannot be trusted (a rotted length bit makes synced data
+    // look like a torn tail): look for a good record at any later offset. A crash only ever
+    // cuts the end, so one found means the damage is not a torn write.
+    (offset + 1..file_len.saturating_sub(RECORD_HEADER_BYTES))
+        .any(|candidate| check_record(bytes, candidate).is_ok())
 }
 
 /// Checks the record at `offset` of a segment's bytes and returns its payload.

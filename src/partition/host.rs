@@ -109,6 +109,10 @@ pub enum RequestError {
     Busy(PartitionId),
     #[error("invalid membership change: {0}")]
     InvalidMembershipChange(String),
+    /// Definitely not applied (and never will be): a later write from this node overtook it
+    /// on its way to the leader. Retrying is safe.
+    #[error("the write was overtaken by a later write from this node and was not applied; retry")]
+    Superseded,
 }
 
 /// What a read asks for.
@@ -911,9 +915,13 @@ impl PartitionHost {
             });
             if ours == Some(true) {
                 self.pending_writes.remove(command.request_id);
+                let result = match command.outcome {
+                    WriteOutcome::Superseded => Err(RequestError::Superseded),
+                    outcome => Ok(outcome),
+                };
                 self.outputs.push(HostOutput::WriteAnswered {
                     request_id: command.request_id,
-                    result: Ok(command.outcome),
+                    result,
                 });
             }
         }

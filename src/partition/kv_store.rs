@@ -8,7 +8,11 @@
 //! - commits that apply entries are not synced (`Durability::None`); a checkpoint syncs them
 //!   all at once, and only a checkpointed applied index may let the Raft log drop entries;
 //! - an installed snapshot replaces the partition's pairs and point in one synced commit;
-//! - any write failure poisons the store: it refuses further writes until the node restarts.
+//! - any write failure poisons the store: it refuses further writes until the node restarts;
+//! - a command applies at most once: per partition and proposer session the highest request
+//!   id applied is kept with the pairs (and carried by snapshots), and a command at or below
+//!   it is skipped as superseded on every replica alike. The network may duplicate a
+//!   forwarded proposal, and the leader would append each copy.
 
 use crate::events::{prepare_database_file, DiskBackend};
 use crate::partition::command::{BatchOperation, KvCommand, KvOperation};
@@ -22,6 +26,8 @@ use std::collections::BTreeMap;
 pub const DATABASE_FILE: &str = "partitions.redb";
 const PAIRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("partition_pairs");
 const POINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("partition_points");
+/// (partition, proposer node, proposer session) to the highest request id applied.
+const SESSIONS: TableDefinition<(u64, u32, u64), u64> = TableDefinition::new("partition_sessions");
 const DATABASE_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a partition's state machine has applied: the Raft snapshot point it stands for.
@@ -84,6 +90,9 @@ pub enum WriteOutcome {
     Batch,
     /// The entry did not decode: a format bug; the entry is skipped on every replica alike.
     Undecodable(String),
+    /// Not applied: a copy of a command already applied, or a command its session's later
+    /// one overtook (skipped on every replica alike).
+    Superseded,
 }
 
 #[derive(Debug)]
@@ -108,6 +117,7 @@ impl KvStore {
             .map_err(engine)?;
         transaction.open_table(PAIRS).map_err(engine)?;
         transaction.open_table(POINTS).map_err(engine)?;
+        transaction.open_table(SESSIONS).map_err(engine)?;
         transaction.commit().map_err(engine)?;
         let mut points = BTreeMap::new();
         {
@@ -243,6 +253,7 @@ impl KvStore {
         let mut applied = Vec::new();
         {
             let mut pairs = transaction.open_table(PAIRS).map_err(engine)?;
+            let mut sessions = transaction.open_table(SESSIONS).map_err(engine)?;
             for entry in entries {
                 let EntryKind::Command(bytes) = &entry.kind else {
                     continue;
@@ -261,6 +272,22 @@ impl KvStore {
                         continue;
                     }
                 };
+                let session = (id.0, command.proposer, command.proposer_session);
+                let highest = sessions.get(session).map_err(engine)?.map(|id| id.value());
+                if highest.is_some_and(|highest| command.request_id <= highest) {
+                    tracing::debug!(partition = %id, index = entry.index, proposer = command.proposer, request_id = command.request_id, "command superseded: not applied");
+                    applied.push(AppliedCommand {
+                        index: entry.index,
+                        proposer: command.proposer,
+                        proposer_session: command.proposer_session,
+                        request_id: command.request_id,
+                        outcome: WriteOutcome::Superseded,
+                    });
+                    continue;
+                }
+                sessions
+                    .insert(session, command.request_id)
+                    .map_err(engine)?;
                 let outcome = match &command.operation {
                     KvOperation::Put { key, value } => {
                         pairs
@@ -387,8 +414,26 @@ impl KvStore {
                 ..RangeQuery::default()
             },
         )?;
-        let data = postcard::to_stdvec(&SnapshotImage { pairs }).expect("images serialise");
+        let sessions = self.sessions(id)?;
+        let data =
+            postcard::to_stdvec(&SnapshotImage { pairs, sessions }).expect("images serialise");
         Ok((point, data))
+    }
+
+    /// The partition's proposer sessions and the highest request id each applied.
+    fn sessions(&self, id: PartitionId) -> Result<Vec<SessionHighest>, KvError> {
+        let transaction = self.database.begin_read().map_err(engine)?;
+        let table = transaction.open_table(SESSIONS).map_err(engine)?;
+        let mut sessions = Vec::new();
+        for row in table
+            .range((id.0, 0, 0)..=(id.0, u32::MAX, u64::MAX))
+            .map_err(engine)?
+        {
+            let (key, highest) = row.map_err(engine)?;
+            let (_, proposer, session) = key.value();
+            sessions.push(((proposer, session), highest.value()));
+        }
+        Ok(sessions)
     }
 
     /// Replaces the partition's state with a snapshot image, durably.
@@ -417,6 +462,15 @@ impl KvStore {
                         .insert((id.0, key.as_slice()), value.as_slice())
                         .map_err(engine)?;
                 }
+                let mut sessions = transaction.open_table(SESSIONS).map_err(engine)?;
+                sessions
+                    .retain_in((id.0, 0, 0)..=(id.0, u32::MAX, u64::MAX), |_, _| false)
+                    .map_err(engine)?;
+                for ((proposer, session), highest) in &image.sessions {
+                    sessions
+                        .insert((id.0, *proposer, *session), *highest)
+                        .map_err(engine)?;
+                }
                 let mut points = transaction.open_table(POINTS).map_err(engine)?;
                 let encoded = postcard::to_stdvec(&point).expect("points serialise");
                 points.insert(id.0, encoded.as_slice()).map_err(engine)?;
@@ -440,7 +494,11 @@ fn next_partition(id: PartitionId) -> u64 {
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotImage {
     pairs: Vec<Pair>,
+    sessions: Vec<SessionHighest>,
 }
+
+/// (proposer, session) and the highest request id it applied.
+type SessionHighest = ((u32, u64), u64);
 
 #[cfg(test)]
 mod tests {
@@ -631,6 +689,60 @@ mod tests {
         assert_eq!(store.point(P).unwrap().index, 2);
         assert_eq!(store.get(P, b"a").unwrap(), b"1");
         assert_eq!(store.get(P, b"b"), Err(KvError::KeyNotFound));
+    }
+
+    /// The command of `entry` again, at `index`: what the leader appends when the network
+    /// duplicates a forwarded proposal.
+    fn copy_at(entry: &Entry, index: u64) -> Entry {
+        Entry {
+            index,
+            ..entry.clone()
+        }
+    }
+
+    #[test]
+    fn a_command_applies_at_most_once_even_across_a_snapshot() {
+        let disk = TestDisk::new();
+        let mut store = store_with_partition(&disk);
+        let configuration = store.point(P).unwrap().configuration.clone();
+        let first = put(2, "a", "1");
+        let delete = command(3, KvOperation::Delete { key: b"a".to_vec() });
+        let applied = store
+            .apply(
+                P,
+                &[first.clone(), delete.clone(), copy_at(&first, 4)],
+                configuration.clone(),
+            )
+            .unwrap();
+        let outcomes: Vec<&WriteOutcome> = applied.iter().map(|command| &command.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [
+                &WriteOutcome::Put,
+                &WriteOutcome::Deleted(true),
+                &WriteOutcome::Superseded
+            ]
+        );
+        assert_eq!(
+            store.get(P, b"a"),
+            Err(KvError::KeyNotFound),
+            "no second put"
+        );
+        // An older request arriving after a newer one of its session is not applied either.
+        let overtaken = put(2, "b", "late");
+        let applied = store
+            .apply(P, &[copy_at(&overtaken, 5)], configuration.clone())
+            .unwrap();
+        assert_eq!(applied[0].outcome, WriteOutcome::Superseded);
+        // A replica that catches up from a snapshot knows what was applied.
+        let (point, image) = store.snapshot(P).unwrap();
+        let target_disk = TestDisk::new();
+        let mut target = store_with_partition(&target_disk);
+        target.install_snapshot(P, point, &image).unwrap();
+        let applied = target
+            .apply(P, &[copy_at(&delete, 6)], configuration)
+            .unwrap();
+        assert_eq!(applied[0].outcome, WriteOutcome::Superseded);
     }
 
     #[test]

@@ -434,6 +434,26 @@ mod tests {
     }
 
     #[test]
+    fn a_rotted_length_that_makes_synced_records_look_torn_is_refused() {
+        let disk = TestDisk::new();
+        let (mut log, _) = open(&disk);
+        let one = PartitionId(1);
+        for index in 2..6 {
+            log.stage_entries(one, vec![entry(index, 1)]);
+            log.commit().unwrap();
+        }
+        let segment = crate::events::log::prefixed_segment_name(RAFT_LOG_PREFIX, 0);
+        let bytes = disk.read_all(&segment).unwrap();
+        let first_payload = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as u64;
+        let second = 8 + first_payload;
+        // A high bit of the second record's length flips: it now claims to run past the end
+        // of the file, as a torn write would, though two synced records follow it.
+        disk.corrupt_at_rest(&segment, second + 2);
+        let error = RaftLogStore::open(disk.crash(), 1 << 20).unwrap_err();
+        assert!(matches!(error, RaftLogError::DamagedAtRest(_)), "{error}");
+    }
+
+    #[test]
     fn a_torn_tail_is_still_cut() {
         let disk = TestDisk::new();
         let (mut log, _) = open(&disk);

@@ -208,7 +208,9 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput) {
             *request_id,
             match result {
                 Ok(_) => Answer::Done(OperationOutput::Ok),
-                Err(RequestError::NotLeader { .. }) => Answer::NotApplied,
+                Err(RequestError::NotLeader { .. } | RequestError::Superseded) => {
+                    Answer::NotApplied
+                }
                 Err(_) => Answer::Unknown,
             },
         ),
