@@ -109,10 +109,6 @@ pub enum RequestError {
     Busy(PartitionId),
     #[error("invalid membership change: {0}")]
     InvalidMembershipChange(String),
-    /// Definitely not applied (and never will be): a later write from this node overtook it
-    /// on its way to the leader. Retrying is safe.
-    #[error("the write was overtaken by a later write from this node and was not applied; retry")]
-    Superseded,
 }
 
 /// What a read asks for.
@@ -915,8 +911,11 @@ impl PartitionHost {
             });
             if ours == Some(true) {
                 self.pending_writes.remove(command.request_id);
+                // A skipped copy says nothing for sure: the request either applied once
+                // already (perhaps inside a snapshot this node installed, so it was never
+                // answered) or was overtaken and never will.
                 let result = match command.outcome {
-                    WriteOutcome::Superseded => Err(RequestError::Superseded),
+                    WriteOutcome::Superseded => Err(RequestError::OutcomeUnknown),
                     outcome => Ok(outcome),
                 };
                 self.outputs.push(HostOutput::WriteAnswered {

@@ -90,8 +90,8 @@ pub enum WriteOutcome {
     Batch,
     /// The entry did not decode: a format bug; the entry is skipped on every replica alike.
     Undecodable(String),
-    /// Not applied: a copy of a command already applied, or a command its session's later
-    /// one overtook (skipped on every replica alike).
+    /// Skipped on every replica alike: a copy of a command already applied, or a command its
+    /// session's later one overtook (never applied).
     Superseded,
 }
 

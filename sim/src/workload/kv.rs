@@ -174,6 +174,7 @@ pub fn client_operation(world: &mut World, index: usize) {
             return;
         }
     };
+    tracing::debug!(history_id, node = %target_id, request_id, partition, key_number, is_read, is_delete, "kv call");
     world
         .trace
         .record(now, "kv", history_id, (partition << 32) | key_number);
@@ -208,9 +209,7 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput) {
             *request_id,
             match result {
                 Ok(_) => Answer::Done(OperationOutput::Ok),
-                Err(RequestError::NotLeader { .. } | RequestError::Superseded) => {
-                    Answer::NotApplied
-                }
+                Err(RequestError::NotLeader { .. }) => Answer::NotApplied,
                 Err(_) => Answer::Unknown,
             },
         ),
@@ -239,6 +238,7 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput) {
     if !record.pending {
         return;
     }
+    tracing::debug!(history_id, answer = ?outcome, "kv answer");
     match outcome {
         Answer::Done(output) => {
             record.pending = false;
@@ -254,6 +254,7 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput) {
     }
 }
 
+#[derive(Debug)]
 enum Answer {
     Done(OperationOutput),
     NotApplied,
