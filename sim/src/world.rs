@@ -521,13 +521,13 @@ impl World {
         }
     }
 
-    /// A process restart without power loss: memory is gone, the disk keeps what the
-    /// process wrote (synced or not, as the operating system still holds it).
-    pub fn stop_process(&mut self, index: usize) {
+    /// Ends the node's process: its handle on the disk dies and its memory is gone. Returns
+    /// false when it was not running.
+    fn end_process(&mut self, index: usize) -> bool {
         self.snapshots_installed_before += self.snapshots_installed_on(index);
         let sim_node = &mut self.nodes[index];
         if !sim_node.is_up() {
-            return;
+            return false;
         }
         if let Some(process_disk) = sim_node.process_disk.take() {
             process_disk.kill();
@@ -536,7 +536,16 @@ impl World {
         sim_node.incarnation += 1;
         sim_node.timer_at = None;
         sim_node.flush_scheduled = false;
-        let id = sim_node.id;
+        true
+    }
+
+    /// A process restart without power loss: memory is gone, the disk keeps what the
+    /// process wrote (synced or not, as the operating system still holds it).
+    pub fn stop_process(&mut self, index: usize) {
+        if !self.end_process(index) {
+            return;
+        }
+        let id = self.nodes[index].id;
         tracing::info!(node = %id, "process stopped");
         self.trace.record(self.now.get(), "stop", id.0 as u64, 0);
         self.history.node_crashed(id, self.now.get());
@@ -545,20 +554,11 @@ impl World {
 
     /// Power loss: memory and unsynced writes are gone.
     pub fn crash_node(&mut self, index: usize) {
-        self.snapshots_installed_before += self.snapshots_installed_on(index);
-        let sim_node = &mut self.nodes[index];
-        if !sim_node.is_up() {
+        if !self.end_process(index) {
             return;
         }
-        if let Some(process_disk) = sim_node.process_disk.take() {
-            process_disk.kill();
-        }
-        sim_node.state = NodeState::Down;
-        sim_node.incarnation += 1;
-        sim_node.timer_at = None;
-        sim_node.flush_scheduled = false;
-        let report = sim_node.disk.crash();
-        let id = sim_node.id;
+        let report = self.nodes[index].disk.crash();
+        let id = self.nodes[index].id;
         tracing::info!(node = %id, torn = report.writes_torn, dropped = report.writes_dropped, "crash");
         self.trace
             .record(self.now.get(), "crash", id.0 as u64, report.writes_dropped);
