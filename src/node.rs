@@ -11,6 +11,13 @@
 //! Invariants: nothing is acknowledged, to a client or to a peer, before the write is durable
 //! (unless a canary plants the opposite on purpose); a store whose sync failed is poisoned and
 //! the node refuses writes until it is restarted and recovers from disk.
+//!
+//! Whom it listens to: messages arrive decoded and checked by the wire codec; the node takes
+//! them only from members of its peer table (Raft traffic, replicas, confirmations) or, for
+//! the event protocol, from [`NodeId::UNATTRIBUTED`] (the driver's name for the AllData HTTP
+//! peer endpoint). Anything else is refused and counted in `messages_refused`: an outsider
+//! must not write events, stop their repair, or speak in a Raft group. Members are trusted to
+//! run the protocol; their messages are checked for form, not for truth.
 
 use crate::coordinator::{CommitLevel, PutError, ReplicaWrite, WriteAction};
 use crate::events::{
@@ -126,6 +133,8 @@ pub struct NodeCounters {
     pub repairs: u64,
     /// Group commits: each is one log append and one sync.
     pub group_commits: u64,
+    /// Peer messages refused: from a node that is not a member, or refused by a partition.
+    pub messages_refused: u64,
 }
 
 fn count_failures_and_respreads(counters: &mut NodeCounters, actions: &[WriteAction]) {
@@ -266,7 +275,14 @@ impl Node {
     }
 
     pub fn counters(&self) -> NodeCounters {
-        self.counters
+        let refused_by_partitions = self
+            .partitions
+            .as_ref()
+            .map_or(0, |host| host.counters().messages_refused);
+        NodeCounters {
+            messages_refused: self.counters.messages_refused + refused_by_partitions,
+            ..self.counters
+        }
     }
 
     pub fn store(&self) -> &EventStore {
@@ -288,10 +304,24 @@ impl Node {
         self.store.range(from, to_exclusive, limit)
     }
 
+    /// A member is up and runs at `location`: placement uses it.
     pub fn add_peer(&mut self, peer: NodeId, location: Location) {
         self.peers.add_peer(peer, location);
     }
 
+    /// A member whose place is not known yet (configured, never heard from): it counts
+    /// towards the cluster's size, and is down until `add_peer` says where it runs.
+    pub fn add_unplaced_peer(&mut self, peer: NodeId) {
+        self.peers.add_unplaced(peer);
+    }
+
+    /// A member went silent: it stays a member (and a replica's eventual home), but
+    /// placement tries it last and commit levels count only the nodes that are up.
+    pub fn mark_peer_down(&mut self, peer: NodeId) -> bool {
+        self.peers.mark_down(peer)
+    }
+
+    /// Removes a member from the peer table.
     pub fn drop_peer(&mut self, peer: NodeId) -> bool {
         self.peers.drop_peer(peer)
     }
@@ -305,19 +335,25 @@ impl Node {
     }
 
     /// A client asks this node to coordinate a new event. The answer arrives as
-    /// `NodeOutput::PutAnswered` with the same `request_id`.
+    /// `NodeOutput::PutAnswered` with the same `request_id`. Returns the event's key when
+    /// one was issued (the write started), so a client that stops waiting can still be told
+    /// which key to check before it retries.
     pub fn put_event(
         &mut self,
         request_id: u64,
         event: Vec<u8>,
         commit_level: Option<CommitLevel>,
-    ) {
+    ) -> Option<EventKey> {
         let commit_level = commit_level.unwrap_or(self.config.default_commit_level);
-        if let Err(error) = self.start_put(request_id, event, commit_level) {
-            self.outputs.push(NodeOutput::PutAnswered {
-                request_id,
-                result: Err(error),
-            });
+        match self.start_put(request_id, event, commit_level) {
+            Ok(key) => Some(key),
+            Err(error) => {
+                self.outputs.push(NodeOutput::PutAnswered {
+                    request_id,
+                    result: Err(error),
+                });
+                None
+            }
         }
     }
 
@@ -326,7 +362,7 @@ impl Node {
         request_id: u64,
         event: Vec<u8>,
         commit_level: CommitLevel,
-    ) -> Result<(), PutError> {
+    ) -> Result<EventKey, PutError> {
         let max = self.config.store.max_event_bytes;
         if event.len() > max {
             return Err(PutError::EventTooLarge {
@@ -341,20 +377,41 @@ impl Node {
             &self.suspected(),
             self.seams.rng.as_mut(),
         )?;
+        // A level the nodes that are up cannot meet fails now, before anything is written.
+        let replication_factor = self.config.replication_factor;
+        let required = commit_level.required(replication_factor);
+        let up = 1 + self.peers.up_count() as u32;
+        if up < required {
+            return Err(PutError::NotEnoughNodesUp {
+                commit_level,
+                required,
+                replication_factor,
+                up,
+            });
+        }
         if self.store.is_poisoned() {
             return Err(PutError::StoreUnavailable(StoreError::Poisoned.to_string()));
         }
         let now = self.now();
         let key = match self.keys.next(now, self.seams.disk.as_ref()) {
             Ok(key) => key,
+            Err(error @ crate::events::KeyError::ClockOutOfRange(_)) => {
+                return Err(PutError::StoreUnavailable(error.to_string()));
+            }
             Err(error) => {
                 // The reservation's sync failed: the disk is not to be trusted any more.
                 self.store.poison();
                 return Err(PutError::StoreUnavailable(error.to_string()));
             }
         };
-        self.begin_write(key, event, plan, Some((request_id, commit_level)), now);
-        Ok(())
+        self.begin_write(
+            key.clone(),
+            event,
+            plan,
+            Some((request_id, commit_level)),
+            now,
+        );
+        Ok(key)
     }
 
     /// Starts a replica write: a client's put (`client` set) or a repair by a holder.
@@ -403,8 +460,28 @@ impl Node {
             .collect()
     }
 
-    /// A message from a peer.
+    /// Whether a message of this kind from `from` is taken (see the module doc).
+    fn accepts(&self, from: NodeId, message: &Message) -> bool {
+        if from == self.config.id {
+            return false;
+        }
+        match message {
+            Message::Replicate { .. } | Message::Confirm { .. } => {
+                from == NodeId::UNATTRIBUTED || self.peers.is_member(from)
+            }
+            Message::ReplicateResult { .. } => self.peers.is_member(from),
+            // Raft traffic needs partitions here to take it.
+            Message::Raft(_) => self.peers.is_member(from) && self.partitions.is_some(),
+        }
+    }
+
+    /// A message from a peer, already decoded and checked by the wire codec.
     pub fn handle_message(&mut self, from: NodeId, message: Message) {
+        if !self.accepts(from, &message) {
+            tracing::debug!(node = %self.config.id, %from, kind = message.kind(), "message refused: not from a member, or no partitions here");
+            self.counters.messages_refused += 1;
+            return;
+        }
         match message {
             Message::Replicate {
                 write_id,
@@ -586,7 +663,7 @@ impl Node {
                     Message::ReplicateResult {
                         write_id,
                         key,
-                        outcome: Err(error.to_string()),
+                        outcome: Err(error.refusal()),
                     },
                 );
             }
@@ -638,6 +715,11 @@ impl Node {
     /// timestamp, which another node's skewed clock wrote.
     fn start_repairs(&mut self, now: u64) {
         if self.store.is_poisoned() {
+            return;
+        }
+        // With members down, a repair could not reach the replication factor: it waits for
+        // them (or for the operator to drop them) instead of failing over and over.
+        if 1 + self.peers.up_count() < self.config.replication_factor as usize {
             return;
         }
         let unconfirmed = self.store.unconfirmed();
@@ -805,7 +887,7 @@ impl Node {
             .store
             .commit()
             .map(|_| ())
-            .map_err(|error| error.to_string());
+            .map_err(|error| error.refusal());
         if let Err(error) = &outcome {
             tracing::error!(node = %self.config.id, %error, "commit failed; the store is poisoned until restart");
         }

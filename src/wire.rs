@@ -1,15 +1,41 @@
-//! Messages between nodes and their versioned envelope.
+//! The peer protocol: the messages between nodes and the one codec that frames them, used by
+//! the TCP transport and by the simulator alike, so the simulator runs every message through
+//! the bytes production sends.
 //!
-//! Every frame on the wire is a postcard-encoded [`Envelope`] whose first field is the wire
-//! version; a receiver refuses versions it does not know instead of misreading them. The
-//! simulator passes [`Message`] values directly (no encoding) but production and the tests
-//! round-trip them through [`encode`] / [`decode`].
+//! A frame's payload is postcard: the frame version (a varint), the frame kind (the variant
+//! index of [`FrameKind`]), then the body. The TCP transport puts a 4-byte big-endian length
+//! before each payload; the simulator's network keeps message boundaries itself.
+//!
+//! Invariants:
+//! - no payload is longer than [`FRAME_BYTES_MAX`]: encoding refuses to make one, decoding
+//!   refuses to read one, so a peer cannot make a node allocate without bound and every
+//!   message that is sent can be received;
+//! - decoding is validation: an unknown version is refused before the body is trusted, every
+//!   value is decoded into a validated type (event keys, node ids, partition ids, places),
+//!   every message is then checked as a whole ([`Message::check`]: event sizes and JSON, key
+//!   counts, Raft terms, indexes and entries), and trailing bytes are refused. A frame that
+//!   fails changes nothing; the transport counts it and closes the connection.
 
-use crate::events::EventKey;
+use crate::events::{check_event_json, EventKey};
+use crate::partition::host::RaftEnvelope;
 use serde::{Deserialize, Serialize};
 
-/// The wire version this build speaks.
-pub const WIRE_VERSION: u16 = 1;
+/// The frame version this build speaks (2: a replica's refusal says why, by kind).
+pub const FRAME_VERSION: u16 = 2;
+
+/// The largest frame payload: an event is at most [`EVENT_BYTES_MAX`], so this leaves room
+/// for its envelope, a batch of confirmations, or a round of Raft messages (the partition
+/// host splits larger rounds into several envelopes).
+pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// The largest event a replica carries (the node's own limit may be lower).
+pub const EVENT_BYTES_MAX: usize = 1024 * 1024;
+
+/// Keys one confirmation may carry.
+pub const CONFIRM_KEYS_MAX: usize = 4096;
+
+/// The longest failure text a replica answer may carry.
+pub const OUTCOME_TEXT_BYTES_MAX: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -24,12 +50,12 @@ pub enum Message {
     ReplicateResult {
         write_id: u64,
         key: EventKey,
-        outcome: Result<(), String>,
+        outcome: Result<(), ReplicaRefusal>,
     },
     /// The sender saw replication factor reached for these keys: stop repairing them.
     Confirm { keys: Vec<EventKey> },
-    /// Every Raft message of one round from the sender's partitions to the receiver's.
-    Raft(crate::partition::host::RaftEnvelope),
+    /// Raft messages of one round from the sender's partitions to the receiver's.
+    Raft(RaftEnvelope),
 }
 
 impl Message {
@@ -42,35 +68,188 @@ impl Message {
             Message::Raft(_) => "raft",
         }
     }
+
+    /// Checks a decoded message as a whole: what types alone cannot say.
+    pub fn check(&self) -> Result<(), WireError> {
+        let invalid = |reason: String| WireError::Invalid(format!("{}: {reason}", self.kind()));
+        match self {
+            Message::Replicate { event, .. } => {
+                if event.len() > EVENT_BYTES_MAX {
+                    return Err(invalid(format!(
+                        "an event of {} bytes, more than {EVENT_BYTES_MAX}",
+                        event.len()
+                    )));
+                }
+                check_event_json(event).map_err(|error| invalid(error.to_string()))
+            }
+            Message::ReplicateResult {
+                outcome: Err(refusal),
+                ..
+            } if refusal.message.len() > OUTCOME_TEXT_BYTES_MAX => Err(invalid(format!(
+                "a refusal text of {} bytes, more than {OUTCOME_TEXT_BYTES_MAX}",
+                refusal.message.len()
+            ))),
+            Message::ReplicateResult { .. } => Ok(()),
+            Message::Confirm { keys } if keys.len() > CONFIRM_KEYS_MAX => Err(invalid(format!(
+                "{} keys, more than {CONFIRM_KEYS_MAX}",
+                keys.len()
+            ))),
+            Message::Confirm { .. } => Ok(()),
+            Message::Raft(envelope) => envelope.check().map_err(invalid),
+        }
+    }
 }
 
+/// Why a replica was not stored, for the coordinator's logs and the HTTP peer protocol's
+/// status codes: the client's mistakes (4xx) apart from the node's troubles (5xx).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    pub version: u16,
-    pub from: crate::ids::NodeId,
-    pub message: Message,
+pub struct ReplicaRefusal {
+    pub reason: RefusalReason,
+    pub message: String,
 }
 
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+/// The kinds of refusal. The order is the wire format: kinds are only ever appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalReason {
+    /// The key's time is before the oldest interval still open.
+    TooOld,
+    /// The key's time is beyond the next interval.
+    TooFarInFuture,
+    /// The key already holds a different event.
+    WriteOnceConflict,
+    /// The event is larger than this node takes.
+    TooLarge,
+    /// The node cannot store anything now (its store failed, or it is overloaded).
+    Unavailable,
+}
+
+impl ReplicaRefusal {
+    pub fn new(reason: RefusalReason, message: impl Into<String>) -> Self {
+        let mut message: String = message.into();
+        if message.len() > OUTCOME_TEXT_BYTES_MAX {
+            let mut end = OUTCOME_TEXT_BYTES_MAX;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        Self { reason, message }
+    }
+}
+
+impl std::fmt::Display for ReplicaRefusal {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.message)
+    }
+}
+
+/// What a frame carries. The order is the wire format: kinds are only ever appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrameKind {
+    /// The first frame on a connection: who is talking (the transport defines its body).
+    Hello,
+    /// Keeps the receiver's view of the sender fresh while there is nothing else to say.
+    Heartbeat,
+    /// A message of the node's protocol.
+    Message,
+}
+
+/// A decoded frame. A hello's body is left to the transport that owns its type.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Hello(&'a [u8]),
+    Heartbeat,
+    Message(Message),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    #[error("unsupported wire version {0} (this build speaks {WIRE_VERSION})")]
+    #[error("frame of {0} bytes is over the limit of {FRAME_BYTES_MAX}")]
+    TooLarge(usize),
+    #[error("empty frame")]
+    Empty,
+    #[error("unsupported frame version {0} (this build speaks {FRAME_VERSION})")]
     UnsupportedVersion(u16),
     #[error("malformed frame: {0}")]
     Malformed(String),
+    #[error("invalid frame: {0}")]
+    Invalid(String),
 }
 
-pub fn encode(envelope: &Envelope) -> Vec<u8> {
-    postcard::to_stdvec(envelope).expect("encoding into a Vec cannot fail")
+/// The header of every payload: version, then kind (public for tools that forge frames).
+pub fn header(kind: FrameKind) -> Vec<u8> {
+    let bytes = postcard::to_stdvec(&FRAME_VERSION).expect("a u16 always encodes");
+    postcard::to_extend(&kind, bytes).expect("a unit variant always encodes")
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
-    // The version is the first varint, so it can be checked before the body is trusted.
-    let (version, _) = postcard::take_from_bytes::<u16>(bytes)
+fn finish(payload: Vec<u8>) -> Result<Vec<u8>, WireError> {
+    if payload.len() > FRAME_BYTES_MAX {
+        return Err(WireError::TooLarge(payload.len()));
+    }
+    Ok(payload)
+}
+
+/// The payload of a frame carrying `message`; refused when it would be over the limit.
+pub fn encode_message(message: &Message) -> Result<Vec<u8>, WireError> {
+    let payload = postcard::to_extend(message, header(FrameKind::Message))
         .map_err(|error| WireError::Malformed(error.to_string()))?;
-    if version != WIRE_VERSION {
+    finish(payload)
+}
+
+/// The payload of a hello frame with the transport's own `body`.
+pub fn encode_hello<H: Serialize>(body: &H) -> Result<Vec<u8>, WireError> {
+    let payload = postcard::to_extend(body, header(FrameKind::Hello))
+        .map_err(|error| WireError::Malformed(error.to_string()))?;
+    finish(payload)
+}
+
+/// The payload of a heartbeat frame.
+pub fn encode_heartbeat() -> Vec<u8> {
+    header(FrameKind::Heartbeat)
+}
+
+/// Decodes and validates one frame payload (see the module doc).
+pub fn decode_frame(payload: &[u8]) -> Result<Frame<'_>, WireError> {
+    if payload.is_empty() {
+        return Err(WireError::Empty);
+    }
+    if payload.len() > FRAME_BYTES_MAX {
+        return Err(WireError::TooLarge(payload.len()));
+    }
+    let malformed = |error: postcard::Error| WireError::Malformed(error.to_string());
+    // The version first, so a newer peer's body is never misread.
+    let (version, rest) = postcard::take_from_bytes::<u16>(payload).map_err(malformed)?;
+    if version != FRAME_VERSION {
         return Err(WireError::UnsupportedVersion(version));
     }
-    postcard::from_bytes(bytes).map_err(|error| WireError::Malformed(error.to_string()))
+    let (kind, body) = postcard::take_from_bytes::<FrameKind>(rest).map_err(malformed)?;
+    match kind {
+        FrameKind::Hello => Ok(Frame::Hello(body)),
+        FrameKind::Heartbeat if body.is_empty() => Ok(Frame::Heartbeat),
+        FrameKind::Heartbeat => Err(trailing(body.len())),
+        FrameKind::Message => {
+            let (message, rest) = postcard::take_from_bytes::<Message>(body).map_err(malformed)?;
+            if !rest.is_empty() {
+                return Err(trailing(rest.len()));
+            }
+            message.check()?;
+            Ok(Frame::Message(message))
+        }
+    }
+}
+
+/// Decodes a hello's body into the transport's type, refusing trailing bytes.
+pub fn decode_hello<'a, H: Deserialize<'a>>(body: &'a [u8]) -> Result<H, WireError> {
+    let (hello, rest) = postcard::take_from_bytes::<H>(body)
+        .map_err(|error| WireError::Malformed(error.to_string()))?;
+    if !rest.is_empty() {
+        return Err(trailing(rest.len()));
+    }
+    Ok(hello)
+}
+
+fn trailing(bytes: usize) -> WireError {
+    WireError::Malformed(format!("{bytes} bytes after the frame's body"))
 }
 
 #[cfg(test)]
@@ -78,26 +257,133 @@ mod tests {
     use super::*;
     use crate::ids::NodeId;
 
-    #[test]
-    fn round_trip_and_version_check() {
-        let envelope = Envelope {
-            version: WIRE_VERSION,
-            from: NodeId(3),
-            message: Message::Confirm {
-                keys: vec![EventKey::from_parts(1_700_000_000_000_000, NodeId(3), 7)],
-            },
-        };
-        let bytes = encode(&envelope);
-        assert_eq!(decode(&bytes).unwrap(), envelope);
+    fn key() -> EventKey {
+        EventKey::from_parts(1_700_000_000_000_000, NodeId(3), 7)
+    }
 
-        let future = Envelope {
-            version: WIRE_VERSION + 1,
-            ..envelope
+    #[test]
+    fn frames_round_trip() {
+        for message in [
+            Message::Confirm { keys: vec![key()] },
+            Message::Replicate {
+                write_id: 9,
+                key: key(),
+                event: br#"{"a":[1,2]}"#.to_vec(),
+            },
+            Message::ReplicateResult {
+                write_id: 9,
+                key: key(),
+                outcome: Err(ReplicaRefusal::new(RefusalReason::TooOld, "refused")),
+            },
+            Message::Raft(RaftEnvelope::default()),
+        ] {
+            let payload = encode_message(&message).unwrap();
+            assert_eq!(decode_frame(&payload), Ok(Frame::Message(message)));
+        }
+        assert_eq!(decode_frame(&encode_heartbeat()), Ok(Frame::Heartbeat));
+        let hello = encode_hello(&(NodeId(4), "hi".to_string())).unwrap();
+        let Ok(Frame::Hello(body)) = decode_frame(&hello) else {
+            panic!("a hello");
         };
         assert_eq!(
-            decode(&encode(&future)),
-            Err(WireError::UnsupportedVersion(WIRE_VERSION + 1))
+            decode_hello::<(NodeId, String)>(body),
+            Ok((NodeId(4), "hi".to_string()))
         );
-        assert!(matches!(decode(&[1, 0xff]), Err(WireError::Malformed(_))));
+    }
+
+    /// Writes a frame of `message` with unchecked field values, as a hostile peer would.
+    fn forged<T: Serialize>(body: &T) -> Vec<u8> {
+        postcard::to_extend(body, header(FrameKind::Message)).unwrap()
+    }
+
+    #[test]
+    fn hostile_frames_are_refused() {
+        #[derive(Serialize)]
+        enum Unchecked {
+            Replicate {
+                write_id: u64,
+                key: String,
+                #[serde(with = "serde_bytes")]
+                event: Vec<u8>,
+            },
+            #[allow(dead_code)]
+            ReplicateResult,
+            Confirm {
+                keys: Vec<String>,
+            },
+        }
+        let refused = [
+            forged(&Unchecked::Replicate {
+                write_id: 1,
+                key: "x".into(),
+                event: b"{}".to_vec(),
+            }),
+            forged(&Unchecked::Confirm {
+                keys: vec!["x".into()],
+            }),
+            forged(&Unchecked::Replicate {
+                write_id: 1,
+                key: key().as_str().into(),
+                event: b"{not json".to_vec(),
+            }),
+            forged(&Unchecked::Replicate {
+                write_id: 1,
+                key: key().as_str().into(),
+                event: format!("{}{}", "[".repeat(100), "]".repeat(100)).into_bytes(),
+            }),
+            forged(&Unchecked::Confirm {
+                keys: vec![key().as_str().into(); CONFIRM_KEYS_MAX + 1],
+            }),
+        ];
+        for payload in refused {
+            assert!(
+                matches!(
+                    decode_frame(&payload),
+                    Err(WireError::Malformed(_) | WireError::Invalid(_))
+                ),
+                "{:?}",
+                decode_frame(&payload)
+            );
+        }
+        let mut trailing = encode_message(&Message::Confirm { keys: vec![key()] }).unwrap();
+        trailing.push(0);
+        assert!(matches!(
+            decode_frame(&trailing),
+            Err(WireError::Malformed(_))
+        ));
+        // A count far beyond the bytes that follow fails without allocating it.
+        let mut huge_count = header(FrameKind::Message);
+        huge_count.extend_from_slice(&[2, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(matches!(
+            decode_frame(&huge_count),
+            Err(WireError::Malformed(_))
+        ));
+        let future = postcard::to_stdvec(&(FRAME_VERSION + 1)).unwrap();
+        assert_eq!(
+            decode_frame(&future),
+            Err(WireError::UnsupportedVersion(FRAME_VERSION + 1))
+        );
+        assert_eq!(decode_frame(&[]), Err(WireError::Empty));
+        assert!(matches!(
+            decode_frame(&vec![0; FRAME_BYTES_MAX + 1]),
+            Err(WireError::TooLarge(_))
+        ));
+        assert!(matches!(
+            decode_frame(&[FRAME_VERSION as u8, 0xff]),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_not_encoded() {
+        let message = Message::Replicate {
+            write_id: 1,
+            key: key(),
+            event: vec![b'1'; FRAME_BYTES_MAX],
+        };
+        assert!(matches!(
+            encode_message(&message),
+            Err(WireError::TooLarge(_))
+        ));
     }
 }

@@ -294,7 +294,8 @@ fn messages_arrive_intact_and_in_order_after_a_hello_with_the_location() {
         Message::Replicate {
             write_id: 1,
             key: EventKey::from_parts(KEY_TIMESTAMP_MICROS, NODE_A, 1),
-            event: (0..1024 * 1024).map(|index| (index % 251) as u8).collect(),
+            // The largest event a replica carries: one JSON string of 1 MiB.
+            event: format!("\"{}\"", "x".repeat(1024 * 1024 - 2)).into_bytes(),
         },
         Message::Confirm {
             keys: (0..1000)
@@ -304,7 +305,10 @@ fn messages_arrive_intact_and_in_order_after_a_hello_with_the_location() {
         Message::ReplicateResult {
             write_id: 2,
             key: EventKey::from_parts(KEY_TIMESTAMP_MICROS, NODE_A, 2),
-            outcome: Err("disk full".to_string()),
+            outcome: Err(borough::wire::ReplicaRefusal::new(
+                borough::wire::RefusalReason::Unavailable,
+                "disk full",
+            )),
         },
     ];
     sent.extend((0..200).map(numbered));

@@ -112,6 +112,13 @@ pub struct RunConfig {
     pub checks: ChecksSection,
 }
 
+impl RunConfig {
+    /// Whether any fault of the run hits the disks (only those may poison a store).
+    pub fn has_disk_faults(&self) -> bool {
+        self.faults.iter().any(|fault| fault.kind.is_disk_fault())
+    }
+}
+
 fn millis_to_micros(drawn: Drawn<u64>) -> Drawn<u64> {
     match drawn {
         Drawn::Fixed(value) => Drawn::Fixed(value * 1000),

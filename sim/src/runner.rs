@@ -44,6 +44,10 @@ pub struct RunSummary {
     pub rolling_restarts: u64,
     pub bits_rotted: u64,
     pub damaged_replicas: usize,
+    /// The garbage peer: frames sent, refused (by the codec or the node), and replays.
+    pub garbage_sent: u64,
+    pub garbage_refused: u64,
+    pub garbage_replays: u64,
     pub violations: Vec<Violation>,
 }
 
@@ -115,6 +119,14 @@ impl RunSummary {
                 self.rolling_restarts,
                 self.bits_rotted,
                 self.damaged_replicas
+            );
+        }
+        // Only runs with a garbage peer print this line, so other snapshots are unchanged.
+        if self.garbage_sent > 0 {
+            let _ = writeln!(
+                text,
+                "garbage peer: sent: {} refused: {} replays: {}",
+                self.garbage_sent, self.garbage_refused, self.garbage_replays
             );
         }
         for violation in &self.violations {
@@ -190,6 +202,9 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
                     .is_some_and(|node| node.partitions_damaged().is_some())
             })
             .count(),
+        garbage_sent: world.garbage.sent,
+        garbage_refused: world.garbage.refused,
+        garbage_replays: world.garbage.replays,
         violations: world.violations.clone(),
     }
 }

@@ -346,6 +346,10 @@ pub enum FaultKind {
     MembershipChange,
     /// Power loss of a node that is receiving a Raft snapshot.
     CrashDuringSnapshot,
+    /// A hostile process on the network sends one frame per occurrence: random bytes, copies
+    /// of real frames (changed or not), frames in a member's name with a provable violation,
+    /// and late replays (see `faults::garbage`).
+    GarbagePeer,
 }
 
 impl FaultKind {

@@ -9,6 +9,11 @@
 //! model, client answers to the history, and the node's next deadline and any pending flush are
 //! scheduled. A flush is a disk completion: it runs `fsync_latency` after the first write was
 //! staged, and everything staged by then shares it (group commit).
+//!
+//! Every message travels as bytes in production's codec (`borough::wire`): encoded when it is
+//! sent, with the production frame limit, and decoded and checked when it is delivered. A
+//! message the codec will not encode is dropped and counted, as the TCP transport drops it; a
+//! frame that does not decode (only the garbage peer sends those) reaches no node.
 
 use crate::clock::{ClockSkew, SimClock, VirtualTime};
 use crate::disk::{DiskFaults, ProcessDisk, SimDisk};
@@ -22,7 +27,7 @@ use borough::node::{Node, NodeOutput, NodeSeams};
 use borough::partition::host::PartitionStart;
 use borough::partition::PartitionId;
 use borough::seams::{Rng, SeededRng, SharedDisk};
-use borough::wire::Message;
+use borough::wire::{self, Frame, Message};
 use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -38,7 +43,10 @@ pub enum Event {
     Deliver {
         from: NodeId,
         to: NodeId,
-        message: Message,
+        /// The frame's payload, as production's codec wrote it.
+        frame: Vec<u8>,
+        /// Set when the garbage peer forged or copied the frame: how.
+        garbage: Option<crate::faults::garbage::GarbageKind>,
     },
     Timer {
         node: NodeId,
@@ -177,6 +185,12 @@ pub struct World {
     /// Raft envelopes (network messages) and the Raft messages in them, sent by all nodes.
     pub raft_envelopes_sent: u64,
     pub raft_messages_sent: u64,
+    /// Messages the codec would not encode (over the frame limit): dropped at the sender.
+    pub messages_unencodable: u64,
+    /// Frames the codec refused at delivery.
+    pub frames_refused: u64,
+    /// What the garbage peer sent, and how much of it the nodes took (see `faults::garbage`).
+    pub garbage: crate::faults::garbage::GarbageState,
     /// Per Raft partition, the nodes clients send its requests to: its voters at the start,
     /// then as membership changes add and remove replicas.
     pub partition_hosts: BTreeMap<u64, Vec<NodeId>>,
@@ -232,6 +246,9 @@ impl World {
             linearizability_unknown_keys: 0,
             raft_envelopes_sent: 0,
             raft_messages_sent: 0,
+            messages_unencodable: 0,
+            frames_refused: 0,
+            garbage: Default::default(),
             partition_hosts: BTreeMap::new(),
             snapshots_installed_before: 0,
             queue: BinaryHeap::new(),
@@ -307,7 +324,12 @@ impl World {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Deliver { from, to, message } => self.deliver(from, to, message),
+            Event::Deliver {
+                from,
+                to,
+                frame,
+                garbage,
+            } => self.deliver(from, to, frame, garbage),
             Event::Timer { node, incarnation } => {
                 let index = self.index_of(node);
                 let sim_node = &mut self.nodes[index];
@@ -389,16 +411,44 @@ impl World {
         }
     }
 
-    fn deliver(&mut self, from: NodeId, to: NodeId, message: Message) {
+    fn deliver(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        frame: Vec<u8>,
+        garbage: Option<crate::faults::garbage::GarbageKind>,
+    ) {
         let index = self.index_of(to);
         if self.network.is_cut(from, to) || !self.nodes[index].is_up() {
             return;
         }
         if self.nodes[index].paused_until > self.now.get() {
             let until = self.nodes[index].paused_until;
-            self.schedule(until, Event::Deliver { from, to, message });
+            self.schedule(
+                until,
+                Event::Deliver {
+                    from,
+                    to,
+                    frame,
+                    garbage,
+                },
+            );
             return;
         }
+        let message = match wire::decode_frame(&frame) {
+            Ok(Frame::Message(message)) => message,
+            // A hello or heartbeat means nothing to a node: the transport consumes them.
+            Ok(Frame::Hello(_) | Frame::Heartbeat) => {
+                crate::faults::garbage::on_ignored(self, garbage);
+                return;
+            }
+            Err(error) => {
+                self.frames_refused += 1;
+                tracing::debug!(%from, %to, %error, "frame refused by the codec");
+                crate::faults::garbage::on_ignored(self, garbage);
+                return;
+            }
+        };
         self.messages_delivered += 1;
         self.trace.record(
             self.now.get(),
@@ -406,7 +456,16 @@ impl World {
             ((from.0 as u64) << 32) | to.0 as u64,
             key_hash(&message),
         );
+        let refused_before = self.nodes[index]
+            .node()
+            .map_or(0, |node| node.counters().messages_refused);
         self.with_node(index, |node| node.handle_message(from, message));
+        if garbage.is_some() {
+            let refused = self.nodes[index]
+                .node()
+                .is_some_and(|node| node.counters().messages_refused > refused_before);
+            crate::faults::garbage::on_taken(self, from, to, garbage, refused);
+        }
     }
 
     /// Runs `step` on an up node, then drains and schedules what it did.
@@ -428,6 +487,15 @@ impl World {
                 self.raft_envelopes_sent += 1;
                 self.raft_messages_sent += envelope.messages.len() as u64;
             }
+            let frame = match wire::encode_message(&message) {
+                Ok(frame) => frame,
+                Err(error) => {
+                    tracing::error!(%from, %to, kind = message.kind(), %error, "message not sent: the codec refused it");
+                    self.messages_unencodable += 1;
+                    continue;
+                }
+            };
+            self.garbage.capture(from, to, &frame);
             let base = self.link_latency_micros(from, to);
             for delay in self.network.transmit(from, to, base, &mut self.rng) {
                 self.schedule(
@@ -435,7 +503,8 @@ impl World {
                     Event::Deliver {
                         from,
                         to,
-                        message: message.clone(),
+                        frame: frame.clone(),
+                        garbage: None,
                     },
                 );
             }
@@ -500,6 +569,14 @@ impl World {
                 }
             }
         }
+        if poisoned && !self.nodes[index].restart_scheduled && !self.config.has_disk_faults() {
+            // Only a failing disk may poison a store: nothing a peer or client says can.
+            self.violations.push(Violation {
+                at_micros: now,
+                checker: "no_poison",
+                message: format!("{id}'s store was poisoned without any disk fault"),
+            });
+        }
         if poisoned && !self.nodes[index].restart_scheduled {
             // The supervisor restarts a node whose store refused further writes.
             tracing::warn!(node = %id, "store poisoned: restarting the node");
@@ -510,7 +587,7 @@ impl World {
         }
     }
 
-    fn link_latency_micros(&mut self, from: NodeId, to: NodeId) -> u64 {
+    pub(crate) fn link_latency_micros(&mut self, from: NodeId, to: NodeId) -> u64 {
         let base = self.config.latency_micros.draw(&mut self.rng);
         let same_region = self.nodes[self.index_of(from)].location.region
             == self.nodes[self.index_of(to)].location.region;

@@ -24,13 +24,25 @@ pub enum PutError {
     Placement(#[from] PlacementError),
     #[error(
         "{missing} replicas have NOT been created: commit level {commit_level} needs \
-         {required}, {succeeded} succeeded (the event may still exist on those replicas)"
+         {required}, {succeeded} succeeded (the event may still exist on those replicas \
+         under key {key})"
     )]
     ReplicasNotCreated {
+        key: EventKey,
         missing: u32,
         required: u32,
         succeeded: u32,
         commit_level: CommitLevel,
+    },
+    #[error(
+        "commit level {commit_level} needs {required} of {replication_factor} replicas, but \
+         only {up} nodes are up; nothing was written"
+    )]
+    NotEnoughNodesUp {
+        commit_level: CommitLevel,
+        required: u32,
+        replication_factor: u32,
+        up: u32,
     },
     #[error("event of {len} bytes is larger than the limit of {max} bytes")]
     EventTooLarge { len: usize, max: usize },
@@ -211,6 +223,7 @@ impl ReplicaWrite {
             } else if reachable < self.required {
                 self.answered = true;
                 actions.push(WriteAction::Answer(Err(PutError::ReplicasNotCreated {
+                    key: self.key.clone(),
                     missing: self.required - succeeded,
                     required: self.required,
                     succeeded,
@@ -370,6 +383,7 @@ mod tests {
         assert_eq!(
             answers(&actions),
             vec![&Err(PutError::ReplicasNotCreated {
+                key: key(),
                 missing: 1,
                 required: 2,
                 succeeded: 1,
@@ -378,14 +392,18 @@ mod tests {
         );
         assert_eq!(
             PutError::ReplicasNotCreated {
+                key: key(),
                 missing: 1,
                 required: 2,
                 succeeded: 1,
                 commit_level: CommitLevel::All
             }
             .to_string(),
-            "1 replicas have NOT been created: commit level ALL needs 2, 1 succeeded \
-             (the event may still exist on those replicas)"
+            format!(
+                "1 replicas have NOT been created: commit level ALL needs 2, 1 succeeded \
+                 (the event may still exist on those replicas under key {})",
+                key()
+            )
         );
         assert!(write.is_finished());
     }

@@ -23,10 +23,24 @@ pub const RESERVATION_MICROS: u64 = 1_000_000;
 const RESERVATION_FILE: &str = "keygen.reservation";
 const RESERVATION_TEMPORARY_FILE: &str = "keygen.reservation.tmp";
 const TIMESTAMP_DIGITS: usize = 17;
+/// Timestamps a key can hold: 17 decimal digits of microseconds (until the year 5138).
+pub const KEY_TIMESTAMP_MICROS_LIMIT: u64 = 100_000_000_000_000_000;
 const KEY_LEN: usize = TIMESTAMP_DIGITS + 1 + 8 + 1 + 8;
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A validated event key: only [`EventKey::parse`], [`EventKey::from_parts`] and the
+/// `Deserialize` impl (which parses) make one, so every key in memory has the fixed layout
+/// and the accessors below cannot fail on it. Keys arrive from clients, peers and the disk;
+/// each is checked as it is decoded.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
 pub struct EventKey(String);
+
+impl<'de> Deserialize<'de> for EventKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        EventKey::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("malformed event key {0:?}: expected TTTTTTTTTTTTTTTTT-NNNNNNNN-CCCCCCCC")]
@@ -34,6 +48,11 @@ pub struct MalformedKey(pub String);
 
 impl EventKey {
     pub fn from_parts(timestamp_micros: u64, node: NodeId, counter: u32) -> Self {
+        // The generator refuses such clocks; anything else passing one is our bug.
+        assert!(
+            timestamp_micros < KEY_TIMESTAMP_MICROS_LIMIT,
+            "timestamp {timestamp_micros} does not fit an event key"
+        );
         EventKey(format!(
             "{timestamp_micros:0width$}-{:08x}-{counter:08x}",
             node.0,
@@ -69,14 +88,19 @@ impl EventKey {
     }
 
     pub fn timestamp_micros(&self) -> u64 {
-        self.0[..TIMESTAMP_DIGITS]
-            .parse()
+        // Every constructor checks the layout: 17 digits always fit a u64.
+        self.0
+            .get(..TIMESTAMP_DIGITS)
+            .and_then(|digits| digits.parse().ok())
             .expect("keys are validated on construction")
     }
 
     pub fn node(&self) -> NodeId {
-        let hex = &self.0[TIMESTAMP_DIGITS + 1..TIMESTAMP_DIGITS + 9];
-        NodeId(u32::from_str_radix(hex, 16).expect("keys are validated on construction"))
+        let hex = self.0.get(TIMESTAMP_DIGITS + 1..TIMESTAMP_DIGITS + 9);
+        NodeId(
+            hex.and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                .expect("keys are validated on construction"),
+        )
     }
 }
 
@@ -84,6 +108,14 @@ impl fmt::Display for EventKey {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str(&self.0)
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("the clock reads {0} µs since the epoch, beyond what an event key can hold")]
+    ClockOutOfRange(u64),
 }
 
 /// Issues unique, increasing keys for one node.
@@ -119,7 +151,7 @@ impl KeyGenerator {
 
     /// The next key at local time `now_micros`. Syncs a new reservation when the current one
     /// does not cover the key.
-    pub fn next(&mut self, now_micros: u64, disk: &dyn Disk) -> Result<EventKey, DiskError> {
+    pub fn next(&mut self, now_micros: u64, disk: &dyn Disk) -> Result<EventKey, KeyError> {
         let (timestamp_micros, counter) = if now_micros > self.last_timestamp_micros {
             (now_micros, 0)
         } else if self.counter == u32::MAX {
@@ -127,6 +159,9 @@ impl KeyGenerator {
         } else {
             (self.last_timestamp_micros, self.counter + 1)
         };
+        if timestamp_micros >= KEY_TIMESTAMP_MICROS_LIMIT {
+            return Err(KeyError::ClockOutOfRange(timestamp_micros));
+        }
         if timestamp_micros >= self.reserved_until_micros {
             let until = timestamp_micros + RESERVATION_MICROS;
             write_reservation(disk, until)?;
@@ -194,6 +229,22 @@ mod tests {
         ] {
             assert!(EventKey::parse(text).is_err(), "{text:?} was accepted");
         }
+    }
+
+    #[test]
+    fn decoding_validates_keys() {
+        let key = EventKey::from_parts(1_763_000_000_123_456, NodeId(42), 9);
+        let bytes = postcard::to_stdvec(&key).unwrap();
+        assert_eq!(postcard::from_bytes::<EventKey>(&bytes), Ok(key.clone()));
+        // The wire and disk encoding is a plain string.
+        assert_eq!(bytes, postcard::to_stdvec(key.as_str()).unwrap());
+        let forged = postcard::to_stdvec("x").unwrap();
+        assert!(postcard::from_bytes::<EventKey>(&forged).is_err());
+        assert!(serde_json::from_str::<EventKey>("\"x\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<EventKey>(&format!("\"{key}\"")).unwrap(),
+            key
+        );
     }
 
     #[test]

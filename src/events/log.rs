@@ -12,8 +12,14 @@
 //!   good record) is synced data lost: the segment is cut there too, but it is counted and
 //!   logged loudly;
 //! - a new segment's name is durable (`sync_directory`) before any record is written to it, so
-//!   segment numbers on disk have no holes below the current one.
+//!   segment numbers on disk have no holes below the current one;
+//! - a record is decoded into validated types (event keys included); one that passes its
+//!   checksum but fails to decode was written by a bug or carries a value that should never
+//!   have been accepted: the event log skips it, loudly and counted, so nothing written once
+//!   can make the store unopenable; the Raft log refuses to open instead (a skipped vote or
+//!   entry could break safety).
 
+use crate::events::key::EventKey;
 use crate::seams::{DiskError, SharedDisk};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -36,13 +42,13 @@ const SEGMENT_DIGITS: usize = 16;
 pub enum LogRecord {
     /// A write-once event stored under `key`.
     Event {
-        key: String,
+        key: EventKey,
         // As one byte string, not a sequence of u8: a memcpy instead of a loop per byte.
         #[serde(with = "serde_bytes")]
         event: Vec<u8>,
     },
     /// The events under `keys` are replicated; they leave the unconfirmed set.
-    Confirm { keys: Vec<String> },
+    Confirm { keys: Vec<EventKey> },
     /// The consolidation interval starting at `start_micros` takes no more events.
     IntervalClosed { start_micros: u64 },
 }
@@ -51,8 +57,9 @@ pub enum LogRecord {
 pub enum LogError {
     #[error(transparent)]
     Disk(#[from] DiskError),
-    /// A record passed its checksum but does not decode: a format or programming error, not
-    /// disk damage, so recovery refuses to guess.
+    /// A record passed its checksum but does not decode, and the log was opened with
+    /// [`DamagePolicy::Refuse`]: a format or programming error, not disk damage, so recovery
+    /// refuses to guess.
     #[error("undecodable log record in {name} at offset {offset}: {message}")]
     Undecodable {
         name: String,
@@ -73,7 +80,8 @@ pub enum LogError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DamagePolicy {
     /// Cut the segment at the damage and go on: the records after it are lost (the event
-    /// store re-replicates what it loses).
+    /// store re-replicates what it loses). A record that checks out but does not decode is
+    /// skipped and counted.
     Truncate,
     /// Refuse to open and change nothing: the damage is found again at every open, so a log
     /// whose losses cannot be repaired locally (a Raft log: lost votes and acknowledgements)
@@ -87,6 +95,8 @@ pub struct Recovery<R = LogRecord> {
     pub records: Vec<R>,
     /// Damaged places that were not a torn tail; the records after each are lost.
     pub corrupt_records: u64,
+    /// Records that passed their checksum but did not decode into valid values: skipped.
+    pub invalid_records: u64,
     /// Bytes cut from the end of the last segment (a batch torn by a crash).
     pub torn_tail_bytes: u64,
 }
@@ -96,6 +106,7 @@ impl<R> Default for Recovery<R> {
         Self {
             records: Vec::new(),
             corrupt_records: 0,
+            invalid_records: 0,
             torn_tail_bytes: 0,
         }
     }
@@ -335,13 +346,25 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
                     }
                 },
             };
-            let record =
-                postcard::from_bytes::<R>(&payload).map_err(|error| LogError::Undecodable {
-                    name: name.clone(),
-                    offset,
-                    message: error.to_string(),
-                })?;
-            recovery.records.push(record);
+            match decode_record::<R>(&payload) {
+                Ok(record) => recovery.records.push(record),
+                Err(message) if self.damage_policy == DamagePolicy::Truncate => {
+                    tracing::error!(
+                        segment = name,
+                        offset,
+                        %message,
+                        "a log record passed its checksum but holds invalid values; skipped"
+                    );
+                    recovery.invalid_records += 1;
+                }
+                Err(message) => {
+                    return Err(LogError::Undecodable {
+                        name,
+                        offset,
+                        message,
+                    })
+                }
+            }
             offset += RECORD_HEADER_BYTES + payload.len() as u64;
         }
         Ok(file_len)
@@ -416,6 +439,15 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
     }
 }
 
+/// Decodes one record's payload into validated values; trailing bytes are refused too.
+fn decode_record<R: DeserializeOwned>(payload: &[u8]) -> Result<R, String> {
+    match postcard::take_from_bytes::<R>(payload) {
+        Ok((record, [])) => Ok(record),
+        Ok((_, rest)) => Err(format!("{} bytes after the record", rest.len())),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 /// Why a record did not check out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RecordDefect {
@@ -485,9 +517,13 @@ mod tests {
     use crate::seams::Disk;
     use std::sync::Arc;
 
+    fn key(index: u32) -> EventKey {
+        EventKey::from_parts(1_700_000_000_000_000, crate::ids::NodeId(1), index)
+    }
+
     fn event(index: u32) -> LogRecord {
         LogRecord::Event {
-            key: format!("key-{index:04}"),
+            key: key(index),
             event: vec![index as u8; 20],
         }
     }
@@ -517,9 +553,7 @@ mod tests {
         assert!(recovery.records.is_empty());
         let batch = vec![
             event(1),
-            LogRecord::Confirm {
-                keys: vec!["key-0001".into()],
-            },
+            LogRecord::Confirm { keys: vec![key(1)] },
             LogRecord::IntervalClosed { start_micros: 300 },
         ];
         log.append(&batch).unwrap();
@@ -635,16 +669,62 @@ mod tests {
         assert_eq!(disk.len(&segment_name(0)).unwrap(), Some(record_bytes));
     }
 
+    /// Frames `payload` as a record with a good checksum.
+    fn checksummed(payload: &[u8]) -> Vec<u8> {
+        let mut bytes = (payload.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
     #[test]
-    fn a_checksummed_record_that_does_not_decode_is_an_error() {
+    fn a_checksummed_record_with_invalid_values_is_skipped_by_the_event_log() {
+        let disk = TestDisk::new();
+        let (mut log, _) = open(&disk, 1 << 20);
+        log.append(&[event(1)]).unwrap();
+        // What a peer's `Confirm { keys: ["x"] }` would have written before keys were
+        // validated: the right variant, a malformed key.
+        #[derive(Serialize)]
+        enum Unchecked {
+            _Event,
+            Confirm { keys: Vec<String> },
+        }
+        let forged = postcard::to_stdvec(&Unchecked::Confirm {
+            keys: vec!["x".into()],
+        })
+        .unwrap();
+        disk.append(&segment_name(0), &checksummed(&forged))
+            .unwrap();
+        disk.append(&segment_name(0), &checksummed(&[0xff, 0xff, 0xff]))
+            .unwrap();
+        let mut tail = Vec::new();
+        encode_record(&event(2), &mut tail);
+        disk.append(&segment_name(0), &tail).unwrap();
+        disk.sync(&segment_name(0)).unwrap();
+        let disk = disk.crash();
+        let (mut log, recovery) = open(&disk, 1 << 20);
+        assert_eq!(recovery.records, vec![event(1), event(2)]);
+        assert_eq!(recovery.invalid_records, 2);
+        assert_eq!(recovery.corrupt_records, 0);
+        log.append(&[event(3)]).unwrap();
+        let (_, recovery) = open(&disk, 1 << 20);
+        assert_eq!(recovery.records, vec![event(1), event(2), event(3)]);
+    }
+
+    #[test]
+    fn a_checksummed_record_that_does_not_decode_is_refused_by_a_refusing_log() {
         let disk = TestDisk::new();
         let (_, _) = open(&disk, 1 << 20);
-        let payload = [0xffu8; 3]; // no LogRecord variant 0xff...
-        let mut bytes = (payload.len() as u32).to_le_bytes().to_vec();
-        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        disk.append(&segment_name(0), &bytes).unwrap();
-        let error = SegmentedLog::open(disk.clone(), 1 << 20, 0).unwrap_err();
+        disk.append(&segment_name(0), &checksummed(&[0xff, 0xff, 0xff]))
+            .unwrap();
+        let error = SegmentedLog::<LogRecord>::open_prefixed(
+            disk.clone(),
+            EVENT_LOG_PREFIX,
+            1 << 20,
+            0,
+            DamagePolicy::Refuse,
+        )
+        .unwrap_err();
         assert!(matches!(error, LogError::Undecodable { offset: 0, .. }));
     }
 }

@@ -2,6 +2,7 @@
 //! regions by the event coordinator (`crate::coordinator`).
 
 mod interval;
+mod json;
 mod key;
 pub mod log;
 mod redb_backend;
@@ -10,7 +11,10 @@ mod store;
 pub(crate) mod test_disk;
 
 pub use interval::{ConsolidationInterval, InvalidConsolidationInterval};
-pub use key::{EventKey, KeyGenerator, MalformedKey, RESERVATION_MICROS};
+pub use json::{check_event_json, InvalidJson, JSON_DEPTH_MAX};
+pub use key::{
+    EventKey, KeyError, KeyGenerator, MalformedKey, KEY_TIMESTAMP_MICROS_LIMIT, RESERVATION_MICROS,
+};
 pub use redb_backend::{prepare_database_file, DiskBackend};
 pub use store::{
     CommitReport, EventStore, IntervalClosed, IntervalSummary, StageOutcome, StoreConfig,

@@ -69,10 +69,64 @@ impl Default for HostConfig {
     }
 }
 
-/// Every Raft message of one round from one node to another.
+/// Raft messages of one round from one node to another: all of them, unless they would not
+/// fit one frame, when the round's messages go in several envelopes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftEnvelope {
     pub messages: Vec<(PartitionId, Message)>,
+}
+
+/// Messages one envelope may carry.
+pub const ENVELOPE_MESSAGES_MAX: usize = 65_536;
+
+/// The encoded size an envelope is filled to: a frame, less room for the frame's header.
+const ENVELOPE_BYTES_MAX: usize = crate::wire::FRAME_BYTES_MAX - 1024;
+
+impl RaftEnvelope {
+    /// Checks a decoded envelope: a bounded count of messages, each well formed
+    /// ([`Message::check`]). Who sent them is checked by the host that receives them.
+    pub fn check(&self) -> Result<(), String> {
+        if self.messages.len() > ENVELOPE_MESSAGES_MAX {
+            return Err(format!(
+                "{} Raft messages, more than {ENVELOPE_MESSAGES_MAX}",
+                self.messages.len()
+            ));
+        }
+        for (_, message) in &self.messages {
+            message.check().map_err(|error| error.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Splits the envelope so each part encodes within one frame. A message too large for a
+    /// frame on its own (a misconfigured chunk size) travels alone, and the transport refuses
+    /// it.
+    fn into_frames(self) -> Vec<RaftEnvelope> {
+        let fits = |envelope: &RaftEnvelope| {
+            postcard::experimental::serialized_size(envelope)
+                .is_ok_and(|bytes| bytes <= ENVELOPE_BYTES_MAX)
+        };
+        if self.messages.len() <= ENVELOPE_MESSAGES_MAX && fits(&self) {
+            return vec![self];
+        }
+        let mut parts = Vec::new();
+        let mut current = RaftEnvelope::default();
+        // A vector's length prefix takes at most 5 bytes.
+        let mut current_bytes: usize = 5;
+        for message in self.messages {
+            let bytes = postcard::experimental::serialized_size(&message).unwrap_or(usize::MAX);
+            let full = current.messages.len() == ENVELOPE_MESSAGES_MAX
+                || current_bytes.saturating_add(bytes) > ENVELOPE_BYTES_MAX;
+            if full && !current.messages.is_empty() {
+                parts.push(std::mem::take(&mut current));
+                current_bytes = 5;
+            }
+            current_bytes = current_bytes.saturating_add(bytes);
+            current.messages.push(message);
+        }
+        parts.push(current);
+        parts
+    }
 }
 
 /// How a partition starts on this node.
@@ -204,6 +258,9 @@ pub struct HostCounters {
     pub log_checkpoints: u64,
     pub snapshot_chunks_received: u64,
     pub snapshots_installed: u64,
+    /// Messages refused: sent in another node's name, addressed to another node, or
+    /// refused by a group (an append that contradicts what it committed).
+    pub messages_refused: u64,
 }
 
 #[derive(Debug)]
@@ -545,17 +602,29 @@ impl PartitionHost {
         }
         self.peer_heard_tick.insert(from, self.tick);
         for (partition, message) in envelope.messages {
-            debug_assert_eq!(
-                message.from, from,
-                "envelope and message disagree on the sender"
-            );
+            if message.from != from || message.to != self.id {
+                // The transport vouches for the envelope's sender only: a message in another
+                // node's name, or for another node, is refused.
+                tracing::warn!(
+                    node = %self.id,
+                    %from,
+                    claimed_from = %message.from,
+                    to = %message.to,
+                    kind = message.body.kind(),
+                    "Raft message refused: its sender or addressee is not this link's"
+                );
+                self.counters.messages_refused += 1;
+                continue;
+            }
             match self.groups.get_mut(&partition) {
-                Some(group) if message.to == self.id => {
+                Some(group) => {
                     if let crate::raft::MessageBody::InstallSnapshot { .. } = &message.body {
                         self.counters.snapshot_chunks_received += 1;
                         self.snapshot_chunk_tick.insert(partition, self.tick);
                     }
-                    group.step(message);
+                    if !group.step(message) {
+                        self.counters.messages_refused += 1;
+                    }
                     self.touched.insert(partition);
                 }
                 _ => {
@@ -1038,8 +1107,15 @@ impl PartitionHost {
     /// One envelope per peer with everything for it since the last call (an empty one is a
     /// liveness ping).
     pub fn take_envelopes(&mut self) -> Vec<(NodeId, RaftEnvelope)> {
-        let envelopes: Vec<(NodeId, RaftEnvelope)> =
-            std::mem::take(&mut self.outbox).into_iter().collect();
+        let envelopes: Vec<(NodeId, RaftEnvelope)> = std::mem::take(&mut self.outbox)
+            .into_iter()
+            .flat_map(|(to, envelope)| {
+                envelope
+                    .into_frames()
+                    .into_iter()
+                    .map(move |part| (to, part))
+            })
+            .collect();
         self.counters.envelopes_sent += envelopes.len() as u64;
         self.counters.messages_sent += envelopes
             .iter()

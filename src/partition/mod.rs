@@ -14,9 +14,23 @@ mod host_tests;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A partition's id: also its key prefix in the node's shared tables.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A partition's id: also its key prefix in the node's shared tables. Ids stay below
+/// `u64::MAX` (the tables bound a partition's keys by the next id), which decoding checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
 pub struct PartitionId(pub u64);
+
+impl<'de> Deserialize<'de> for PartitionId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let id = u64::deserialize(deserializer)?;
+        if id == u64::MAX {
+            return Err(serde::de::Error::custom(
+                "partition id u64::MAX is reserved",
+            ));
+        }
+        Ok(PartitionId(id))
+    }
+}
 
 impl fmt::Display for PartitionId {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {

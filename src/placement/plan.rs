@@ -35,6 +35,8 @@ pub struct ReplicaPlan {
 }
 
 /// Places `replication_factor` replicas for an event coordinated by the table's local node.
+/// Down peers are treated like suspected ones (tried after the healthy peers of their group);
+/// members whose place is not known yet come after every placed peer.
 pub fn plan(
     peers: &PeerTable,
     replication_factor: u32,
@@ -53,7 +55,24 @@ pub fn plan(
     let mut other_zones: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
     let mut other_regions: BTreeMap<&str, Vec<NodeId>> = BTreeMap::new();
     let mut same_zone: Vec<NodeId> = Vec::new();
-    for (node, location) in peers.iter() {
+    let mut unplaced: Vec<NodeId> = Vec::new();
+    // Down members are avoided like suspected ones (no extra set when none is down).
+    let avoided: BTreeSet<NodeId>;
+    let suspected = if peers.up_count() < peers.len() {
+        let down = peers
+            .iter()
+            .filter(|(_, peer)| !peer.up)
+            .map(|(node, _)| node);
+        avoided = suspected.iter().copied().chain(down).collect();
+        &avoided
+    } else {
+        suspected
+    };
+    for (node, peer) in peers.iter() {
+        let Some(location) = &peer.location else {
+            unplaced.push(node);
+            continue;
+        };
         if location.region != local.region {
             other_regions
                 .entry(&location.region)
@@ -68,6 +87,7 @@ pub fn plan(
     let mut zone_groups = shuffled_groups(other_zones, suspected, rng);
     let mut region_groups = shuffled_groups(other_regions, suspected, rng);
     let mut same_zone_group = vec![healthy_first(same_zone, suspected, rng)];
+    let mut unplaced_group = vec![healthy_first(unplaced, suspected, rng)];
 
     let wanted = replication_factor as usize;
     let mut targets = vec![peers.local()];
@@ -78,10 +98,16 @@ pub fn plan(
     let same_zone_count = wanted - targets.len();
     take_spread(&mut same_zone_group, same_zone_count, &mut targets);
 
-    // Fallback order: other zones, other regions, the own zone. The same order serves the
-    // targets still owed (when the own zone ran short) and the spares.
+    // Fallback order: other zones, other regions, the own zone, then members of unknown
+    // place. The same order serves the targets still owed (when the own zone ran short) and
+    // the spares.
     let mut fallback = Vec::new();
-    for groups in [&mut zone_groups, &mut region_groups, &mut same_zone_group] {
+    for groups in [
+        &mut zone_groups,
+        &mut region_groups,
+        &mut same_zone_group,
+        &mut unplaced_group,
+    ] {
         take_spread(groups, usize::MAX, &mut fallback);
     }
     let owed = wanted - targets.len();
@@ -299,6 +325,76 @@ mod tests {
         }
     }
 
+    /// The original's rule: a replication factor smaller than 1 + other_zone_replicas +
+    /// other_region_replicas is allowed, and replicas go local, other zones, other regions,
+    /// same zone (its README: RF 3 with 2 other-zone and 1 other-region replicas gives the
+    /// local replica and two in other zones).
+    #[test]
+    fn a_small_replication_factor_fills_local_then_zones_then_regions() {
+        let table = table();
+        for seed in 0..20 {
+            let placed = plan(
+                &table,
+                3,
+                strategy(2, 1),
+                &BTreeSet::new(),
+                &mut SeededRng::from_seed(seed),
+            )
+            .unwrap();
+            let places: Vec<String> = placed.targets.iter().map(|n| zone_of(&table, *n)).collect();
+            assert_eq!(places[0], "r1/z1");
+            let zones: BTreeSet<&String> = places[1..].iter().collect();
+            assert_eq!(zones.len(), 2, "{places:?}");
+            assert!(places[1..].iter().all(|p| p == "r1/z2" || p == "r1/z3"));
+            let placed = plan(
+                &table,
+                4,
+                strategy(2, 1),
+                &BTreeSet::new(),
+                &mut SeededRng::from_seed(seed),
+            )
+            .unwrap();
+            assert!(zone_of(&table, placed.targets[3]).starts_with("r2/"));
+        }
+    }
+
+    #[test]
+    fn down_and_unplaced_members_come_last() {
+        let mut table = PeerTable::new(NodeId(0), Location::new("r1", "z1"));
+        table.add_peer(NodeId(1), Location::new("r1", "z2"));
+        table.add_peer(NodeId(2), Location::new("r1", "z2"));
+        table.add_peer(NodeId(3), Location::new("r1", "z3"));
+        table.add_unplaced(NodeId(4));
+        table.mark_down(NodeId(1));
+        for seed in 0..20 {
+            let placed = plan(
+                &table,
+                3,
+                strategy(0, 0),
+                &BTreeSet::new(),
+                &mut SeededRng::from_seed(seed),
+            )
+            .unwrap();
+            let mut targets = placed.targets.clone();
+            targets.sort();
+            assert_eq!(
+                targets,
+                vec![NodeId(0), NodeId(2), NodeId(3)],
+                "seed {seed}"
+            );
+            assert_eq!(placed.spares.last(), Some(&NodeId(4)));
+        }
+        // Members count towards the replication factor even when down or unplaced.
+        assert!(plan(
+            &table,
+            5,
+            strategy(0, 0),
+            &BTreeSet::new(),
+            &mut SeededRng::from_seed(1)
+        )
+        .is_ok());
+    }
+
     #[test]
     fn replication_factor_one_is_local_only() {
         let placed = plan(
@@ -368,9 +464,9 @@ mod properties {
             // Zone and region counts met whenever the peers exist.
             let location = |node: &NodeId| table.location(*node).unwrap().clone();
             let others = replication_factor as usize - 1;
-            let zone_peers: Vec<Location> = table.iter().map(|(_, l)| l.clone()).filter(|l| group(l) == 0).collect();
+            let zone_peers: Vec<Location> = table.iter().filter_map(|(_, peer)| peer.location.clone()).filter(|l| group(l) == 0).collect();
             let zone_names: BTreeSet<&str> = zone_peers.iter().map(|l| l.zone.as_str()).collect();
-            let region_peers = table.iter().filter(|(_, l)| group(l) == 1).count();
+            let region_peers = table.iter().filter(|(_, peer)| peer.location.as_ref().is_some_and(|l| group(l) == 1)).count();
             let zone_expected = (other_zone_replicas as usize).min(others).min(zone_peers.len());
             let region_expected = (other_region_replicas as usize).min(others - zone_expected).min(region_peers);
             let targets: Vec<Location> = placed.targets[1..].iter().map(location).collect();

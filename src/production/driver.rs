@@ -13,7 +13,7 @@ use crate::ids::{Location, NodeId};
 use crate::node::{Node, NodeConfig, NodeCounters, NodeOutput, NodeSeams};
 use crate::production::{os_seeded_rng, FileDisk, SystemClock};
 use crate::seams::{Clock, Network};
-use crate::wire::Message;
+use crate::wire::{Message, ReplicaRefusal};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ const BATCH_INPUTS_MAX: usize = 4096;
 
 /// The sender id the node sees for replicas that arrive over the AllData HTTP peer endpoint;
 /// its answers go back to the waiting HTTP request instead of the network.
-pub const HTTP_PEER: NodeId = NodeId(u32::MAX);
+pub const HTTP_PEER: NodeId = NodeId::UNATTRIBUTED;
 
 /// Sends the node's messages to its peers (the TCP or the HTTP transport).
 pub trait PeerSender: Send + Sync {
@@ -41,19 +41,40 @@ pub struct NodeStatus {
     pub poisoned: bool,
     pub active_writes: usize,
     pub unconfirmed_events: usize,
-    pub placement_peers: Vec<(NodeId, Location)>,
+    /// Every member of the node's peer table: where it runs (once known) and whether it is up.
+    pub members: Vec<(NodeId, Option<Location>, bool)>,
     pub counters: NodeCounters,
+}
+
+impl NodeStatus {
+    /// The members placement counts as up.
+    pub fn peers_up(&self) -> Vec<NodeId> {
+        self.members
+            .iter()
+            .filter(|(_, _, up)| *up)
+            .map(|(id, _, _)| *id)
+            .collect()
+    }
 }
 
 type Reply<T> = oneshot::Sender<T>;
 type ScanReply = Reply<Result<Vec<(EventKey, Vec<u8>)>, String>>;
 /// Waiting HTTP-peer replicas by the write id the node was given for them.
-type HttpReplies = Rc<RefCell<BTreeMap<u64, Reply<Result<(), String>>>>>;
+type HttpReplies = Rc<RefCell<BTreeMap<u64, Reply<Result<(), ReplicaRefusal>>>>>;
+
+/// A put the node took: its key as soon as one is issued, and its answer once the commit
+/// level is met (or cannot be).
+#[derive(Debug)]
+pub struct PendingPut {
+    pub key: oneshot::Receiver<EventKey>,
+    pub answer: oneshot::Receiver<Result<EventKey, PutError>>,
+}
 
 pub enum NodeInput {
     Put {
         event: Vec<u8>,
         commit_level: Option<CommitLevel>,
+        key: Reply<EventKey>,
         reply: Reply<Result<EventKey, PutError>>,
     },
     Get {
@@ -74,7 +95,7 @@ pub enum NodeInput {
     HttpReplica {
         key: EventKey,
         event: Vec<u8>,
-        reply: Reply<Result<(), String>>,
+        reply: Reply<Result<(), ReplicaRefusal>>,
     },
     /// `generation` orders the reports of one peer: an older one than the last seen is stale.
     PeerUp {
@@ -134,17 +155,33 @@ impl NodeHandle {
         answer.await.map_err(|_| DriverError::Stopped)
     }
 
+    /// Hands the node a put; the key and the answer come through the returned receivers.
+    pub fn start_put(
+        &self,
+        event: Vec<u8>,
+        commit_level: Option<CommitLevel>,
+    ) -> Result<PendingPut, DriverError> {
+        let (key, key_receiver) = oneshot::channel();
+        let (reply, answer) = oneshot::channel();
+        self.try_submit(NodeInput::Put {
+            event,
+            commit_level,
+            key,
+            reply,
+        })?;
+        Ok(PendingPut {
+            key: key_receiver,
+            answer,
+        })
+    }
+
     pub async fn put(
         &self,
         event: Vec<u8>,
         commit_level: Option<CommitLevel>,
     ) -> Result<Result<EventKey, PutError>, DriverError> {
-        self.call(|reply| NodeInput::Put {
-            event,
-            commit_level,
-            reply,
-        })
-        .await
+        let pending = self.start_put(event, commit_level)?;
+        pending.answer.await.map_err(|_| DriverError::Stopped)
     }
 
     pub async fn get(&self, key: EventKey) -> Result<Result<Option<Vec<u8>>, String>, DriverError> {
@@ -170,7 +207,7 @@ impl NodeHandle {
         &self,
         key: EventKey,
         event: Vec<u8>,
-    ) -> Result<Result<(), String>, DriverError> {
+    ) -> Result<Result<(), ReplicaRefusal>, DriverError> {
         self.call(|reply| NodeInput::HttpReplica { key, event, reply })
             .await
     }
@@ -204,12 +241,14 @@ impl Network for ShellNetwork {
     }
 }
 
-/// Starts the node thread: opens (recovers) the node from `data_dir`, then serves its inbox
-/// until every handle is dropped. Returns once the node is open, or with the error that
-/// stopped it from opening.
+/// Starts the node thread: opens (recovers) the node from `data_dir`, makes the configured
+/// `members` members of its peer table (down until heard from), then serves its inbox until
+/// every handle is dropped. Returns once the node is open, or with the error that stopped it
+/// from opening.
 pub fn spawn_node(
     config: NodeConfig,
     data_dir: PathBuf,
+    members: Vec<NodeId>,
     peers: Arc<dyn PeerSender>,
     inbox_capacity: usize,
 ) -> Result<(NodeHandle, std::thread::JoinHandle<()>), StoreError> {
@@ -242,7 +281,10 @@ pub fn spawn_node(
                     )
                 });
             let node = match opened_node {
-                Ok(node) => {
+                Ok(mut node) => {
+                    for member in members {
+                        node.add_unplaced_peer(member);
+                    }
                     let _ = opened_sender.send(Ok(()));
                     node
                 }
@@ -339,12 +381,15 @@ impl NodeLoop {
             NodeInput::Put {
                 event,
                 commit_level,
+                key,
                 reply,
             } => {
                 self.next_request_id += 1;
                 let request_id = self.next_request_id;
                 self.pending_puts.insert(request_id, reply);
-                self.node.put_event(request_id, event, commit_level);
+                if let Some(issued) = self.node.put_event(request_id, event, commit_level) {
+                    let _ = key.send(issued);
+                }
             }
             NodeInput::Get { key, reply } => {
                 let _ = reply.send(self.node.get_event(&key).map_err(|error| error.to_string()));
@@ -390,17 +435,16 @@ impl NodeLoop {
                 if !self.is_newest_report(id, generation) {
                     return;
                 }
-                if self.node.drop_peer(id) {
-                    tracing::warn!(peer = %id, "peer down: placement skips it until it returns");
+                if self.node.mark_peer_down(id) {
+                    tracing::warn!(peer = %id, "peer down: placement tries it last, commit levels count it out");
                 }
             }
             NodeInput::Status { reply } => {
-                let placement_peers = self
+                let members = self
                     .node
                     .peers()
                     .iter()
-                    .filter(|(id, _)| *id != self.node.id())
-                    .map(|(id, location)| (id, location.clone()))
+                    .map(|(id, peer)| (id, peer.location.clone(), peer.up))
                     .collect();
                 let _ = reply.send(NodeStatus {
                     id: self.node.id(),
@@ -408,7 +452,7 @@ impl NodeLoop {
                     poisoned: self.node.is_poisoned(),
                     active_writes: self.node.active_writes(),
                     unconfirmed_events: self.node.store().unconfirmed().len(),
-                    placement_peers,
+                    members,
                     counters: self.node.counters(),
                 });
             }

@@ -11,16 +11,16 @@
 //! a JSON error body when it is not a success.
 
 use crate::coordinator::{CommitLevel, PutError};
-use crate::events::EventKey;
+use crate::events::{check_event_json, EventKey};
 use crate::ids::NodeId;
 use crate::placement::PlacementError;
 use crate::production::config::parse_commit_level;
 use crate::production::driver::{DriverError, NodeHandle, NodeInput};
 use crate::production::http_client::HttpClient;
-use crate::production::membership::{report, Membership};
+use crate::production::membership::{report, Membership, PEERS_MAX};
 use crate::production::metrics::Metrics;
 use crate::production::peer_frame::PeerInfo;
-use crate::wire::Message;
+use crate::wire::{Message, RefusalReason};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -127,7 +128,8 @@ async fn observe(State(state): State<ApiState>, request: Request, next: Next) ->
     response
 }
 
-/// The body, or the 400 that says why it cannot be taken.
+/// The body, or the 400 that says why it cannot be taken: over the size limit, not UTF-8,
+/// not one JSON document, or nested deeper than [`crate::events::JSON_DEPTH_MAX`].
 fn json_body(
     body: Result<Bytes, BytesRejection>,
     body_bytes_max: usize,
@@ -142,19 +144,8 @@ fn json_body(
             ApiError(StatusCode::BAD_REQUEST, rejection.body_text())
         }
     })?;
-    // JSON text is UTF-8 (RFC 8259); skipping a string does not check that, so check first.
-    let text = std::str::from_utf8(&body).map_err(|invalid| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("body is not valid JSON: not UTF-8 ({invalid})"),
-        )
-    })?;
-    if let Err(invalid) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("body is not valid JSON: {invalid}"),
-        ));
-    }
+    check_event_json(&body)
+        .map_err(|invalid| ApiError(StatusCode::BAD_REQUEST, invalid.to_string()))?;
     Ok(body)
 }
 
@@ -182,20 +173,28 @@ async fn put_event(
         Ok(body) => body,
         Err(refusal) => return refusal.into_response(),
     };
-    let answer = tokio::time::timeout(
-        PUT_ANSWER_TIMEOUT,
-        state.node.put(body.to_vec(), commit_level),
-    )
-    .await;
+    let pending = match state.node.start_put(body.to_vec(), commit_level) {
+        Ok(pending) => pending,
+        Err(failure) => return driver_error(failure),
+    };
+    let mut key = pending.key;
+    let answer = tokio::time::timeout(PUT_ANSWER_TIMEOUT, pending.answer).await;
     match answer {
-        Err(_) => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "no answer within {} s; the event may still be stored",
-                PUT_ANSWER_TIMEOUT.as_secs()
-            ),
-        ),
-        Ok(Err(failure)) => driver_error(failure),
+        Err(_) => {
+            // The write goes on ("get it done"): the client learns the key to check.
+            let issued = key.try_recv().ok();
+            let mut body = json!({
+                "error": format!(
+                    "no answer within {} s; the event may still be stored",
+                    PUT_ANSWER_TIMEOUT.as_secs()
+                ),
+            });
+            if let Some(issued) = issued {
+                body["key"] = json!(issued.as_str());
+            }
+            (StatusCode::GATEWAY_TIMEOUT, Json(body)).into_response()
+        }
+        Ok(Err(_)) => driver_error(DriverError::Stopped),
         Ok(Ok(Ok(key))) => {
             let location = format!("/events/{key}");
             let mut response =
@@ -212,10 +211,16 @@ async fn put_event(
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
                 PutError::Placement(PlacementError::NotEnoughPeers(_))
+                | PutError::NotEnoughNodesUp { .. }
                 | PutError::ReplicasNotCreated { .. }
                 | PutError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             };
-            error(status, put_error)
+            let mut body = json!({ "error": put_error.to_string() });
+            // The event may be stored: say under which key, so a retry can check first.
+            if let PutError::ReplicasNotCreated { key, .. } = &put_error {
+                body["key"] = json!(key.as_str());
+            }
+            (status, Json(body)).into_response()
         }
     }
 }
@@ -278,10 +283,30 @@ async fn get_event(
     error(StatusCode::NOT_FOUND, format!("no event under key {key}"))
 }
 
+/// One event of a scan answer: the event is embedded as the exact bytes stored.
 #[derive(Serialize, Deserialize)]
 struct ScannedEvent {
     key: String,
-    event: Value,
+    event: Box<RawValue>,
+}
+
+/// Stored bytes as embeddable JSON. Every event is checked JSON before it is stored; bytes
+/// that are not (written by an older build) are embedded as a JSON string instead, so an
+/// answer is always valid JSON.
+fn raw_event(event: Vec<u8>) -> Box<RawValue> {
+    match String::from_utf8(event) {
+        Ok(text) => match RawValue::from_string(text) {
+            Ok(raw) => raw,
+            Err(_) => as_json_string(b"(not JSON)"),
+        },
+        Err(error) => as_json_string(error.as_bytes()),
+    }
+}
+
+fn as_json_string(bytes: &[u8]) -> Box<RawValue> {
+    let text = serde_json::to_string(&String::from_utf8_lossy(bytes)).unwrap_or_default();
+    RawValue::from_string(text)
+        .unwrap_or_else(|_| RawValue::from_string("null".to_string()).expect("null is JSON"))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -332,11 +357,9 @@ async fn scan_events(
         Ok(Ok(events)) => events,
     };
     // Keys are unique cluster-wide and write-once, so merging by key removes duplicates.
-    let mut merged: BTreeMap<String, Value> = BTreeMap::new();
+    let mut merged: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
     for (key, event) in local {
-        let event = serde_json::from_slice(&event)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&event).into_owned()));
-        merged.insert(key.as_str().to_string(), event);
+        merged.insert(key.as_str().to_string(), raw_event(event));
     }
     let mut unreachable_peers = Vec::new();
     if !local_only {
@@ -426,7 +449,7 @@ async fn health(State(state): State<ApiState>) -> Response {
             })
         })
         .collect();
-    let peers_up: Vec<u32> = status.placement_peers.iter().map(|(id, _)| id.0).collect();
+    let peers_up: Vec<u32> = status.peers_up().iter().map(|id| id.0).collect();
     let body = json!({
         "status": if status.poisoned { "poisoned" } else { "ok" },
         "node_id": status.id.0,
@@ -446,11 +469,19 @@ async fn health(State(state): State<ApiState>) -> Response {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
-    let counters = state.node.status().await.ok().map(|status| status.counters);
+    let node = state
+        .node
+        .status()
+        .await
+        .ok()
+        .map(|status| (status.counters, status.peers_up().len() as u64));
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(counters),
+        [(
+            header::CONTENT_TYPE,
+            crate::production::metrics::CONTENT_TYPE,
+        )],
+        state.metrics.render(node),
     )
         .into_response()
 }
@@ -533,9 +564,23 @@ async fn peer_event(
         Err(malformed) => return error(StatusCode::BAD_REQUEST, malformed),
     };
     let event = replica.event.get().as_bytes().to_vec();
+    if let Err(invalid) = check_event_json(&event) {
+        return error(StatusCode::BAD_REQUEST, format!("event: {invalid}"));
+    }
     match state.node.http_replica(key, event).await {
-        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure),
-        Ok(Err(store_error)) => error(StatusCode::INTERNAL_SERVER_ERROR, store_error),
+        Err(failure) => error(StatusCode::SERVICE_UNAVAILABLE, failure),
+        Ok(Err(refusal)) => {
+            // The sender's mistakes are 4xx; this node's troubles 5xx (503: try elsewhere).
+            let status = match refusal.reason {
+                RefusalReason::TooOld | RefusalReason::TooFarInFuture => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                RefusalReason::WriteOnceConflict => StatusCode::CONFLICT,
+                RefusalReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                RefusalReason::Unavailable => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(status, refusal)
+        }
         Ok(Ok(())) => (StatusCode::CREATED, Json(json!({}))).into_response(),
     }
 }
@@ -582,22 +627,30 @@ async fn peer_hello(
         Ok(hello) => hello,
         Err(invalid) => return error(StatusCode::BAD_REQUEST, invalid),
     };
-    for (id, address) in hello.known_peers {
-        state.membership.learn(id, address);
+    if hello.known_peers.len() > PEERS_MAX {
+        state.metrics.count_bad_frame();
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("a hello may list at most {PEERS_MAX} peers"),
+        );
     }
-    state
-        .membership
-        .learn(hello.sender.id, hello.sender.peer_address);
-    if let Some(transition) = state.membership.hello(
+    match state.membership.hello(
         hello.sender.id,
         hello.sender.peer_address,
         hello.sender.http_address,
         hello.sender.location,
         Instant::now(),
     ) {
-        report(&state.node, transition).await;
+        Ok(Some(transition)) => report(&state.node, transition).await,
+        Ok(None) => {}
+        Err(refused) => {
+            state.metrics.count_bad_frame();
+            return error(StatusCode::CONFLICT, refused);
+        }
     }
-    let _ = state.local_id;
+    for (id, address) in hello.known_peers {
+        state.membership.learn(id, address);
+    }
     Json(PeerHelloBody {
         sender: local,
         known_peers: state.membership.known_peers(),

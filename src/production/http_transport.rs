@@ -12,10 +12,10 @@ use crate::production::config::HttpPeerOptions;
 use crate::production::driver::{NodeHandle, NodeInput, PeerSender};
 use crate::production::http_api::{PeerConfirmBody, PeerEventBody, PeerHelloBody};
 use crate::production::http_client::HttpClient;
-use crate::production::membership::{report, Membership};
+use crate::production::membership::{report, Membership, PEERS_MAX};
 use crate::production::metrics::Metrics;
 use crate::production::peer_frame::PeerInfo;
-use crate::wire::Message;
+use crate::wire::{Message, RefusalReason, ReplicaRefusal};
 use hyper::{Method, StatusCode};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -154,7 +154,15 @@ impl HttpTransport {
             let mut ticks = tokio::time::interval(transport.heartbeat_interval);
             loop {
                 ticks.tick().await;
-                for (id, address) in transport.membership.known_peers() {
+                // Second-hand peers too: a hello is how they get verified.
+                let dialled = transport.membership.dialled_peers().into_iter();
+                let addresses = dialled.filter_map(|id| {
+                    transport
+                        .membership
+                        .peer_address(id)
+                        .map(|address| (id, address))
+                });
+                for (id, address) in addresses.collect::<Vec<_>>() {
                     let transport = Arc::clone(&transport);
                     let node = node.clone();
                     tokio::spawn(async move { transport.hello(id, address, &node).await });
@@ -162,9 +170,6 @@ impl HttpTransport {
                 for transition in transport.membership.expire(Instant::now()) {
                     report(&node, transition).await;
                 }
-                transport
-                    .metrics
-                    .set_peers_up(transport.membership.up_http_addresses().len() as u64);
             }
         });
     }
@@ -196,17 +201,22 @@ impl HttpTransport {
             tracing::warn!(expected = %id, answered = %hello.sender.id, %address, "a different node answers at this address");
             return;
         }
-        for (known, known_address) in hello.known_peers {
-            self.membership.learn(known, known_address);
-        }
-        if let Some(transition) = self.membership.hello(
+        match self.membership.hello(
             id,
             hello.sender.peer_address,
             hello.sender.http_address,
             hello.sender.location,
             Instant::now(),
         ) {
-            report(node, transition).await;
+            Ok(Some(transition)) => report(node, transition).await,
+            Ok(None) => {}
+            Err(refused) => {
+                tracing::warn!(peer = %id, %address, %refused, "hello answer refused");
+                return;
+            }
+        }
+        for (known, known_address) in hello.known_peers.into_iter().take(PEERS_MAX) {
+            self.membership.learn(known, known_address);
         }
     }
 }
@@ -231,7 +241,9 @@ impl PeerSender for HttpTransport {
                     message: Message::ReplicateResult {
                         write_id,
                         key: answer_key,
-                        outcome,
+                        // The coordinator only needs to know it failed, and the text for its log.
+                        outcome: outcome
+                            .map_err(|text| ReplicaRefusal::new(RefusalReason::Unavailable, text)),
                     },
                 };
                 let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {

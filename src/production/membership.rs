@@ -7,9 +7,17 @@
 //! zone and region it announced, `PeerDown` drops it), so a silent peer is skipped and comes
 //! back when it is heard again. Transitions are decided under one lock and reported in order.
 //!
-//! The directory holds at most [`PEERS_MAX`] peers: peers learned from hellos are untrusted
-//! input, and every hello lists the whole directory, so an unbounded one could grow memory
-//! without limit and outgrow a frame.
+//! Gossip is bounded, since hellos are untrusted input:
+//! - the directory holds at most [`PEERS_MAX`] peers, so it cannot grow memory without limit
+//!   or outgrow a frame;
+//! - a peer learned second-hand (listed in someone's hello) is dialled, but not passed on in
+//!   this node's hellos until it has said hello itself, at most [`UNVERIFIED_PEERS_MAX`] such
+//!   peers are held at once, and one that never says hello is forgotten after
+//!   [`UNVERIFIED_FORGET_AFTER`]: a forged list reaches one node's directory, briefly, not the
+//!   cluster's;
+//! - second-hand news never moves a known peer's address, and a hello cannot move the address
+//!   of a peer that is up (that would hand its traffic to whoever claims its id); a peer that
+//!   is down may come back from a new address.
 
 use crate::ids::{Location, NodeId};
 use crate::production::driver::{NodeHandle, NodeInput};
@@ -21,6 +29,10 @@ use tokio::time::Instant;
 
 /// Peers the directory holds at most; past it, new peers are refused (and logged).
 pub const PEERS_MAX: usize = 1024;
+/// Peers learned second-hand and not yet heard from, at most.
+pub const UNVERIFIED_PEERS_MAX: usize = 64;
+/// A peer learned second-hand that says no hello within this time is forgotten.
+pub const UNVERIFIED_FORGET_AFTER: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerView {
@@ -33,6 +45,11 @@ pub struct PeerView {
 
 #[derive(Debug)]
 struct PeerState {
+    /// Named in this node's configuration (first-hand): passed on from the start.
+    configured: bool,
+    /// Said hello itself at least once (first-hand): passed on from then on.
+    verified: bool,
+    learned_at: Instant,
     peer_address: SocketAddr,
     http_address: Option<SocketAddr>,
     location: Option<Location>,
@@ -57,6 +74,21 @@ pub enum Transition {
     Down(NodeId, u64),
 }
 
+/// Why a hello was refused; the connection that sent it is closed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HelloRefused {
+    #[error("peer {id} is up at {known}; a hello from {claimed} cannot move it")]
+    AddressInUse {
+        id: NodeId,
+        known: SocketAddr,
+        claimed: SocketAddr,
+    },
+    #[error("peer {0} is this node's own id")]
+    OwnId(NodeId),
+    #[error("the peer directory is full ({PEERS_MAX} peers)")]
+    DirectoryFull,
+}
+
 impl Membership {
     pub fn new(local: NodeId, peer_down_after: Duration) -> Self {
         Self {
@@ -78,16 +110,26 @@ impl Membership {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds a peer we were told of; returns true when it is new (the caller connects to it).
+    /// Adds a peer from this node's configuration; returns true when it is new (the caller
+    /// connects to it).
+    pub fn learn_configured(&self, id: NodeId, peer_address: SocketAddr, now: Instant) -> bool {
+        self.insert(id, peer_address, true, now)
+    }
+
+    /// Adds a peer another node's hello listed (second-hand); returns true when it is new
+    /// (the caller connects to it). A known peer is never moved by second-hand news.
     pub fn learn(&self, id: NodeId, peer_address: SocketAddr) -> bool {
-        if id == self.local {
+        self.insert(id, peer_address, false, Instant::now())
+    }
+
+    fn insert(&self, id: NodeId, peer_address: SocketAddr, configured: bool, now: Instant) -> bool {
+        if id == self.local || id == NodeId::UNATTRIBUTED {
             return false;
         }
         let mut peers = self.lock();
         if let Some(known) = peers.get_mut(&id) {
             if known.peer_address != peer_address {
-                tracing::warn!(peer = %id, old = %known.peer_address, new = %peer_address, "peer moved");
-                known.peer_address = peer_address;
+                tracing::debug!(peer = %id, known = %known.peer_address, listed = %peer_address, "a hello lists another address for a known peer; ignored");
             }
             return false;
         }
@@ -95,9 +137,20 @@ impl Membership {
             tracing::warn!(peer = %id, %peer_address, limit = PEERS_MAX, "peer directory full; not learning this peer");
             return false;
         }
+        let unverified = peers
+            .values()
+            .filter(|state| !state.configured && !state.verified)
+            .count();
+        if !configured && unverified >= UNVERIFIED_PEERS_MAX {
+            tracing::debug!(peer = %id, limit = UNVERIFIED_PEERS_MAX, "too many peers not heard from yet; not learning this one");
+            return false;
+        }
         peers.insert(
             id,
             PeerState {
+                configured,
+                verified: false,
+                learned_at: now,
                 peer_address,
                 http_address: None,
                 location: None,
@@ -110,7 +163,7 @@ impl Membership {
     }
 
     /// Records a hello: where the peer listens and where it lives. Returns a transition when
-    /// the peer just came up.
+    /// the peer just came up, or why the hello is refused (nothing changes then).
     pub fn hello(
         &self,
         id: NodeId,
@@ -118,16 +171,28 @@ impl Membership {
         http_address: SocketAddr,
         location: Location,
         now: Instant,
-    ) -> Option<Transition> {
+    ) -> Result<Option<Transition>, HelloRefused> {
         if id == self.local {
-            return None;
+            return Err(HelloRefused::OwnId(id));
         }
         let mut peers = self.lock();
         if !peers.contains_key(&id) && peers.len() >= PEERS_MAX {
             tracing::warn!(peer = %id, limit = PEERS_MAX, "peer directory full; ignoring this peer's hello");
-            return None;
+            return Err(HelloRefused::DirectoryFull);
+        }
+        if let Some(known) = peers.get(&id) {
+            if known.up && known.peer_address != peer_address {
+                return Err(HelloRefused::AddressInUse {
+                    id,
+                    known: known.peer_address,
+                    claimed: peer_address,
+                });
+            }
         }
         let state = peers.entry(id).or_insert(PeerState {
+            configured: false,
+            verified: false,
+            learned_at: now,
             peer_address,
             http_address: None,
             location: None,
@@ -135,6 +200,7 @@ impl Membership {
             up: false,
             generation: 0,
         });
+        state.verified = true;
         state.peer_address = peer_address;
         state.http_address = Some(http_address);
         let moved = state.location.as_ref().is_some_and(|old| *old != location);
@@ -143,9 +209,9 @@ impl Membership {
         if !state.up || moved {
             state.up = true;
             state.generation += 1;
-            return Some(Transition::Up(id, location, state.generation));
+            return Ok(Some(Transition::Up(id, location, state.generation)));
         }
-        None
+        Ok(None)
     }
 
     /// Any frame from the peer. Returns a transition when it was down and is known enough
@@ -164,9 +230,19 @@ impl Membership {
         None
     }
 
-    /// Peers silent for too long go down.
+    /// Peers silent for too long go down; second-hand peers that never said hello are
+    /// forgotten.
     pub fn expire(&self, now: Instant) -> Vec<Transition> {
         let mut peers = self.lock();
+        peers.retain(|id, state| {
+            let stale = !state.configured
+                && !state.verified
+                && now.duration_since(state.learned_at) > UNVERIFIED_FORGET_AFTER;
+            if stale {
+                tracing::info!(peer = %id, address = %state.peer_address, "forgetting a peer that was listed by another but never said hello");
+            }
+            !stale
+        });
         let mut transitions = Vec::new();
         for (id, state) in peers.iter_mut() {
             let silent = state
@@ -185,11 +261,18 @@ impl Membership {
         self.lock().get(&id).map(|state| state.peer_address)
     }
 
+    /// The peers a hello passes on: configured ones, and those that said hello themselves.
     pub fn known_peers(&self) -> Vec<(NodeId, SocketAddr)> {
         self.lock()
             .iter()
+            .filter(|(_, state)| state.configured || state.verified)
             .map(|(id, state)| (*id, state.peer_address))
             .collect()
+    }
+
+    /// Every peer in the directory, second-hand ones included (the transport dials them).
+    pub fn dialled_peers(&self) -> Vec<NodeId> {
+        self.lock().keys().copied().collect()
     }
 
     pub fn views(&self) -> Vec<PeerView> {
@@ -242,10 +325,14 @@ pub async fn report(node: &NodeHandle, transition: Transition) {
 mod tests {
     use super::*;
 
+    fn address(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_peer_goes_down_when_silent_and_comes_back_when_heard() {
         let membership = Membership::new(NodeId(1), Duration::from_secs(3));
-        let address: SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        let address = address(9002);
         assert!(membership.learn(NodeId(2), address));
         assert!(!membership.learn(NodeId(2), address));
         assert!(!membership.learn(NodeId(1), address), "never ourselves");
@@ -255,7 +342,7 @@ mod tests {
         let location = Location::new("r", "z");
         assert!(matches!(
             membership.hello(NodeId(2), address, address, location, start),
-            Some(Transition::Up(NodeId(2), _, _))
+            Ok(Some(Transition::Up(NodeId(2), _, _)))
         ));
         assert!(membership.expire(start + Duration::from_secs(2)).is_empty());
         let expired = membership.expire(start + Duration::from_secs(4));
@@ -273,27 +360,113 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_directory_stops_learning_at_its_limit() {
         let membership = Membership::new(NodeId(1), Duration::from_secs(3));
-        let address: SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        let now = Instant::now();
         for id in 2..2 + PEERS_MAX as u32 {
-            assert!(membership.learn(NodeId(id), address));
+            assert!(membership.learn_configured(NodeId(id), address(9002), now));
         }
         let beyond = NodeId(2 + PEERS_MAX as u32);
-        assert!(!membership.learn(beyond, address));
+        assert!(!membership.learn_configured(beyond, address(9002), now));
         let location = Location::new("r", "z");
-        assert!(membership
-            .hello(beyond, address, address, location, Instant::now())
-            .is_none());
+        assert_eq!(
+            membership
+                .hello(beyond, address(9002), address(9002), location, now)
+                .unwrap_err(),
+            HelloRefused::DirectoryFull
+        );
         assert_eq!(membership.known_peers().len(), PEERS_MAX);
         // A hello listing the full directory still fits in one frame.
         let hello = crate::production::peer_frame::FrameBody::Hello {
             sender: crate::production::peer_frame::PeerInfo {
                 id: NodeId(1),
-                peer_address: address,
-                http_address: address,
+                peer_address: address(9002),
+                http_address: address(9002),
                 location: Location::new("r", "z"),
             },
             known_peers: membership.known_peers(),
         };
         assert!(crate::production::peer_frame::encode_frame(&hello).is_ok());
+    }
+
+    /// One forged hello listing 2,000 peers used to fill every node's directory: now it
+    /// reaches one node's, in a bounded number, is passed on to nobody, and is forgotten.
+    #[tokio::test(start_paused = true)]
+    async fn second_hand_peers_are_bounded_not_passed_on_and_forgotten() {
+        let membership = Membership::new(NodeId(1), Duration::from_secs(3));
+        let start = Instant::now();
+        assert!(membership.learn_configured(NodeId(2), address(9002), start));
+        let learned = (10..2010u32)
+            .filter(|id| membership.learn(NodeId(*id), address(20_000 + *id as u16)))
+            .count();
+        assert_eq!(learned, UNVERIFIED_PEERS_MAX);
+        assert_eq!(membership.known_peers(), vec![(NodeId(2), address(9002))]);
+        assert_eq!(membership.dialled_peers().len(), 1 + UNVERIFIED_PEERS_MAX);
+        // One of them says hello itself: from then on it is passed on.
+        let location = Location::new("r", "z");
+        membership
+            .hello(
+                NodeId(10),
+                address(20_010),
+                address(20_010),
+                location,
+                start,
+            )
+            .unwrap();
+        assert_eq!(membership.known_peers().len(), 2);
+        membership.expire(start + UNVERIFIED_FORGET_AFTER + Duration::from_secs(1));
+        let mut left = membership.dialled_peers();
+        left.sort();
+        assert_eq!(left, vec![NodeId(2), NodeId(10)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hello_cannot_move_a_peer_that_is_up() {
+        let membership = Membership::new(NodeId(1), Duration::from_secs(3));
+        let start = Instant::now();
+        let location = Location::new("r", "z");
+        membership.learn_configured(NodeId(2), address(9002), start);
+        // Second-hand news never moves a known peer.
+        assert!(!membership.learn(NodeId(2), address(6666)));
+        assert_eq!(membership.peer_address(NodeId(2)), Some(address(9002)));
+        membership
+            .hello(
+                NodeId(2),
+                address(9002),
+                address(8002),
+                location.clone(),
+                start,
+            )
+            .unwrap();
+        let refused = membership.hello(
+            NodeId(2),
+            address(6666),
+            address(6667),
+            location.clone(),
+            start,
+        );
+        assert_eq!(
+            refused.unwrap_err(),
+            HelloRefused::AddressInUse {
+                id: NodeId(2),
+                known: address(9002),
+                claimed: address(6666)
+            }
+        );
+        assert_eq!(membership.peer_address(NodeId(2)), Some(address(9002)));
+        // Down, it may come back from elsewhere (a restarted host).
+        membership.expire(start + Duration::from_secs(4));
+        assert!(matches!(
+            membership.hello(NodeId(2), address(7002), address(7003), location, start),
+            Ok(Some(Transition::Up(..)))
+        ));
+        assert_eq!(membership.peer_address(NodeId(2)), Some(address(7002)));
+        assert!(membership
+            .hello(
+                NodeId(1),
+                address(1),
+                address(1),
+                Location::new("r", "z"),
+                start
+            )
+            .is_err());
     }
 }

@@ -1,15 +1,23 @@
-//! The shell's metrics and their Prometheus text rendering.
+//! The shell's metrics, in the OpenMetrics text format of `prometheus-client`.
 //!
 //! HTTP requests are counted per method, route and status, with a latency histogram per
-//! route; transport events (dropped frames, bad frames, reconnects) are plain counters. The
-//! node's own counters (replica failures, re-spreads, repairs, group commits = fsyncs) are read
-//! from the node at scrape time, so they are never stale or double-counted.
+//! route; transport events (dropped frames, refused frames, reconnects) are plain counters.
+//! The node's own counters (replica failures, re-spreads, repairs, group commits = fsyncs,
+//! refused messages) and its peers that are up are read from the node at scrape time, the same
+//! numbers `/health` shows, so they are never stale, double-counted or out of step with it.
+//!
+//! Label values are bounded: methods outside the standard ones are counted as `other`, and
+//! routes are the router's patterns (or `unmatched`), never the raw path a client sent.
 
 use crate::node::NodeCounters;
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds.
@@ -17,171 +25,211 @@ const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Debug, Default)]
-struct Histogram {
-    bucket_counts: [u64; LATENCY_BUCKETS_SECONDS.len()],
-    count: u64,
-    sum_seconds: f64,
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+/// What the node said at the last scrape.
+#[derive(Clone, Copy, Debug, Default)]
+struct NodeSnapshot {
+    counters: NodeCounters,
+    peers_up: u64,
+}
+
+/// Encodes the node's numbers at each scrape.
 #[derive(Debug, Default)]
+struct NodeCollector {
+    snapshot: Mutex<Option<NodeSnapshot>>,
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = *self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(NodeSnapshot { counters, peers_up }) = snapshot else {
+            return Ok(());
+        };
+        let counters_and_help = [
+            (
+                "borough_replica_failures",
+                "Replica writes to a peer that failed or timed out.",
+                counters.replica_failures,
+            ),
+            (
+                "borough_respreads",
+                "Replica writes re-spread to a spare peer after a failure (get it done).",
+                counters.respreads,
+            ),
+            (
+                "borough_repairs",
+                "Repairs of events held short of their replication factor.",
+                counters.repairs,
+            ),
+            (
+                "borough_fsyncs",
+                "Group commits of the node's logs, each one append and one fsync.",
+                counters.group_commits,
+            ),
+            (
+                "borough_peer_messages_refused",
+                "Peer messages the node refused: from a non-member, or contradicting what a \
+                 partition committed.",
+                counters.messages_refused,
+            ),
+        ];
+        for (name, help, value) in counters_and_help {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let gauge = ConstGauge::new(peers_up as i64);
+        let metric = encoder.encode_descriptor(
+            "borough_peers_up",
+            "Peers the node counts as up (the same as /health's peers_up).",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
+#[derive(Debug)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    latencies: Mutex<BTreeMap<String, Histogram>>,
-    dropped_frames: AtomicU64,
-    bad_frames: AtomicU64,
-    reconnects: AtomicU64,
-    peers_up: AtomicU64,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latencies: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    dropped_frames: Counter,
+    refused_frames: Counter,
+    refused_connections: Counter,
+    reconnects: Counter,
+    node: Arc<NodeCollector>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_SECONDS)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "borough_http_requests",
+            "Client and peer HTTP requests",
+            requests.clone(),
+        );
+        let latencies: Family<RouteLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "borough_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            latencies.clone(),
+        );
+        let dropped_frames = Counter::default();
+        registry.register(
+            "borough_peer_frames_dropped",
+            "Peer messages dropped because the peer's bounded queue was full or it was unknown",
+            dropped_frames.clone(),
+        );
+        let refused_frames = Counter::default();
+        registry.register(
+            "borough_peer_frames_refused",
+            "Inbound peer frames and hellos refused: oversized, malformed, invalid, of an \
+             unknown version, or moving a peer that is up",
+            refused_frames.clone(),
+        );
+        let refused_connections = Counter::default();
+        registry.register(
+            "borough_http_connections_refused",
+            "HTTP connections closed at once because the server had its maximum open",
+            refused_connections.clone(),
+        );
+        let reconnects = Counter::default();
+        registry.register(
+            "borough_peer_reconnects",
+            "Peer connections lost and redialled",
+            reconnects.clone(),
+        );
+        let node = Arc::new(NodeCollector::default());
+        registry.register_collector(Box::new(Arc::clone(&node)));
+        Self {
+            registry,
+            requests,
+            latencies,
+            dropped_frames,
+            refused_frames,
+            refused_connections,
+            reconnects,
+            node,
+        }
+    }
 }
 
 impl Metrics {
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        let mut requests = self
-            .requests
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *requests
-            .entry((method.to_string(), route.to_string(), status))
-            .or_default() += 1;
-        drop(requests);
-        let seconds = elapsed.as_secs_f64();
-        let mut latencies = self
-            .latencies
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let histogram = latencies.entry(route.to_string()).or_default();
-        histogram.count += 1;
-        histogram.sum_seconds += seconds;
-        for (bound, count) in LATENCY_BUCKETS_SECONDS
-            .iter()
-            .zip(histogram.bucket_counts.iter_mut())
-        {
-            if seconds <= *bound {
-                *count += 1;
-            }
-        }
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_string(),
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+        self.latencies
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn count_dropped_frame(&self) {
-        self.dropped_frames.fetch_add(1, Ordering::Relaxed);
+        self.dropped_frames.inc();
     }
 
     pub fn count_bad_frame(&self) {
-        self.bad_frames.fetch_add(1, Ordering::Relaxed);
+        self.refused_frames.inc();
+    }
+
+    pub fn count_refused_connection(&self) {
+        self.refused_connections.inc();
     }
 
     pub fn count_reconnect(&self) {
-        self.reconnects.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn set_peers_up(&self, peers_up: u64) {
-        self.peers_up.store(peers_up, Ordering::Relaxed);
+        self.reconnects.inc();
     }
 
     pub fn dropped_frames(&self) -> u64 {
-        self.dropped_frames.load(Ordering::Relaxed)
+        self.dropped_frames.get()
     }
 
-    /// Prometheus text exposition format, version 0.0.4.
-    pub fn render(&self, node: Option<NodeCounters>) -> String {
+    pub fn refused_frames(&self) -> u64 {
+        self.refused_frames.get()
+    }
+
+    /// The text exposition, with the node's numbers as of this scrape (`None` when the node
+    /// did not answer: its metrics are left out rather than shown stale).
+    pub fn render(&self, node: Option<(NodeCounters, u64)>) -> String {
+        *self
+            .node
+            .snapshot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            node.map(|(counters, peers_up)| NodeSnapshot { counters, peers_up });
         let mut text = String::new();
-        text.push_str("# HELP borough_http_requests_total Client and peer HTTP requests.\n");
-        text.push_str("# TYPE borough_http_requests_total counter\n");
-        for ((method, route, status), count) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                text,
-                "borough_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
-            );
-        }
-        text.push_str(
-            "# HELP borough_http_request_duration_seconds Time to answer an HTTP request.\n",
-        );
-        text.push_str("# TYPE borough_http_request_duration_seconds histogram\n");
-        for (route, histogram) in self
-            .latencies
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-        {
-            for (bound, count) in LATENCY_BUCKETS_SECONDS
-                .iter()
-                .zip(histogram.bucket_counts.iter())
-            {
-                let _ = writeln!(
-                    text,
-                    "borough_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {count}"
-                );
-            }
-            let _ = writeln!(
-                text,
-                "borough_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
-                histogram.count
-            );
-            let _ = writeln!(
-                text,
-                "borough_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
-                histogram.sum_seconds
-            );
-            let _ = writeln!(
-                text,
-                "borough_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
-                histogram.count
-            );
-        }
-        let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(text, "# HELP {name} {help}");
-            let _ = writeln!(text, "# TYPE {name} counter");
-            let _ = writeln!(text, "{name} {value}");
-        };
-        if let Some(node) = node {
-            counter(
-                "borough_replica_failures_total",
-                "Replica writes to a peer that failed or timed out.",
-                node.replica_failures,
-            );
-            counter(
-                "borough_respreads_total",
-                "Replica writes re-spread to a spare peer after a failure (get it done).",
-                node.respreads,
-            );
-            counter(
-                "borough_repairs_total",
-                "Repairs of events held short of their replication factor.",
-                node.repairs,
-            );
-            counter(
-                "borough_fsyncs_total",
-                "Group commits of the event log, each one append and one fsync.",
-                node.group_commits,
-            );
-        }
-        counter(
-            "borough_peer_frames_dropped_total",
-            "Peer messages dropped because the peer's bounded queue was full or it was unknown.",
-            self.dropped_frames.load(Ordering::Relaxed),
-        );
-        counter(
-            "borough_peer_frames_refused_total",
-            "Inbound peer frames refused: oversized, malformed or of an unknown version.",
-            self.bad_frames.load(Ordering::Relaxed),
-        );
-        counter(
-            "borough_peer_reconnects_total",
-            "Peer connections lost and redialled.",
-            self.reconnects.load(Ordering::Relaxed),
-        );
-        let _ = writeln!(text, "# HELP borough_peers_up Peers currently heard from.");
-        let _ = writeln!(text, "# TYPE borough_peers_up gauge");
-        let _ = writeln!(
-            text,
-            "borough_peers_up {}",
-            self.peers_up.load(Ordering::Relaxed)
-        );
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }
 }
@@ -191,24 +239,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_and_histograms() {
+    fn renders_counters_histograms_and_the_node_at_scrape_time() {
         let metrics = Metrics::default();
         metrics.observe_request("POST", "/events", 201, Duration::from_millis(3));
         metrics.count_dropped_frame();
-        let text = metrics.render(Some(NodeCounters {
-            group_commits: 7,
-            ..NodeCounters::default()
-        }));
-        assert!(text.contains(
-            "borough_http_requests_total{method=\"POST\",route=\"/events\",status=\"201\"} 1"
-        ));
-        assert!(text.contains(
-            "borough_http_request_duration_seconds_bucket{route=\"/events\",le=\"0.005\"} 1"
-        ));
-        assert!(text.contains(
-            "borough_http_request_duration_seconds_bucket{route=\"/events\",le=\"0.001\"} 0"
-        ));
-        assert!(text.contains("borough_fsyncs_total 7"));
-        assert!(text.contains("borough_peer_frames_dropped_total 1"));
+        let text = metrics.render(Some((
+            NodeCounters {
+                group_commits: 7,
+                messages_refused: 2,
+                ..NodeCounters::default()
+            },
+            2,
+        )));
+        for line in [
+            "borough_http_requests_total{method=\"POST\",route=\"/events\",status=\"201\"} 1",
+            "borough_http_request_duration_seconds_bucket{le=\"0.005\",route=\"/events\"} 1",
+            "borough_http_request_duration_seconds_bucket{le=\"0.001\",route=\"/events\"} 0",
+            "borough_fsyncs_total 7",
+            "borough_peer_messages_refused_total 2",
+            "borough_peers_up 2",
+            "borough_peer_frames_dropped_total 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        let without_node = metrics.render(None);
+        assert!(!without_node.contains("borough_fsyncs_total"));
     }
 }

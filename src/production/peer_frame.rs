@@ -1,23 +1,23 @@
-//! Frames on the TCP peer transport: a 4-byte big-endian length, then a postcard-encoded
-//! [`PeerFrame`] whose first field is the frame version.
+//! Frames on the TCP peer transport: a 4-byte big-endian length, then a payload in the one
+//! codec of [`crate::wire`] (the simulator runs the same codec), whose hello body is this
+//! transport's [`PeerHello`].
 //!
 //! Invariants: a frame longer than [`FRAME_BYTES_MAX`] is refused before its body is read, so
 //! a peer cannot make this node allocate without bound; an unknown version is refused before
-//! the body is trusted. postcard because the log and the wire already use it: a compact,
-//! documented and stable encoding with no schema to ship and no per-field overhead.
+//! the body is trusted; every value is decoded into a validated type and every message is
+//! checked whole (see `wire`); a hello lists at most [`PEERS_MAX`] peers.
 
 use crate::ids::{Location, NodeId};
-use crate::wire::Message;
+use crate::production::membership::PEERS_MAX;
+use crate::wire::{self, Frame, Message, WireError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The frame version this build speaks.
-pub const FRAME_VERSION: u16 = 1;
+pub use crate::wire::FRAME_VERSION;
 
-/// The largest frame accepted: an event is at most 1 MiB, so this leaves room for its
-/// envelope and for a batch of confirmations.
-pub const FRAME_BYTES_MAX: u32 = 4 * 1024 * 1024;
+/// The largest frame payload accepted.
+pub const FRAME_BYTES_MAX: u32 = wire::FRAME_BYTES_MAX as u32;
 
 /// What a node tells its peers about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +30,14 @@ pub struct PeerInfo {
     pub http_address: SocketAddr,
 }
 
+/// A hello's body: who is talking, and the peers it has heard from directly.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHello {
+    pub sender: PeerInfo,
+    pub known_peers: Vec<(NodeId, SocketAddr)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FrameBody {
     /// First frame on every connection: who is talking, and which peers it knows of.
     Hello {
@@ -41,12 +48,6 @@ pub enum FrameBody {
     Heartbeat,
     /// A message of the node's protocol.
     Message(Message),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerFrame {
-    pub version: u16,
-    pub body: FrameBody,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,31 +64,57 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+impl From<WireError> for FrameError {
+    fn from(error: WireError) -> Self {
+        match error {
+            WireError::TooLarge(bytes) => FrameError::TooLarge(bytes as u64),
+            WireError::Empty => FrameError::Empty,
+            WireError::UnsupportedVersion(version) => FrameError::UnsupportedVersion(version),
+            WireError::Malformed(reason) | WireError::Invalid(reason) => {
+                FrameError::Malformed(reason)
+            }
+        }
+    }
+}
+
 /// The frame as bytes on the wire, length prefix included.
 pub fn encode_frame(body: &FrameBody) -> Result<Vec<u8>, FrameError> {
-    let frame = PeerFrame {
-        version: FRAME_VERSION,
-        body: body.clone(),
+    let payload = match body {
+        FrameBody::Hello {
+            sender,
+            known_peers,
+        } => wire::encode_hello(&PeerHello {
+            sender: sender.clone(),
+            known_peers: known_peers.clone(),
+        })?,
+        FrameBody::Heartbeat => wire::encode_heartbeat(),
+        FrameBody::Message(message) => wire::encode_message(message)?,
     };
-    let mut bytes = vec![0; 4];
-    bytes = postcard::to_extend(&frame, bytes).expect("encoding into a Vec cannot fail");
-    let payload_bytes = (bytes.len() - 4) as u64;
-    if payload_bytes > FRAME_BYTES_MAX as u64 {
-        return Err(FrameError::TooLarge(payload_bytes));
-    }
-    bytes[..4].copy_from_slice(&(payload_bytes as u32).to_be_bytes());
+    let mut bytes = Vec::with_capacity(4 + payload.len());
+    bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(&payload);
     Ok(bytes)
 }
 
+/// Decodes and validates one frame's payload.
 pub fn decode_payload(payload: &[u8]) -> Result<FrameBody, FrameError> {
-    let (version, _) = postcard::take_from_bytes::<u16>(payload)
-        .map_err(|error| FrameError::Malformed(error.to_string()))?;
-    if version != FRAME_VERSION {
-        return Err(FrameError::UnsupportedVersion(version));
+    match wire::decode_frame(payload)? {
+        Frame::Hello(body) => {
+            let hello: PeerHello = wire::decode_hello(body)?;
+            if hello.known_peers.len() > PEERS_MAX {
+                return Err(FrameError::Malformed(format!(
+                    "a hello listing {} peers, more than {PEERS_MAX}",
+                    hello.known_peers.len()
+                )));
+            }
+            Ok(FrameBody::Hello {
+                sender: hello.sender,
+                known_peers: hello.known_peers,
+            })
+        }
+        Frame::Heartbeat => Ok(FrameBody::Heartbeat),
+        Frame::Message(message) => Ok(FrameBody::Message(message)),
     }
-    let frame: PeerFrame =
-        postcard::from_bytes(payload).map_err(|error| FrameError::Malformed(error.to_string()))?;
-    Ok(frame.body)
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
@@ -144,6 +171,7 @@ mod tests {
 
         let mut future = vec![0, 0, 0, 0];
         future = postcard::to_extend(&(FRAME_VERSION + 1), future).unwrap();
+        future.push(1);
         let length = (future.len() - 4) as u32;
         future[..4].copy_from_slice(&length.to_be_bytes());
         let mut reader = &future[..];

@@ -78,7 +78,7 @@ pub async fn serve(
     let heartbeat_interval = (peer_down_after / 4).max(Duration::from_millis(50));
     let membership = Arc::new(Membership::new(config.node_id, peer_down_after));
     for peer in &config.peers {
-        membership.learn(NodeId(peer.id), peer.address);
+        membership.learn_configured(NodeId(peer.id), peer.address, tokio::time::Instant::now());
     }
     let metrics = Arc::new(Metrics::default());
     let local = PeerInfo {
@@ -121,8 +121,9 @@ pub async fn serve(
         Transport::Http(http) => http.clone(),
     };
     let data_dir = config.data_dir.clone();
+    let members: Vec<NodeId> = config.peers.iter().map(|peer| NodeId(peer.id)).collect();
     let opened = tokio::task::spawn_blocking(move || {
-        spawn_node(node_config, data_dir, sender, NODE_INBOX_CAPACITY)
+        spawn_node(node_config, data_dir, members, sender, NODE_INBOX_CAPACITY)
     })
     .await
     .map_err(|error| format!("opening the node failed: {error}"))?;

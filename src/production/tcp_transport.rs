@@ -120,7 +120,7 @@ impl<N: PeerNet> TcpTransport<N> {
         if self.node.set(node.clone()).is_err() {
             panic!("TcpTransport::start called twice");
         }
-        for (id, _) in self.membership.known_peers() {
+        for id in self.membership.dialled_peers() {
             self.connect_to(id);
         }
         let transport = Arc::clone(self);
@@ -131,9 +131,6 @@ impl<N: PeerNet> TcpTransport<N> {
                 for transition in transport.membership.expire(Instant::now()) {
                     report(&node, transition).await;
                 }
-                transport
-                    .metrics
-                    .set_peers_up(transport.membership.up_http_addresses().len() as u64);
             }
         });
     }
@@ -175,6 +172,9 @@ impl<N: PeerNet> TcpTransport<N> {
         let mut backoff = BACKOFF_MIN;
         loop {
             let Some(address) = self.membership.peer_address(peer) else {
+                // Forgotten (a second-hand peer that never said hello): stop dialling, and
+                // let a later hello start a new connection task.
+                self.lock_outbound().remove(&peer);
                 return;
             };
             match tokio::time::timeout(CONNECT_TIMEOUT, self.net.connect(address)).await {
@@ -247,37 +247,36 @@ impl<N: PeerNet> TcpTransport<N> {
             return;
         };
         let sender = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream)).await {
-            Ok(Ok(Some(FrameBody::Hello { sender, .. })))
-                if sender.id == crate::production::driver::HTTP_PEER =>
-            {
-                self.metrics.count_bad_frame();
-                tracing::warn!(peer = %sender.id, "hello from the reserved node id; closed");
-                return;
-            }
             Ok(Ok(Some(FrameBody::Hello {
                 sender,
                 known_peers,
             }))) => {
-                for (id, address) in known_peers {
-                    if id == crate::production::driver::HTTP_PEER {
-                        continue;
-                    }
-                    if self.membership.learn(id, address) {
-                        tracing::info!(peer = %id, %address, "learned of a peer");
-                        self.connect_to(id);
-                    }
-                }
-                if self.membership.learn(sender.id, sender.peer_address) {
-                    self.connect_to(sender.id);
-                }
-                if let Some(transition) = self.membership.hello(
+                // The sender first: a hello that would move a peer that is up is refused
+                // before anything it lists is learned.
+                match self.membership.hello(
                     sender.id,
                     sender.peer_address,
                     sender.http_address,
                     sender.location.clone(),
                     Instant::now(),
                 ) {
-                    report(&node, transition).await;
+                    Ok(transition) => {
+                        self.connect_to(sender.id);
+                        if let Some(transition) = transition {
+                            report(&node, transition).await;
+                        }
+                    }
+                    Err(refused) => {
+                        self.metrics.count_bad_frame();
+                        tracing::warn!(peer = %sender.id, %refused, "hello refused; connection closed");
+                        return;
+                    }
+                }
+                for (id, address) in known_peers {
+                    if self.membership.learn(id, address) {
+                        tracing::info!(peer = %id, %address, "learned of a peer");
+                        self.connect_to(id);
+                    }
                 }
                 sender.id
             }

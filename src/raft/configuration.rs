@@ -81,6 +81,25 @@ impl Configuration {
         !self.voters_outgoing.is_empty()
     }
 
+    /// Checks the invariants of the module doc on a configuration from outside (a snapshot
+    /// a peer sent): voters and learners apart, `learners_next` only while joint and among
+    /// the outgoing voters, and at least one voter.
+    pub fn check(&self) -> Result<(), String> {
+        if self.voters.is_empty() {
+            return Err("a configuration without voters".to_string());
+        }
+        if let Some(node) = self.voters.intersection(&self.learners).next() {
+            return Err(format!("{node} is both a voter and a learner"));
+        }
+        if !self.learners_next.is_subset(&self.voters_outgoing) {
+            return Err("learners_next outside the outgoing voters".to_string());
+        }
+        if let Some(node) = self.learners.intersection(&self.learners_next).next() {
+            return Err(format!("{node} is both a learner and about to become one"));
+        }
+        Ok(())
+    }
+
     /// Whether `node` votes in either half.
     pub fn is_voter(&self, node: NodeId) -> bool {
         self.voters.contains(&node) || self.voters_outgoing.contains(&node)

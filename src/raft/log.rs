@@ -11,6 +11,20 @@
 use crate::raft::entry::{Entry, SnapshotMeta};
 use std::collections::VecDeque;
 
+/// What a follower's append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Append {
+    /// The log does not hold the previous entry the leader named: nothing changed.
+    Mismatch,
+    /// The log now matches the leader's up to `last_new`.
+    Appended {
+        last_new: u64,
+        truncated_from: Option<u64>,
+    },
+    /// The append would replace the committed entry at `index`: refused, nothing changed.
+    ContradictsCommitted { index: u64 },
+}
+
 #[derive(Clone, Debug)]
 pub struct RaftLog {
     snapshot_index: u64,
@@ -126,17 +140,26 @@ impl RaftLog {
     }
 
     /// A follower's append (Raft §5.3): if this log holds `prev_index` with `prev_term`, drops
-    /// any conflicting suffix, appends what is new and returns the index of the last entry
-    /// now known to match the leader's log; otherwise `None` and the log is unchanged. Returns
-    /// the first truncated index too, when a suffix was dropped.
-    pub fn try_append(
-        &mut self,
-        prev_index: u64,
-        prev_term: u64,
-        entries: Vec<Entry>,
-    ) -> Option<(u64, Option<u64>)> {
+    /// any conflicting suffix, appends what is new and says which index is now the last known
+    /// to match the leader's log, and the first truncated index when a suffix was dropped.
+    /// `entries` must follow `prev_index` contiguously (the wire codec checks that). An append
+    /// that would replace a committed entry is refused and changes nothing: no correct leader
+    /// sends one, so it comes from a broken or lying peer.
+    pub fn try_append(&mut self, prev_index: u64, prev_term: u64, entries: Vec<Entry>) -> Append {
         if !self.matches(prev_index, prev_term) {
-            return None;
+            return Append::Mismatch;
+        }
+        // Look before changing anything: the first entry that differs decides.
+        let conflict = entries
+            .iter()
+            .find_map(|entry| match self.term(entry.index) {
+                Some(term) if term != entry.term => Some(entry.index),
+                _ => None,
+            });
+        if let Some(index) = conflict {
+            if index <= self.committed {
+                return Append::ContradictsCommitted { index };
+            }
         }
         let last_new = prev_index + entries.len() as u64;
         let mut truncated_from = None;
@@ -144,23 +167,24 @@ impl RaftLog {
             match self.term(entry.index) {
                 Some(term) if term == entry.term => continue,
                 Some(_) => {
-                    assert!(
-                        entry.index > self.committed,
-                        "a conflict at {} would truncate committed entries (committed {})",
-                        entry.index,
-                        self.committed
-                    );
                     self.truncate_from(entry.index);
                     truncated_from = Some(entry.index);
                     self.entries.push_back(entry);
                 }
+                None if entry.index == self.last_index() + 1 => self.entries.push_back(entry),
+                // Below the snapshot (compacted, so committed and matching): nothing to do.
+                None if entry.index <= self.snapshot_index => {}
                 None => {
-                    assert_eq!(entry.index, self.last_index() + 1, "appends are contiguous");
-                    self.entries.push_back(entry);
+                    // Entries out of sequence: only a malformed message has them.
+                    debug_assert!(false, "entries must follow the previous index contiguously");
+                    break;
                 }
             }
         }
-        Some((last_new, truncated_from))
+        Append::Appended {
+            last_new,
+            truncated_from,
+        }
     }
 
     fn truncate_from(&mut self, index: u64) {
@@ -342,7 +366,13 @@ mod tests {
         let mut log = log_of_terms(&[1, 1, 2, 2]);
         assert_eq!(log.persisted(), 4);
         let appended = log.try_append(2, 1, vec![entry(3, 3)]);
-        assert_eq!(appended, Some((3, Some(3))));
+        assert_eq!(
+            appended,
+            Append::Appended {
+                last_new: 3,
+                truncated_from: Some(3)
+            }
+        );
         assert_eq!(log.last_index(), 3);
         assert_eq!(log.last_term(), 3);
         assert_eq!(log.persisted(), 2);
@@ -352,8 +382,8 @@ mod tests {
     #[test]
     fn an_append_that_does_not_match_changes_nothing() {
         let mut log = log_of_terms(&[1, 1]);
-        assert_eq!(log.try_append(2, 2, vec![entry(3, 2)]), None);
-        assert_eq!(log.try_append(5, 1, vec![]), None);
+        assert_eq!(log.try_append(2, 2, vec![entry(3, 2)]), Append::Mismatch);
+        assert_eq!(log.try_append(5, 1, vec![]), Append::Mismatch);
         assert_eq!(log.last_index(), 2);
     }
 
@@ -363,17 +393,24 @@ mod tests {
         // The leader resends entries 2..=3 that we already hold: entry 4 must stay.
         assert_eq!(
             log.try_append(1, 1, vec![entry(2, 1), entry(3, 1)]),
-            Some((3, None))
+            Append::Appended {
+                last_new: 3,
+                truncated_from: None
+            }
         );
         assert_eq!(log.last_index(), 4);
     }
 
     #[test]
-    #[should_panic(expected = "would truncate committed entries")]
-    fn truncating_a_committed_entry_is_a_bug() {
+    fn an_append_that_would_replace_a_committed_entry_is_refused() {
         let mut log = log_of_terms(&[1, 1, 1]);
         log.commit_to(3);
-        let _ = log.try_append(1, 1, vec![entry(2, 2)]);
+        assert_eq!(
+            log.try_append(1, 1, vec![entry(2, 1), entry(3, 2), entry(4, 2)]),
+            Append::ContradictsCommitted { index: 3 }
+        );
+        assert_eq!(log.last_index(), 3, "nothing changed");
+        assert_eq!(log.term(3), Some(1));
     }
 
     #[test]

@@ -4,10 +4,38 @@
 //! `term` is the sender's term, except for the local requests (`Propose`, `ReadIndex` and
 //! its answer), which carry term 0 and are not subject to the term rules. A pre-vote is sent
 //! with the term the candidate would campaign in, without the candidate moving to it.
+//!
+//! A message from another node is hostile until [`Message::check`] passed: the wire codec
+//! runs it on every decoded message, so a group only ever steps messages whose terms and
+//! indexes leave room to count up ([`TERM_MAX`], [`INDEX_MAX`]), whose entries follow one
+//! another, whose sizes and counts are bounded, and whose configurations keep their
+//! invariants. The check cannot tell a lie from the truth; Raft trusts its members.
 
 use crate::ids::NodeId;
-use crate::raft::entry::{Entry, SnapshotMeta};
+use crate::raft::entry::{Entry, EntryKind, SnapshotMeta};
 use serde::{Deserialize, Serialize};
+
+/// The highest term a message may carry: far beyond any real cluster's (one election per
+/// nanosecond would take 146 years), and with room to add one without overflow.
+pub const TERM_MAX: u64 = 1 << 62;
+/// The highest log index or byte offset a message may carry.
+pub const INDEX_MAX: u64 = 1 << 62;
+/// Entries one append may carry, and commands one forwarded proposal.
+pub const ENTRIES_PER_MESSAGE_MAX: usize = 8192;
+/// The largest command an entry may carry: a partition command's own limits keep real ones
+/// far below it.
+pub const COMMAND_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// The largest snapshot chunk a message may carry.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// Why a decoded message was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid Raft message from {from} ({kind}): {reason}")]
+pub struct InvalidMessage {
+    pub from: NodeId,
+    pub kind: &'static str,
+    pub reason: String,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -99,6 +127,170 @@ pub enum AppendOutcome {
         hint_index: u64,
         hint_term: u64,
     },
+}
+
+impl Message {
+    /// Checks what a well-formed message from another node looks like (see the module doc).
+    pub fn check(&self) -> Result<(), InvalidMessage> {
+        let refuse = |reason: String| InvalidMessage {
+            from: self.from,
+            kind: self.body.kind(),
+            reason,
+        };
+        if self.from == self.to {
+            return Err(refuse(format!("sent by {} to itself", self.from)));
+        }
+        let local = matches!(
+            self.body,
+            MessageBody::Propose { .. }
+                | MessageBody::ReadIndex { .. }
+                | MessageBody::ReadIndexResponse { .. }
+        );
+        if local && self.term != 0 {
+            return Err(refuse(format!(
+                "term {} on a proposal or read, which carry term 0",
+                self.term
+            )));
+        }
+        if self.term > TERM_MAX {
+            return Err(refuse(format!("term {} is above {TERM_MAX}", self.term)));
+        }
+        let index = |name: &str, value: u64| {
+            if value > INDEX_MAX {
+                Err(refuse(format!("{name} {value} is above {INDEX_MAX}")))
+            } else {
+                Ok(())
+            }
+        };
+        let past_term = |name: &str, value: u64| {
+            if value > self.term {
+                Err(refuse(format!(
+                    "{name} {value} is above the message's term {}",
+                    self.term
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match &self.body {
+            MessageBody::PreVote {
+                last_log_index,
+                last_log_term,
+            }
+            | MessageBody::Vote {
+                last_log_index,
+                last_log_term,
+                ..
+            } => {
+                index("last_log_index", *last_log_index)?;
+                past_term("last_log_term", *last_log_term)?;
+            }
+            MessageBody::Append {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit,
+            } => {
+                index("prev_log_index", *prev_log_index)?;
+                index("leader_commit", *leader_commit)?;
+                past_term("prev_log_term", *prev_log_term)?;
+                if entries.len() > ENTRIES_PER_MESSAGE_MAX {
+                    return Err(refuse(format!(
+                        "{} entries, more than {ENTRIES_PER_MESSAGE_MAX}",
+                        entries.len()
+                    )));
+                }
+                let mut previous_term = *prev_log_term;
+                for (offset, entry) in entries.iter().enumerate() {
+                    let expected = prev_log_index + 1 + offset as u64;
+                    if entry.index != expected {
+                        return Err(refuse(format!(
+                            "entry index {} where {expected} follows",
+                            entry.index
+                        )));
+                    }
+                    index("entry index", entry.index)?;
+                    past_term("entry term", entry.term)?;
+                    if entry.term < previous_term {
+                        return Err(refuse(format!(
+                            "entry {} has term {} after term {previous_term}",
+                            entry.index, entry.term
+                        )));
+                    }
+                    previous_term = entry.term;
+                    check_entry_kind(entry).map_err(refuse)?;
+                }
+            }
+            MessageBody::AppendResponse { outcome } => match *outcome {
+                AppendOutcome::Accepted { match_index } => index("match_index", match_index)?,
+                AppendOutcome::Rejected {
+                    rejected_index,
+                    hint_index,
+                    hint_term,
+                } => {
+                    index("rejected_index", rejected_index)?;
+                    index("hint_index", hint_index)?;
+                    past_term("hint_term", hint_term)?;
+                }
+            },
+            MessageBody::Heartbeat { leader_commit, .. } => {
+                index("leader_commit", *leader_commit)?;
+            }
+            MessageBody::InstallSnapshot {
+                meta, offset, data, ..
+            } => {
+                index("snapshot index", meta.index)?;
+                index("offset", *offset)?;
+                past_term("snapshot term", meta.term)?;
+                if data.len() > SNAPSHOT_CHUNK_BYTES_MAX {
+                    return Err(refuse(format!(
+                        "a snapshot chunk of {} bytes, more than {SNAPSHOT_CHUNK_BYTES_MAX}",
+                        data.len()
+                    )));
+                }
+                meta.configuration.check().map_err(refuse)?;
+            }
+            MessageBody::SnapshotChunkResponse {
+                index: at,
+                next_offset,
+            } => {
+                index("snapshot index", *at)?;
+                index("next_offset", *next_offset)?;
+            }
+            MessageBody::Propose { commands } => {
+                if commands.len() > ENTRIES_PER_MESSAGE_MAX {
+                    return Err(refuse(format!(
+                        "{} commands, more than {ENTRIES_PER_MESSAGE_MAX}",
+                        commands.len()
+                    )));
+                }
+                if let Some(command) = commands.iter().find(|c| c.len() > COMMAND_BYTES_MAX) {
+                    return Err(refuse(format!(
+                        "a command of {} bytes, more than {COMMAND_BYTES_MAX}",
+                        command.len()
+                    )));
+                }
+            }
+            MessageBody::ReadIndexResponse { index: at, .. } => index("read index", *at)?,
+            MessageBody::PreVoteResponse { .. }
+            | MessageBody::VoteResponse { .. }
+            | MessageBody::HeartbeatResponse { .. }
+            | MessageBody::TimeoutNow
+            | MessageBody::ReadIndex { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+fn check_entry_kind(entry: &Entry) -> Result<(), String> {
+    match &entry.kind {
+        EntryKind::Command(bytes) if bytes.len() > COMMAND_BYTES_MAX => Err(format!(
+            "entry {} carries a command of {} bytes, more than {COMMAND_BYTES_MAX}",
+            entry.index,
+            bytes.len()
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl MessageBody {

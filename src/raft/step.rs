@@ -10,17 +10,21 @@
 use crate::ids::NodeId;
 use crate::raft::entry::{Entry, SnapshotMeta};
 use crate::raft::group::{RaftGroup, RaftPlantedBug};
+use crate::raft::log::Append;
 use crate::raft::message::{AppendOutcome, Message, MessageBody};
 use crate::raft::progress::ReplicationState;
 use crate::raft::ready::Role;
 
 impl RaftGroup {
-    /// Takes one message addressed to this node.
-    pub fn step(&mut self, message: Message) {
-        debug_assert_eq!(
-            message.to, self.state.id,
-            "message delivered to the wrong node"
-        );
+    /// Takes one message addressed to this node (the caller checks the addressee and the
+    /// sender, and the codec the message's form). Returns false when the group refused the
+    /// message because it contradicts what the group knows for certain: an append that
+    /// would replace a committed entry, or a second leader in this node's own term. Either
+    /// means a broken or lying peer; nothing changed.
+    pub fn step(&mut self, message: Message) -> bool {
+        if message.to != self.state.id {
+            return false;
+        }
         // Anything but the leader's quiesce notice and the answers to it wakes a quiet group.
         if !matches!(
             message.body,
@@ -30,7 +34,7 @@ impl RaftGroup {
         }
         if message.term == 0 {
             self.step_local(message);
-            return;
+            return true;
         }
         if message.term > self.state.term {
             let is_campaign = matches!(
@@ -44,7 +48,7 @@ impl RaftGroup {
                     && self.state.election_elapsed_ticks < self.state.config.election_timeout_ticks;
                 if in_lease && !forced {
                     // A live leader is heard: a campaign now would only disrupt it.
-                    return;
+                    return true;
                 }
             }
             match message.body {
@@ -75,9 +79,9 @@ impl RaftGroup {
                 }
                 _ => {}
             }
-            return;
+            return true;
         }
-        self.step_current(message);
+        self.step_current(message)
     }
 
     /// Proposals and reads: no term attached.
@@ -104,7 +108,7 @@ impl RaftGroup {
     }
 
     /// A message of the current term (or a pre-vote for the next one).
-    fn step_current(&mut self, message: Message) {
+    fn step_current(&mut self, message: Message) -> bool {
         let from = message.from;
         match message.body {
             MessageBody::PreVote {
@@ -132,26 +136,34 @@ impl RaftGroup {
                 entries,
                 leader_commit,
             } => {
-                if self.hear_leader(from) {
-                    self.handle_append(from, prev_log_index, prev_log_term, entries, leader_commit);
+                if !self.hear_leader(from) {
+                    return false;
                 }
+                return self.handle_append(
+                    from,
+                    prev_log_index,
+                    prev_log_term,
+                    entries,
+                    leader_commit,
+                );
             }
             MessageBody::Heartbeat {
                 leader_commit,
                 read_round,
                 quiesce,
             } => {
-                if self.hear_leader(from) {
-                    let commit = leader_commit.min(self.state.log.last_index());
-                    self.state.log.commit_to(commit);
-                    // Quiet only when caught up: a lagging follower keeps ticking and asking.
-                    if quiesce && leader_commit == self.state.log.last_index() {
-                        self.go_quiet();
-                    } else if quiesce {
-                        self.wake(false);
-                    }
-                    self.send(from, MessageBody::HeartbeatResponse { read_round });
+                if !self.hear_leader(from) {
+                    return false;
                 }
+                let commit = leader_commit.min(self.state.log.last_index());
+                self.state.log.commit_to(commit);
+                // Quiet only when caught up: a lagging follower keeps ticking and asking.
+                if quiesce && leader_commit == self.state.log.last_index() {
+                    self.go_quiet();
+                } else if quiesce {
+                    self.wake(false);
+                }
+                self.send(from, MessageBody::HeartbeatResponse { read_round });
             }
             MessageBody::InstallSnapshot {
                 meta,
@@ -159,9 +171,10 @@ impl RaftGroup {
                 data,
                 done,
             } => {
-                if self.hear_leader(from) {
-                    self.handle_snapshot_chunk(from, meta, offset, data, done);
+                if !self.hear_leader(from) {
+                    return false;
                 }
+                self.handle_snapshot_chunk(from, meta, offset, data, done);
             }
             MessageBody::AppendResponse { outcome } => {
                 if self.state.role == Role::Leader {
@@ -189,6 +202,7 @@ impl RaftGroup {
                 tracing::warn!(from = %from, "local request with a term dropped");
             }
         }
+        true
     }
 
     /// Replication traffic from the leader of this term: follow it. Returns false when this
@@ -238,6 +252,7 @@ impl RaftGroup {
         }
     }
 
+    /// Returns false when the append contradicts a committed entry (refused).
     fn handle_append(
         &mut self,
         from: NodeId,
@@ -245,13 +260,13 @@ impl RaftGroup {
         prev_log_term: u64,
         entries: Vec<Entry>,
         leader_commit: u64,
-    ) {
+    ) -> bool {
         if prev_log_index < self.state.log.committed() {
             // Everything up to our commit index matches; say so and let the leader go on
             // from there.
             let match_index = self.state.log.committed();
             self.accept(from, match_index);
-            return;
+            return true;
         }
         let old_last_index = self.state.log.last_index();
         match self
@@ -259,7 +274,21 @@ impl RaftGroup {
             .log
             .try_append(prev_log_index, prev_log_term, entries)
         {
-            Some((last_new, truncated_from)) => {
+            Append::ContradictsCommitted { index } => {
+                tracing::error!(
+                    node = %self.state.id,
+                    leader = %from,
+                    term = self.state.term,
+                    index,
+                    committed = self.state.log.committed(),
+                    "an append would replace a committed entry; refused"
+                );
+                return false;
+            }
+            Append::Appended {
+                last_new,
+                truncated_from,
+            } => {
                 if let Some(truncated_from) = truncated_from {
                     self.untrack_configurations_from(truncated_from);
                 }
@@ -268,7 +297,7 @@ impl RaftGroup {
                 self.state.log.commit_to(leader_commit.min(last_new));
                 self.accept(from, last_new);
             }
-            None => {
+            Append::Mismatch => {
                 let probe = prev_log_index.min(self.state.log.last_index());
                 let (hint_index, hint_term) =
                     self.state.log.find_conflict_by_term(probe, prev_log_term);
@@ -284,6 +313,7 @@ impl RaftGroup {
                 );
             }
         }
+        true
     }
 
     fn handle_snapshot_chunk(

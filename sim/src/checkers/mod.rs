@@ -68,6 +68,16 @@ pub fn finish(world: &mut World) {
     {
         return;
     }
+    if world.messages_unencodable > 0 {
+        world.violations.push(Violation {
+            at_micros: world.now_micros(),
+            checker: "codec",
+            message: format!(
+                "{} messages were too large for a frame and never sent",
+                world.messages_unencodable
+            ),
+        });
+    }
     raft::check_converged(world);
     for index in 0..world.nodes.len() {
         world.crash_node(index);

@@ -9,6 +9,7 @@
 //!
 //! Injectors only change the world; checkers (`crate::checkers`) judge the outcome.
 
+pub mod garbage;
 mod membership;
 
 use crate::disk::DiskFaults;
@@ -88,6 +89,11 @@ fn busiest_leader(world: &World) -> Option<NodeId> {
 }
 
 pub fn start(world: &mut World) {
+    world.garbage.active = world
+        .config
+        .faults
+        .iter()
+        .any(|fault| fault.kind == FaultKind::GarbagePeer);
     let mut base = DiskFaults::none();
     base.target_suffixes = vec![LOG_SUFFIX.to_string()];
     let mut disk_faults = vec![base; world.nodes.len()];
@@ -340,6 +346,7 @@ pub fn occur(world: &mut World, index: usize) {
             }
         }
         FaultKind::MembershipChange => crate::faults::membership::step(world),
+        FaultKind::GarbagePeer => garbage::occur(world),
         FaultKind::CrashDuringSnapshot => {
             let max_nodes = fault.max_nodes.unwrap_or(1) as usize;
             if world.fault_state.crashed_by_fault.len() >= max_nodes {
