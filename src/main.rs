@@ -43,6 +43,7 @@ enum Command {
     Bench(BenchFlags),
     /// Print a node's health: its id, place and peers.
     Status {
+        /// The node's client API, as HOST:PORT or http://HOST:PORT.
         #[arg(long, default_value = DEFAULT_NODE_URL)]
         node: String,
     },
@@ -52,6 +53,7 @@ enum Command {
 enum EventCommand {
     /// Store an event (JSON from the argument, or standard input); prints its key.
     Put {
+        /// The node's client API, as HOST:PORT or http://HOST:PORT.
         #[arg(long, default_value = DEFAULT_NODE_URL)]
         node: String,
         /// ONE, QUORUM or ALL; the node's default when absent.
@@ -62,19 +64,23 @@ enum EventCommand {
     },
     /// Print the event stored under KEY.
     Get {
+        /// The node's client API, as HOST:PORT or http://HOST:PORT.
         #[arg(long, default_value = DEFAULT_NODE_URL)]
         node: String,
         key: String,
     },
     /// Print events in key order, one JSON object per line.
     Scan {
+        /// The node's client API, as HOST:PORT or http://HOST:PORT.
         #[arg(long, default_value = DEFAULT_NODE_URL)]
         node: String,
+        /// First key (inclusive).
         #[arg(long)]
         from: Option<String>,
         /// Exclusive upper bound.
         #[arg(long)]
         to: Option<String>,
+        /// Most events printed, 1 to 10000.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -109,6 +115,7 @@ fn main() -> ExitCode {
 
 fn start(runtime: &tokio::runtime::Runtime, flags: StartFlags) -> Result<(), String> {
     let config = ShellConfig::resolve(&flags).map_err(|error| error.to_string())?;
+    borough::production::fail_fast::exit_on_panic();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal: logs redirected to a file stay plain text.
     let subscriber = tracing_subscriber::fmt()
@@ -122,8 +129,14 @@ fn start(runtime: &tokio::runtime::Runtime, flags: StartFlags) -> Result<(), Str
     runtime.block_on(serve(config, shutdown_signal()))
 }
 
+/// The URL of `path` on `node`, which may be given as `HOST:PORT` or as an `http://` URL.
 fn url(node: &str, path: &str) -> String {
-    format!("{}{path}", node.trim_end_matches('/'))
+    let node = node.trim_end_matches('/');
+    if node.contains("://") {
+        format!("{node}{path}")
+    } else {
+        format!("http://{node}{path}")
+    }
 }
 
 /// Fails with the node's own error text unless the status is `expected`.
@@ -217,13 +230,29 @@ async fn event(command: EventCommand) -> Result<(), String> {
                 .await
                 .map_err(|error| error.to_string())?;
             expect_status(&response, StatusCode::OK)?;
-            let answer: serde_json::Value =
-                serde_json::from_slice(&response.body).map_err(|error| error.to_string())?;
-            for event in answer["events"].as_array().into_iter().flatten() {
-                println!("{event}");
+            // Each event as the exact bytes stored: a parsed value would round numbers.
+            #[derive(serde::Deserialize)]
+            struct Scanned {
+                key: String,
+                event: Box<serde_json::value::RawValue>,
             }
-            if let Some(unreachable) = answer.get("unreachable_peers") {
-                eprintln!("borough: incomplete scan, unreachable peers: {unreachable}");
+            #[derive(serde::Deserialize)]
+            struct Answer {
+                events: Vec<Scanned>,
+                #[serde(default)]
+                unreachable_peers: Vec<u32>,
+            }
+            let answer: Answer =
+                serde_json::from_slice(&response.body).map_err(|error| error.to_string())?;
+            for scanned in answer.events {
+                let key = serde_json::to_string(&scanned.key).map_err(|error| error.to_string())?;
+                println!("{{\"key\":{key},\"event\":{}}}", scanned.event.get());
+            }
+            if !answer.unreachable_peers.is_empty() {
+                eprintln!(
+                    "borough: incomplete scan, unreachable peers: {:?}",
+                    answer.unreachable_peers
+                );
             }
         }
     }

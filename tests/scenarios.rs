@@ -82,6 +82,8 @@ fast_scenarios! {
     interval_rotation => "interval-rotation",
     swarm => "swarm",
     canary_ack_before_durable => "canary-ack-before-durable",
+    garbage_peer => "garbage-peer",
+    canary_trust_any_sender => "canary-trust-any-sender",
     raft_no_faults => "raft/raft-no-faults",
     raft_crash_restart => "raft/raft-crash-restart",
     raft_partitions => "raft/raft-partitions",

@@ -744,8 +744,8 @@ fn refused_frames_close_the_connection_and_are_counted() {
         let cases: [(&str, Vec<u8>); 4] = [
             ("oversized", length_over_the_limit),
             ("empty", vec![0, 0, 0, 0]),
-            ("malformed", vec![0, 0, 0, 3, 1, 0x17, 0]),
-            ("future version", vec![0, 0, 0, 2, 2, 1]),
+            ("malformed", vec![0, 0, 0, 3, 2, 0x17, 0]),
+            ("future version", vec![0, 0, 0, 2, 3, 1]),
         ];
         for (index, (case, bad_frame)) in cases.into_iter().enumerate() {
             let refused_before = refused_frames(&metrics);
@@ -787,7 +787,7 @@ fn refused_frames_close_the_connection_and_are_counted() {
                 "oversized first frame",
                 (FRAME_BYTES_MAX + 1).to_be_bytes().to_vec(),
             ),
-            ("malformed first frame", vec![0, 0, 0, 3, 1, 0x17, 0]),
+            ("malformed first frame", vec![0, 0, 0, 3, 2, 0x17, 0]),
         ] {
             let mut stream = connect_to_b().await;
             stream.write_all(&first_frame).await?;

@@ -550,8 +550,10 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
 pub fn parse_planted_bug(name: &str) -> Result<PlantedBug, String> {
     match name {
         "acknowledge_before_durable" => Ok(PlantedBug::AcknowledgeBeforeDurable),
+        "trust_any_sender" => Ok(PlantedBug::TrustAnySender),
         other => Err(format!(
-            "unknown planted_bug {other:?}: expected \"acknowledge_before_durable\""
+            "unknown planted_bug {other:?}: expected \"acknowledge_before_durable\" or \
+             \"trust_any_sender\""
         )),
     }
 }

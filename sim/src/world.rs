@@ -495,6 +495,10 @@ impl World {
                     continue;
                 }
             };
+            if !self.nodes.iter().any(|node| node.id == to) {
+                // To the garbage peer (only a node with a planted bug answers it): gone.
+                continue;
+            }
             self.garbage.capture(from, to, &frame);
             let base = self.link_latency_micros(from, to);
             for delay in self.network.transmit(from, to, base, &mut self.rng) {

@@ -31,8 +31,10 @@ pub enum TransportKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// One readable line per event (coloured on a terminal).
     #[default]
     Human,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 
@@ -116,51 +118,90 @@ pub struct ConfigFile {
     pub replica_timeout_ms: Option<u64>,
     pub peer_down_after_ms: Option<u64>,
     pub body_bytes_max: Option<usize>,
+    pub http_connections_max: Option<usize>,
+    pub http_header_read_timeout_ms: Option<u64>,
+    pub http_idle_timeout_ms: Option<u64>,
+    pub http_request_timeout_ms: Option<u64>,
 }
 
-/// The flags of `borough start`; each overrides the file's value.
+/// The flags of `borough start`; each overrides the config file's value of the same name.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct StartFlags {
-    /// TOML config file; flags override its values.
-    #[arg(long)]
+    /// TOML config file with any of the settings below (same names, `_` for `-`); flags
+    /// override its values.
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    #[arg(long)]
+    /// This node's id, unique in the cluster, from 1 to 4294967294 [default: 1]. Event keys
+    /// embed it.
+    #[arg(long, value_name = "ID")]
     pub node_id: Option<u32>,
-    /// Client HTTP API address [default: 127.0.0.1:7480].
-    #[arg(long)]
+    /// Address of the client HTTP API [default: 127.0.0.1:7480].
+    #[arg(long, value_name = "HOST:PORT")]
     pub http: Option<SocketAddr>,
-    /// Peer port address [default: 127.0.0.1:7481].
-    #[arg(long)]
+    /// Address of the peer port [default: 127.0.0.1:7481].
+    #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
-    #[arg(long)]
+    /// The peer address other nodes dial [default: the --listen address]; needed when
+    /// --listen is a wildcard such as 0.0.0.0.
+    #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<SocketAddr>,
-    #[arg(long)]
+    /// The client API address other nodes use for merged reads [default: the --http
+    /// address]; needed when --http is a wildcard.
+    #[arg(long, value_name = "HOST:PORT")]
     pub advertise_http: Option<SocketAddr>,
     /// Data directory [default: ./borough-data].
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// This node's zone, 1 to 64 printable ASCII characters [default: zone-1].
     #[arg(long)]
     pub zone: Option<String>,
+    /// This node's region, 1 to 64 printable ASCII characters [default: region-1].
     #[arg(long)]
     pub region: Option<String>,
     /// A peer as ID@HOST:PORT (its peer port); repeat for each. Added to the file's peers.
-    #[arg(long = "peer")]
+    /// Every node may be given the same full list, itself included.
+    #[arg(long = "peer", value_name = "ID@HOST:PORT")]
     pub peers: Vec<PeerAddress>,
-    #[arg(long)]
+    /// Replicas of each event [default: 3, or the cluster's size when smaller].
+    #[arg(long, value_name = "N")]
     pub replication_factor: Option<u32>,
-    #[arg(long)]
+    /// Replicas placed in other zones of this node's region [default: 0].
+    #[arg(long, value_name = "N")]
     pub other_zone_replicas: Option<u32>,
-    #[arg(long)]
+    /// Replicas placed in other regions [default: 0]. Replicas go local, other zones, other
+    /// regions, then this node's zone, up to the replication factor.
+    #[arg(long, value_name = "N")]
     pub other_region_replicas: Option<u32>,
     /// Default commit level: ONE, QUORUM or ALL [default: QUORUM].
-    #[arg(long)]
+    #[arg(long, value_name = "LEVEL")]
     pub commit_level: Option<String>,
+    /// Peer transport [default: tcp].
     #[arg(long, value_enum)]
     pub transport: Option<TransportKind>,
+    /// Log format on standard error [default: human].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
-    #[arg(long)]
+    /// A replica that has not answered by then is replaced ("get it done") [default: 2000].
+    #[arg(long, value_name = "MS")]
     pub replica_timeout_ms: Option<u64>,
+    /// A peer silent this long is counted down [default: 3000, at least 100].
+    #[arg(long, value_name = "MS")]
+    pub peer_down_after_ms: Option<u64>,
+    /// Largest client request body, and so event [default: 1048576, at most 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub body_bytes_max: Option<usize>,
+    /// HTTP connections open at once, per server; one more is answered 503 [default: 512].
+    #[arg(long, value_name = "N")]
+    pub http_connections_max: Option<usize>,
+    /// Time a connection has to send a complete request head [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub http_header_read_timeout_ms: Option<u64>,
+    /// A connection on which nothing moves this long is closed [default: 60000].
+    #[arg(long, value_name = "MS")]
+    pub http_idle_timeout_ms: Option<u64>,
+    /// Time to receive and answer one request, or 408 [default: 45000].
+    #[arg(long, value_name = "MS")]
+    pub http_request_timeout_ms: Option<u64>,
 }
 
 /// Everything a node needs to start, checked.
@@ -185,6 +226,7 @@ pub struct ShellConfig {
     pub peer_down_after_ms: u64,
     /// Largest client request body (and so event) accepted.
     pub body_bytes_max: usize,
+    pub http_limits: crate::production::http_server::HttpLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +273,8 @@ impl ShellConfig {
 
     pub fn merge(file: ConfigFile, flags: &StartFlags) -> Result<ShellConfig, ConfigError> {
         let value = |reason: String| ConfigError::Value(reason);
-        let node_id = NodeId(flags.node_id.or(file.node_id).unwrap_or(1));
+        let node_id = NodeId::checked(flags.node_id.or(file.node_id).unwrap_or(1))
+            .map_err(|invalid| value(invalid.to_string()))?;
         let http = flags
             .http
             .or(file.http)
@@ -281,16 +324,10 @@ impl ShellConfig {
         }
         peers.retain(|peer| peer.id != node_id.0);
         peers.sort_by_key(|peer| peer.id);
-        // The shell stands for HTTP peer callers under the largest id; no node may use it.
-        let reserved = crate::production::driver::HTTP_PEER.0;
-        if let Some(id) = std::iter::once(node_id.0)
-            .chain(peers.iter().map(|peer| peer.id))
-            .find(|id| *id == reserved)
-        {
-            return Err(value(format!(
-                "node id {id} is reserved; node ids go from 0 to {}",
-                reserved - 1
-            )));
+        for peer in &peers {
+            NodeId::checked(peer.id).map_err(|invalid| {
+                value(format!("peer {}@{}: {invalid}", peer.id, peer.address))
+            })?;
         }
         let cluster_size = peers.len() as u32 + 1;
         let replication_factor = flags
@@ -310,13 +347,8 @@ impl ShellConfig {
                 .or(file.other_region_replicas)
                 .unwrap_or(0),
         };
-        if strategy.other_zone_replicas + strategy.other_region_replicas >= replication_factor {
-            return Err(value(format!(
-                "other_zone_replicas ({}) plus other_region_replicas ({}) must leave room for \
-                 the local replica under replication factor {replication_factor}",
-                strategy.other_zone_replicas, strategy.other_region_replicas
-            )));
-        }
+        // A replication factor below 1 + other_zone + other_region is allowed: replicas go
+        // local, other zones, other regions, own zone, until the factor is reached.
         let commit_level = match flags.commit_level.as_ref().or(file.commit_level.as_ref()) {
             Some(text) => parse_commit_level(text).map_err(value)?,
             None => CommitLevel::Quorum,
@@ -371,8 +403,8 @@ impl ShellConfig {
             .clone()
             .or(file.region)
             .unwrap_or_else(|| "region-1".to_string());
-        if zone.is_empty() || region.is_empty() {
-            return Err(value("zone and region must not be empty".to_string()));
+        for name in [&zone, &region] {
+            crate::ids::check_place_name(name).map_err(|invalid| value(invalid.to_string()))?;
         }
         let replica_timeout_ms = flags
             .replica_timeout_ms
@@ -381,12 +413,66 @@ impl ShellConfig {
         if replica_timeout_ms == 0 {
             return Err(value("replica_timeout_ms must be positive".to_string()));
         }
-        let body_bytes_max = file.body_bytes_max.unwrap_or(1024 * 1024);
+        let body_bytes_max = flags
+            .body_bytes_max
+            .or(file.body_bytes_max)
+            .unwrap_or(1024 * 1024);
         if body_bytes_max == 0 || body_bytes_max > 1024 * 1024 {
             return Err(value(format!(
                 "body_bytes_max {body_bytes_max} must be in 1..={}",
                 1024 * 1024
             )));
+        }
+        let defaults = crate::production::http_server::HttpLimits::default();
+        let milliseconds = |flag: Option<u64>, file: Option<u64>, default: std::time::Duration| {
+            flag.or(file)
+                .map_or(default, std::time::Duration::from_millis)
+        };
+        let http_limits = crate::production::http_server::HttpLimits {
+            connections_max: flags
+                .http_connections_max
+                .or(file.http_connections_max)
+                .unwrap_or(defaults.connections_max),
+            header_read_timeout: milliseconds(
+                flags.http_header_read_timeout_ms,
+                file.http_header_read_timeout_ms,
+                defaults.header_read_timeout,
+            ),
+            idle_timeout: milliseconds(
+                flags.http_idle_timeout_ms,
+                file.http_idle_timeout_ms,
+                defaults.idle_timeout,
+            ),
+            request_timeout: milliseconds(
+                flags.http_request_timeout_ms,
+                file.http_request_timeout_ms,
+                defaults.request_timeout,
+            ),
+        };
+        if !(1..=65_536).contains(&http_limits.connections_max) {
+            return Err(value(format!(
+                "http_connections_max {} must be in 1..=65536",
+                http_limits.connections_max
+            )));
+        }
+        for (name, limit) in [
+            (
+                "http_header_read_timeout_ms",
+                http_limits.header_read_timeout,
+            ),
+            ("http_idle_timeout_ms", http_limits.idle_timeout),
+            ("http_request_timeout_ms", http_limits.request_timeout),
+        ] {
+            if limit.is_zero() || limit > std::time::Duration::from_secs(3600) {
+                return Err(value(format!("{name} must be in 1..=3600000")));
+            }
+        }
+        if http_limits.idle_timeout <= http_limits.request_timeout {
+            return Err(value(
+                "http_idle_timeout_ms must be longer than http_request_timeout_ms (a request \
+                 that waits for its answer moves no bytes)"
+                    .to_string(),
+            ));
         }
         Ok(ShellConfig {
             node_id,
@@ -408,8 +494,13 @@ impl ShellConfig {
             http_peer,
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             replica_timeout_ms,
-            peer_down_after_ms: file.peer_down_after_ms.unwrap_or(3_000).max(100),
+            peer_down_after_ms: flags
+                .peer_down_after_ms
+                .or(file.peer_down_after_ms)
+                .unwrap_or(3_000)
+                .max(100),
             body_bytes_max,
+            http_limits,
         })
     }
 }
@@ -430,22 +521,69 @@ mod tests {
     }
 
     #[test]
-    fn the_reserved_node_id_is_refused_for_the_node_and_its_peers() {
+    fn impossible_node_ids_are_refused_for_the_node_and_its_peers() {
+        for id in [0, u32::MAX] {
+            let flags = StartFlags {
+                node_id: Some(id),
+                ..StartFlags::default()
+            };
+            let refusal = ShellConfig::resolve(&flags).unwrap_err().to_string();
+            assert!(
+                refusal.contains(&format!("node id {id} is out of range")),
+                "{refusal}"
+            );
+        }
+        for id in [0u64, 4294967295] {
+            let file: ConfigFile = toml::from_str(&format!(
+                r#"peers = [{{ id = {id}, address = "127.0.0.1:9005" }}]"#
+            ))
+            .unwrap();
+            let refusal = ShellConfig::merge(file, &StartFlags::default())
+                .unwrap_err()
+                .to_string();
+            assert!(refusal.contains("is out of range"), "{refusal}");
+        }
+    }
+
+    #[test]
+    fn a_replication_factor_below_the_strategy_is_allowed_and_places_are_checked() {
         let flags = StartFlags {
-            node_id: Some(u32::MAX),
+            replication_factor: Some(3),
+            other_zone_replicas: Some(2),
+            other_region_replicas: Some(1),
+            ..StartFlags::default()
+        };
+        let config = ShellConfig::resolve(&flags).unwrap();
+        assert_eq!(config.replication_factor, 3);
+        assert_eq!(config.strategy.other_zone_replicas, 2);
+        for zone in ["", "two words", &"z".repeat(65)] {
+            let flags = StartFlags {
+                zone: Some(zone.to_string()),
+                ..StartFlags::default()
+            };
+            assert!(ShellConfig::resolve(&flags).is_err(), "{zone:?}");
+        }
+    }
+
+    #[test]
+    fn http_limits_default_and_are_checked() {
+        let config = ShellConfig::resolve(&StartFlags::default()).unwrap();
+        assert_eq!(
+            config.http_limits,
+            crate::production::http_server::HttpLimits::default()
+        );
+        let flags = StartFlags {
+            http_connections_max: Some(0),
+            ..StartFlags::default()
+        };
+        assert!(ShellConfig::resolve(&flags).is_err());
+        let flags = StartFlags {
+            http_idle_timeout_ms: Some(1000),
+            http_request_timeout_ms: Some(2000),
             ..StartFlags::default()
         };
         let refusal = ShellConfig::resolve(&flags).unwrap_err().to_string();
-        assert!(refusal.contains("reserved"), "{refusal}");
-        let file: ConfigFile =
-            toml::from_str(r#"peers = [{ id = 4294967295, address = "127.0.0.1:9005" }]"#).unwrap();
-        let refusal = ShellConfig::merge(file, &StartFlags::default())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            refusal.contains("node id 4294967295 is reserved"),
-            "{refusal}"
-        );
+        assert!(refusal.contains("longer than"), "{refusal}");
     }
 
     #[test]

@@ -5,9 +5,11 @@
 pub mod bench;
 pub mod config;
 pub mod driver;
+pub mod fail_fast;
 mod file_disk;
 pub mod http_api;
 pub mod http_client;
+pub mod http_server;
 pub mod http_transport;
 pub mod membership;
 pub mod metrics;

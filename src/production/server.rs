@@ -11,6 +11,7 @@ use crate::production::config::{ShellConfig, TransportKind};
 use crate::production::driver::{spawn_node, PeerSender};
 use crate::production::http_api::{client_router, peer_router, ApiState};
 use crate::production::http_client::HttpClient;
+use crate::production::http_server::serve_http;
 use crate::production::http_transport::{HttpPeerClient, HttpTransport};
 use crate::production::membership::Membership;
 use crate::production::metrics::Metrics;
@@ -155,11 +156,13 @@ pub async fn serve(
                 &config.http_peer.method,
                 local.clone(),
             );
-            tokio::spawn(async move {
-                if let Err(error) = axum::serve(peer_listener, router).await {
-                    tracing::error!(%error, "peer HTTP server stopped");
-                }
-            });
+            tokio::spawn(serve_http(
+                peer_listener,
+                router,
+                config.http_limits,
+                Arc::clone(&metrics),
+                std::future::pending(),
+            ));
         }
     }
     tracing::info!(
@@ -172,10 +175,14 @@ pub async fn serve(
         replication_factor = config.replication_factor,
         "borough node listening"
     );
-    axum::serve(http_listener, client_router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|error| format!("client API server failed: {error}"))?;
+    serve_http(
+        http_listener,
+        client_router(state),
+        config.http_limits,
+        Arc::clone(&metrics),
+        shutdown,
+    )
+    .await;
     tracing::info!(node = %config.node_id, "shut down");
     drop(data_dir_lock);
     Ok(())
