@@ -233,6 +233,8 @@ pub struct ClusterNode {
     directory: TempDir,
     child: Option<Child>,
     arguments: Vec<String>,
+    /// Run under `ulimit -n` this low, when set.
+    open_files_max: Option<u32>,
 }
 
 impl ClusterNode {
@@ -255,7 +257,20 @@ impl ClusterNode {
             .open(self.log_path())
             .expect("open the node log");
         let log_for_stdout: File = log.try_clone().expect("clone the node log handle");
-        let child = Command::new(env!("CARGO_BIN_EXE_borough"))
+        let mut command = match self.open_files_max {
+            None => Command::new(env!("CARGO_BIN_EXE_borough")),
+            Some(limit) => {
+                // The shell sets the limit, then becomes the node (same pid, so kill works).
+                let mut command = Command::new("sh");
+                command.args([
+                    "-c",
+                    &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+                    env!("CARGO_BIN_EXE_borough"),
+                ]);
+                command
+            }
+        };
+        let child = command
             .args(&self.arguments)
             .stdin(Stdio::null())
             .stdout(log_for_stdout)
@@ -273,8 +288,18 @@ impl ClusterNode {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to the running process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the node is running");
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// The exit status when the process has ended on its own.
-    fn exited(&mut self) -> Option<String> {
+    pub fn exited(&mut self) -> Option<String> {
         let child = self.child.as_mut()?;
         match child.try_wait() {
             Ok(Some(status)) => Some(status.to_string()),
@@ -305,7 +330,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `size` nodes (ids 1..=size, zones zone-1..zone-size, one region, replication
-    /// factor 3), each given every other node as a peer, and waits until every node sees every
+    /// factor 3, or `size` when smaller), each given every other node as a peer, and waits until every node sees every
     /// peer up. Retries with new ports when one was taken between reserving and binding it.
     pub fn start(size: usize) -> Cluster {
         Cluster::start_with(size, &[])
@@ -313,9 +338,18 @@ impl Cluster {
 
     /// As [`Cluster::start`], with `extra_arguments` given to every node's `borough start`.
     pub fn start_with(size: usize, extra_arguments: &[&str]) -> Cluster {
+        Cluster::start_limited(size, extra_arguments, None)
+    }
+
+    /// As [`Cluster::start_with`], each node under `ulimit -n open_files_max` when set.
+    pub fn start_limited(
+        size: usize,
+        extra_arguments: &[&str],
+        open_files_max: Option<u32>,
+    ) -> Cluster {
         let mut last_failure = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut cluster = Cluster::spawn(size, extra_arguments);
+            let mut cluster = Cluster::spawn(size, extra_arguments, open_files_max);
             match cluster.wait_until_healthy(STARTUP_TIMEOUT) {
                 Ok(()) => return cluster,
                 Err(failure) => {
@@ -334,7 +368,7 @@ impl Cluster {
         panic!("the {size}-node cluster did not become healthy: {last_failure}");
     }
 
-    fn spawn(size: usize, extra_arguments: &[&str]) -> Cluster {
+    fn spawn(size: usize, extra_arguments: &[&str], open_files_max: Option<u32>) -> Cluster {
         let ports = free_ports(2 * size);
         let address = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let mut nodes: Vec<ClusterNode> = (0..size)
@@ -349,6 +383,7 @@ impl Cluster {
                     .expect("temporary node directory"),
                 child: None,
                 arguments: Vec::new(),
+                open_files_max,
             })
             .collect();
         let peers: Vec<(u32, SocketAddr)> = nodes
@@ -371,7 +406,7 @@ impl Cluster {
                 "--region".to_string(),
                 REGION.to_string(),
                 "--replication-factor".to_string(),
-                REPLICATION_FACTOR.to_string(),
+                REPLICATION_FACTOR.min(size).to_string(),
             ];
             arguments.extend(extra_arguments.iter().map(|argument| argument.to_string()));
             for (peer_id, peer_address) in &peers {
@@ -399,6 +434,10 @@ impl Cluster {
 
     pub fn kill(&mut self, index: usize) {
         self.nodes[index].kill();
+    }
+
+    pub fn peer(&self, index: usize) -> SocketAddr {
+        self.nodes[index].peer_address
     }
 
     /// Starts a killed node again with the same id, ports and data dir.
