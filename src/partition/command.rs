@@ -12,6 +12,9 @@ pub const KEY_BYTES_MAX: usize = 4 * 1024;
 pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// Most operations in one atomic batch.
 pub const BATCH_OPERATIONS_MAX: usize = 10_000;
+/// The most key and value bytes one batch may carry: as much as one largest put, so every
+/// command, encoded, fits one Raft message and one frame (`raft::message::COMMAND_BYTES_MAX`).
+pub const BATCH_BYTES_MAX: usize = KEY_BYTES_MAX + VALUE_BYTES_MAX;
 
 /// One write, applied atomically when its entry applies.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +72,8 @@ pub enum InvalidCommand {
     BatchTooLarge(usize),
     #[error("an empty batch does nothing")]
     EmptyBatch,
+    #[error("a batch of {0} key and value bytes is over the limit of {BATCH_BYTES_MAX}")]
+    BatchBytesTooLarge(usize),
 }
 
 fn check_key(key: &[u8]) -> Result<(), InvalidCommand> {
@@ -103,6 +108,16 @@ impl KvOperation {
                 }
                 if operations.len() > BATCH_OPERATIONS_MAX {
                     return Err(InvalidCommand::BatchTooLarge(operations.len()));
+                }
+                let bytes: usize = operations
+                    .iter()
+                    .map(|operation| match operation {
+                        BatchOperation::Put { key, value } => key.len() + value.len(),
+                        BatchOperation::Delete { key } => key.len(),
+                    })
+                    .sum();
+                if bytes > BATCH_BYTES_MAX {
+                    return Err(InvalidCommand::BatchBytesTooLarge(bytes));
                 }
                 for operation in operations {
                     match operation {
@@ -157,6 +172,45 @@ mod tests {
             KvOperation::Batch(vec![BatchOperation::Delete { key: vec![] }]).validate(),
             Err(InvalidCommand::EmptyKey)
         );
+        let big_put = || BatchOperation::Put {
+            key: vec![b'k'; 8],
+            value: vec![b'v'; VALUE_BYTES_MAX],
+        };
+        assert_eq!(
+            KvOperation::Batch(vec![big_put(), big_put()]).validate(),
+            Err(InvalidCommand::BatchBytesTooLarge(
+                2 * (8 + VALUE_BYTES_MAX)
+            ))
+        );
+    }
+
+    /// The largest command any validated operation makes still fits one Raft message.
+    #[test]
+    fn the_largest_commands_fit_a_raft_message() {
+        let largest = [
+            KvOperation::Put {
+                key: vec![b'k'; KEY_BYTES_MAX],
+                value: vec![b'v'; VALUE_BYTES_MAX],
+            },
+            KvOperation::Batch(
+                (0..BATCH_OPERATIONS_MAX)
+                    .map(|index| BatchOperation::Put {
+                        key: vec![b'k'; 1 + index % 8],
+                        value: vec![b'v'; (BATCH_BYTES_MAX / BATCH_OPERATIONS_MAX) - 8],
+                    })
+                    .collect(),
+            ),
+        ];
+        for operation in largest {
+            assert_eq!(operation.validate(), Ok(()));
+            let command = KvCommand {
+                proposer: u32::MAX,
+                proposer_session: u64::MAX,
+                request_id: u64::MAX,
+                operation,
+            };
+            assert!(command.encode().len() <= crate::raft::message::COMMAND_BYTES_MAX);
+        }
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl RaftEnvelope {
     /// Splits the envelope so each part encodes within one frame. A message too large for a
     /// frame on its own (a misconfigured chunk size) travels alone, and the transport refuses
     /// it.
-    fn into_frames(self) -> Vec<RaftEnvelope> {
+    pub(crate) fn into_frames(self) -> Vec<RaftEnvelope> {
         let fits = |envelope: &RaftEnvelope| {
             postcard::experimental::serialized_size(envelope)
                 .is_ok_and(|bytes| bytes <= ENVELOPE_BYTES_MAX)

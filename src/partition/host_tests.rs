@@ -525,3 +525,50 @@ fn quiet_followers_elect_when_the_leaders_node_goes_silent() {
         assert_eq!(cluster.put(partition, "after", "x"), Ok(WriteOutcome::Put));
     }
 }
+
+/// A round's messages that would not fit one frame go in several envelopes, each of which
+/// the wire codec encodes and decodes; the messages and their order are kept.
+#[test]
+fn a_round_too_large_for_one_frame_is_split_into_envelopes_that_fit() {
+    use crate::partition::host::RaftEnvelope;
+    use crate::raft::{Configuration, Message, MessageBody, SnapshotMeta};
+    use crate::wire::{decode_frame, encode_message, Frame, Message as WireMessage};
+    let chunk = |index: u64| Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term: 3,
+        body: MessageBody::InstallSnapshot {
+            meta: SnapshotMeta {
+                index: 10 + index,
+                term: 3,
+                configuration: Configuration::with_voters([NodeId(1), NodeId(2)]),
+            },
+            offset: 0,
+            data: vec![index as u8; 1 << 20],
+            done: false,
+        },
+    };
+    let messages: Vec<(PartitionId, Message)> = (0..9)
+        .map(|index| (PartitionId(index), chunk(index)))
+        .collect();
+    let whole = RaftEnvelope {
+        messages: messages.clone(),
+    };
+    assert!(encode_message(&WireMessage::Raft(whole.clone())).is_err());
+    let parts = whole.into_frames();
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    let mut received = Vec::new();
+    for part in parts {
+        let frame = encode_message(&WireMessage::Raft(part)).expect("each part fits a frame");
+        let Ok(Frame::Message(WireMessage::Raft(decoded))) = decode_frame(&frame) else {
+            panic!("a part did not decode");
+        };
+        received.extend(decoded.messages);
+    }
+    assert_eq!(received, messages);
+    // Small rounds stay whole.
+    let small = RaftEnvelope {
+        messages: messages[..1].to_vec(),
+    };
+    assert_eq!(small.clone().into_frames(), vec![small]);
+}

@@ -231,6 +231,14 @@ impl RaftGroup {
     pub fn recover(id: NodeId, config: RaftConfig, state: RecoveredState, rng: SeededRng) -> Self {
         assert!(config.election_timeout_ticks > config.heartbeat_interval_ticks);
         assert!(config.heartbeat_interval_ticks > 0 && config.inflight_max > 0);
+        // Every message this group sends must pass a receiver's checks and fit a frame.
+        assert!(
+            config.snapshot_chunk_bytes > 0
+                && config.snapshot_chunk_bytes <= crate::raft::message::SNAPSHOT_CHUNK_BYTES_MAX
+                && config.append_bytes_max <= crate::raft::message::COMMAND_BYTES_MAX
+                && config.append_entries_max <= crate::raft::message::ENTRIES_PER_MESSAGE_MAX,
+            "Raft message sizes beyond what a receiver takes"
+        );
         let log = RaftLog::recovered(
             state.snapshot.index,
             state.snapshot.term,
