@@ -611,3 +611,92 @@ fn an_operator_meets_clear_refusals_and_consistent_numbers() {
     let up = health["peers_up"].as_array().unwrap().len() as u64;
     assert_eq!(metric(http, "borough_peers_up"), up, "{health}");
 }
+
+/// The AllData peer endpoint answers a sender's mistakes with 4xx, not 500: a key too old or
+/// too far in the future 422, another event under a stored key 409, an event over the size
+/// limit 413, malformed JSON 400, another method 405 with `Allow`.
+#[test]
+fn the_http_peer_endpoint_answers_each_refusal_with_its_own_status() {
+    let cluster = Cluster::start_with(1, &["--transport", "http", "--body-bytes-max", "1000"]);
+    let peer = cluster.peer(0);
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let key_at = |micros: u64, counter: u32| EventKey::from_parts(micros, NodeId(9), counter);
+    let replica = |key: &EventKey, event: &str| {
+        let body = format!("{{\"key\":\"{key}\",\"event\":{event}}}");
+        http_request(
+            peer,
+            "POST",
+            "/peer/events",
+            Some(body.as_bytes()),
+            REQUEST_TIMEOUT,
+        )
+        .unwrap_or_else(|failure| panic!("{failure}"))
+    };
+    let hour = 3_600_000_000;
+    let fresh = key_at(now_micros, 1);
+    let cases = [
+        (replica(&fresh, r#"{"a":1}"#), 201),
+        (replica(&fresh, r#"{"a":1}"#), 201),
+        (replica(&fresh, r#"{"a":2}"#), 409),
+        (replica(&key_at(now_micros - 3 * hour, 2), "{}"), 422),
+        (replica(&key_at(now_micros + 3 * hour, 3), "{}"), 422),
+        (
+            replica(&key_at(now_micros, 4), &format!("\"{}\"", "x".repeat(1500))),
+            413,
+        ),
+    ];
+    for (index, (response, expected)) in cases.iter().enumerate() {
+        assert_eq!(
+            response.status,
+            *expected,
+            "case {index}: {}",
+            response.describe()
+        );
+    }
+    let malformed = http_request(
+        peer,
+        "POST",
+        "/peer/events",
+        Some(b"{\"key\": 1"),
+        REQUEST_TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(malformed.status, 400, "{}", malformed.describe());
+    let wrong_method = http_request(peer, "GET", "/peer/events", None, REQUEST_TIMEOUT).unwrap();
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.header("allow"), Some("POST"));
+}
+
+/// Every flag of `borough start` has a description, and the README lists every one.
+#[test]
+fn every_start_flag_is_described_and_listed_in_the_readme() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_borough"))
+        .args(["start", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let lines: Vec<&str> = help.lines().collect();
+    let mut flags = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let Some(flag) = trimmed.strip_prefix("--") else {
+            continue;
+        };
+        let name = format!("--{}", flag.split([' ', '=']).next().unwrap());
+        if name == "--help" {
+            continue;
+        }
+        let described = lines
+            .get(index + 1)
+            .is_some_and(|next| !next.trim().is_empty());
+        assert!(described, "{name} has no description:\n{help}");
+        assert!(readme.contains(&format!("`{name}")), "README lacks {name}");
+        flags.push(name);
+    }
+    assert!(flags.len() >= 20, "only {flags:?}");
+}
