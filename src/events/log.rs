@@ -35,6 +35,8 @@ const CHECKSUM_REREADS: u32 = 3;
 pub const EVENT_LOG_PREFIX: &str = "log-";
 const SEGMENT_SUFFIX: &str = ".wal";
 const SEGMENT_DIGITS: usize = 16;
+/// Segment numbers have at most `SEGMENT_DIGITS` digits.
+const SEGMENT_LIMIT: u64 = 10_000_000_000_000_000;
 
 /// One entry of the log. The postcard encoding is the on-disk format: variants are only ever
 /// appended to this enum, never reordered or removed.
@@ -198,6 +200,12 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
         damage_policy: DamagePolicy,
     ) -> Result<(SegmentedLog<R>, Recovery<R>), LogError> {
         assert!(segment_bytes_max > 0, "segment_bytes_max must be positive");
+        if first_segment >= SEGMENT_LIMIT {
+            return Err(LogError::Disk(DiskError::io(
+                "<checkpoint>",
+                format!("checkpoint segment {first_segment} has more than {SEGMENT_DIGITS} digits"),
+            )));
+        }
         let mut segments = Vec::new();
         let mut removed_any = false;
         for name in disk.list()? {
@@ -279,7 +287,17 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
 
     /// Starts a new, empty segment and returns its number; the name is durable on return.
     pub fn rotate(&mut self) -> Result<u64, DiskError> {
-        let next = self.segment + 1;
+        // Names hold 16 digits: a checkpoint record claiming more is damage, not a segment.
+        let Some(next) = self
+            .segment
+            .checked_add(1)
+            .filter(|next| *next < SEGMENT_LIMIT)
+        else {
+            return Err(DiskError::io(
+                &self.segment_file,
+                "log segment numbers are exhausted (or the checkpoint record is damaged)",
+            ));
+        };
         let next_file = prefixed_segment_name(self.prefix, next);
         self.disk.create(&next_file)?;
         self.disk.sync_directory()?;

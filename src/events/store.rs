@@ -681,7 +681,7 @@ impl EventStore {
             tracing::warn!(%key, start_micros, "event in a closed interval left out of its summary");
             return Ok(());
         }
-        summary.event_count += 1;
+        summary.event_count = summary.event_count.saturating_add(1);
         summary.digest ^= xxhash_rust::xxh3::xxh3_64(key.as_str().as_bytes());
         self.open_intervals.insert(start_micros, summary);
         self.memtable.intervals.insert(start_micros, summary);

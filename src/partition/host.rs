@@ -301,7 +301,16 @@ pub struct PartitionHost {
 
 /// What recovery makes of a partition's state machine point and its log.
 fn recovered_state(point: &AppliedPoint, log: Option<RecoveredLog>) -> RecoveredState {
-    let log = log.unwrap_or_default();
+    let mut log = log.unwrap_or_default();
+    // A term is a floor on what this node has seen; the entries it holds were written in
+    // their terms, so it has seen at least the last one (a torn round can lose the hard
+    // state written beside them). Raising a term is always safe; the vote was for an
+    // older term.
+    let last_entry_term = log.entries.last().map_or(0, |entry| entry.term);
+    if last_entry_term > log.hard_state.term {
+        log.hard_state.term = last_entry_term;
+        log.hard_state.vote = None;
+    }
     let snapshot = SnapshotMeta {
         index: point.index,
         term: point.term,
@@ -337,10 +346,17 @@ impl PartitionHost {
     pub fn open(
         id: NodeId,
         disk: SharedDisk,
-        config: HostConfig,
+        mut config: HostConfig,
         rng_seed: u64,
     ) -> Result<PartitionHost, RequestError> {
-        let kv = KvStore::open(disk.clone())?;
+        // Every group checks a received snapshot against this state machine's format.
+        config.raft.snapshot_check = Some(KvStore::check_snapshot_image);
+        // A state machine store holding impossible values keeps this node's replicas out, as
+        // a damaged log does; the node still serves everything else.
+        let kv = KvStore::open(disk.clone()).map_err(|error| match error {
+            KvError::Corrupt(reason) => RequestError::Damaged(format!("partition store: {reason}")),
+            error => RequestError::from(error),
+        })?;
         let (raft_log, mut recovered) = RaftLogStore::open(disk, config.log_segment_bytes_max)
             .map_err(|error| match error {
                 RaftLogError::DamagedAtRest(_) => RequestError::Damaged(error.to_string()),
@@ -547,7 +563,7 @@ impl PartitionHost {
             return Err(RequestError::UnknownPartition(partition));
         };
         self.touched.insert(partition);
-        if let Err(error) = group.read_index(request_id) {
+        if let Err(error) = group.read_index(read_context(self.session, request_id)) {
             return Err(propose_refusal(partition, error));
         }
         self.pending_reads.insert(
@@ -884,8 +900,14 @@ impl PartitionHost {
                 self.answer_applied_writes(partition, &ready.committed_entries, applied);
             }
             for read_state in ready.read_states {
-                if let Some(read) = self.pending_reads.get_mut(read_state.context) {
-                    read.read_index = Some(read_state.index);
+                // Only this session's read of this partition: a late answer from before a
+                // restart, or one for another partition, confirms nothing here.
+                let request_id = read_state.context.wrapping_sub(self.session);
+                match self.pending_reads.get_mut(request_id) {
+                    Some(read) if read.partition == partition => {
+                        read.read_index = Some(read_state.index);
+                    }
+                    _ => {}
                 }
             }
             if let (Some(role_state), true) = (ready.role_state, self.config.report_applied) {
@@ -973,11 +995,12 @@ impl PartitionHost {
             if command.proposer != self.id.0 || command.proposer_session != self.session {
                 continue;
             }
-            let ours = self.pending_writes.get(command.request_id).map(|write| {
-                // Within one session a request id names one write of one partition.
-                debug_assert_eq!(write.partition, partition, "request ids are per session");
-                write.partition == partition
-            });
+            // Within one session a request id names one write of one partition; a command
+            // claiming otherwise was proposed in this node's name by someone else.
+            let ours = self
+                .pending_writes
+                .get(command.request_id)
+                .map(|write| write.partition == partition);
             if ours == Some(true) {
                 self.pending_writes.remove(command.request_id);
                 // A skipped copy says nothing for sure: the request either applied once
@@ -1139,6 +1162,13 @@ pub fn entry_digest(entry: &Entry) -> u64 {
         }
     };
     kind ^ entry.term.rotate_left(17)
+}
+
+/// The context a read carries through Raft: its request id offset by the session, so an
+/// answer to a read of an earlier run of this node (request ids restart at every open) never
+/// matches a read of this one.
+fn read_context(session: u64, request_id: u64) -> u64 {
+    session.wrapping_add(request_id)
 }
 
 /// The election-timeout stream of one group on one node. The node id is mixed in so that

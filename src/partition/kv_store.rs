@@ -127,6 +127,7 @@ impl KvStore {
                 let (id, point) = row.map_err(engine)?;
                 let point: AppliedPoint = postcard::from_bytes(point.value())
                     .map_err(|error| KvError::Corrupt(format!("applied point: {error}")))?;
+                check_point(id.value(), &point).map_err(KvError::Corrupt)?;
                 points.insert(PartitionId(id.value()), point);
             }
         }
@@ -436,6 +437,26 @@ impl KvStore {
         Ok(sessions)
     }
 
+    /// Checks a snapshot image received from a peer before Raft installs it: it decodes, and
+    /// its keys and values are within a command's limits.
+    pub fn check_snapshot_image(data: &[u8]) -> Result<(), String> {
+        let image: SnapshotImage =
+            postcard::from_bytes(data).map_err(|error| format!("snapshot image: {error}"))?;
+        for (key, value) in &image.pairs {
+            if key.is_empty()
+                || key.len() > crate::partition::command::KEY_BYTES_MAX
+                || value.len() > crate::partition::command::VALUE_BYTES_MAX
+            {
+                return Err(format!(
+                    "snapshot image: a pair of {} key and {} value bytes",
+                    key.len(),
+                    value.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Replaces the partition's state with a snapshot image, durably.
     pub fn install_snapshot(
         &mut self,
@@ -482,6 +503,29 @@ impl KvStore {
         self.points.insert(id, point);
         Ok(())
     }
+}
+
+/// Checks an applied point read from the database: an id below the reserved one, an index
+/// and term within the protocol's limits, and a configuration keeping its invariants (or
+/// none yet, for a replica still joining).
+fn check_point(id: u64, point: &AppliedPoint) -> Result<(), String> {
+    use crate::raft::message::{INDEX_MAX, TERM_MAX};
+    if id == u64::MAX {
+        return Err("a partition under the reserved id u64::MAX".to_string());
+    }
+    if point.index > INDEX_MAX || point.term > TERM_MAX {
+        return Err(format!(
+            "partition {id}: applied point ({}, {}) beyond the limits",
+            point.index, point.term
+        ));
+    }
+    if point.configuration != crate::raft::Configuration::default() {
+        point
+            .configuration
+            .check()
+            .map_err(|problem| format!("partition {id}: {problem}"))?;
+    }
+    Ok(())
 }
 
 /// The first key prefix after `id`'s: partition ids stay below `u64::MAX` for this.

@@ -11,6 +11,12 @@
 //! - a checkpoint writes every partition's live state (hard state, base, entries) into a fresh
 //!   segment and syncs it before the older segments are removed, so a crash at any point
 //!   replays to the same state;
+//! - every record stays far below the segmented log's record bound: a run of entries is
+//!   written as consecutive records of at most [`ENTRIES_RECORD_BYTES_TARGET`] bytes each
+//!   (plus one entry), however many entries a round holds;
+//! - replay checks each record's values (indexes and terms within the protocol's limits,
+//!   entries in sequence with terms never going back, partition ids below the reserved one)
+//!   and refuses to open on a record that fails, as on damage;
 //! - synced records damaged at rest are never cut away: the log refuses to open
 //!   ([`RaftLogError::DamagedAtRest`]), because a replica that silently lost a vote or an
 //!   acknowledged entry can elect a second leader in a term or lose a committed entry. The
@@ -26,6 +32,84 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub const RAFT_LOG_PREFIX: &str = "raft-";
+
+/// Entry bytes after which a run of entries continues in a new record.
+pub const ENTRIES_RECORD_BYTES_TARGET: usize = 4 * 1024 * 1024;
+
+/// Appends `entries` as `Entries` records of bounded size: replay joins consecutive records
+/// of one partition, so the split changes nothing but the records' sizes.
+fn push_entry_records<'a>(
+    records: &mut Vec<RaftLogRecord>,
+    partition: PartitionId,
+    entries: impl IntoIterator<Item = std::borrow::Cow<'a, Entry>>,
+) {
+    let mut chunk = Vec::new();
+    let mut chunk_bytes = 0;
+    for entry in entries {
+        chunk_bytes += entry.payload_bytes() + 32;
+        chunk.push(entry.into_owned());
+        if chunk_bytes > ENTRIES_RECORD_BYTES_TARGET {
+            records.push(RaftLogRecord::Entries {
+                partition: partition.0,
+                entries: std::mem::take(&mut chunk),
+            });
+            chunk_bytes = 0;
+        }
+    }
+    if !chunk.is_empty() {
+        records.push(RaftLogRecord::Entries {
+            partition: partition.0,
+            entries: chunk,
+        });
+    }
+}
+
+/// Checks one replayed record's values (see the module doc).
+fn check_record(record: &RaftLogRecord) -> Result<(), String> {
+    use crate::raft::message::{INDEX_MAX, TERM_MAX};
+    let partition = match record {
+        RaftLogRecord::HardState { partition, .. }
+        | RaftLogRecord::Entries { partition, .. }
+        | RaftLogRecord::Base { partition, .. }
+        | RaftLogRecord::Removed { partition } => *partition,
+    };
+    if partition == u64::MAX {
+        return Err("partition id u64::MAX is reserved".to_string());
+    }
+    match record {
+        RaftLogRecord::HardState { hard_state, .. } => {
+            if hard_state.term > TERM_MAX || hard_state.commit > INDEX_MAX {
+                return Err(format!("hard state {hard_state:?} beyond the limits"));
+            }
+        }
+        RaftLogRecord::Entries { entries, .. } => {
+            for pair in entries.windows(2) {
+                if pair[1].index != pair[0].index + 1 || pair[1].term < pair[0].term {
+                    return Err(format!(
+                        "entry {} (term {}) after entry {} (term {})",
+                        pair[1].index, pair[1].term, pair[0].index, pair[0].term
+                    ));
+                }
+            }
+            if let Some(bad) = entries
+                .iter()
+                .find(|entry| entry.index == 0 || entry.index > INDEX_MAX || entry.term > TERM_MAX)
+            {
+                return Err(format!(
+                    "entry {} of term {} beyond the limits",
+                    bad.index, bad.term
+                ));
+            }
+        }
+        RaftLogRecord::Base { index, term, .. } => {
+            if *index > INDEX_MAX || *term > TERM_MAX {
+                return Err(format!("base ({index}, {term}) beyond the limits"));
+            }
+        }
+        RaftLogRecord::Removed { .. } => {}
+    }
+    Ok(())
+}
 
 /// One record of the Raft log. The postcard encoding is the on-disk format: variants are only
 /// ever appended, never reordered or removed.
@@ -115,6 +199,9 @@ impl RaftLogStore {
         debug_assert_eq!(recovery.corrupt_records, 0, "damage is refused, not cut");
         let mut recovered: BTreeMap<PartitionId, RecoveredLog> = BTreeMap::new();
         for record in recovery.records {
+            check_record(&record).map_err(|problem| {
+                RaftLogError::DamagedAtRest(format!("a record holds impossible values: {problem}"))
+            })?;
             match record {
                 RaftLogRecord::HardState {
                     partition,
@@ -191,12 +278,11 @@ impl RaftLogStore {
     }
 
     pub fn stage_entries(&mut self, partition: PartitionId, entries: Vec<Entry>) {
-        if !entries.is_empty() {
-            self.staged.push(RaftLogRecord::Entries {
-                partition: partition.0,
-                entries,
-            });
-        }
+        push_entry_records(
+            &mut self.staged,
+            partition,
+            entries.into_iter().map(std::borrow::Cow::Owned),
+        );
     }
 
     pub fn stage_base(&mut self, partition: PartitionId, index: u64, term: u64) {
@@ -270,26 +356,14 @@ impl RaftLogStore {
                     index: partition.base.0,
                     term: partition.base.1,
                 });
-                // Bounded records: entries go in slices that keep each one well below the limit.
-                let mut chunk = Vec::new();
-                let mut chunk_bytes = 0;
-                for entry in partition.entries {
-                    chunk_bytes += entry.payload_bytes() + 32;
-                    chunk.push(entry.clone());
-                    if chunk_bytes > 4 * 1024 * 1024 {
-                        records.push(RaftLogRecord::Entries {
-                            partition: partition.partition.0,
-                            entries: std::mem::take(&mut chunk),
-                        });
-                        chunk_bytes = 0;
-                    }
-                }
-                if !chunk.is_empty() {
-                    records.push(RaftLogRecord::Entries {
-                        partition: partition.partition.0,
-                        entries: chunk,
-                    });
-                }
+                push_entry_records(
+                    &mut records,
+                    partition.partition,
+                    partition
+                        .entries
+                        .into_iter()
+                        .map(std::borrow::Cow::Borrowed),
+                );
             }
             if !records.is_empty() {
                 self.log.append(&records)?;
@@ -472,5 +546,69 @@ mod tests {
             .map(|entry| entry.index)
             .collect();
         assert_eq!(indexes, vec![2, 3, 4]);
+    }
+
+    /// Entries that arrive faster than rounds sync (a slow follower's pipeline of appends)
+    /// used to make one record over the log's bound; now they are split and replay joins them.
+    #[test]
+    fn a_large_run_of_entries_is_written_in_bounded_records() {
+        let disk = TestDisk::new();
+        let (mut log, _) = open(&disk);
+        let one = PartitionId(1);
+        let big = |index: u64| Entry {
+            index,
+            term: 2,
+            kind: EntryKind::Command(vec![index as u8; 1 << 20]),
+        };
+        let entries: Vec<Entry> = (2..22).map(big).collect();
+        log.stage_entries(one, entries.clone());
+        log.commit().unwrap();
+        let (_, recovered) = RaftLogStore::open(disk.crash(), 64 << 20).unwrap();
+        assert_eq!(recovered[&one].entries, entries);
+    }
+
+    /// A checksummed record whose values no correct node writes refuses the open (as damage
+    /// does), instead of reaching an assertion when the groups recover.
+    #[test]
+    fn records_with_impossible_values_refuse_the_open() {
+        use crate::raft::message::TERM_MAX;
+        let cases = [
+            RaftLogRecord::Entries {
+                partition: 1,
+                entries: vec![entry(2, 1), entry(4, 1)],
+            },
+            RaftLogRecord::Entries {
+                partition: 1,
+                entries: vec![entry(2, 3), entry(3, 2)],
+            },
+            RaftLogRecord::Entries {
+                partition: 1,
+                entries: vec![entry(u64::MAX, 1)],
+            },
+            RaftLogRecord::HardState {
+                partition: 1,
+                hard_state: HardState {
+                    term: TERM_MAX + 1,
+                    vote: None,
+                    commit: 0,
+                },
+            },
+            RaftLogRecord::Base {
+                partition: u64::MAX,
+                index: 1,
+                term: 1,
+            },
+        ];
+        for record in cases {
+            let disk = TestDisk::new();
+            let (mut log, _) = open(&disk);
+            log.staged.push(record.clone());
+            log.commit().unwrap();
+            let error = RaftLogStore::open(disk.crash(), 1 << 20).unwrap_err();
+            assert!(
+                matches!(error, RaftLogError::DamagedAtRest(_)),
+                "{record:?}: {error}"
+            );
+        }
     }
 }

@@ -181,10 +181,11 @@ pub struct StartFlags {
     /// Log format on standard error [default: human].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// A replica that has not answered by then is replaced ("get it done") [default: 2000].
+    /// A replica that has not answered by then is replaced ("get it done") [default: 2000,
+    /// at most 600000].
     #[arg(long, value_name = "MS")]
     pub replica_timeout_ms: Option<u64>,
-    /// A peer silent this long is counted down [default: 3000, at least 100].
+    /// A peer silent this long is counted down [default: 3000, from 100 to 3600000].
     #[arg(long, value_name = "MS")]
     pub peer_down_after_ms: Option<u64>,
     /// Largest client request body, and so event [default: 1048576, at most 1048576].
@@ -410,8 +411,10 @@ impl ShellConfig {
             .replica_timeout_ms
             .or(file.replica_timeout_ms)
             .unwrap_or(2_000);
-        if replica_timeout_ms == 0 {
-            return Err(value("replica_timeout_ms must be positive".to_string()));
+        if !(1..=600_000).contains(&replica_timeout_ms) {
+            return Err(value(format!(
+                "replica_timeout_ms {replica_timeout_ms} must be in 1..=600000"
+            )));
         }
         let body_bytes_max = flags
             .body_bytes_max
@@ -498,7 +501,7 @@ impl ShellConfig {
                 .peer_down_after_ms
                 .or(file.peer_down_after_ms)
                 .unwrap_or(3_000)
-                .max(100),
+                .clamp(100, 3_600_000),
             body_bytes_max,
             http_limits,
         })

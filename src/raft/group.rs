@@ -37,6 +37,9 @@ pub enum RaftPlantedBug {
     CommitPreviousTermByCounting,
 }
 
+/// Checks a snapshot image against the state machine's format (see `RaftConfig`).
+pub type SnapshotCheck = fn(&[u8]) -> Result<(), String>;
+
 /// A group's knobs. Time is counted in ticks of the driver's choosing.
 #[derive(Clone, Debug)]
 pub struct RaftConfig {
@@ -63,6 +66,10 @@ pub struct RaftConfig {
     /// Only safe with a driver that wakes quiet followers when the leader's node goes silent
     /// (the partition host does).
     pub quiesce_after_ticks: u32,
+    /// Checks a received snapshot's image before it replaces the state machine: one that
+    /// fails (corrupted in flight, or from a broken sender) is refused and asked for again,
+    /// instead of failing the install.
+    pub snapshot_check: Option<SnapshotCheck>,
     pub planted_bug: Option<RaftPlantedBug>,
 }
 
@@ -79,6 +86,7 @@ impl Default for RaftConfig {
             apply_bytes_max: 4 << 20,
             snapshot_chunk_bytes: 1 << 20,
             quiesce_after_ticks: 0,
+            snapshot_check: None,
             planted_bug: None,
         }
     }

@@ -174,7 +174,7 @@ impl RaftGroup {
                 if !self.hear_leader(from) {
                     return false;
                 }
-                self.handle_snapshot_chunk(from, meta, offset, data, done);
+                return self.handle_snapshot_chunk(from, meta, offset, data, done);
             }
             MessageBody::AppendResponse { outcome } => {
                 if self.state.role == Role::Leader {
@@ -323,12 +323,12 @@ impl RaftGroup {
         offset: u64,
         data: Vec<u8>,
         done: bool,
-    ) {
+    ) -> bool {
         if meta.index <= self.state.log.committed() {
             *self.incoming_snapshot_mut() = None;
             let match_index = self.state.log.committed();
             self.accept(from, match_index);
-            return;
+            return true;
         }
         let incoming = self.incoming_snapshot_mut();
         if offset == 0 {
@@ -347,7 +347,7 @@ impl RaftGroup {
                     next_offset: held,
                 },
             );
-            return;
+            return true;
         }
         let (_, buffer) = incoming
             .as_deref_mut()
@@ -362,14 +362,29 @@ impl RaftGroup {
                     next_offset,
                 },
             );
-            return;
+            return true;
         }
         let (meta, data) = *incoming
             .take()
             .expect("a matching snapshot is being received");
+        if let Some(check) = self.state.config.snapshot_check {
+            if let Err(problem) = check(&data) {
+                // Start over: the leader's next chunk at offset 0 begins a new transfer.
+                tracing::error!(node = %self.state.id, leader = %from, index = meta.index, %problem, "a received snapshot is invalid; refused");
+                self.send(
+                    from,
+                    MessageBody::SnapshotChunkResponse {
+                        index: meta.index,
+                        next_offset: 0,
+                    },
+                );
+                return false;
+            }
+        }
         let index = meta.index;
         self.install_snapshot(meta, data);
         self.accept(from, index);
+        true
     }
 
     /// Tells the leader this log matches its own up to `match_index` (sent once durable).
