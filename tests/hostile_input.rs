@@ -372,10 +372,30 @@ fn idle_and_half_sent_connections_cannot_starve_the_node() {
             "3000",
             "--http-connections-max",
             "512",
+            "--peer-connections-max",
+            "100",
         ],
         Some(1024),
     );
     let http = cluster.http(0);
+    // Silent connections to the peer port: beyond the cap they are closed at once.
+    let mut peers: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(cluster.peer(0)).expect("the kernel accepts it"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let closed_at_once = peers
+        .iter_mut()
+        .map(|stream| {
+            stream.set_nonblocking(true).unwrap();
+            matches!(stream.read(&mut [0u8; 8]), Ok(0))
+        })
+        .filter(|closed| *closed)
+        .count();
+    assert!(
+        closed_at_once >= 200,
+        "{closed_at_once} peer connections closed"
+    );
+    drop(peers);
     let mut streams: Vec<TcpStream> = (0..1100)
         .map(|_| TcpStream::connect(http).expect("the kernel accepts the connection"))
         .collect();
@@ -428,7 +448,7 @@ fn idle_and_half_sent_connections_cannot_starve_the_node() {
         "a half-sent request was held for {:?}",
         started.elapsed()
     );
-    assert!(metric(http, "borough_http_connections_refused_total") >= 588);
+    assert!(metric(http, "borough_connections_refused_total") >= 588);
     assert_serving(http, "after a half-sent request");
 }
 

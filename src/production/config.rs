@@ -122,6 +122,7 @@ pub struct ConfigFile {
     pub http_header_read_timeout_ms: Option<u64>,
     pub http_idle_timeout_ms: Option<u64>,
     pub http_request_timeout_ms: Option<u64>,
+    pub peer_connections_max: Option<usize>,
 }
 
 /// The flags of `borough start`; each overrides the config file's value of the same name.
@@ -203,6 +204,10 @@ pub struct StartFlags {
     /// Time to receive and answer one request, or 408 [default: 45000].
     #[arg(long, value_name = "MS")]
     pub http_request_timeout_ms: Option<u64>,
+    /// Inbound peer connections open at once (TCP transport); one more is closed
+    /// [default: 256].
+    #[arg(long, value_name = "N")]
+    pub peer_connections_max: Option<usize>,
 }
 
 /// Everything a node needs to start, checked.
@@ -228,6 +233,7 @@ pub struct ShellConfig {
     /// Largest client request body (and so event) accepted.
     pub body_bytes_max: usize,
     pub http_limits: crate::production::http_server::HttpLimits,
+    pub peer_connections_max: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -470,6 +476,15 @@ impl ShellConfig {
                 return Err(value(format!("{name} must be in 1..=3600000")));
             }
         }
+        let peer_connections_max = flags
+            .peer_connections_max
+            .or(file.peer_connections_max)
+            .unwrap_or(256);
+        if !(1..=65_536).contains(&peer_connections_max) {
+            return Err(value(format!(
+                "peer_connections_max {peer_connections_max} must be in 1..=65536"
+            )));
+        }
         if http_limits.idle_timeout <= http_limits.request_timeout {
             return Err(value(
                 "http_idle_timeout_ms must be longer than http_request_timeout_ms (a request \
@@ -504,6 +519,7 @@ impl ShellConfig {
                 .clamp(100, 3_600_000),
             body_bytes_max,
             http_limits,
+            peer_connections_max,
         })
     }
 }

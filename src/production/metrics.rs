@@ -153,8 +153,8 @@ impl Default for Metrics {
         );
         let refused_connections = Counter::default();
         registry.register(
-            "borough_http_connections_refused",
-            "HTTP connections closed at once because the server had its maximum open",
+            "borough_connections_refused",
+            "HTTP and peer connections closed at once because their server had its maximum open",
             refused_connections.clone(),
         );
         let reconnects = Counter::default();

@@ -146,7 +146,11 @@ pub async fn serve(
     match transport {
         Transport::Tcp(tcp) => {
             tcp.start(node.clone());
-            tokio::spawn(accept_peers(tcp, peer_listener));
+            tokio::spawn(accept_peers(
+                tcp,
+                peer_listener,
+                config.peer_connections_max,
+            ));
         }
         Transport::Http(http) => {
             http.start(node.clone());

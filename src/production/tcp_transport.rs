@@ -380,15 +380,29 @@ impl<N: PeerNet> PeerSender for TcpTransport<N> {
 }
 
 /// Accepts peer connections on `listener` forever.
+/// Accepts inbound peer connections, at most `connections_max` open at once: one more is
+/// closed at once and counted, so connections that say nothing (each is held until the hello
+/// timeout) cannot exhaust the process's file descriptors.
 pub async fn accept_peers(
     transport: Arc<TcpTransport<TokioNet>>,
     listener: tokio::net::TcpListener,
+    connections_max: usize,
 ) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(connections_max));
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, address)) => {
+                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                    transport.metrics.count_refused_connection();
+                    tracing::warn!(%address, limit = connections_max, "too many peer connections open; closed");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(Arc::clone(&transport).serve_inbound(stream));
+                let transport = Arc::clone(&transport);
+                tokio::spawn(async move {
+                    transport.serve_inbound(stream).await;
+                    drop(permit);
+                });
             }
             Err(error) => {
                 tracing::warn!(%error, "accepting a peer connection failed");
