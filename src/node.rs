@@ -15,9 +15,10 @@
 //! Whom it listens to: messages arrive decoded and checked by the wire codec; the node takes
 //! them only from members of its peer table (Raft traffic, replicas, confirmations) or, for
 //! the event protocol, from [`NodeId::UNATTRIBUTED`] (the driver's name for the AllData HTTP
-//! peer endpoint). Anything else is refused and counted in `messages_refused`: an outsider
-//! must not write events, stop their repair, or speak in a Raft group. Members are trusted to
-//! run the protocol; their messages are checked for form, not for truth.
+//! peer endpoints, which, like the original's, trust whoever reaches the peer port). Anything
+//! else is refused and counted in `messages_refused`: an outsider must not write events, stop
+//! their repair, or speak in a Raft group. Members are trusted to run the protocol; their
+//! messages are checked for form, not for truth.
 
 use crate::coordinator::{CommitLevel, PutError, ReplicaWrite, WriteAction};
 use crate::events::{
@@ -723,7 +724,8 @@ impl Node {
             return;
         }
         // With members down, a repair could not reach the replication factor: it waits for
-        // them (or for the operator to drop them) instead of failing over and over.
+        // them to return (or to be forgotten by the shell, for peers outside its
+        // configuration) instead of failing over and over.
         if 1 + self.peers.up_count() < self.config.replication_factor as usize {
             return;
         }

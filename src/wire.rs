@@ -8,8 +8,10 @@
 //!
 //! Invariants:
 //! - no payload is longer than [`FRAME_BYTES_MAX`]: encoding refuses to make one, decoding
-//!   refuses to read one, so a peer cannot make a node allocate without bound and every
-//!   message that is sent can be received;
+//!   refuses to read one, so a peer cannot make a node allocate without bound;
+//! - encoding runs the same checks as decoding: a message the receiver would refuse is not
+//!   sent (the sender counts it), so a refused frame always means a broken or hostile
+//!   sender, and a well-behaved link is never closed over one of its own messages;
 //! - decoding is validation: an unknown version is refused before the body is trusted, every
 //!   value is decoded into a validated type (event keys, node ids, partition ids, places),
 //!   every message is then checked as a whole ([`Message::check`]: event sizes and JSON, key
@@ -189,8 +191,16 @@ fn finish(payload: Vec<u8>) -> Result<Vec<u8>, WireError> {
     Ok(payload)
 }
 
-/// The payload of a frame carrying `message`; refused when it would be over the limit.
+/// The payload of a frame carrying `message`; refused when it would be over the limit or
+/// the receiver would refuse it.
 pub fn encode_message(message: &Message) -> Result<Vec<u8>, WireError> {
+    message.check()?;
+    encode_message_unchecked(message)
+}
+
+/// The payload of a frame carrying `message` without its checks: for tools that forge
+/// hostile frames on purpose (the simulator's garbage peer), never for a node.
+pub fn encode_message_unchecked(message: &Message) -> Result<Vec<u8>, WireError> {
     let payload = postcard::to_extend(message, header(FrameKind::Message))
         .map_err(|error| WireError::Malformed(error.to_string()))?;
     finish(payload)
@@ -375,14 +385,29 @@ mod tests {
     }
 
     #[test]
-    fn a_message_over_the_limit_is_not_encoded() {
-        let message = Message::Replicate {
+    fn a_message_over_the_limit_or_refused_by_the_checks_is_not_encoded() {
+        let oversized = Message::Confirm {
+            keys: vec![key(); CONFIRM_KEYS_MAX],
+        };
+        assert!(oversized.check().is_ok());
+        let confirm_bytes = encode_message(&oversized).unwrap().len();
+        assert!(confirm_bytes < FRAME_BYTES_MAX, "{confirm_bytes}");
+        let not_json = Message::Replicate {
+            write_id: 1,
+            key: key(),
+            event: b"{".to_vec(),
+        };
+        assert!(matches!(
+            encode_message(&not_json),
+            Err(WireError::Invalid(_))
+        ));
+        let huge = Message::Replicate {
             write_id: 1,
             key: key(),
             event: vec![b'1'; FRAME_BYTES_MAX],
         };
         assert!(matches!(
-            encode_message(&message),
+            encode_message_unchecked(&huge),
             Err(WireError::TooLarge(_))
         ));
     }

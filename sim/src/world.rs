@@ -185,7 +185,8 @@ pub struct World {
     /// Raft envelopes (network messages) and the Raft messages in them, sent by all nodes.
     pub raft_envelopes_sent: u64,
     pub raft_messages_sent: u64,
-    /// Messages the codec would not encode (over the frame limit): dropped at the sender.
+    /// Messages the codec would not encode (over the frame limit, or refused by the checks a
+    /// receiver runs): dropped at the sender, and a `codec` violation.
     pub messages_unencodable: u64,
     /// Frames the codec refused at delivery.
     pub frames_refused: u64,
@@ -445,6 +446,14 @@ impl World {
             Err(error) => {
                 self.frames_refused += 1;
                 tracing::debug!(%from, %to, %error, "frame refused by the codec");
+                if garbage.is_none() {
+                    // A node's own message that the codec refuses would close a real link.
+                    self.violations.push(Violation {
+                        at_micros: self.now.get(),
+                        checker: "codec",
+                        message: format!("{to} refused a frame {from} sent: {error}"),
+                    });
+                }
                 crate::faults::garbage::on_ignored(self, garbage);
                 return;
             }

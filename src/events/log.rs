@@ -13,11 +13,12 @@
 //!   logged loudly;
 //! - a new segment's name is durable (`sync_directory`) before any record is written to it, so
 //!   segment numbers on disk have no holes below the current one;
-//! - a record is decoded into validated types (event keys included); one that passes its
-//!   checksum but fails to decode was written by a bug or carries a value that should never
-//!   have been accepted: the event log skips it, loudly and counted, so nothing written once
-//!   can make the store unopenable; the Raft log refuses to open instead (a skipped vote or
-//!   entry could break safety).
+//! - a record is decoded into validated types (event keys included). One that passes its
+//!   checksum but does not decode is handed to the log's owner under
+//!   [`DamagePolicy::Truncate`] (the event store skips it, loudly and counted, when it has
+//!   the shape of a known record with a value that fails validation, and refuses to open on
+//!   an unknown shape, such as a newer build's record); under [`DamagePolicy::Refuse`] (the
+//!   Raft log, where a skipped vote or entry could break safety) the open fails.
 
 use crate::events::key::EventKey;
 use crate::seams::{DiskError, SharedDisk};
@@ -91,14 +92,24 @@ pub enum DamagePolicy {
     Refuse,
 }
 
+/// A payload that passed its checksum but did not decode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Undecodable {
+    pub segment: String,
+    pub offset: u64,
+    pub payload: Vec<u8>,
+    pub error: String,
+}
+
 /// What recovery found in the segments it replayed.
 #[derive(Debug)]
 pub struct Recovery<R = LogRecord> {
     pub records: Vec<R>,
     /// Damaged places that were not a torn tail; the records after each are lost.
     pub corrupt_records: u64,
-    /// Records that passed their checksum but did not decode into valid values: skipped.
-    pub invalid_records: u64,
+    /// Payloads that passed their checksum but did not decode into valid records, with the
+    /// segment and offset they were found at, for the owner to judge (`Truncate` only).
+    pub undecodable: Vec<Undecodable>,
     /// Bytes cut from the end of the last segment (a batch torn by a crash).
     pub torn_tail_bytes: u64,
 }
@@ -108,7 +119,7 @@ impl<R> Default for Recovery<R> {
         Self {
             records: Vec::new(),
             corrupt_records: 0,
-            invalid_records: 0,
+            undecodable: Vec::new(),
             torn_tail_bytes: 0,
         }
     }
@@ -364,16 +375,16 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
                     }
                 },
             };
+            let length = payload.len() as u64;
             match decode_record::<R>(&payload) {
                 Ok(record) => recovery.records.push(record),
-                Err(message) if self.damage_policy == DamagePolicy::Truncate => {
-                    tracing::error!(
-                        segment = name,
+                Err(error) if self.damage_policy == DamagePolicy::Truncate => {
+                    recovery.undecodable.push(Undecodable {
+                        segment: name.clone(),
                         offset,
-                        %message,
-                        "a log record passed its checksum but holds invalid values; skipped"
-                    );
-                    recovery.invalid_records += 1;
+                        payload,
+                        error,
+                    });
                 }
                 Err(message) => {
                     return Err(LogError::Undecodable {
@@ -383,7 +394,7 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
                     })
                 }
             }
-            offset += RECORD_HEADER_BYTES + payload.len() as u64;
+            offset += RECORD_HEADER_BYTES + length;
         }
         Ok(file_len)
     }
@@ -458,7 +469,7 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
 }
 
 /// Decodes one record's payload into validated values; trailing bytes are refused too.
-fn decode_record<R: DeserializeOwned>(payload: &[u8]) -> Result<R, String> {
+pub fn decode_record<R: DeserializeOwned>(payload: &[u8]) -> Result<R, String> {
     match postcard::take_from_bytes::<R>(payload) {
         Ok((record, [])) => Ok(record),
         Ok((_, rest)) => Err(format!("{} bytes after the record", rest.len())),
@@ -696,7 +707,7 @@ mod tests {
     }
 
     #[test]
-    fn a_checksummed_record_with_invalid_values_is_skipped_by_the_event_log() {
+    fn a_checksummed_record_that_does_not_decode_is_handed_to_the_owner() {
         let disk = TestDisk::new();
         let (mut log, _) = open(&disk, 1 << 20);
         log.append(&[event(1)]).unwrap();
@@ -713,8 +724,6 @@ mod tests {
         .unwrap();
         disk.append(&segment_name(0), &checksummed(&forged))
             .unwrap();
-        disk.append(&segment_name(0), &checksummed(&[0xff, 0xff, 0xff]))
-            .unwrap();
         let mut tail = Vec::new();
         encode_record(&event(2), &mut tail);
         disk.append(&segment_name(0), &tail).unwrap();
@@ -722,7 +731,8 @@ mod tests {
         let disk = disk.crash();
         let (mut log, recovery) = open(&disk, 1 << 20);
         assert_eq!(recovery.records, vec![event(1), event(2)]);
-        assert_eq!(recovery.invalid_records, 2);
+        assert_eq!(recovery.undecodable.len(), 1);
+        assert_eq!(recovery.undecodable[0].payload, forged);
         assert_eq!(recovery.corrupt_records, 0);
         log.append(&[event(3)]).unwrap();
         let (_, recovery) = open(&disk, 1 << 20);

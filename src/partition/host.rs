@@ -1127,8 +1127,8 @@ impl PartitionHost {
 
     // ---- outputs ----
 
-    /// One envelope per peer with everything for it since the last call (an empty one is a
-    /// liveness ping).
+    /// Everything for each peer since the last call: one envelope per peer, or several when
+    /// a round's messages would not fit one frame (an empty one is a liveness ping).
     pub fn take_envelopes(&mut self) -> Vec<(NodeId, RaftEnvelope)> {
         let envelopes: Vec<(NodeId, RaftEnvelope)> = std::mem::take(&mut self.outbox)
             .into_iter()

@@ -201,7 +201,8 @@ pub struct StartFlags {
     /// A connection on which nothing moves this long is closed [default: 60000].
     #[arg(long, value_name = "MS")]
     pub http_idle_timeout_ms: Option<u64>,
-    /// Time to receive and answer one request, or 408 [default: 45000].
+    /// Time to receive and answer one request, or 408 [default: 45000]; a put waits for its
+    /// commit level three quarters of it, at most 30 s, then answers 504 with its key.
     #[arg(long, value_name = "MS")]
     pub http_request_timeout_ms: Option<u64>,
     /// Inbound peer connections open at once (TCP transport); one more is closed

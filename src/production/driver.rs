@@ -107,6 +107,11 @@ pub enum NodeInput {
         id: NodeId,
         generation: u64,
     },
+    /// A peer outside the configuration stayed down too long: no longer a member.
+    PeerForgotten {
+        id: NodeId,
+        generation: u64,
+    },
     Status {
         reply: Reply<NodeStatus>,
     },
@@ -437,6 +442,16 @@ impl NodeLoop {
                 }
                 if self.node.mark_peer_down(id) {
                     tracing::warn!(peer = %id, "peer down: placement tries it last, commit levels count it out");
+                }
+            }
+            NodeInput::PeerForgotten { id, generation } => {
+                if !self.is_newest_report(id, generation) {
+                    return;
+                }
+                // A later hello from it starts over (its generations start over too).
+                self.peer_generations.remove(&id);
+                if self.node.drop_peer(id) {
+                    tracing::warn!(peer = %id, "peer forgotten: no longer a member");
                 }
             }
             NodeInput::Status { reply } => {

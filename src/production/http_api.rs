@@ -41,8 +41,6 @@ use tokio::time::Instant;
 /// Events answered by one scan, at most.
 pub const SCAN_LIMIT_MAX: usize = 10_000;
 const SCAN_LIMIT_DEFAULT: usize = 100;
-/// A put that is not answered by then gets 504; the write itself goes on ("get it done").
-const PUT_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const PEER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
@@ -53,6 +51,9 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub client: HttpClient,
     pub body_bytes_max: usize,
+    /// A put that is not answered by then gets 504 with its key; the write itself goes on
+    /// ("get it done"). Shorter than the request timeout, so the key always reaches the client.
+    pub put_answer_timeout: Duration,
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -178,15 +179,15 @@ async fn put_event(
         Err(failure) => return driver_error(failure),
     };
     let mut key = pending.key;
-    let answer = tokio::time::timeout(PUT_ANSWER_TIMEOUT, pending.answer).await;
+    let answer = tokio::time::timeout(state.put_answer_timeout, pending.answer).await;
     match answer {
         Err(_) => {
             // The write goes on ("get it done"): the client learns the key to check.
             let issued = key.try_recv().ok();
             let mut body = json!({
                 "error": format!(
-                    "no answer within {} s; the event may still be stored",
-                    PUT_ANSWER_TIMEOUT.as_secs()
+                    "no answer within {} ms; the event may still be stored",
+                    state.put_answer_timeout.as_millis()
                 ),
             });
             if let Some(issued) = issued {

@@ -56,6 +56,11 @@ impl Default for HttpLimits {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long an accept error (out of file descriptors, say) pauses the accept loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Refused connections lingering at once to let their 503 reach the client, how long each
+/// lingers, and how much of what the client sent it reads away meanwhile.
+const REFUSALS_LINGERING_MAX: usize = 64;
+const REFUSAL_LINGER: Duration = Duration::from_millis(200);
+const REFUSAL_DRAIN_BYTES_MAX: usize = 64 * 1024;
 
 /// Serves `router` on `listener` within `limits` until `shutdown` completes.
 pub async fn serve_http(
@@ -75,6 +80,7 @@ pub async fn serve_http(
         },
     ));
     let permits = Arc::new(Semaphore::new(limits.connections_max));
+    let lingering = Arc::new(Semaphore::new(REFUSALS_LINGERING_MAX));
     let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -93,7 +99,7 @@ pub async fn serve_http(
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             metrics.count_refused_connection();
-            refuse(stream, limits.connections_max);
+            refuse(stream, limits.connections_max, &lingering);
             continue;
         };
         let router = router.clone();
@@ -116,8 +122,11 @@ fn timed_out(limit: Duration) -> Response {
     (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response()
 }
 
-/// Answers 503 without waiting and closes: whatever the socket takes now is all it gets.
-fn refuse(stream: TcpStream, connections_max: usize) {
+/// Answers 503 and closes. The answer is written at once (whatever the socket takes now);
+/// then, for a bounded number of connections at a time, the write side is shut and what the
+/// client already sent is read and dropped for a moment, since closing a socket with unread
+/// input resets it and the client would see the reset instead of the 503.
+fn refuse(stream: TcpStream, connections_max: usize, lingering: &Arc<Semaphore>) {
     let body = format!(
         "{{\"error\":\"the server has its maximum of {connections_max} connections open; retry later\"}}"
     );
@@ -126,6 +135,26 @@ fn refuse(stream: TcpStream, connections_max: usize) {
         body.len()
     );
     let _ = stream.try_write(response.as_bytes());
+    let Ok(permit) = Arc::clone(lingering).try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let _ = stream.shutdown().await;
+        let mut drained = [0u8; 4096];
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            let mut total = 0;
+            while total < REFUSAL_DRAIN_BYTES_MAX {
+                match stream.read(&mut drained).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => total += read,
+                }
+            }
+        })
+        .await;
+        drop(permit);
+    });
 }
 
 async fn serve_connection(
@@ -306,7 +335,12 @@ mod tests {
             idle.push(TcpStream::connect(address).await.unwrap());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+        // A client that sends its request at once still reads the 503, not a reset.
         let mut extra = TcpStream::connect(address).await.unwrap();
+        extra
+            .write_all(b"POST /body HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
         let answer = read_all(&mut extra).await;
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
         assert!(answer.contains("maximum of 4 connections"), "{answer}");
@@ -317,13 +351,20 @@ mod tests {
             .await
             .unwrap();
         assert!(read_all(&mut first).await.starts_with("HTTP/1.1 200"));
-        // Its slot is free again.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut next = TcpStream::connect(address).await.unwrap();
-        next.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(read_all(&mut next).await.starts_with("HTTP/1.1 200"));
+        // Its slot is free again (as soon as the server has seen it close).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut next = TcpStream::connect(address).await.unwrap();
+            next.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let answer = read_all(&mut next).await;
+            if answer.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no slot came free: {answer}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]
@@ -352,6 +393,36 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buffer)).await;
         assert!(matches!(read, Ok(Ok(0))), "an idle connection stayed open");
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    /// The idle timeout, apart from the header-read one: a client that asks for a large
+    /// answer and stops reading it is cut off once nothing has moved for the idle timeout.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_off_after_the_idle_timeout() {
+        let address = server(HttpLimits {
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_millis(400),
+            ..HttpLimits::default()
+        })
+        .await;
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The socket buffers hold some of the answer; after them the connection is closed.
+        let mut received = 0usize;
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buffer)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(read)) => received += read,
+                Err(_) => panic!("the stalled connection was kept open"),
+            }
+        }
+        assert!(received < 16 << 20, "the whole answer arrived: {received}");
     }
 
     #[tokio::test]

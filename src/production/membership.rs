@@ -15,9 +15,13 @@
 //!   peers are held at once, and one that never says hello is forgotten after
 //!   [`UNVERIFIED_FORGET_AFTER`]: a forged list reaches one node's directory, briefly, not the
 //!   cluster's;
-//! - second-hand news never moves a known peer's address, and a hello cannot move the address
-//!   of a peer that is up (that would hand its traffic to whoever claims its id); a peer that
-//!   is down may come back from a new address.
+//! - second-hand news never moves a known peer's address, and a hello cannot change where a
+//!   peer that is up listens or lives (that would hand its traffic, its merged reads or its
+//!   place in placement to whoever claims its id); a peer that is down may come back from a
+//!   new address or place;
+//! - a peer not in this node's configuration that stays down for [`UNCONFIGURED_FORGET_AFTER`]
+//!   is forgotten, here and in the node's placement, so hellos with ever new ids cannot fill
+//!   the directory or the cluster's count of members for good.
 
 use crate::ids::{Location, NodeId};
 use crate::production::driver::{NodeHandle, NodeInput};
@@ -33,6 +37,8 @@ pub const PEERS_MAX: usize = 1024;
 pub const UNVERIFIED_PEERS_MAX: usize = 64;
 /// A peer learned second-hand that says no hello within this time is forgotten.
 pub const UNVERIFIED_FORGET_AFTER: Duration = Duration::from_secs(60);
+/// A peer not in the configuration that has been down this long is forgotten.
+pub const UNCONFIGURED_FORGET_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerView {
@@ -45,8 +51,11 @@ pub struct PeerView {
 
 #[derive(Debug)]
 struct PeerState {
-    /// Named in this node's configuration (first-hand): passed on from the start.
+    /// Named in this node's configuration (first-hand): passed on from the start, and never
+    /// forgotten.
     configured: bool,
+    /// When it last went down (or was learned, if it never came up).
+    down_since: Instant,
     /// Said hello itself at least once (first-hand): passed on from then on.
     verified: bool,
     learned_at: Instant,
@@ -72,6 +81,8 @@ pub struct Membership {
 pub enum Transition {
     Up(NodeId, Location, u64),
     Down(NodeId, u64),
+    /// Not in the configuration and down too long: no longer a member.
+    Forgotten(NodeId, u64),
 }
 
 /// Why a hello was refused; the connection that sent it is closed.
@@ -83,6 +94,8 @@ pub enum HelloRefused {
         known: SocketAddr,
         claimed: SocketAddr,
     },
+    #[error("peer {0} is up; a hello cannot change its client address or its place")]
+    ChangeWhileUp(NodeId),
     #[error("peer {0} is this node's own id")]
     OwnId(NodeId),
     #[error("the peer directory is full ({PEERS_MAX} peers)")]
@@ -149,6 +162,7 @@ impl Membership {
             id,
             PeerState {
                 configured,
+                down_since: now,
                 verified: false,
                 learned_at: now,
                 peer_address,
@@ -188,9 +202,15 @@ impl Membership {
                     claimed: peer_address,
                 });
             }
+            let changes = known.http_address.is_some_and(|old| old != http_address)
+                || known.location.as_ref().is_some_and(|old| *old != location);
+            if known.up && changes {
+                return Err(HelloRefused::ChangeWhileUp(id));
+            }
         }
         let state = peers.entry(id).or_insert(PeerState {
             configured: false,
+            down_since: now,
             verified: false,
             learned_at: now,
             peer_address,
@@ -230,26 +250,33 @@ impl Membership {
         None
     }
 
-    /// Peers silent for too long go down; second-hand peers that never said hello are
-    /// forgotten.
+    /// Peers silent for too long go down; second-hand peers that never said hello, and
+    /// peers not in the configuration that stayed down, are forgotten.
     pub fn expire(&self, now: Instant) -> Vec<Transition> {
         let mut peers = self.lock();
-        peers.retain(|id, state| {
-            let stale = !state.configured
-                && !state.verified
-                && now.duration_since(state.learned_at) > UNVERIFIED_FORGET_AFTER;
-            if stale {
-                tracing::info!(peer = %id, address = %state.peer_address, "forgetting a peer that was listed by another but never said hello");
-            }
-            !stale
-        });
         let mut transitions = Vec::new();
+        peers.retain(|id, state| {
+            if state.configured || state.up {
+                return true;
+            }
+            if !state.verified && now.duration_since(state.learned_at) > UNVERIFIED_FORGET_AFTER {
+                tracing::info!(peer = %id, address = %state.peer_address, "forgetting a peer that was listed by another but never said hello");
+                return false;
+            }
+            if state.verified && now.duration_since(state.down_since) > UNCONFIGURED_FORGET_AFTER {
+                tracing::warn!(peer = %id, address = %state.peer_address, "forgetting a peer that is not in the configuration and stayed down");
+                transitions.push(Transition::Forgotten(*id, state.generation + 1));
+                return false;
+            }
+            true
+        });
         for (id, state) in peers.iter_mut() {
             let silent = state
                 .last_heard
                 .is_none_or(|heard| now.duration_since(heard) > self.peer_down_after);
             if state.up && silent {
                 state.up = false;
+                state.down_since = now;
                 state.generation += 1;
                 transitions.push(Transition::Down(*id, state.generation));
             }
@@ -317,6 +344,7 @@ pub async fn report(node: &NodeHandle, transition: Transition) {
             generation,
         },
         Transition::Down(id, generation) => NodeInput::PeerDown { id, generation },
+        Transition::Forgotten(id, generation) => NodeInput::PeerForgotten { id, generation },
     };
     let _ = node.submit(input).await;
 }
@@ -468,5 +496,54 @@ mod tests {
                 start
             )
             .is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hello_cannot_change_where_an_up_peer_lives_and_strangers_are_forgotten() {
+        let membership = Membership::new(NodeId(1), Duration::from_secs(3));
+        let start = Instant::now();
+        let location = Location::new("r", "z");
+        membership
+            .hello(
+                NodeId(7),
+                address(9007),
+                address(8007),
+                location.clone(),
+                start,
+            )
+            .unwrap();
+        for (http, place) in [
+            (address(6666), location.clone()),
+            (address(8007), Location::new("r", "elsewhere")),
+        ] {
+            assert_eq!(
+                membership
+                    .hello(NodeId(7), address(9007), http, place, start)
+                    .unwrap_err(),
+                HelloRefused::ChangeWhileUp(NodeId(7))
+            );
+        }
+        // Down, then silent past the bound: forgotten, and the node is told.
+        let down = membership.expire(start + Duration::from_secs(4));
+        assert!(matches!(down[..], [Transition::Down(NodeId(7), _)]));
+        let later = start + Duration::from_secs(4) + UNCONFIGURED_FORGET_AFTER;
+        assert!(
+            membership.expire(later).is_empty(),
+            "not yet past the bound"
+        );
+        let forgotten = membership.expire(later + Duration::from_secs(1));
+        assert!(matches!(
+            forgotten[..],
+            [Transition::Forgotten(NodeId(7), _)]
+        ));
+        assert!(membership.dialled_peers().is_empty());
+        // A configured peer is never forgotten.
+        membership.learn_configured(NodeId(2), address(9002), start);
+        membership
+            .hello(NodeId(2), address(9002), address(8002), location, start)
+            .unwrap();
+        membership.expire(later);
+        membership.expire(later + UNCONFIGURED_FORGET_AFTER * 2);
+        assert_eq!(membership.dialled_peers(), vec![NodeId(2)]);
     }
 }

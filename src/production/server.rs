@@ -142,6 +142,7 @@ pub async fn serve(
         metrics: Arc::clone(&metrics),
         client,
         body_bytes_max: config.body_bytes_max,
+        put_answer_timeout: put_answer_timeout(config.http_limits.request_timeout),
     };
     match transport {
         Transport::Tcp(tcp) => {
@@ -190,6 +191,13 @@ pub async fn serve(
     tracing::info!(node = %config.node_id, "shut down");
     drop(data_dir_lock);
     Ok(())
+}
+
+/// How long a put waits for its commit level before the client is answered 504 with the key:
+/// 30 s, or less when the request timeout would cut the request first (a 408 could not say
+/// which key the write took).
+fn put_answer_timeout(request_timeout: Duration) -> Duration {
+    (request_timeout * 3 / 4).min(Duration::from_secs(30))
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -181,7 +181,9 @@ impl<N: PeerNet> TcpTransport<N> {
                 Ok(Ok(stream)) => {
                     tracing::debug!(%peer, %address, "connected");
                     backoff = BACKOFF_MIN;
-                    let reason = self.send_frames(stream, &mut queue, &queued_bytes).await;
+                    let reason = self
+                        .send_frames(peer, address, stream, &mut queue, &queued_bytes)
+                        .await;
                     match reason {
                         None => return,
                         Some(reason) => {
@@ -199,9 +201,12 @@ impl<N: PeerNet> TcpTransport<N> {
     }
 
     /// Writes the hello, then queued frames and heartbeats until the connection fails
-    /// (returns why) or the queue closes (returns `None`).
+    /// (returns why), the peer is forgotten or moved (returns why, and the loop that redials
+    /// notices), or the queue closes (returns `None`).
     async fn send_frames(
         &self,
+        peer: NodeId,
+        address: SocketAddr,
         mut stream: N::Stream,
         queue: &mut mpsc::Receiver<Vec<u8>>,
         queued_bytes: &AtomicUsize,
@@ -233,7 +238,12 @@ impl<N: PeerNet> TcpTransport<N> {
                     }
                     None => return None,
                 },
-                _ = ticks.tick() => heartbeat.clone(),
+                _ = ticks.tick() => {
+                    if self.membership.peer_address(peer) != Some(address) {
+                        return Some("the peer was forgotten or moved".to_string());
+                    }
+                    heartbeat.clone()
+                }
             };
             if let Err(reason) = write_with_timeout(&mut stream, &bytes).await {
                 return Some(reason);
@@ -379,10 +389,9 @@ impl<N: PeerNet> PeerSender for TcpTransport<N> {
     }
 }
 
-/// Accepts peer connections on `listener` forever.
-/// Accepts inbound peer connections, at most `connections_max` open at once: one more is
-/// closed at once and counted, so connections that say nothing (each is held until the hello
-/// timeout) cannot exhaust the process's file descriptors.
+/// Accepts peer connections on `listener` forever, at most `connections_max` open at once:
+/// one more is closed at once and counted, so connections that say nothing (each is held
+/// until the hello timeout) cannot exhaust the process's file descriptors.
 pub async fn accept_peers(
     transport: Arc<TcpTransport<TokioNet>>,
     listener: tokio::net::TcpListener,

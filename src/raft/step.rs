@@ -369,15 +369,10 @@ impl RaftGroup {
             .expect("a matching snapshot is being received");
         if let Some(check) = self.state.config.snapshot_check {
             if let Err(problem) = check(&data) {
-                // Start over: the leader's next chunk at offset 0 begins a new transfer.
+                // Not answered: the leader's transfer stays paused until a heartbeat answer
+                // resumes it, so a sender whose image is always refused retries at the
+                // heartbeat's pace, and logs this each time.
                 tracing::error!(node = %self.state.id, leader = %from, index = meta.index, %problem, "a received snapshot is invalid; refused");
-                self.send(
-                    from,
-                    MessageBody::SnapshotChunkResponse {
-                        index: meta.index,
-                        next_offset: 0,
-                    },
-                );
                 return false;
             }
         }

@@ -73,7 +73,7 @@ pub fn finish(world: &mut World) {
             at_micros: world.now_micros(),
             checker: "codec",
             message: format!(
-                "{} messages were too large for a frame and never sent",
+                "{} messages were refused by the codec at their sender and never sent",
                 world.messages_unencodable
             ),
         });

@@ -276,7 +276,7 @@ fn impersonate(
                 },
                 _ => return Some((Violating::HugeCount, huge_count(Message::Raft(envelope)))),
             };
-            wire::encode_message(&Message::Raft(envelope))
+            wire::encode_message_unchecked(&Message::Raft(envelope))
                 .ok()
                 .map(|forged| (violating, forged))
         }
@@ -287,7 +287,7 @@ fn impersonate(
                 key,
                 event: b"{\"unterminated\": [1, 2".to_vec(),
             };
-            wire::encode_message(&forged)
+            wire::encode_message_unchecked(&forged)
                 .ok()
                 .map(|forged| (Violating::EventNotJson, forged))
         }
@@ -302,18 +302,28 @@ fn impersonate(
     }
 }
 
-/// The frame of `message` cut after its header and variant, followed by a count of 2^35
-/// elements and a few bytes: a decoder that trusted the count would try to allocate it.
+/// The frame of `message` cut where its first length or count goes, which says 2^35 and is
+/// followed by a few bytes: a decoder that trusted it would try to allocate it.
 fn huge_count(message: Message) -> Vec<u8> {
-    let variant: u8 = match message {
-        Message::Replicate { .. } => 0,
-        Message::ReplicateResult { .. } => 1,
-        Message::Confirm { .. } => 2,
-        Message::Raft(_) => 3,
-    };
+    const HUGE: [u8; 6] = [0x80, 0x80, 0x80, 0x80, 0x80, 0x01];
     let mut frame = wire::header(FrameKind::Message);
-    frame.push(variant);
-    frame.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01]);
+    match message {
+        // The event's byte length, after a valid write id and key.
+        Message::Replicate { write_id, key, .. } => {
+            frame.push(0);
+            frame = postcard::to_extend(&(write_id, key), frame).expect("a key encodes");
+        }
+        // The refusal text's length, after a valid write id, key, `Err` and reason.
+        Message::ReplicateResult { write_id, key, .. } => {
+            frame.push(1);
+            frame = postcard::to_extend(&(write_id, key), frame).expect("a key encodes");
+            frame.extend_from_slice(&[1, 0]);
+        }
+        // The count of keys, or of Raft messages.
+        Message::Confirm { .. } => frame.push(2),
+        Message::Raft(_) => frame.push(3),
+    }
+    frame.extend_from_slice(&HUGE);
     frame.extend_from_slice(&[1, 2, 3]);
     frame
 }
