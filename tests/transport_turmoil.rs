@@ -657,7 +657,8 @@ fn a_peer_that_never_reads_costs_a_bounded_queue_and_a_redial() {
                     Message::Replicate {
                         write_id,
                         key: EventKey::from_parts(KEY_TIMESTAMP_MICROS, NODE_A, write_id as u32),
-                        event: vec![round as u8; EVENT_BYTES],
+                        // A JSON string: a node refuses to send an event its peer would refuse.
+                        event: format!("\"{}\"", "r".repeat(EVENT_BYTES - 2)).into_bytes(),
                     },
                 );
                 sent += 1;
