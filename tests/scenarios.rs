@@ -23,7 +23,6 @@ fn seeds_of(scenario: &Scenario) -> Vec<u64> {
 /// Runs the scenario's seeds (the first one twice when `first_twice`) and describes every run
 /// that missed its expectation, with the command that replays it.
 fn missed_runs(scenario: &Scenario, first_twice: bool) -> Vec<String> {
-    let expectation = scenario.file.scenario.expect;
     let mut missed = Vec::new();
     for (index, seed) in seeds_of(scenario).into_iter().enumerate() {
         let summary = if first_twice && index == 0 {
@@ -31,7 +30,7 @@ fn missed_runs(scenario: &Scenario, first_twice: bool) -> Vec<String> {
         } else {
             run_seed(scenario, seed)
         };
-        if !summary.met(expectation) {
+        if !summary.met(&scenario.file.scenario) {
             missed.push(format!(
                 "{}replay: {}",
                 summary.report(),

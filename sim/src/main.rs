@@ -13,7 +13,7 @@
 //! - `borough-sim raft-bench --groups 1,100,10000` benchmarks Raft partitions: speed,
 //!   messages and syncs per committed entry, and the memory of a quiet group.
 
-use borough_sim::runner::{replay_command, run_seed, run_seed_twice, RunSummary};
+use borough_sim::runner::{replay_command, run_guarded, run_seed, RunSummary};
 use borough_sim::scenario::{find_scenarios, Expectation, Scenario};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -220,10 +220,11 @@ fn init_logs(default_filter: &str) {
 
 fn result_line(summary: &RunSummary, met: bool) -> String {
     format!(
-        "result: {} seed={} trace={:016x} sim_s={:.3} wall_s={:.3}",
+        "result: {} seed={} trace={:016x} unknown_keys={} sim_s={:.3} wall_s={:.3}",
         if met { "pass" } else { "fail" },
         summary.seed,
         summary.trace_hash,
+        summary.linearizability_unknown_keys,
         summary.simulated_seconds,
         summary.wall_seconds
     )
@@ -236,20 +237,18 @@ fn run(path: &Path, seed: u64, twice: bool) -> ExitCode {
         Err(code) => return code,
     };
     init_logs("warn");
-    let summary = if twice {
-        run_seed_twice(&scenario, seed)
-    } else {
-        run_seed(&scenario, seed)
-    };
+    let summary = run_guarded(&scenario, seed, twice);
     print!("{}", summary.report());
-    let expectation = scenario.file.scenario.expect;
-    let met = summary.met(expectation);
+    let met = summary.met(&scenario.file.scenario);
     if !met {
-        match expectation {
-            Expectation::Pass => println!("the run broke a guarantee (violations above)"),
-            Expectation::Fail => {
-                println!("the scenario expects a checker to catch its planted bug, and none did")
+        match (
+            scenario.file.scenario.expect,
+            scenario.file.scenario.caught_by,
+        ) {
+            (Expectation::Fail, Some(checker)) => {
+                println!("the scenario expects {checker} to catch its planted bug, and it did not")
             }
+            _ => println!("the run broke a guarantee (violations above)"),
         }
         println!("replay: {}", replay_command(&scenario, seed));
     }
@@ -300,8 +299,9 @@ fn sweep(
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
         .clamp(1, runs.len().max(1));
     let next_run = std::sync::atomic::AtomicUsize::new(0);
-    let (passed, failed) = std::thread::scope(|scope| {
-        let (results, received) = std::sync::mpsc::channel::<Option<String>>();
+    let (passed, failed, unknown_keys) = std::thread::scope(|scope| {
+        // Per run: the line describing it if it missed, and its unknown linearizability keys.
+        let (results, received) = std::sync::mpsc::channel::<(Option<String>, u64)>();
         for _ in 0..jobs {
             let results = results.clone();
             let (runs, scenarios, next_run) = (&runs, &scenarios, &next_run);
@@ -314,21 +314,21 @@ fn sweep(
                     break;
                 };
                 let scenario = &scenarios[scenario_index];
-                let summary = if twice {
-                    run_seed_twice(scenario, seed)
-                } else {
-                    run_seed(scenario, seed)
-                };
-                let missed = (!summary.met(scenario.file.scenario.expect))
+                let summary = run_guarded(scenario, seed, twice);
+                let missed = (!summary.met(&scenario.file.scenario))
                     .then(|| failure_line(scenario, seed, &summary, failures));
-                if results.send(missed).is_err() {
+                if results
+                    .send((missed, summary.linearizability_unknown_keys))
+                    .is_err()
+                {
                     break;
                 }
             });
         }
         drop(results);
-        let (mut passed, mut failed) = (0u64, 0u64);
-        for missed in received {
+        let (mut passed, mut failed, mut unknown_keys) = (0u64, 0u64, 0u64);
+        for (missed, unknown) in received {
+            unknown_keys += unknown;
             match missed {
                 None => passed += 1,
                 Some(line) => {
@@ -344,11 +344,11 @@ fn sweep(
             progress.set_message(format!("{failed} failed"));
             progress.inc(1);
         }
-        (passed, failed)
+        (passed, failed, unknown_keys)
     });
     progress.finish_and_clear();
     println!(
-        "swept: {} runs, {passed} passed, {failed} failed",
+        "swept: {} runs, {passed} passed, {failed} failed, linearizability unknown keys: {unknown_keys}",
         passed + failed
     );
     if failed == 0 {
@@ -361,13 +361,22 @@ fn sweep(
 /// What a sweep prints for a run that missed its expectation, after keeping its log.
 fn failure_line(scenario: &Scenario, seed: u64, summary: &RunSummary, failures: &Path) -> String {
     let log = keep_failure_log(scenario, seed, failures);
-    format!(
-        "FAIL {} seed={seed}: {}\n  replay: {}\n  log: {log}",
-        scenario.name,
-        summary.violations.first().map_or(
-            "no checker caught the planted bug".to_string(),
-            |violation| format!("[{}] {}", violation.checker, violation.message)
+    let first = summary
+        .violations
+        .first()
+        .map(|violation| format!("[{}] {}", violation.checker, violation.message));
+    let why = match (scenario.file.scenario.caught_by, first) {
+        (Some(checker), first) => format!(
+            "{checker} did not catch the planted bug{}",
+            first.map_or(String::new(), |first| format!(
+                " (first violation: {first})"
+            ))
         ),
+        (None, first) => first.unwrap_or_default(),
+    };
+    format!(
+        "FAIL {} seed={seed}: {why}\n  replay: {}\n  log: {log}",
+        scenario.name,
         replay_command(scenario, seed)
     )
 }
@@ -389,7 +398,8 @@ fn keep_failure_log(scenario: &Scenario, seed: u64, failures: &Path) -> String {
         .with_ansi(false)
         .with_writer(std::sync::Mutex::new(file))
         .finish();
-    let summary = tracing::subscriber::with_default(subscriber, || run_seed(scenario, seed));
+    let summary =
+        tracing::subscriber::with_default(subscriber, || run_guarded(scenario, seed, false));
     let _ = std::fs::OpenOptions::new()
         .append(true)
         .open(&path)
@@ -414,7 +424,7 @@ fn bench(path: &Path, seeds: Range<u64>) -> ExitCode {
             summary.puts,
             summary.messages_delivered,
             summary.syncs,
-            if summary.met(scenario.file.scenario.expect) {
+            if summary.met(&scenario.file.scenario) {
                 ""
             } else {
                 " (missed its expectation)"

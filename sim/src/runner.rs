@@ -1,13 +1,14 @@
 //! Running scenarios: one seed, one seed twice (the determinism check), and sweeps.
 
+use crate::checkers::Checker;
 use crate::run_config::RunConfig;
-use crate::scenario::{Expectation, Scenario};
+use crate::scenario::{Expectation, Scenario, ScenarioSection};
 use crate::workload::PutOutcome;
 use crate::world::{Violation, World};
 use std::fmt::Write as _;
 
 /// What one run did; everything but `wall_seconds` is a function of the seed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RunSummary {
     pub scenario: String,
     pub seed: u64,
@@ -56,19 +57,24 @@ impl RunSummary {
         self.violations.is_empty()
     }
 
-    /// Whether the run met its scenario's expectation. A run that did not replay identically
-    /// meets none: a canary's failure is only evidence if it is reproducible.
-    pub fn met(&self, expectation: Expectation) -> bool {
+    /// Whether the run met its scenario's expectation: no violation, or for a canary one
+    /// from the checker it names (`caught_by`); another checker firing is not a catch. A run
+    /// that did not replay identically, panicked or ran out of budget meets none: a canary's
+    /// failure is only evidence if it is reproducible and came from a checker.
+    pub fn met(&self, scenario: &ScenarioSection) -> bool {
         if self
             .violations
             .iter()
-            .any(|violation| violation.checker == "determinism")
+            .any(|violation| violation.checker.judges_the_run())
         {
             return false;
         }
-        match expectation {
+        match scenario.expect {
             Expectation::Pass => self.passed_checks(),
-            Expectation::Fail => !self.passed_checks(),
+            Expectation::Fail => self
+                .violations
+                .iter()
+                .any(|violation| Some(violation.checker) == scenario.caught_by),
         }
     }
 
@@ -216,7 +222,7 @@ pub fn run_seed_twice(scenario: &Scenario, seed: u64) -> RunSummary {
     if first.trace_hash != second.trace_hash {
         second.violations.push(Violation {
             at_micros: 0,
-            checker: "determinism",
+            checker: Checker::Determinism,
             message: format!(
                 "the same seed produced two traces: {:016x} then {:016x}",
                 first.trace_hash, second.trace_hash
@@ -226,10 +232,122 @@ pub fn run_seed_twice(scenario: &Scenario, seed: u64) -> RunSummary {
     second
 }
 
+/// Runs the seed (twice when asked, the determinism check) and turns a panic into a failed
+/// run with a `panic` violation, so a sweep reports it with its replay command and goes on.
+pub fn run_guarded(scenario: &Scenario, seed: u64, twice: bool) -> RunSummary {
+    guarded(scenario, seed, || {
+        if twice {
+            run_seed_twice(scenario, seed)
+        } else {
+            run_seed(scenario, seed)
+        }
+    })
+}
+
+fn guarded(scenario: &Scenario, seed: u64, run: impl FnOnce() -> RunSummary) -> RunSummary {
+    // A world that panicked is dropped whole; nothing of it is looked at again.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(a panic without a message)".to_string());
+        RunSummary {
+            scenario: scenario.name.clone(),
+            seed,
+            violations: vec![Violation {
+                at_micros: 0,
+                checker: Checker::Panic,
+                message: format!("the run panicked: {message}"),
+            }],
+            ..RunSummary::default()
+        }
+    })
+}
+
 /// The command that replays a run.
 pub fn replay_command(scenario: &Scenario, seed: u64) -> String {
     format!(
         "cargo run --release -p borough-sim -- run {} --seed {seed}",
         scenario.path.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::world::RunBudget;
+    use std::path::Path;
+
+    fn scenario(expect: &str) -> Scenario {
+        let text = format!(
+            r#"
+[scenario]
+tier = "fast"
+seeds = 1
+expect = "{expect}"
+safety_duration_ms = 1000
+liveness_duration_ms = 1000
+
+[cluster]
+regions = 1
+zones_per_region = 3
+nodes_per_zone = 1
+
+[knobs]
+
+[[workload]]
+kind = "events"
+rate_per_s = 100
+"#
+        );
+        Scenario::parse(Path::new("budget.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn a_run_past_its_budget_fails_with_the_reason() {
+        let scenario = scenario("pass");
+        let mut world = World::new(RunConfig::draw(&scenario, 1));
+        world.budget = RunBudget {
+            events_max: 500,
+            ..RunBudget::default()
+        };
+        world.run();
+        let budget: Vec<_> = world
+            .violations
+            .iter()
+            .filter(|violation| violation.checker == Checker::RunBudget)
+            .collect();
+        assert_eq!(budget.len(), 1, "{:?}", world.violations);
+        assert!(budget[0].message.contains("more than 500 events"));
+        assert!(world.steps <= 501, "the run stopped at its budget");
+    }
+
+    #[test]
+    fn a_panic_is_a_failed_run_that_names_it() {
+        let scenario = scenario("pass");
+        let summary = guarded(&scenario, 9, || panic!("a planted panic"));
+        assert_eq!(summary.seed, 9);
+        assert_eq!(summary.violations[0].checker, Checker::Panic);
+        assert!(summary.violations[0].message.contains("a planted panic"));
+        assert!(!summary.met(&scenario.file.scenario));
+    }
+
+    #[test]
+    fn a_canary_counts_only_its_own_checker() {
+        let mut canary = scenario("pass").file.scenario;
+        canary.expect = Expectation::Fail;
+        canary.caught_by = Some(Checker::Linearizability);
+        let caught_by = |checker| RunSummary {
+            violations: vec![Violation {
+                at_micros: 0,
+                checker,
+                message: String::new(),
+            }],
+            ..RunSummary::default()
+        };
+        assert!(caught_by(Checker::Linearizability).met(&canary));
+        assert!(!caught_by(Checker::RaftLiveness).met(&canary));
+        assert!(!RunSummary::default().met(&canary));
+    }
 }

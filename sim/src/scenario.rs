@@ -5,6 +5,7 @@
 //! drawn again at every occurrence. Unknown keys are errors that name the key and the file.
 //! The format is documented in `scenarios/README.md`.
 
+use crate::checkers::Checker;
 use borough::coordinator::CommitLevel;
 use borough::events::ConsolidationInterval;
 use borough::node::PlantedBug;
@@ -96,6 +97,10 @@ pub struct ScenarioSection {
     #[serde(default)]
     pub pinned_seeds: Vec<u64>,
     pub expect: Expectation,
+    /// A canary's checker: the one that must catch its planted bug. Another checker firing
+    /// does not count, so a canary proves that checker sees the rule its bug breaks.
+    #[serde(default)]
+    pub caught_by: Option<Checker>,
     /// Faults are injected during this phase.
     pub safety_duration_ms: Drawn<u64>,
     /// Faults are healed; the cluster must converge within this phase.
@@ -466,6 +471,23 @@ impl Scenario {
 }
 
 fn validate(file: &ScenarioFile) -> Result<(), String> {
+    match (file.scenario.expect, file.scenario.caught_by) {
+        (Expectation::Fail, None) => {
+            return Err(
+                "a canary (expect = \"fail\") names the checker that must catch it: caught_by"
+                    .into(),
+            )
+        }
+        (Expectation::Fail, Some(checker)) if checker.judges_the_run() => {
+            return Err(format!(
+                "caught_by = \"{checker}\" judges the run, not the rule a planted bug breaks"
+            ))
+        }
+        (Expectation::Pass, Some(_)) => {
+            return Err("caught_by is for canaries (expect = \"fail\") only".into())
+        }
+        _ => {}
+    }
     ConsolidationInterval::parse(&file.knobs.consolidation_interval)
         .map_err(|error| error.to_string())?;
     if let Some(bug) = &file.knobs.planted_bug {
@@ -636,6 +658,37 @@ nodes_per_zone = [1, 2]
         let mut rng = SeededRng::from_seed(1);
         let drawn = scenario.file.cluster.nodes_per_zone.draw(&mut rng);
         assert!((1..=2).contains(&drawn));
+    }
+
+    #[test]
+    fn a_canary_names_a_checker_of_the_system() {
+        let canary = |line: &str| MINIMAL.replace("expect = \"pass\"", line);
+        let parsed = Scenario::parse(
+            Path::new("c.toml"),
+            &canary("expect = \"fail\"\ncaught_by = \"linearizability\""),
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.file.scenario.caught_by,
+            Some(Checker::Linearizability)
+        );
+        for (line, expected) in [
+            ("expect = \"fail\"", "names the checker"),
+            (
+                "expect = \"fail\"\ncaught_by = \"determinism\"",
+                "judges the run",
+            ),
+            (
+                "expect = \"fail\"\ncaught_by = \"lineariz\"",
+                "unknown variant",
+            ),
+            ("expect = \"pass\"\ncaught_by = \"codec\"", "for canaries"),
+        ] {
+            let error = Scenario::parse(Path::new("c.toml"), &canary(line))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{line}: {error}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! message the codec will not encode is dropped and counted, as the TCP transport drops it; a
 //! frame that does not decode (only the garbage peer sends those) reaches no node.
 
+use crate::checkers::Checker;
 use crate::clock::{ClockSkew, SimClock, VirtualTime};
 use crate::disk::{DiskFaults, ProcessDisk, SimDisk};
 use crate::network::{NetworkModel, Outbox, SimNetworkHandle};
@@ -82,6 +83,27 @@ pub enum Event {
 
 /// Timer firings of one node in one simulated second above which it is spinning.
 const TIMER_FIRINGS_PER_SECOND_MAX: u64 = 20_000;
+
+/// A run's budget: events handled, events waiting, and bytes of frames in flight. The
+/// largest scenarios use a few million events and hold a few thousand; a run past any of
+/// these is a message storm (a bug driving nodes to send without bound) and ends with a
+/// `run_budget` violation instead of taking the machine's memory.
+#[derive(Clone, Copy, Debug)]
+pub struct RunBudget {
+    pub events_max: u64,
+    pub queued_events_max: usize,
+    pub queued_frame_bytes_max: u64,
+}
+
+impl Default for RunBudget {
+    fn default() -> Self {
+        Self {
+            events_max: 200_000_000,
+            queued_events_max: 2_000_000,
+            queued_frame_bytes_max: 2 << 30,
+        }
+    }
+}
 
 /// A queued event, ordered by time, then by when it was scheduled.
 #[derive(Debug)]
@@ -158,7 +180,7 @@ impl SimNode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
     pub at_micros: u64,
-    pub checker: &'static str,
+    pub checker: crate::checkers::Checker,
     pub message: String,
 }
 
@@ -198,6 +220,9 @@ pub struct World {
     /// Snapshots installed by node lives that ended (crashes and stops).
     snapshots_installed_before: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
+    /// Bytes of the frames waiting in `queue`, for the run budget.
+    queued_frame_bytes: u64,
+    pub budget: RunBudget,
     next_sequence: u64,
 }
 
@@ -253,6 +278,8 @@ impl World {
             partition_hosts: BTreeMap::new(),
             snapshots_installed_before: 0,
             queue: BinaryHeap::new(),
+            queued_frame_bytes: 0,
+            budget: RunBudget::default(),
             next_sequence: 0,
             config,
         };
@@ -279,6 +306,9 @@ impl World {
     }
 
     pub fn schedule(&mut self, at_micros: u64, event: Event) {
+        if let Event::Deliver { frame, .. } = &event {
+            self.queued_frame_bytes += frame.len() as u64;
+        }
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         self.queue.push(Reverse(Scheduled {
@@ -309,9 +339,21 @@ impl World {
             self.now.set(scheduled.at_micros);
             crate::trace::set_log_time(scheduled.at_micros);
             self.steps += 1;
+            if let Event::Deliver { frame, .. } = &scheduled.event {
+                self.queued_frame_bytes -= frame.len() as u64;
+            }
             self.handle(scheduled.event);
             if self.ended {
                 break;
+            }
+            if let Some(reason) = self.over_budget() {
+                self.violations.push(Violation {
+                    at_micros: self.now.get(),
+                    checker: Checker::RunBudget,
+                    message: reason,
+                });
+                // The world is out of bounds: checking it would only spend more.
+                return;
             }
         }
         crate::checkers::finish(self);
@@ -321,6 +363,30 @@ impl World {
                 process_disk.kill();
             }
         }
+    }
+
+    /// Why the run must stop now, if it has spent its budget.
+    fn over_budget(&self) -> Option<String> {
+        let budget = self.budget;
+        if self.steps > budget.events_max {
+            return Some(format!(
+                "the run handled more than {} events",
+                budget.events_max
+            ));
+        }
+        if self.queue.len() > budget.queued_events_max {
+            return Some(format!(
+                "more than {} events were waiting at once (a message storm?)",
+                budget.queued_events_max
+            ));
+        }
+        if self.queued_frame_bytes > budget.queued_frame_bytes_max {
+            return Some(format!(
+                "frames in flight held {} bytes, over {} (a message storm?)",
+                self.queued_frame_bytes, budget.queued_frame_bytes_max
+            ));
+        }
+        None
     }
 
     fn handle(&mut self, event: Event) {
@@ -393,7 +459,7 @@ impl World {
             let id = sim_node.id;
             self.violations.push(Violation {
                 at_micros: self.now.get(),
-                checker: "busy_loop",
+                checker: Checker::BusyLoop,
                 message: format!(
                     "{id}'s deadlines fired {TIMER_FIRINGS_PER_SECOND_MAX} times within one simulated second"
                 ),
@@ -450,7 +516,7 @@ impl World {
                     // A node's own message that the codec refuses would close a real link.
                     self.violations.push(Violation {
                         at_micros: self.now.get(),
-                        checker: "codec",
+                        checker: Checker::Codec,
                         message: format!("{to} refused a frame {from} sent: {error}"),
                     });
                 }
@@ -586,7 +652,7 @@ impl World {
             // Only a failing disk may poison a store: nothing a peer or client says can.
             self.violations.push(Violation {
                 at_micros: now,
-                checker: "no_poison",
+                checker: Checker::NoPoison,
                 message: format!("{id}'s store was poisoned without any disk fault"),
             });
         }
@@ -718,7 +784,7 @@ impl World {
                 // Disk faults are healed: a node that cannot boot lost its durable state.
                 self.violations.push(Violation {
                     at_micros: self.now.get(),
-                    checker: "recovery",
+                    checker: Checker::Recovery,
                     message: format!("{id} failed to recover from its disk: {error}"),
                 });
                 self.ended = true;

@@ -10,6 +10,7 @@
 //!   cluster has;
 //! - liveness: every put issued at least `liveness_bound_ms` after healing is acknowledged.
 
+use super::Checker;
 use crate::workload::{PutOutcome, PutRecord};
 use crate::world::{Violation, World};
 use borough::events::EventKey;
@@ -42,7 +43,7 @@ impl StoredCopies {
         for message in unreadable {
             world.violations.push(Violation {
                 at_micros: world.now_micros(),
-                checker: "recovery",
+                checker: Checker::Recovery,
                 message: format!("store unreadable after recovery: {message}"),
             });
         }
@@ -61,14 +62,14 @@ pub fn check(world: &mut World, stored: &StoredCopies) {
     let now = world.now_micros();
     let checks = world.config.checks.clone();
     let replication_factor = world.config.replication_factor as usize;
-    let mut found: Vec<(&'static str, String)> = Vec::new();
+    let mut found: Vec<(Checker, String)> = Vec::new();
 
     if checks.write_once {
         for (key, copies) in &stored.copies {
             let distinct: BTreeSet<&Vec<u8>> = copies.iter().map(|(_, event)| event).collect();
             if distinct.len() > 1 {
                 found.push((
-                    "write_once",
+                    Checker::WriteOnce,
                     format!(
                         "key {key} holds {} different contents across nodes",
                         distinct.len()
@@ -89,14 +90,14 @@ pub fn check(world: &mut World, stored: &StoredCopies) {
                 .and_then(|copies| copies.iter().find(|(_, event)| *event != record.event))
             {
                 found.push((
-                    "write_once",
+                    Checker::WriteOnce,
                     format!("key {key} on {node} differs from what the client put"),
                 ));
             }
         }
         if checks.no_acknowledged_loss && holders.is_empty() {
             found.push((
-                "no_acknowledged_loss",
+                Checker::NoAcknowledgedLoss,
                 format!(
                     "acknowledged event {key} (commit level {}, coordinator {}) is on no node",
                     record.commit_level, record.coordinator
@@ -106,13 +107,13 @@ pub fn check(world: &mut World, stored: &StoredCopies) {
         }
         if checks.replication_factor_restored && holders.len() < replication_factor {
             found.push((
-                "replication_factor_restored",
+                Checker::ReplicationFactorRestored,
                 format!("acknowledged event {key} is on {} of {replication_factor} nodes after healing: {holders:?}", holders.len()),
             ));
         }
         if checks.placement && record.issued_micros >= placement_from {
             if let Some(problem) = placement_problem(world, record, &holders, &locations) {
-                found.push(("placement", format!("event {key}: {problem}")));
+                found.push((Checker::Placement, format!("event {key}: {problem}")));
             }
         }
     }
@@ -125,7 +126,7 @@ pub fn check(world: &mut World, stored: &StoredCopies) {
             && !matches!(record.outcome, PutOutcome::Acknowledged { .. })
         {
             found.push((
-                "liveness",
+                Checker::Liveness,
                 format!(
                     "put {request_id} issued {} ms after healing to {} was not acknowledged: {:?}",
                     (record.issued_micros - world.config.safety_micros) / 1000,

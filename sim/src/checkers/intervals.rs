@@ -6,6 +6,7 @@
 //! - consistent: a closed interval's event count and digest (XOR of xxh3 of its keys) match the
 //!   events the node actually holds in it.
 
+use super::Checker;
 use super::StoredCopies;
 use crate::world::{Violation, World};
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,7 +82,7 @@ pub fn check(world: &mut World, stored: &StoredCopies) {
     for message in found {
         world.violations.push(Violation {
             at_micros: now,
-            checker: "intervals",
+            checker: Checker::Intervals,
             message,
         });
     }

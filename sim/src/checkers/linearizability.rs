@@ -93,10 +93,12 @@ pub enum CheckOutcome {
         key: Vec<u8>,
         explanation: Box<Explanation>,
     },
-    /// The search for this key ran past its step budget; nothing is known about it.
+    /// The search ran past its step budget on `unknown_keys` keys (the first is `key`);
+    /// nothing is known about them, so a checker must not count this as a pass.
     Unknown {
         key: Vec<u8>,
         reason: String,
+        unknown_keys: usize,
     },
 }
 
@@ -127,23 +129,33 @@ pub struct Explanation {
 }
 
 /// Checks every key of `operations` independently, in key order. A definite violation on any
-/// key wins over a search that gave up on another.
+/// key wins over a search that gave up on another; an unknown answer counts every key the
+/// search gave up on.
 pub fn check_history(operations: &[Operation], max_steps_per_key: u64) -> CheckOutcome {
     let mut by_key: BTreeMap<&[u8], Vec<usize>> = BTreeMap::new();
     for (index, operation) in operations.iter().enumerate() {
         by_key.entry(operation.key()).or_default().push(index);
     }
     let mut first_unknown = None;
+    let mut unknown_count = 0;
     for (key, indexes) in by_key {
         match check_indexes(key, operations, &indexes, max_steps_per_key) {
             CheckOutcome::Linearizable => {}
             violation @ CheckOutcome::NotLinearizable { .. } => return violation,
             unknown @ CheckOutcome::Unknown { .. } => {
+                unknown_count += 1;
                 first_unknown.get_or_insert(unknown);
             }
         }
     }
-    first_unknown.unwrap_or(CheckOutcome::Linearizable)
+    match first_unknown {
+        Some(CheckOutcome::Unknown { key, reason, .. }) => CheckOutcome::Unknown {
+            key,
+            reason,
+            unknown_keys: unknown_count,
+        },
+        _ => CheckOutcome::Linearizable,
+    }
 }
 
 /// Checks the operations of `operations` on `key` alone; the others are ignored.
@@ -687,6 +699,7 @@ fn check_indexes(
                      linearization found places {found} of {required_count} operations",
                     search.cache.entries.len(),
                 ),
+                unknown_keys: 1,
             };
         }
         let (local, is_call, next) = {
@@ -900,9 +913,15 @@ impl fmt::Display for CheckOutcome {
                     Bytes(key)
                 )
             }
-            CheckOutcome::Unknown { key, reason } => {
-                write!(formatter, "key {} is unknown: {reason}", Bytes(key))
-            }
+            CheckOutcome::Unknown {
+                key,
+                reason,
+                unknown_keys,
+            } => write!(
+                formatter,
+                "{unknown_keys} keys unknown; the first, {}: {reason}",
+                Bytes(key)
+            ),
         }
     }
 }
@@ -1346,12 +1365,20 @@ mod tests {
 
     #[test]
     fn search_past_its_budget_is_unknown() {
-        let history = generate_register_history(7, 8, 1, 500);
+        let history = generate_register_history(7, 8, 3, 500);
         assert_eq!(check(&history), CheckOutcome::Linearizable);
         match check_history(&history, 10) {
-            CheckOutcome::Unknown { key, reason } => {
+            CheckOutcome::Unknown {
+                key,
+                reason,
+                unknown_keys,
+            } => {
                 assert_eq!(key, b"key-000");
                 assert!(reason.contains("after 10 steps"), "{reason}");
+                assert_eq!(
+                    unknown_keys, 3,
+                    "every key the search gave up on is counted"
+                );
             }
             other => panic!("expected unknown, got {other}"),
         }

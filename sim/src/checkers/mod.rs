@@ -6,6 +6,7 @@
 //! interval checks in `intervals`, and the Raft partition checks in `raft` (which also judge
 //! every apply and role change as it happens, and the kv history's linearizability).
 
+mod checker;
 mod event_store;
 mod intervals;
 pub mod linearizability;
@@ -17,6 +18,7 @@ use borough::coordinator::PutError;
 use borough::events::EventKey;
 use borough::ids::NodeId;
 
+pub use checker::Checker;
 pub use event_store::StoredCopies;
 
 pub fn on_answer(
@@ -40,7 +42,7 @@ pub fn on_answer(
             {
                 world.violations.push(Violation {
                     at_micros: now,
-                    checker: "write_once",
+                    checker: Checker::WriteOnce,
                     message: format!("key {key} was returned for two puts: request {previous} and request {request_id}"),
                 });
             }
@@ -64,14 +66,14 @@ pub fn finish(world: &mut World) {
     if world
         .violations
         .iter()
-        .any(|violation| violation.checker == "recovery")
+        .any(|violation| violation.checker == Checker::Recovery)
     {
         return;
     }
     if world.messages_unencodable > 0 {
         world.violations.push(Violation {
             at_micros: world.now_micros(),
-            checker: "codec",
+            checker: Checker::Codec,
             message: format!(
                 "{} messages were refused by the codec at their sender and never sent",
                 world.messages_unencodable

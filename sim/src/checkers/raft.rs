@@ -15,6 +15,7 @@
 //! - linearizability of the kv history, per key (`linearizability`), and liveness of kv writes
 //!   issued once the cluster healed.
 
+use super::Checker;
 use crate::checkers::linearizability::{check_history, CheckOutcome, OperationOutput};
 use crate::world::{Violation, World};
 use borough::ids::NodeId;
@@ -81,7 +82,7 @@ pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput) {
                     );
                     world.violations.push(Violation {
                         at_micros: now,
-                        checker: "state_machine_safety",
+                        checker: Checker::StateMachineSafety,
                         message,
                     });
                 }
@@ -115,7 +116,7 @@ pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput) {
                     );
                     world.violations.push(Violation {
                         at_micros: now,
-                        checker: "election_safety",
+                        checker: Checker::ElectionSafety,
                         message,
                     });
                 }
@@ -160,7 +161,7 @@ fn check_leader_completeness(world: &mut World, node: NodeId, partition: Partiti
         );
         world.violations.push(Violation {
             at_micros: world.now_micros(),
-            checker: "leader_completeness",
+            checker: Checker::LeaderCompleteness,
             message,
         });
     }
@@ -216,7 +217,7 @@ pub fn check_converged(world: &mut World) {
         if leaders.is_empty() {
             world.violations.push(Violation {
                 at_micros: now,
-                checker: "raft_liveness",
+                checker: Checker::RaftLiveness,
                 message: format!("{id} has no leader at the end of the healed phase"),
             });
         }
@@ -225,7 +226,7 @@ pub fn check_converged(world: &mut World) {
         if distinct.len() > 1 {
             world.violations.push(Violation {
                 at_micros: now,
-                checker: "raft_liveness",
+                checker: Checker::RaftLiveness,
                 message: format!("{id} replicas did not converge: applied {applied:?}"),
             });
         }
@@ -275,7 +276,7 @@ pub fn check_durable_and_linearizable(world: &mut World) {
             if holding < voters.len() / 2 + 1 {
                 world.violations.push(Violation {
                     at_micros: now,
-                    checker: "raft_durability",
+                    checker: Checker::RaftDurability,
                     message: format!(
                         "{id}: entry {index} (term {term}) was applied but only {holding} of {} voters {voters:?} hold it after a power cycle",
                         voters.len()
@@ -294,14 +295,14 @@ pub fn check_durable_and_linearizable(world: &mut World) {
     if stuck > 0 {
         world.violations.push(Violation {
             at_micros: now,
-            checker: "raft_liveness",
+            checker: Checker::RaftLiveness,
             message: format!("{stuck} kv writes issued after the cluster healed got no answer"),
         });
     }
     if world.violations.iter().any(|violation| {
         matches!(
             violation.checker,
-            "state_machine_safety" | "election_safety" | "leader_completeness"
+            Checker::StateMachineSafety | Checker::ElectionSafety | Checker::LeaderCompleteness
         )
     }) {
         // The run already failed on the protocol's own invariants; searching a history that
@@ -314,13 +315,25 @@ pub fn check_durable_and_linearizable(world: &mut World) {
         CheckOutcome::NotLinearizable { key, explanation } => {
             world.violations.push(Violation {
                 at_micros: now,
-                checker: "linearizability",
+                checker: Checker::Linearizability,
                 message: format!("key {}: {explanation:?}", String::from_utf8_lossy(&key)),
             });
         }
-        CheckOutcome::Unknown { key, reason } => {
-            tracing::warn!(key = %String::from_utf8_lossy(&key), %reason, "linearizability unknown for a key");
-            world.linearizability_unknown_keys += 1;
+        // A search that gave up proves nothing: the run fails, and says how many keys.
+        CheckOutcome::Unknown {
+            key,
+            reason,
+            unknown_keys,
+        } => {
+            world.linearizability_unknown_keys = unknown_keys as u64;
+            world.violations.push(Violation {
+                at_micros: now,
+                checker: Checker::Linearizability,
+                message: format!(
+                    "{unknown_keys} keys could not be checked within {LINEARIZABILITY_STEPS_PER_KEY} search steps each; the first, {}: {reason}",
+                    String::from_utf8_lossy(&key)
+                ),
+            });
         }
     }
 }

@@ -19,6 +19,7 @@
 //! or by the node (its `messages_refused` counter moves). A frame that is taken instead is a
 //! violation of `garbage_refused`.
 
+use crate::checkers::Checker;
 use crate::world::{Event, Violation, World};
 use borough::ids::NodeId;
 use borough::raft::message::{INDEX_MAX, TERM_MAX};
@@ -151,7 +152,7 @@ pub fn on_taken(
     }
     world.violations.push(Violation {
         at_micros: world.now_micros(),
-        checker: "garbage_refused",
+        checker: Checker::GarbageRefused,
         message: format!("{to} took a hostile frame ({kind:?}) sent in the name of {from}"),
     });
 }
