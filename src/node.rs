@@ -42,6 +42,8 @@ pub enum PlantedBug {
     AcknowledgeBeforeDurable,
     /// Take every message, from members or not.
     TrustAnySender,
+    /// Answer a QUORUM put once one replica holds it, as if it were ONE.
+    QuorumOfOne,
 }
 
 #[derive(Clone, Debug)]
@@ -427,12 +429,18 @@ impl Node {
         now: u64,
     ) {
         let write_id = self.allocate_write_id();
+        let commit_level = client.map(|(_, level)| match level {
+            CommitLevel::Quorum if self.config.planted_bug == Some(PlantedBug::QuorumOfOne) => {
+                CommitLevel::One
+            }
+            level => level,
+        });
         let (write, actions) = ReplicaWrite::start(
             key.clone(),
             self.config.id,
             plan,
             self.config.replication_factor,
-            client.map(|(_, level)| level),
+            commit_level,
             client.is_none(),
             now + self.config.replica_timeout_micros,
         );

@@ -83,6 +83,7 @@ fast_scenarios! {
     canary_ack_before_durable => "canary-ack-before-durable",
     garbage_peer => "garbage-peer",
     canary_trust_any_sender => "canary-trust-any-sender",
+    canary_quorum_of_one => "canary-quorum-of-one",
     raft_no_faults => "raft/raft-no-faults",
     raft_crash_restart => "raft/raft-crash-restart",
     raft_partitions => "raft/raft-partitions",

@@ -573,9 +573,10 @@ pub fn parse_planted_bug(name: &str) -> Result<PlantedBug, String> {
     match name {
         "acknowledge_before_durable" => Ok(PlantedBug::AcknowledgeBeforeDurable),
         "trust_any_sender" => Ok(PlantedBug::TrustAnySender),
+        "quorum_of_one" => Ok(PlantedBug::QuorumOfOne),
         other => Err(format!(
-            "unknown planted_bug {other:?}: expected \"acknowledge_before_durable\" or \
-             \"trust_any_sender\""
+            "unknown planted_bug {other:?}: expected \"acknowledge_before_durable\", \
+             \"trust_any_sender\" or \"quorum_of_one\""
         )),
     }
 }

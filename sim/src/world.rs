@@ -31,7 +31,7 @@ use borough::seams::{Rng, SeededRng, SharedDisk};
 use borough::wire::{self, Frame, Message};
 use std::cell::Cell;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -220,6 +220,9 @@ pub struct World {
     /// Snapshots installed by node lives that ended (crashes and stops).
     snapshots_installed_before: u64,
     queue: BinaryHeap<Reverse<Scheduled>>,
+    /// Per event key, the replicas that told a coordinator it is durable on them (the
+    /// acknowledgement-honesty checker counts them with the up nodes whose store holds it).
+    pub durable_claims: BTreeMap<EventKey, BTreeSet<NodeId>>,
     /// Bytes of the frames waiting in `queue`, for the run budget.
     queued_frame_bytes: u64,
     pub budget: RunBudget,
@@ -279,6 +282,7 @@ impl World {
             snapshots_installed_before: 0,
             queue: BinaryHeap::new(),
             queued_frame_bytes: 0,
+            durable_claims: BTreeMap::new(),
             budget: RunBudget::default(),
             next_sequence: 0,
             config,
@@ -558,6 +562,18 @@ impl World {
         let now = self.now.get();
         let sent: Vec<(NodeId, NodeId, Message)> = std::mem::take(&mut *self.outbox.borrow_mut());
         for (from, to, message) in sent {
+            if let Message::ReplicateResult {
+                key,
+                outcome: Ok(()),
+                ..
+            } = &message
+            {
+                // Sent once the event is durable on `from`: from now on it holds a copy.
+                self.durable_claims
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(from);
+            }
             if let Message::Raft(envelope) = &message {
                 self.raft_envelopes_sent += 1;
                 self.raft_messages_sent += envelope.messages.len() as u64;

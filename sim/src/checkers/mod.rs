@@ -35,6 +35,7 @@ pub fn on_answer(
     }
     let outcome = match result {
         Ok(key) => {
+            check_acknowledgement_honesty(world, request_id, &key);
             if let Some(previous) = world
                 .history
                 .acknowledged_keys
@@ -59,6 +60,38 @@ pub fn on_answer(
         .get_mut(&request_id)
         .expect("checked above")
         .outcome = outcome;
+}
+
+/// Acknowledgement honesty: when a put is acknowledged at a commit level, at least that
+/// level's count of replicas hold it durably at that instant: an up node whose store holds
+/// it (the store serves committed events only), or a node that had already sent a replica's
+/// durable answer for it (a crash since cannot take a synced copy away).
+fn check_acknowledgement_honesty(world: &mut World, request_id: u64, key: &EventKey) {
+    let Some(record) = world.history.puts.get(&request_id) else {
+        return;
+    };
+    let required = record
+        .commit_level
+        .required(world.config.replication_factor) as usize;
+    let mut holders = world.durable_claims.get(key).cloned().unwrap_or_default();
+    for sim_node in &world.nodes {
+        if let Some(node) = sim_node.node() {
+            if matches!(node.get_event(key), Ok(Some(_))) {
+                holders.insert(sim_node.id);
+            }
+        }
+    }
+    if holders.len() < required {
+        world.violations.push(Violation {
+            at_micros: world.now_micros(),
+            checker: Checker::AcknowledgementHonesty,
+            message: format!(
+                "put {request_id} was acknowledged at {} as {key}, which needs {required} durable replicas, while {} held it: {holders:?}",
+                record.commit_level,
+                holders.len()
+            ),
+        });
+    }
 }
 
 /// Power-cycles every node, then checks the durable outcome.
