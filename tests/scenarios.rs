@@ -97,6 +97,8 @@ fast_scenarios! {
     raft_snapshot_crash => "raft/raft-snapshot-crash",
     raft_swarm => "raft/raft-swarm",
     raft_canary_vote_without_log_check => "raft/raft-canary-vote-without-log-check",
+    raft_canary_forget_vote => "raft/raft-canary-forget-vote",
+    raft_vote_crashes => "raft/raft-vote-crashes",
     raft_canary_commit_previous_term => "raft/raft-canary-commit-previous-term",
     raft_canary_ack_before_sync => "raft/raft-canary-ack-before-sync",
 }
@@ -164,12 +166,13 @@ fn raft_fault_scenarios_exercise_their_faults() {
         let scenario = Scenario::load(&scenario_path(name)).expect("scenario parses");
         (0..3)
             .map(|seed| run_seed(&scenario, seed))
-            .fold([0u64; 5], |mut totals, summary| {
+            .fold([0u64; 6], |mut totals, summary| {
                 totals[0] += summary.snapshots_installed;
                 totals[1] += summary.snapshot_crashes;
                 totals[2] += summary.membership_changes;
                 totals[3] += summary.rolling_restarts;
                 totals[4] += summary.damaged_replicas as u64;
+                totals[5] += summary.vote_crashes;
                 totals
             })
     };
@@ -184,4 +187,6 @@ fn raft_fault_scenarios_exercise_their_faults() {
     assert!(rolling[3] >= 9, "rolling restarts: {rolling:?}");
     let disk = totals("raft/raft-disk-faults");
     assert!(disk[4] > 0, "damaged replicas refused: {disk:?}");
+    let votes = totals("raft/raft-vote-crashes");
+    assert!(votes[5] >= 3, "crashes right after a vote: {votes:?}");
 }

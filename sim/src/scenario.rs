@@ -351,6 +351,9 @@ pub enum FaultKind {
     MembershipChange,
     /// Power loss of a node that is receiving a Raft snapshot.
     CrashDuringSnapshot,
+    /// Power loss of a node right after it grants a Raft vote (the vote durable, the
+    /// candidate still campaigning): once armed per `every_ms`, the next vote granted.
+    CrashAfterVote,
     /// A hostile process on the network sends one frame per occurrence: random bytes, copies
     /// of real frames (changed or not), frames in a member's name with a provable violation,
     /// and late replays (see `faults::garbage`).
@@ -557,7 +560,9 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
         }
         let needs_partitions = matches!(
             fault.kind,
-            FaultKind::MembershipChange | FaultKind::CrashDuringSnapshot
+            FaultKind::MembershipChange
+                | FaultKind::CrashDuringSnapshot
+                | FaultKind::CrashAfterVote
         );
         if needs_partitions && file.partitions.is_none() {
             return Err(format!(
@@ -596,9 +601,10 @@ pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
         "commit_previous_term_by_counting" => Ok(RaftCanary::Raft(
             RaftPlantedBug::CommitPreviousTermByCounting,
         )),
+        "forget_vote_on_restart" => Ok(RaftCanary::Raft(RaftPlantedBug::ForgetVoteOnRestart)),
         "acknowledge_before_sync" => Ok(RaftCanary::AcknowledgeBeforeSync),
         other => Err(format!(
-            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\" or \"acknowledge_before_sync\""
+            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\" or \"acknowledge_before_sync\""
         )),
     }
 }

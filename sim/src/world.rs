@@ -27,6 +27,7 @@ use borough::ids::{Location, NodeId};
 use borough::node::{Node, NodeOutput, NodeSeams};
 use borough::partition::host::PartitionStart;
 use borough::partition::PartitionId;
+use borough::raft::MessageBody;
 use borough::seams::{Rng, SeededRng, SharedDisk};
 use borough::wire::{self, Frame, Message};
 use std::cell::Cell;
@@ -561,6 +562,7 @@ impl World {
     fn after_step(&mut self, index: usize) {
         let now = self.now.get();
         let sent: Vec<(NodeId, NodeId, Message)> = std::mem::take(&mut *self.outbox.borrow_mut());
+        let mut granted_votes = Vec::new();
         for (from, to, message) in sent {
             if let Message::ReplicateResult {
                 key,
@@ -575,6 +577,15 @@ impl World {
                     .insert(from);
             }
             if let Message::Raft(envelope) = &message {
+                for (partition, raft_message) in &envelope.messages {
+                    if matches!(
+                        raft_message.body,
+                        MessageBody::VoteResponse { granted: true }
+                    ) {
+                        crate::checkers::raft::on_vote_sent(self, *partition, raft_message);
+                        granted_votes.push((from, *partition, raft_message.term));
+                    }
+                }
                 self.raft_envelopes_sent += 1;
                 self.raft_messages_sent += envelope.messages.len() as u64;
             }
@@ -603,6 +614,9 @@ impl World {
                     },
                 );
             }
+        }
+        for (voter, partition, term) in granted_votes {
+            crate::faults::vote_granted(self, voter, partition, term);
         }
         let epoch = self.config.epoch_micros;
         let sim_node = &mut self.nodes[index];

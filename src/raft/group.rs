@@ -35,6 +35,9 @@ pub enum RaftPlantedBug {
     /// Commit an entry of an earlier term by counting its replicas (Raft Figure 8), and
     /// start a term without the empty entry that would otherwise mask it.
     CommitPreviousTermByCounting,
+    /// Rebuild a group from its recovered hard state without its vote: a restarted node may
+    /// vote twice in one term.
+    ForgetVoteOnRestart,
 }
 
 /// Checks a snapshot image against the state machine's format (see `RaftConfig`).
@@ -237,6 +240,7 @@ impl RaftGroup {
     }
 
     pub fn recover(id: NodeId, config: RaftConfig, state: RecoveredState, rng: SeededRng) -> Self {
+        let forget_vote = config.planted_bug == Some(RaftPlantedBug::ForgetVoteOnRestart);
         assert!(config.election_timeout_ticks > config.heartbeat_interval_ticks);
         assert!(config.heartbeat_interval_ticks > 0 && config.inflight_max > 0);
         // Every message this group sends must pass a receiver's checks and fit a frame.
@@ -260,7 +264,11 @@ impl RaftGroup {
                 config,
                 rng,
                 term: state.hard_state.term,
-                vote: state.hard_state.vote,
+                vote: if forget_vote {
+                    None
+                } else {
+                    state.hard_state.vote
+                },
                 role: Role::Follower,
                 leader: None,
                 configurations: vec![(state.snapshot.index, state.snapshot.configuration)],

@@ -20,6 +20,7 @@ pub enum Checker {
     // Raft partitions.
     StateMachineSafety,
     ElectionSafety,
+    OneVotePerTerm,
     LeaderCompleteness,
     RaftDurability,
     RaftLiveness,
@@ -38,7 +39,7 @@ pub enum Checker {
 
 impl Checker {
     /// Every checker, in declaration order.
-    pub const ALL: [Checker; 22] = [
+    pub const ALL: [Checker; 23] = [
         Checker::WriteOnce,
         Checker::NoAcknowledgedLoss,
         Checker::AcknowledgementHonesty,
@@ -49,6 +50,7 @@ impl Checker {
         Checker::KeysIncreasing,
         Checker::StateMachineSafety,
         Checker::ElectionSafety,
+        Checker::OneVotePerTerm,
         Checker::LeaderCompleteness,
         Checker::RaftDurability,
         Checker::RaftLiveness,
@@ -75,6 +77,7 @@ impl Checker {
             Checker::KeysIncreasing => "keys_increasing",
             Checker::StateMachineSafety => "state_machine_safety",
             Checker::ElectionSafety => "election_safety",
+            Checker::OneVotePerTerm => "one_vote_per_term",
             Checker::LeaderCompleteness => "leader_completeness",
             Checker::RaftDurability => "raft_durability",
             Checker::RaftLiveness => "raft_liveness",

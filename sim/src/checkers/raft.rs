@@ -21,7 +21,7 @@ use crate::world::{Violation, World};
 use borough::ids::NodeId;
 use borough::partition::host::HostOutput;
 use borough::partition::PartitionId;
-use borough::raft::Role;
+use borough::raft::{Message, MessageBody, Role};
 use std::collections::BTreeMap;
 
 /// Search steps per key before the linearizability check gives up on it.
@@ -36,6 +36,8 @@ pub struct RaftObservations {
     /// Per partition and applier term, the highest entry (index, term) applied by a node in
     /// that term: everything a leader of a later term must hold.
     committed_before: BTreeMap<(PartitionId, u64), (u64, u64)>,
+    /// Per partition, voter and term, the candidate the voter granted its vote to.
+    votes: BTreeMap<(PartitionId, NodeId, u64), NodeId>,
     pub applies: u64,
     pub elections_won: u64,
     divergences_reported: usize,
@@ -48,6 +50,33 @@ impl RaftObservations {
     /// Distinct entries applied somewhere: the entries the cluster committed.
     pub fn committed_entries(&self) -> u64 {
         self.applied.len() as u64
+    }
+}
+
+/// One vote per term: a voter that grants its vote in a term grants it to that candidate
+/// only, across restarts too (the vote is durable before it is sent). Judged on the wire, as
+/// each granted vote leaves its node, so a forgotten vote is caught whether or not the second
+/// candidate goes on to win.
+pub fn on_vote_sent(world: &mut World, partition: PartitionId, message: &Message) {
+    let MessageBody::VoteResponse { granted: true } = message.body else {
+        return;
+    };
+    let (voter, candidate, term) = (message.from, message.to, message.term);
+    match world.raft.votes.get(&(partition, voter, term)) {
+        Some(&earlier) if earlier != candidate => {
+            let now = world.now_micros();
+            world.violations.push(Violation {
+                at_micros: now,
+                checker: Checker::OneVotePerTerm,
+                message: format!(
+                    "{partition} term {term}: {voter} voted for {earlier}, then for {candidate}"
+                ),
+            });
+        }
+        Some(_) => {}
+        None => {
+            world.raft.votes.insert((partition, voter, term), candidate);
+        }
     }
 }
 

@@ -17,6 +17,8 @@ use crate::network::FlakyLinks;
 use crate::scenario::{Drawn, FaultKind, FaultSection};
 use crate::world::{Event, World};
 use borough::ids::NodeId;
+use borough::partition::PartitionId;
+use borough::raft::Role;
 use borough::seams::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,6 +42,9 @@ pub struct FaultState {
     pub leaving: BTreeMap<u64, BTreeSet<NodeId>>,
     pub membership_changes: u64,
     pub snapshot_crashes: u64,
+    /// The crash-after-vote fault (by index) waiting for the next granted vote.
+    pub crash_after_vote_armed: Option<usize>,
+    pub vote_crashes: u64,
 }
 
 /// How an episodic fault ends.
@@ -51,6 +56,11 @@ pub enum FaultEnd {
     },
     Restart {
         nodes: Vec<NodeId>,
+    },
+    /// Not an end but a start scheduled for the current instant: power loss of `node` once
+    /// the step that armed it is over (its outputs already out).
+    CrashNow {
+        node: NodeId,
     },
     Unpause {
         node: NodeId,
@@ -189,6 +199,45 @@ fn duration_micros(world: &mut World, fault: &FaultSection, default_ms: u64) -> 
         .unwrap_or(Drawn::Fixed(default_ms))
         .draw(&mut world.rng)
         * 1000
+}
+
+/// `voter` just sent a granted Raft vote in `partition` and `term` (it is durable: votes go
+/// out after the round's sync). An armed crash-after-vote fault cuts its power at once, before
+/// anything else reaches it, so its restart must remember the vote. It waits for a vote that
+/// hurts: one granted while another candidate campaigns in the same term, whose request may
+/// reach the voter once it is back.
+pub fn vote_granted(world: &mut World, voter: NodeId, partition: PartitionId, term: u64) {
+    let Some(index) = world.fault_state.crash_after_vote_armed else {
+        return;
+    };
+    if world.healed || world.fault_state.crashed_by_fault.contains(&voter) {
+        return;
+    }
+    let rival_candidates = world
+        .nodes
+        .iter()
+        .filter_map(|node| node.node()?.partitions()?.status(partition))
+        .filter(|status| status.role == Role::Candidate && status.term == term)
+        .count();
+    if rival_candidates < 2 {
+        return;
+    }
+    let fault = world.config.faults[index].clone();
+    if world.fault_state.crashed_by_fault.len() >= fault.max_nodes.unwrap_or(1) as usize {
+        return;
+    }
+    world.fault_state.crash_after_vote_armed = None;
+    let now = world.now_micros();
+    let down = duration_micros(world, &fault, 50);
+    tracing::info!(node = %voter, down_ms = down / 1000, "fault: crash right after a vote");
+    world.trace.record(now, "vote_crash", voter.0 as u64, down);
+    world.fault_state.crashed_by_fault.insert(voter);
+    world.fault_state.vote_crashes += 1;
+    world.schedule(now, Event::FaultEnd(FaultEnd::CrashNow { node: voter }));
+    world.schedule(
+        now + down,
+        Event::FaultEnd(FaultEnd::Restart { nodes: vec![voter] }),
+    );
 }
 
 /// One occurrence of episodic fault `index`; schedules the next.
@@ -347,6 +396,7 @@ pub fn occur(world: &mut World, index: usize) {
         }
         FaultKind::MembershipChange => crate::faults::membership::step(world),
         FaultKind::GarbagePeer => garbage::occur(world),
+        FaultKind::CrashAfterVote => world.fault_state.crash_after_vote_armed = Some(index),
         FaultKind::CrashDuringSnapshot => {
             let max_nodes = fault.max_nodes.unwrap_or(1) as usize;
             if world.fault_state.crashed_by_fault.len() >= max_nodes {
@@ -549,6 +599,10 @@ pub fn end(world: &mut World, end: FaultEnd) {
                     world.start_node(index);
                 }
             }
+        }
+        FaultEnd::CrashNow { node } => {
+            let index = world.index_of(node);
+            world.crash_node(index);
         }
         FaultEnd::Unpause { .. } => {}
         FaultEnd::RestoreLinks { links } => {
