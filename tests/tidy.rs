@@ -1,7 +1,8 @@
 //! Tidy: the rules a reviewer would otherwise have to remember.
 //!
 //! - the deterministic core (all of `src/` and `sim/src/` but the production shell and the
-//!   simulator's wall-clock reporting) never names a nondeterminism hazard;
+//!   simulator's wall-clock reporting) never names a nondeterminism hazard (the OS clock,
+//!   OS randomness, threads, the environment) nor the shell's crates and module;
 //! - every Rust file opens with a `//!` doc saying what it owns;
 //! - every scenario file parses (unknown keys included).
 
@@ -15,7 +16,20 @@ const HAZARDS: &[&str] = &[
     "thread_rng",
     "rand::random",
     "thread::spawn",
+    "thread::Builder",
+    "thread::scope",
+    ".elapsed()",
+    "std::env",
+    "env::var",
+    "env::args",
     "OsRng",
+    // The shell's own crates and module: the core never reaches them.
+    "tokio",
+    "axum",
+    "hyper",
+    "std::net",
+    "crate::production",
+    "borough::production",
 ];
 
 /// Files allowed to touch the OS: the production shell, and the simulator's CLI and runner,

@@ -28,6 +28,7 @@ mod tests {
     /// Runs in a child process: a panic on a side thread must end the whole process at once,
     /// while the main thread would otherwise go on and exit cleanly.
     #[test]
+    #[allow(clippy::disallowed_methods)] // the child reads its role from the environment
     fn a_panic_on_any_thread_ends_the_process_with_its_code() {
         if std::env::var_os(CHILD).is_some() {
             exit_on_panic();
