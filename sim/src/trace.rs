@@ -2,8 +2,10 @@
 //! simulated time.
 //!
 //! The trace is a running xxh3 over (virtual time, what happened, who, a digest of the
-//! payload) for every delivery, flush, crash, start, client answer and fault. Two runs of the
-//! same seed must produce the same hash; `--twice` checks exactly that.
+//! payload) for every delivery (the digest of the frame's bytes), flush, crash, start, Raft
+//! apply (the entry's digest), client answer (the key or the value read) and fault. Two runs of
+//! the same seed must produce the same hash; `--twice` checks exactly that, so a run that sends
+//! other bytes or answers other values fails it even if its times and counts agree.
 //!
 //! Log lines carry the virtual time of the event being handled. The formatter reads it from a
 //! thread-local the world sets before each event: logging is the simulator's side channel, not

@@ -25,7 +25,7 @@ use crate::workload::History;
 use borough::events::EventKey;
 use borough::ids::{Location, NodeId};
 use borough::node::{Node, NodeOutput, NodeSeams};
-use borough::partition::host::PartitionStart;
+use borough::partition::host::{HostOutput, PartitionStart};
 use borough::partition::PartitionId;
 use borough::raft::MessageBody;
 use borough::seams::{Rng, SeededRng, SharedDisk};
@@ -530,11 +530,12 @@ impl World {
             }
         };
         self.messages_delivered += 1;
+        // The frame's bytes, not only its kind: a run that sends other contents is another run.
         self.trace.record(
             self.now.get(),
             message.kind(),
             ((from.0 as u64) << 32) | to.0 as u64,
-            key_hash(&message),
+            xxhash_rust::xxh3::xxh3_64(&frame),
         );
         let refused_before = self.nodes[index]
             .node()
@@ -673,6 +674,21 @@ impl World {
                     self.interval_closures.push((id, closed.start_micros));
                 }
                 NodeOutput::Partition(output) => {
+                    if let HostOutput::Applied {
+                        partition,
+                        index,
+                        digest,
+                        ..
+                    } = &output
+                    {
+                        // Every apply with its entry's digest: the state each replica reached.
+                        self.trace.record(
+                            now,
+                            "apply",
+                            ((id.0 as u64) << 32) ^ partition.0,
+                            digest ^ index.rotate_left(32),
+                        );
+                    }
                     crate::checkers::raft::on_output(self, id, &output);
                     crate::workload::kv::on_answer(self, id, &output);
                 }
@@ -857,14 +873,6 @@ impl World {
 
     pub fn draw(&mut self, low: u64, high: u64) -> u64 {
         self.rng.in_range(low, high)
-    }
-}
-
-fn key_hash(message: &Message) -> u64 {
-    match message {
-        Message::Replicate { key, .. } | Message::ReplicateResult { key, .. } => hash_key(key),
-        Message::Confirm { keys } => keys.first().map_or(0, hash_key),
-        Message::Raft(envelope) => envelope.messages.len() as u64,
     }
 }
 

@@ -18,6 +18,7 @@ use borough::partition::kv_store::KvError;
 use borough::partition::PartitionId;
 use borough::seams::Rng;
 use std::collections::BTreeMap;
+use xxhash_rust::xxh3::xxh3_64;
 
 #[derive(Clone, Debug)]
 pub struct KvRecord {
@@ -239,12 +240,19 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput) {
         return;
     }
     tracing::debug!(history_id, answer = ?outcome, "kv answer");
+    // What the client was told, values included: a run that answers otherwise is another run.
+    let digest = match &outcome {
+        Answer::Done(OperationOutput::Value(Some(value))) => xxh3_64(value),
+        Answer::Done(OperationOutput::Value(None)) => 1,
+        Answer::Done(_) => 2,
+        Answer::NotApplied => 3,
+        Answer::Unknown => 4,
+    };
     match outcome {
         Answer::Done(output) => {
             record.pending = false;
             record.operation.return_micros = Some(now);
             record.operation.output = output;
-            world.trace.record(now, "kv_answer", history_id, 1);
         }
         Answer::NotApplied => {
             history.records.remove(&history_id);
@@ -252,6 +260,7 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput) {
         }
         Answer::Unknown => history.give_up(history_id),
     }
+    world.trace.record(now, "kv_answer", history_id, digest);
 }
 
 #[derive(Debug)]
