@@ -44,6 +44,8 @@ pub enum PlantedBug {
     TrustAnySender,
     /// Answer a QUORUM put once one replica holds it, as if it were ONE.
     QuorumOfOne,
+    /// Start the key generator without its durable reservation.
+    ForgetKeyReservation,
 }
 
 #[derive(Clone, Debug)]
@@ -217,7 +219,11 @@ impl Node {
             "replication factor must be positive"
         );
         let store = EventStore::open(seams.disk.clone(), config.store.clone())?;
-        let keys = KeyGenerator::open(config.id, seams.disk.as_ref()).map_err(StoreError::Disk)?;
+        let mut keys =
+            KeyGenerator::open(config.id, seams.disk.as_ref()).map_err(StoreError::Disk)?;
+        if config.planted_bug == Some(PlantedBug::ForgetKeyReservation) {
+            keys.forget_reservation();
+        }
         let now = seams.clock.now_micros();
         let mut seams = seams;
         let mut partitions_damaged = None;

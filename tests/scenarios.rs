@@ -84,6 +84,7 @@ fast_scenarios! {
     garbage_peer => "garbage-peer",
     canary_trust_any_sender => "canary-trust-any-sender",
     canary_quorum_of_one => "canary-quorum-of-one",
+    canary_forget_key_reservation => "canary-forget-key-reservation",
     raft_no_faults => "raft/raft-no-faults",
     raft_crash_restart => "raft/raft-crash-restart",
     raft_partitions => "raft/raft-partitions",

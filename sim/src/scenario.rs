@@ -579,9 +579,10 @@ pub fn parse_planted_bug(name: &str) -> Result<PlantedBug, String> {
         "acknowledge_before_durable" => Ok(PlantedBug::AcknowledgeBeforeDurable),
         "trust_any_sender" => Ok(PlantedBug::TrustAnySender),
         "quorum_of_one" => Ok(PlantedBug::QuorumOfOne),
+        "forget_key_reservation" => Ok(PlantedBug::ForgetKeyReservation),
         other => Err(format!(
             "unknown planted_bug {other:?}: expected \"acknowledge_before_durable\", \
-             \"trust_any_sender\" or \"quorum_of_one\""
+             \"trust_any_sender\", \"quorum_of_one\" or \"forget_key_reservation\""
         )),
     }
 }

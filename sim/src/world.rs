@@ -224,6 +224,8 @@ pub struct World {
     /// Per event key, the replicas that told a coordinator it is durable on them (the
     /// acknowledgement-honesty checker counts them with the up nodes whose store holds it).
     pub durable_claims: BTreeMap<EventKey, BTreeSet<NodeId>>,
+    /// Per node, the last event key it issued (keys must increase per node).
+    pub last_key_issued: BTreeMap<NodeId, EventKey>,
     /// Bytes of the frames waiting in `queue`, for the run budget.
     queued_frame_bytes: u64,
     pub budget: RunBudget,
@@ -284,6 +286,7 @@ impl World {
             queue: BinaryHeap::new(),
             queued_frame_bytes: 0,
             durable_claims: BTreeMap::new(),
+            last_key_issued: BTreeMap::new(),
             budget: RunBudget::default(),
             next_sequence: 0,
             config,

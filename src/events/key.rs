@@ -152,6 +152,13 @@ impl KeyGenerator {
         })
     }
 
+    /// Forgets the durable reservation, as if nothing had been issued before: the bug the
+    /// key canary plants (a restart after a backwards clock step re-issues old keys).
+    pub fn forget_reservation(&mut self) {
+        self.last_timestamp_micros = 0;
+        self.reserved_until_micros = 0;
+    }
+
     /// The next key at local time `now_micros`. Syncs a new reservation when the current one
     /// does not cover the key.
     pub fn next(&mut self, now_micros: u64, disk: &dyn Disk) -> Result<EventKey, KeyError> {

@@ -7,8 +7,9 @@
 
 pub mod kv;
 
+use crate::checkers::Checker;
 use crate::run_config::{WorkloadConfig, WorkloadKind};
-use crate::world::{Event, World};
+use crate::world::{Event, Violation, World};
 use borough::coordinator::{CommitLevel, PutError};
 use borough::events::EventKey;
 use borough::ids::NodeId;
@@ -138,10 +139,29 @@ pub fn client_put(world: &mut World, index: usize) {
     world
         .trace
         .record(now, "put", request_id, world.nodes[target].id.0 as u64);
+    let mut issued = None;
     world.with_node(target, |node| {
         // The key also comes with the answer; a client that times out learns nothing here.
-        let _ = node.put_event(request_id, event, Some(commit_level));
+        issued = node.put_event(request_id, event, Some(commit_level));
     });
+    if let Some(key) = issued {
+        check_key_increasing(world, world.nodes[target].id, key);
+    }
+}
+
+/// Keys increase per node: each key a node issues is above every key it issued before,
+/// across clock steps backwards and restarts (its durable reservation).
+fn check_key_increasing(world: &mut World, node: NodeId, key: EventKey) {
+    let previous = world.last_key_issued.get(&node);
+    if let Some(previous) = previous.filter(|previous| **previous >= key) {
+        let message = format!("{node} issued {key} after {previous}");
+        world.violations.push(Violation {
+            at_micros: world.now_micros(),
+            checker: Checker::KeysIncreasing,
+            message,
+        });
+    }
+    world.last_key_issued.insert(node, key);
 }
 
 /// A JSON event of about `length` bytes, unique per request.
