@@ -191,3 +191,18 @@ fn raft_fault_scenarios_exercise_their_faults() {
     let votes = totals("raft/raft-vote-crashes");
     assert!(votes[5] >= 3, "crashes right after a vote: {votes:?}");
 }
+
+/// The interval checks are not vacuous: the rotation scenario is long enough that intervals
+/// close on every seed it runs (a run that closes none would check nothing).
+#[test]
+fn interval_rotation_closes_intervals_on_every_seed() {
+    let scenario = Scenario::load(&scenario_path("interval-rotation")).expect("scenario parses");
+    for seed in seeds_of(&scenario) {
+        let summary = run_seed(&scenario, seed);
+        assert!(
+            summary.intervals_closed >= 3,
+            "seed {seed}: {} intervals closed",
+            summary.intervals_closed
+        );
+    }
+}
