@@ -64,6 +64,10 @@ pub enum Event {
     ClientKv {
         workload: usize,
     },
+    /// A client's request that reached a paused node: it waits in the socket until the
+    /// node resumes, since a paused process takes nothing, client requests included.
+    DeferredPut(Box<crate::workload::PutCall>),
+    DeferredKv(Box<crate::workload::kv::KvCall>),
     KvTimeout {
         history_id: u64,
     },
@@ -433,6 +437,8 @@ impl World {
             }
             Event::ClientPut { workload } => crate::workload::client_put(self, workload),
             Event::ClientKv { workload } => crate::workload::kv::client_operation(self, workload),
+            Event::DeferredPut(call) => crate::workload::start_put(self, *call),
+            Event::DeferredKv(call) => crate::workload::kv::start_call(self, *call),
             Event::KvTimeout { history_id } => self.kv_history.time_out(history_id),
             Event::ClientTimeout { request_id } => {
                 self.history.time_out(request_id, self.now.get())

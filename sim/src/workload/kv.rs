@@ -160,6 +160,67 @@ pub fn client_operation(world: &mut World, index: usize) {
             }),
         )
     };
+    start_call(
+        world,
+        KvCall {
+            history_id,
+            target,
+            incarnation: world.nodes[target].incarnation,
+            partition,
+            key_number,
+            key,
+            input,
+            request,
+            call_micros: now,
+            timeout_micros: workload.client_timeout_micros,
+        },
+    );
+}
+
+/// A kv request on its way into its node.
+#[derive(Debug)]
+pub struct KvCall {
+    history_id: u64,
+    target: usize,
+    /// The node's life the client connected to: a restart resets the connection.
+    incarnation: u64,
+    partition: u64,
+    key_number: u64,
+    key: Vec<u8>,
+    input: OperationInput,
+    /// The write, or `None` for a read of `key`.
+    request: Option<KvOperation>,
+    call_micros: u64,
+    timeout_micros: u64,
+}
+
+/// Hands `call` to its node, or holds it until the node's pause ends (a paused process
+/// takes nothing). The operation's call time stays when the client sent it. A node that went
+/// down meanwhile never saw it: it is left out of the history, like any refused call.
+pub fn start_call(world: &mut World, call: KvCall) {
+    let target = call.target;
+    if !world.nodes[target].is_up() || world.nodes[target].incarnation != call.incarnation {
+        world.kv_history.refused += 1;
+        return;
+    }
+    let paused_until = world.nodes[target].paused_until;
+    if paused_until > world.now_micros() {
+        world.schedule(paused_until, Event::DeferredKv(Box::new(call)));
+        return;
+    }
+    let target_id = world.nodes[target].id;
+    let KvCall {
+        history_id,
+        partition,
+        key_number,
+        key,
+        input,
+        request,
+        call_micros,
+        timeout_micros,
+        ..
+    } = call;
+    let is_read = request.is_none();
     let mut started = None;
     world.with_node(target, |node| {
         started = Some(match request {
@@ -175,17 +236,20 @@ pub fn client_operation(world: &mut World, index: usize) {
             return;
         }
     };
-    tracing::debug!(history_id, node = %target_id, request_id, partition, key_number, is_read, is_delete, "kv call");
-    world
-        .trace
-        .record(now, "kv", history_id, (partition << 32) | key_number);
+    tracing::debug!(history_id, node = %target_id, request_id, partition, key_number, is_read, "kv call");
+    world.trace.record(
+        call_micros,
+        "kv",
+        history_id,
+        (partition << 32) | key_number,
+    );
     world.kv_history.records.insert(
         history_id,
         KvRecord {
             node: target_id,
             operation: Operation {
                 client: history_id,
-                call_micros: now,
+                call_micros,
                 return_micros: None,
                 input,
                 output: OperationOutput::Indeterminate,
@@ -197,10 +261,8 @@ pub fn client_operation(world: &mut World, index: usize) {
         .kv_history
         .pending
         .insert((target_id, request_id), history_id);
-    world.schedule(
-        now + workload.client_timeout_micros,
-        Event::KvTimeout { history_id },
-    );
+    let timeout_at = (call_micros + timeout_micros).max(world.now_micros());
+    world.schedule(timeout_at, Event::KvTimeout { history_id });
 }
 
 /// A node answered one of its clients.

@@ -139,10 +139,45 @@ pub fn client_put(world: &mut World, index: usize) {
     world
         .trace
         .record(now, "put", request_id, world.nodes[target].id.0 as u64);
+    start_put(
+        world,
+        PutCall {
+            request_id,
+            target,
+            incarnation: world.nodes[target].incarnation,
+            event,
+            commit_level,
+        },
+    );
+}
+
+/// A put on its way into its node.
+#[derive(Debug)]
+pub struct PutCall {
+    request_id: u64,
+    target: usize,
+    /// The node's life the client connected to: a restart resets the connection.
+    incarnation: u64,
+    event: Vec<u8>,
+    commit_level: CommitLevel,
+}
+
+/// Hands `call` to its node, or holds it until the node's pause ends. A node that went down
+/// meanwhile never sees it (the client's timeout makes it indeterminate).
+pub fn start_put(world: &mut World, call: PutCall) {
+    let target = call.target;
+    if !world.nodes[target].is_up() || world.nodes[target].incarnation != call.incarnation {
+        return;
+    }
+    let paused_until = world.nodes[target].paused_until;
+    if paused_until > world.now_micros() {
+        world.schedule(paused_until, Event::DeferredPut(Box::new(call)));
+        return;
+    }
     let mut issued = None;
     world.with_node(target, |node| {
         // The key also comes with the answer; a client that times out learns nothing here.
-        issued = node.put_event(request_id, event, Some(commit_level));
+        issued = node.put_event(call.request_id, call.event, Some(call.commit_level));
     });
     if let Some(key) = issued {
         check_key_increasing(world, world.nodes[target].id, key);
