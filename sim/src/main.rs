@@ -308,9 +308,7 @@ fn sweep(
         for _ in 0..jobs {
             let results = results.clone();
             let (runs, scenarios, next_run) = (&runs, &scenarios, &next_run);
-            // Runs share nothing: each builds its own world from (scenario, seed), so running
-            // them side by side changes no trace.
-            #[allow(clippy::disallowed_methods)]
+            #[allow(clippy::disallowed_methods)] // see the scope above
             scope.spawn(move || loop {
                 let run = next_run.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(&(scenario_index, seed)) = runs.get(run) else {
