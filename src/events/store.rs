@@ -754,6 +754,7 @@ enum Applied {
 /// know (a newer build's record: the open fails, so nothing is lost). Variants in the order of
 /// [`LogRecord`].
 #[derive(serde::Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))] // tests write records with invalid values
 #[allow(dead_code)] // only the shape matters
 enum UncheckedLogRecord {
     Event {
@@ -979,32 +980,21 @@ mod tests {
 
     #[test]
     fn a_store_holding_records_with_invalid_values_opens_and_counts_them() {
-        #[derive(serde::Serialize)]
-        enum Unchecked {
-            Event {
-                key: String,
-                #[serde(with = "serde_bytes")]
-                event: Vec<u8>,
-            },
-            Confirm {
-                keys: Vec<String>,
-            },
-        }
         let disk = TestDisk::new();
         let mut store = open(&disk, config());
         put(&mut store, &key(0, 0), b"kept");
         store.commit().unwrap();
         drop(store);
         for forged in [
-            Unchecked::Confirm {
+            UncheckedLogRecord::Confirm {
                 keys: vec!["x".into()],
             },
-            Unchecked::Event {
+            UncheckedLogRecord::Event {
                 key: "x".into(),
                 event: b"{}".to_vec(),
             },
             // A second, different event under a stored key: the first one stays.
-            Unchecked::Event {
+            UncheckedLogRecord::Event {
                 key: key(0, 0).as_str().into(),
                 event: b"other".to_vec(),
             },
