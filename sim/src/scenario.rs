@@ -316,6 +316,11 @@ pub struct FaultSection {
     /// Rolling restarts: move each Raft leadership off the node before stopping it.
     #[serde(default)]
     pub drain_leaders: Option<bool>,
+    /// Leader isolation: the cut-off leader's timers stall while it is cut off (a starved
+    /// timer loop), so it goes on believing it leads, and serving its clients, until it hears
+    /// of the new term: check-quorum never gets the tick to depose it.
+    #[serde(default)]
+    pub stall_timers: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]

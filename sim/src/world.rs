@@ -162,6 +162,8 @@ pub struct SimNode {
     pub timer_at: Option<u64>,
     pub flush_scheduled: bool,
     pub paused_until: u64,
+    /// Until then the node's timers do not fire (`stall_timers`); it takes everything else.
+    pub timers_stalled_until: u64,
     pub restart_scheduled: bool,
     /// The simulated second and the timer firings counted in it (see `busy_loop`).
     pub timer_window: (u64, u64),
@@ -256,6 +258,7 @@ impl World {
                 timer_at: None,
                 flush_scheduled: false,
                 paused_until: 0,
+                timers_stalled_until: 0,
                 restart_scheduled: false,
                 timer_window: (0, 0),
                 busy_loop_reported: false,
@@ -418,6 +421,12 @@ impl World {
                 }
                 sim_node.timer_at = None;
                 if self.defer_if_paused(index, Event::Timer { node, incarnation }) {
+                    return;
+                }
+                let stalled_until = self.nodes[index].timers_stalled_until;
+                if stalled_until > self.now.get() {
+                    self.nodes[index].timer_at = Some(stalled_until);
+                    self.schedule(stalled_until, Event::Timer { node, incarnation });
                     return;
                 }
                 self.count_timer_firing(index);
@@ -639,7 +648,8 @@ impl World {
         let deadline = sim_node
             .skew
             .virtual_micros_at(epoch, node.next_deadline_micros())
-            .max(now + 1);
+            .max(now + 1)
+            .max(sim_node.timers_stalled_until);
         let (id, incarnation) = (sim_node.id, sim_node.incarnation);
         if needs_flush {
             sim_node.flush_scheduled = true;
@@ -782,6 +792,8 @@ impl World {
         let seed = self.config.seed;
         let sim_node = &mut self.nodes[index];
         sim_node.incarnation += 1;
+        // A new process has a timer loop of its own.
+        sim_node.timers_stalled_until = 0;
         let stream = NODE_STREAM_BASE + ((sim_node.id.0 as u64) << 16) + sim_node.incarnation;
         let seams = NodeSeams {
             clock: Box::new(SimClock {

@@ -45,6 +45,8 @@ pub struct FaultState {
     /// The crash-after-vote fault (by index) waiting for the next granted vote.
     pub crash_after_vote_armed: Option<usize>,
     pub vote_crashes: u64,
+    /// Cut-off leaders whose timers stalled (`stall_timers`).
+    pub timer_stalls: u64,
 }
 
 /// How an episodic fault ends.
@@ -288,8 +290,14 @@ pub fn occur(world: &mut World, index: usize) {
                 return;
             };
             let both_ways = fault.kind == FaultKind::IsolateLeader;
-            tracing::info!(%leader, both_ways, "fault: isolate the leader");
-            isolate(world, [leader].into_iter().collect(), both_ways, &fault);
+            let stall_timers = fault.stall_timers.unwrap_or(false);
+            tracing::info!(%leader, both_ways, stall_timers, "fault: isolate the leader");
+            let until = isolate(world, [leader].into_iter().collect(), both_ways, &fault);
+            if stall_timers {
+                let index = world.index_of(leader);
+                world.nodes[index].timers_stalled_until = until;
+                world.fault_state.timer_stalls += 1;
+            }
         }
         FaultKind::ZoneOutage | FaultKind::RegionOutage => {
             let places: BTreeSet<(String, String)> = world
@@ -565,7 +573,13 @@ fn shuffled(world: &mut World, nodes: &[NodeId]) -> Vec<NodeId> {
     order
 }
 
-fn isolate(world: &mut World, group: BTreeSet<NodeId>, both_ways: bool, fault: &FaultSection) {
+/// Cuts `group` off and schedules the reconnection; returns when it is due.
+fn isolate(
+    world: &mut World,
+    group: BTreeSet<NodeId>,
+    both_ways: bool,
+    fault: &FaultSection,
+) -> u64 {
     let everyone = world.node_ids();
     let duration = duration_micros(world, fault, 2_000);
     world.network.isolate(&group, &everyone, both_ways);
@@ -580,6 +594,7 @@ fn isolate(world: &mut World, group: BTreeSet<NodeId>, both_ways: bool, fault: &
         at,
         Event::FaultEnd(FaultEnd::Reconnect { group, both_ways }),
     );
+    at
 }
 
 pub fn end(world: &mut World, end: FaultEnd) {
@@ -636,6 +651,7 @@ pub fn heal(world: &mut World) {
     world.trace.record(world.now_micros(), "heal", 0, 0);
     for index in 0..world.nodes.len() {
         world.nodes[index].paused_until = 0;
+        world.nodes[index].timers_stalled_until = 0;
         if !world.nodes[index].is_up() {
             world.start_node(index);
         }
