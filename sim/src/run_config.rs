@@ -240,6 +240,20 @@ impl RunConfig {
                 {
                     partitions.raft.snapshot_chunk_bytes = chunk.draw(&mut rng).max(1) as _;
                 }
+                if let Some(entries) = file
+                    .partitions
+                    .as_ref()
+                    .and_then(|section| section.append_entries_max)
+                {
+                    partitions.raft.append_entries_max = entries.draw(&mut rng).max(1) as _;
+                }
+                if let Some(inflight) = file
+                    .partitions
+                    .as_ref()
+                    .and_then(|section| section.inflight_max)
+                {
+                    partitions.raft.inflight_max = inflight.draw(&mut rng).max(1) as _;
+                }
                 partitions
             });
         Self {

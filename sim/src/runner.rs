@@ -42,6 +42,7 @@ pub struct RunSummary {
     pub snapshots_installed: u64,
     pub snapshot_crashes: u64,
     pub vote_crashes: u64,
+    pub first_commit_crashes: u64,
     pub timer_stalls: u64,
     pub membership_changes: u64,
     pub rolling_restarts: u64,
@@ -120,10 +121,11 @@ impl RunSummary {
             );
             let _ = writeln!(
                 text,
-                "raft faults: snapshots_installed: {} snapshot_crashes: {} vote_crashes: {} timer_stalls: {} membership_changes: {} rolling_restarts: {} bits_rotted: {} damaged_replicas: {}",
+                "raft faults: snapshots_installed: {} snapshot_crashes: {} vote_crashes: {} first_commit_crashes: {} timer_stalls: {} membership_changes: {} rolling_restarts: {} bits_rotted: {} damaged_replicas: {}",
                 self.snapshots_installed,
                 self.snapshot_crashes,
                 self.vote_crashes,
+                self.first_commit_crashes,
                 self.timer_stalls,
                 self.membership_changes,
                 self.rolling_restarts,
@@ -203,6 +205,7 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
         snapshot_crashes: world.fault_state.snapshot_crashes,
         vote_crashes: world.fault_state.vote_crashes,
         timer_stalls: world.fault_state.timer_stalls,
+        first_commit_crashes: world.fault_state.first_commit_crashes,
         membership_changes: world.fault_state.membership_changes,
         rolling_restarts: world.fault_state.rolling_restarts,
         bits_rotted: world.fault_state.bits_rotted,

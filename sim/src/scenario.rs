@@ -238,6 +238,15 @@ pub struct PartitionsSection {
     /// transfer take many round trips, so crashes land in the middle of them.
     #[serde(default)]
     pub snapshot_chunk_bytes: Option<Drawn<u64>>,
+    /// Entries per append message (the Raft default when absent); with a few, a follower
+    /// catching up gets an old leader's entries apart from the new leader's own, which is
+    /// where committing an old-term entry by counting shows (Raft Figure 8).
+    #[serde(default)]
+    pub append_entries_max: Option<Drawn<u64>>,
+    /// Appends in flight to one follower (the Raft default when absent); with one, catching a
+    /// follower up takes a round trip per message, long enough for faults to land in.
+    #[serde(default)]
+    pub inflight_max: Option<Drawn<u64>>,
     /// A Raft bug planted on purpose: `vote_without_log_check`,
     /// `commit_previous_term_by_counting` or `acknowledge_before_sync`.
     #[serde(default)]
@@ -359,6 +368,9 @@ pub enum FaultKind {
     /// Power loss of a node right after it grants a Raft vote (the vote durable, the
     /// candidate still campaigning): once armed per `every_ms`, the next vote granted.
     CrashAfterVote,
+    /// Power loss of a new Raft leader the moment it first advances its commit index in its
+    /// term: its followers may hold what it committed but not yet its own entries.
+    CrashAfterFirstCommit,
     /// A hostile process on the network sends one frame per occurrence: random bytes, copies
     /// of real frames (changed or not), frames in a member's name with a provable violation,
     /// and late replays (see `faults::garbage`).
@@ -568,6 +580,7 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
             FaultKind::MembershipChange
                 | FaultKind::CrashDuringSnapshot
                 | FaultKind::CrashAfterVote
+                | FaultKind::CrashAfterFirstCommit
         );
         if needs_partitions && file.partitions.is_none() {
             return Err(format!(

@@ -582,6 +582,7 @@ impl World {
         let now = self.now.get();
         let sent: Vec<(NodeId, NodeId, Message)> = std::mem::take(&mut *self.outbox.borrow_mut());
         let mut granted_votes = Vec::new();
+        let mut leader_appends = Vec::new();
         for (from, to, message) in sent {
             if let Message::ReplicateResult {
                 key,
@@ -597,12 +598,23 @@ impl World {
             }
             if let Message::Raft(envelope) = &message {
                 for (partition, raft_message) in &envelope.messages {
+                    if matches!(raft_message.body, MessageBody::Vote { .. }) {
+                        crate::checkers::raft::on_vote_requested(self, *partition, raft_message);
+                    }
                     if matches!(
                         raft_message.body,
                         MessageBody::VoteResponse { granted: true }
                     ) {
                         crate::checkers::raft::on_vote_sent(self, *partition, raft_message);
                         granted_votes.push((from, *partition, raft_message.term));
+                    }
+                    if let MessageBody::Append { leader_commit, .. } = raft_message.body {
+                        leader_appends.push((
+                            from,
+                            *partition,
+                            raft_message.term,
+                            leader_commit,
+                        ));
                     }
                 }
                 self.raft_envelopes_sent += 1;
@@ -636,6 +648,9 @@ impl World {
         }
         for (voter, partition, term) in granted_votes {
             crate::faults::vote_granted(self, voter, partition, term);
+        }
+        for (leader, partition, term, leader_commit) in leader_appends {
+            crate::faults::leader_appended(self, leader, partition, term, leader_commit);
         }
         let epoch = self.config.epoch_micros;
         let sim_node = &mut self.nodes[index];
@@ -713,6 +728,7 @@ impl World {
                 }
             }
         }
+        crate::checkers::raft::after_node_step(self, index);
         if poisoned && !self.nodes[index].restart_scheduled && !self.config.has_disk_faults() {
             // Only a failing disk may poison a store: nothing a peer or client says can.
             self.violations.push(Violation {

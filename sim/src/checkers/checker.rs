@@ -21,7 +21,9 @@ pub enum Checker {
     StateMachineSafety,
     ElectionSafety,
     OneVotePerTerm,
+    UpToDateVotes,
     LeaderCompleteness,
+    CommitSafety,
     RaftDurability,
     RaftLiveness,
     Linearizability,
@@ -39,7 +41,7 @@ pub enum Checker {
 
 impl Checker {
     /// Every checker, in declaration order.
-    pub const ALL: [Checker; 23] = [
+    pub const ALL: [Checker; 25] = [
         Checker::WriteOnce,
         Checker::NoAcknowledgedLoss,
         Checker::AcknowledgementHonesty,
@@ -51,7 +53,9 @@ impl Checker {
         Checker::StateMachineSafety,
         Checker::ElectionSafety,
         Checker::OneVotePerTerm,
+        Checker::UpToDateVotes,
         Checker::LeaderCompleteness,
+        Checker::CommitSafety,
         Checker::RaftDurability,
         Checker::RaftLiveness,
         Checker::Linearizability,
@@ -78,7 +82,9 @@ impl Checker {
             Checker::StateMachineSafety => "state_machine_safety",
             Checker::ElectionSafety => "election_safety",
             Checker::OneVotePerTerm => "one_vote_per_term",
+            Checker::UpToDateVotes => "up_to_date_votes",
             Checker::LeaderCompleteness => "leader_completeness",
+            Checker::CommitSafety => "commit_safety",
             Checker::RaftDurability => "raft_durability",
             Checker::RaftLiveness => "raft_liveness",
             Checker::Linearizability => "linearizability",

@@ -2,6 +2,14 @@
 //! cluster at the end.
 //!
 //! - election safety: at most one leader per partition and term, checked at every role change;
+//! - up-to-date votes: a vote goes only to a candidate whose last log entry (as its request
+//!   said) is at least as up to date as the voter's, judged on the wire as each vote leaves;
+//! - commit safety: when an entry is first applied anywhere, no voter that lacks it could win
+//!   an election (gather a majority of voters whose logs are no more up to date than its own):
+//!   the Raft rule that makes a commit final, judged the moment it is relied on rather than
+//!   when some later leader happens to overwrite it (Figure 8 needs that crash to show); and a
+//!   leader moves its commit index past what it inherited only onto an entry of its own term
+//!   (§5.4.2), judged after each of its node's steps;
 //! - leader completeness: a leader of term T holds every entry applied by a node whose term
 //!   was below T when it applied it (such an entry was committed before T), checked at every
 //!   election;
@@ -42,6 +50,13 @@ pub struct RaftObservations {
     committed_before: BTreeMap<(PartitionId, u64), (u64, u64)>,
     /// Per partition, voter and term, the candidate the voter granted its vote to.
     votes: BTreeMap<(PartitionId, NodeId, u64), NodeId>,
+    /// Per partition, candidate and term, the last log entry (index, term) its vote requests
+    /// carried.
+    vote_requests: BTreeMap<(PartitionId, NodeId, u64), (u64, u64)>,
+    commit_safety_reported: usize,
+    /// Per partition, leader and term: the commit index the leader held when first seen
+    /// leading in that term.
+    commit_inherited: BTreeMap<(PartitionId, NodeId, u64), u64>,
     pub applies: u64,
     pub elections_won: u64,
     divergences_reported: usize,
@@ -66,6 +81,7 @@ pub fn on_vote_sent(world: &mut World, partition: PartitionId, message: &Message
         return;
     };
     let (voter, candidate, term) = (message.from, message.to, message.term);
+    check_vote_up_to_date(world, partition, voter, candidate, term);
     match world.raft.votes.get(&(partition, voter, term)) {
         Some(&earlier) if earlier != candidate => {
             let now = world.now_micros();
@@ -81,6 +97,199 @@ pub fn on_vote_sent(world: &mut World, partition: PartitionId, message: &Message
         None => {
             world.raft.votes.insert((partition, voter, term), candidate);
         }
+    }
+}
+
+/// A candidate's vote request left it: remember the last entry it claimed.
+pub fn on_vote_requested(world: &mut World, partition: PartitionId, message: &Message) {
+    if let MessageBody::Vote {
+        last_log_index,
+        last_log_term,
+        ..
+    } = message.body
+    {
+        world.raft.vote_requests.insert(
+            (partition, message.from, message.term),
+            (last_log_index, last_log_term),
+        );
+    }
+}
+
+/// (last term, last index) ordered as Raft §5.4.1 compares logs: the later last term wins,
+/// then the longer log. Written here, not borrowed from the code under test.
+fn as_up_to_date_as(candidate: (u64, u64), other: (u64, u64)) -> bool {
+    candidate >= other
+}
+
+/// The voter granted `candidate` its vote in `term`. Its log then ended at its last entry of a
+/// term below `term` (it knew no leader of `term`, or it would not have voted): entries of
+/// `term` it holds now came later, from the winner, and a conflict they truncated only makes
+/// the voter's log look shorter, so a violation found this way is real.
+fn check_vote_up_to_date(
+    world: &mut World,
+    partition: PartitionId,
+    voter: NodeId,
+    candidate: NodeId,
+    term: u64,
+) {
+    let Some(&(candidate_index, candidate_term)) =
+        world.raft.vote_requests.get(&(partition, candidate, term))
+    else {
+        return;
+    };
+    let voter_index = world.index_of(voter);
+    let Some(log) = world.nodes[voter_index]
+        .node()
+        .and_then(|node| node.partitions())
+        .and_then(|host| host.group(partition))
+        .map(|group| group.log())
+    else {
+        return;
+    };
+    let mut index = log.last_index();
+    while index > log.snapshot_index() && log.term(index).is_some_and(|at| at >= term) {
+        index -= 1;
+    }
+    let Some(voter_term) = log.term(index) else {
+        return;
+    };
+    if voter_term >= term {
+        return; // a snapshot of the new term replaced it all: nothing left to judge by
+    }
+    if !as_up_to_date_as((candidate_term, candidate_index), (voter_term, index)) {
+        let now = world.now_micros();
+        world.violations.push(Violation {
+            at_micros: now,
+            checker: Checker::UpToDateVotes,
+            message: format!(
+                "{partition} term {term}: {voter} (log ending at index {index}, term {voter_term}) voted for {candidate}, whose log ends at index {candidate_index}, term {candidate_term}"
+            ),
+        });
+    }
+}
+
+/// Entry `index` (of `term`) was just applied for the first time anywhere, so it is committed
+/// and must stay: every voter that lacks it must be unable to win an election, i.e. the
+/// voters whose logs are no more up to date than its own (itself included) must not make a
+/// majority. Nodes down are left out of the count (their logs are not at hand), which can only
+/// hide a violation, never invent one.
+fn check_commit_safety(
+    world: &mut World,
+    applier: NodeId,
+    partition: PartitionId,
+    index: u64,
+    term: u64,
+) {
+    if world.raft.commit_safety_reported >= VIOLATIONS_PER_CHECKER_MAX {
+        return;
+    }
+    let Some(configuration) = world.nodes[world.index_of(applier)]
+        .node()
+        .and_then(|node| node.partitions())
+        .and_then(|host| host.group(partition))
+        .map(|group| group.configuration().clone())
+    else {
+        return;
+    };
+    // (holds the entry, (last term, last index)) of every voter that is up.
+    let mut logs: BTreeMap<NodeId, (bool, (u64, u64))> = BTreeMap::new();
+    for voter in configuration
+        .voters
+        .iter()
+        .chain(&configuration.voters_outgoing)
+    {
+        let Some(log) = world.nodes[world.index_of(*voter)]
+            .node()
+            .and_then(|node| node.partitions())
+            .and_then(|host| host.group(partition))
+            .map(|group| group.log())
+        else {
+            continue;
+        };
+        let holds = log.snapshot_index() >= index || log.term(index) == Some(term);
+        logs.insert(*voter, (holds, (log.last_term(), log.last_index())));
+    }
+    for (&lacking, &(holds, last)) in &logs {
+        if holds {
+            continue;
+        }
+        let would_grant: Vec<NodeId> = logs
+            .iter()
+            .filter(|(_, (_, other))| as_up_to_date_as(last, *other))
+            .map(|(voter, _)| *voter)
+            .collect();
+        let majority_of = |voters: &std::collections::BTreeSet<NodeId>| {
+            voters.is_empty()
+                || would_grant.iter().filter(|voter| voters.contains(voter)).count()
+                    > voters.len() / 2
+        };
+        if majority_of(&configuration.voters) && majority_of(&configuration.voters_outgoing) {
+            world.raft.commit_safety_reported += 1;
+            let now = world.now_micros();
+            world.violations.push(Violation {
+                at_micros: now,
+                checker: Checker::CommitSafety,
+                message: format!(
+                    "{partition} index {index} (term {term}) was applied by {applier}, but {lacking} lacks it and could still be elected: its log ends at index {}, term {}, at least as up to date as those of {would_grant:?}",
+                    last.1, last.0
+                ),
+            });
+            return;
+        }
+    }
+}
+
+/// After a step of the node at `index`: each group it leads moved its commit index, if at all,
+/// onto an entry of its own term. An entry of an earlier term on a majority may still be
+/// overwritten (Figure 8); it is committed only by an entry of the leader's term after it.
+pub fn after_node_step(world: &mut World, index: usize) {
+    let Some(partitions) = world.config.partitions.as_ref().map(|run| run.count) else {
+        return;
+    };
+    let id = world.nodes[index].id;
+    let mut offences = Vec::new();
+    if let Some(host) = world.nodes[index]
+        .node()
+        .and_then(|node| node.partitions())
+    {
+        for partition in (0..partitions).map(PartitionId) {
+            let Some(group) = host.group(partition) else {
+                continue;
+            };
+            if group.role() != Role::Leader {
+                continue;
+            }
+            let (term, log) = (group.term(), group.log());
+            let committed = log.committed();
+            let inherited = *world
+                .raft
+                .commit_inherited
+                .entry((partition, id, term))
+                .or_insert(committed);
+            let committed_term = log.term(committed);
+            if committed > inherited
+                && committed_term != Some(term)
+                && world.raft.commit_safety_reported < VIOLATIONS_PER_CHECKER_MAX
+            {
+                offences.push(format!(
+                    "{partition} term {term}: leader {id} moved its commit index from {inherited} to {committed}, an entry of term {committed_term:?}, not its own"
+                ));
+                // Once per leader and term is enough.
+                world
+                    .raft
+                    .commit_inherited
+                    .insert((partition, id, term), u64::MAX);
+            }
+        }
+    }
+    let now = world.now_micros();
+    for message in offences {
+        world.raft.commit_safety_reported += 1;
+        world.violations.push(Violation {
+            at_micros: now,
+            checker: Checker::CommitSafety,
+            message,
+        });
     }
 }
 
@@ -125,6 +334,7 @@ pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput) {
                         .raft
                         .applied
                         .insert((*partition, *index), (*term, *digest, node));
+                    check_commit_safety(world, node, *partition, *index, *term);
                 }
             }
             let highest = world.raft.highest_applied.entry(*partition).or_default();

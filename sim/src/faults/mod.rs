@@ -45,6 +45,11 @@ pub struct FaultState {
     /// The crash-after-vote fault (by index) waiting for the next granted vote.
     pub crash_after_vote_armed: Option<usize>,
     pub vote_crashes: u64,
+    /// The crash-after-first-commit fault (by index) waiting for a leader's first commit.
+    pub crash_after_first_commit_armed: Option<usize>,
+    /// Per (partition, leader, term): the commit index its first append of the term carried.
+    pub commit_at_term_start: BTreeMap<(PartitionId, NodeId, u64), u64>,
+    pub first_commit_crashes: u64,
     /// Cut-off leaders whose timers stalled (`stall_timers`).
     pub timer_stalls: u64,
 }
@@ -242,6 +247,64 @@ pub fn vote_granted(world: &mut World, voter: NodeId, partition: PartitionId, te
     );
 }
 
+/// `leader` sent an append in `partition` and `term` carrying `leader_commit`. The first one of
+/// its term sets the commit index it inherited; the first to carry more is its first commit
+/// as leader, and an armed crash-after-first-commit fault cuts its power right then, before
+/// its followers hear more (they may hold the entries it committed and not its own).
+pub fn leader_appended(
+    world: &mut World,
+    leader: NodeId,
+    partition: PartitionId,
+    term: u64,
+    leader_commit: u64,
+) {
+    if !world
+        .config
+        .faults
+        .iter()
+        .any(|fault| fault.kind == FaultKind::CrashAfterFirstCommit)
+    {
+        return;
+    }
+    let inherited = *world
+        .fault_state
+        .commit_at_term_start
+        .entry((partition, leader, term))
+        .or_insert(leader_commit);
+    let Some(index) = world.fault_state.crash_after_first_commit_armed else {
+        return;
+    };
+    if leader_commit <= inherited
+        || world.healed
+        || world.fault_state.crashed_by_fault.contains(&leader)
+    {
+        return;
+    }
+    let fault = world.config.faults[index].clone();
+    if world.fault_state.crashed_by_fault.len() >= fault.max_nodes.unwrap_or(1) as usize {
+        return;
+    }
+    // Seen once per term: a later commit of the same leader is not its first.
+    world
+        .fault_state
+        .commit_at_term_start
+        .insert((partition, leader, term), u64::MAX);
+    world.fault_state.crash_after_first_commit_armed = None;
+    let now = world.now_micros();
+    let down = duration_micros(world, &fault, 50);
+    tracing::info!(node = %leader, %partition, term, leader_commit, "fault: crash a new leader at its first commit");
+    world.trace.record(now, "first_commit_crash", leader.0 as u64, down);
+    world.fault_state.crashed_by_fault.insert(leader);
+    world.fault_state.first_commit_crashes += 1;
+    world.schedule(now, Event::FaultEnd(FaultEnd::CrashNow { node: leader }));
+    world.schedule(
+        now + down,
+        Event::FaultEnd(FaultEnd::Restart {
+            nodes: vec![leader],
+        }),
+    );
+}
+
 /// One occurrence of episodic fault `index`; schedules the next.
 pub fn occur(world: &mut World, index: usize) {
     if world.healed {
@@ -405,6 +468,9 @@ pub fn occur(world: &mut World, index: usize) {
         FaultKind::MembershipChange => crate::faults::membership::step(world),
         FaultKind::GarbagePeer => garbage::occur(world),
         FaultKind::CrashAfterVote => world.fault_state.crash_after_vote_armed = Some(index),
+        FaultKind::CrashAfterFirstCommit => {
+            world.fault_state.crash_after_first_commit_armed = Some(index)
+        }
         FaultKind::CrashDuringSnapshot => {
             let max_nodes = fault.max_nodes.unwrap_or(1) as usize;
             if world.fault_state.crashed_by_fault.len() >= max_nodes {
