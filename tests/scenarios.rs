@@ -102,6 +102,15 @@ fast_scenarios! {
     raft_vote_crashes => "raft/raft-vote-crashes",
     raft_canary_commit_previous_term => "raft/raft-canary-commit-previous-term",
     raft_canary_ack_before_sync => "raft/raft-canary-ack-before-sync",
+    raft_leader_churn => "raft/raft-leader-churn",
+    raft_canary_read_without_quorum => "raft/raft-canary-read-without-quorum",
+    raft_canary_vote_without_log_check_default_knobs =>
+        "raft/raft-canary-vote-without-log-check-default-knobs",
+    raft_canary_forget_vote_default_knobs => "raft/raft-canary-forget-vote-default-knobs",
+    raft_canary_commit_previous_term_default_knobs =>
+        "raft/raft-canary-commit-previous-term-default-knobs",
+    raft_canary_ack_before_sync_default_knobs =>
+        "raft/raft-canary-ack-before-sync-default-knobs",
 }
 
 /// Every pinned regression in `scenarios/regressions/`, whatever its tier.
@@ -167,13 +176,15 @@ fn raft_fault_scenarios_exercise_their_faults() {
         let scenario = Scenario::load(&scenario_path(name)).expect("scenario parses");
         (0..3)
             .map(|seed| run_seed(&scenario, seed))
-            .fold([0u64; 6], |mut totals, summary| {
+            .fold([0u64; 8], |mut totals, summary| {
                 totals[0] += summary.snapshots_installed;
                 totals[1] += summary.snapshot_crashes;
                 totals[2] += summary.membership_changes;
                 totals[3] += summary.rolling_restarts;
                 totals[4] += summary.damaged_replicas as u64;
                 totals[5] += summary.vote_crashes;
+                totals[6] += summary.first_commit_crashes;
+                totals[7] += summary.timer_stalls;
                 totals
             })
     };
@@ -190,6 +201,16 @@ fn raft_fault_scenarios_exercise_their_faults() {
     assert!(disk[4] > 0, "damaged replicas refused: {disk:?}");
     let votes = totals("raft/raft-vote-crashes");
     assert!(votes[5] >= 3, "crashes right after a vote: {votes:?}");
+    let churn = totals("raft/raft-leader-churn");
+    assert!(
+        churn[6] >= 30,
+        "crashes at a new leader's first commit: {churn:?}"
+    );
+    let partitions = totals("raft/raft-partitions");
+    assert!(
+        partitions[7] >= 3,
+        "cut-off leaders with stalled timers: {partitions:?}"
+    );
 }
 
 /// The interval checks are not vacuous: the rotation scenario is long enough that intervals

@@ -621,9 +621,12 @@ pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
             RaftPlantedBug::CommitPreviousTermByCounting,
         )),
         "forget_vote_on_restart" => Ok(RaftCanary::Raft(RaftPlantedBug::ForgetVoteOnRestart)),
+        "read_without_quorum_round" => {
+            Ok(RaftCanary::Raft(RaftPlantedBug::ReadWithoutQuorumRound))
+        }
         "acknowledge_before_sync" => Ok(RaftCanary::AcknowledgeBeforeSync),
         other => Err(format!(
-            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\" or \"acknowledge_before_sync\""
+            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\" or \"acknowledge_before_sync\""
         )),
     }
 }

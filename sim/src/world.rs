@@ -609,12 +609,7 @@ impl World {
                         granted_votes.push((from, *partition, raft_message.term));
                     }
                     if let MessageBody::Append { leader_commit, .. } = raft_message.body {
-                        leader_appends.push((
-                            from,
-                            *partition,
-                            raft_message.term,
-                            leader_commit,
-                        ));
+                        leader_appends.push((from, *partition, raft_message.term, leader_commit));
                     }
                 }
                 self.raft_envelopes_sent += 1;

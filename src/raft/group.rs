@@ -38,6 +38,9 @@ pub enum RaftPlantedBug {
     /// Rebuild a group from its recovered hard state without its vote: a restarted node may
     /// vote twice in one term.
     ForgetVoteOnRestart,
+    /// Answer a read at the leader's commit index at once, without the round that confirms
+    /// a quorum still follows it: a deposed leader serves stale reads.
+    ReadWithoutQuorumRound,
 }
 
 /// Checks a snapshot image against the state machine's format (see `RaftConfig`).
@@ -938,7 +941,9 @@ impl RaftGroup {
         }
         let index = self.state.log.committed();
         let only_me: BTreeSet<NodeId> = [self.state.id].into_iter().collect();
-        if self.configuration().is_quorum(&only_me) {
+        if self.configuration().is_quorum(&only_me)
+            || self.state.config.planted_bug == Some(RaftPlantedBug::ReadWithoutQuorumRound)
+        {
             self.answer_read(requester, context, index);
             return;
         }

@@ -220,7 +220,10 @@ fn check_commit_safety(
             .collect();
         let majority_of = |voters: &std::collections::BTreeSet<NodeId>| {
             voters.is_empty()
-                || would_grant.iter().filter(|voter| voters.contains(voter)).count()
+                || would_grant
+                    .iter()
+                    .filter(|voter| voters.contains(voter))
+                    .count()
                     > voters.len() / 2
         };
         if majority_of(&configuration.voters) && majority_of(&configuration.voters_outgoing) {
@@ -248,10 +251,7 @@ pub fn after_node_step(world: &mut World, index: usize) {
     };
     let id = world.nodes[index].id;
     let mut offences = Vec::new();
-    if let Some(host) = world.nodes[index]
-        .node()
-        .and_then(|node| node.partitions())
-    {
+    if let Some(host) = world.nodes[index].node().and_then(|node| node.partitions()) {
         for partition in (0..partitions).map(PartitionId) {
             let Some(group) = host.group(partition) else {
                 continue;

@@ -293,7 +293,9 @@ pub fn leader_appended(
     let now = world.now_micros();
     let down = duration_micros(world, &fault, 50);
     tracing::info!(node = %leader, %partition, term, leader_commit, "fault: crash a new leader at its first commit");
-    world.trace.record(now, "first_commit_crash", leader.0 as u64, down);
+    world
+        .trace
+        .record(now, "first_commit_crash", leader.0 as u64, down);
     world.fault_state.crashed_by_fault.insert(leader);
     world.fault_state.first_commit_crashes += 1;
     world.schedule(now, Event::FaultEnd(FaultEnd::CrashNow { node: leader }));
