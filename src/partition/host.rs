@@ -197,12 +197,24 @@ pub enum HostOutput {
         term: u64,
         digest: u64,
         applier_term: u64,
+        /// The client command the entry carried, if any, and whether it took effect here
+        /// (a copy or an overtaken command is skipped): what exactly-once is judged by.
+        command: Option<AppliedCommandReport>,
     },
     /// A group's role, term or leader changed (only with `report_applied`).
     RoleChanged {
         partition: PartitionId,
         role_state: RoleState,
     },
+}
+
+/// Which command an applied entry carried, and whether it changed the state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppliedCommandReport {
+    pub proposer: u32,
+    pub proposer_session: u64,
+    pub request_id: u64,
+    pub took_effect: bool,
 }
 
 #[derive(Debug)]
@@ -887,6 +899,21 @@ impl PartitionHost {
                 self.applied_since_checkpoint += ready.committed_entries.len() as u64;
                 if self.config.report_applied {
                     let applier_term = self.groups[&partition].term();
+                    let commands: BTreeMap<u64, AppliedCommandReport> = applied
+                        .iter()
+                        .filter(|command| !matches!(command.outcome, WriteOutcome::Undecodable(_)))
+                        .map(|command| {
+                            (
+                                command.index,
+                                AppliedCommandReport {
+                                    proposer: command.proposer,
+                                    proposer_session: command.proposer_session,
+                                    request_id: command.request_id,
+                                    took_effect: command.outcome != WriteOutcome::Superseded,
+                                },
+                            )
+                        })
+                        .collect();
                     for entry in &ready.committed_entries {
                         self.outputs.push(HostOutput::Applied {
                             partition,
@@ -894,6 +921,7 @@ impl PartitionHost {
                             term: entry.term,
                             digest: entry_digest(entry),
                             applier_term,
+                            command: commands.get(&entry.index).copied(),
                         });
                     }
                 }

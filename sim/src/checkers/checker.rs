@@ -24,6 +24,7 @@ pub enum Checker {
     UpToDateVotes,
     LeaderCompleteness,
     CommitSafety,
+    AtMostOnce,
     RaftDurability,
     RaftLiveness,
     Linearizability,
@@ -41,7 +42,7 @@ pub enum Checker {
 
 impl Checker {
     /// Every checker, in declaration order.
-    pub const ALL: [Checker; 25] = [
+    pub const ALL: [Checker; 26] = [
         Checker::WriteOnce,
         Checker::NoAcknowledgedLoss,
         Checker::AcknowledgementHonesty,
@@ -56,6 +57,7 @@ impl Checker {
         Checker::UpToDateVotes,
         Checker::LeaderCompleteness,
         Checker::CommitSafety,
+        Checker::AtMostOnce,
         Checker::RaftDurability,
         Checker::RaftLiveness,
         Checker::Linearizability,
@@ -85,6 +87,7 @@ impl Checker {
             Checker::UpToDateVotes => "up_to_date_votes",
             Checker::LeaderCompleteness => "leader_completeness",
             Checker::CommitSafety => "commit_safety",
+            Checker::AtMostOnce => "at_most_once",
             Checker::RaftDurability => "raft_durability",
             Checker::RaftLiveness => "raft_liveness",
             Checker::Linearizability => "linearizability",

@@ -10,6 +10,10 @@
 //!   when some later leader happens to overwrite it (Figure 8 needs that crash to show); and a
 //!   leader moves its commit index past what it inherited only onto an entry of its own term
 //!   (§5.4.2), judged after each of its node's steps;
+//! - at most once: on each replica (per process life: a restart replays from the last
+//!   checkpoint), a client command takes effect only if its request id is above every one of
+//!   its proposer session's that took effect before (a copy, or a command its session's later
+//!   one overtook, is skipped), judged at every apply;
 //! - leader completeness: a leader of term T holds every entry applied by a node whose term
 //!   was below T when it applied it (such an entry was committed before T), checked at every
 //!   election;
@@ -57,6 +61,10 @@ pub struct RaftObservations {
     /// Per partition, leader and term: the commit index the leader held when first seen
     /// leading in that term.
     commit_inherited: BTreeMap<(PartitionId, NodeId, u64), u64>,
+    /// Per partition, replica, its process life, proposer and proposer session: one past the
+    /// highest request id that took effect there (0: none yet).
+    took_effect: BTreeMap<(PartitionId, NodeId, u64, u32, u64), u64>,
+    at_most_once_reported: usize,
     pub applies: u64,
     pub elections_won: u64,
     divergences_reported: usize,
@@ -302,8 +310,42 @@ pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput) {
             term,
             digest,
             applier_term,
+            command,
         } => {
             world.raft.applies += 1;
+            if let Some(command) = command.filter(|command| command.took_effect) {
+                let life = world.nodes[world.index_of(node)].incarnation;
+                let floor = world
+                    .raft
+                    .took_effect
+                    .entry((
+                        *partition,
+                        node,
+                        life,
+                        command.proposer,
+                        command.proposer_session,
+                    ))
+                    .or_insert(0);
+                if command.request_id < *floor
+                    && world.raft.at_most_once_reported < VIOLATIONS_PER_CHECKER_MAX
+                {
+                    let message = format!(
+                        "{partition} index {index}: {node} applied request {} of proposer {} session {}, after request {} of that session had taken effect",
+                        command.request_id,
+                        command.proposer,
+                        command.proposer_session,
+                        *floor - 1
+                    );
+                    world.raft.at_most_once_reported += 1;
+                    world.violations.push(Violation {
+                        at_micros: now,
+                        checker: Checker::AtMostOnce,
+                        message,
+                    });
+                } else {
+                    *floor = (*floor).max(command.request_id.saturating_add(1));
+                }
+            }
             let reported = world.raft.divergences_reported;
             let best = world
                 .raft
