@@ -104,6 +104,7 @@ fast_scenarios! {
     raft_canary_ack_before_sync => "raft/raft-canary-ack-before-sync",
     raft_leader_churn => "raft/raft-leader-churn",
     raft_canary_read_without_quorum => "raft/raft-canary-read-without-quorum",
+    raft_canary_apply_copies => "raft/raft-canary-apply-copies",
     raft_canary_vote_without_log_check_default_knobs =>
         "raft/raft-canary-vote-without-log-check-default-knobs",
     raft_canary_forget_vote_default_knobs => "raft/raft-canary-forget-vote-default-knobs",

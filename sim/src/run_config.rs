@@ -50,6 +50,7 @@ pub struct PartitionsRun {
     pub raft: RaftConfig,
     pub checkpoint_applied_entries: u64,
     pub acknowledge_before_sync: bool,
+    pub apply_command_copies: bool,
 }
 
 impl PartitionsRun {
@@ -226,6 +227,7 @@ impl RunConfig {
                     },
                     checkpoint_applied_entries: section.checkpoint_applied_entries.draw(&mut rng),
                     acknowledge_before_sync: canary == Some(RaftCanary::AcknowledgeBeforeSync),
+                    apply_command_copies: canary == Some(RaftCanary::ApplyCommandCopies),
                 }
             })
             .map(|mut partitions| {
@@ -323,6 +325,7 @@ impl RunConfig {
                         .max(1),
                     report_applied: true,
                     acknowledge_before_sync: partitions.acknowledge_before_sync,
+                    apply_command_copies: partitions.apply_command_copies,
                     ..HostConfig::default()
                 },
                 tick_micros: partitions.tick_micros,
@@ -378,6 +381,7 @@ mod tests {
             raft: RaftConfig::default(),
             checkpoint_applied_entries: 256,
             acknowledge_before_sync: false,
+            apply_command_copies: false,
         };
         for partition in 0..partitions.count {
             let voters = partitions.voters(partition, &nodes);

@@ -611,6 +611,8 @@ pub enum RaftCanary {
     Raft(borough::raft::RaftPlantedBug),
     /// Acknowledge appends and votes before the log is synced.
     AcknowledgeBeforeSync,
+    /// The state machine applies copies of commands as if new.
+    ApplyCommandCopies,
 }
 
 pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
@@ -625,8 +627,9 @@ pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
             Ok(RaftCanary::Raft(RaftPlantedBug::ReadWithoutQuorumRound))
         }
         "acknowledge_before_sync" => Ok(RaftCanary::AcknowledgeBeforeSync),
+        "apply_command_copies" => Ok(RaftCanary::ApplyCommandCopies),
         other => Err(format!(
-            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\" or \"acknowledge_before_sync\""
+            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\", \"acknowledge_before_sync\" or \"apply_command_copies\""
         )),
     }
 }

@@ -49,6 +49,9 @@ pub struct HostConfig {
     /// A canary's planted bug: send acknowledgements and votes before the log is synced.
     /// Never set outside a canary scenario.
     pub acknowledge_before_sync: bool,
+    /// A canary's planted bug: the state machine applies copies of commands (and commands
+    /// their session overtook) as if new. Never set outside a canary scenario.
+    pub apply_command_copies: bool,
 }
 
 impl Default for HostConfig {
@@ -65,6 +68,7 @@ impl Default for HostConfig {
             request_timeout_ticks: 50,
             report_applied: false,
             acknowledge_before_sync: false,
+            apply_command_copies: false,
         }
     }
 }
@@ -365,10 +369,13 @@ impl PartitionHost {
         config.raft.snapshot_check = Some(KvStore::check_snapshot_image);
         // A state machine store holding impossible values keeps this node's replicas out, as
         // a damaged log does; the node still serves everything else.
-        let kv = KvStore::open(disk.clone()).map_err(|error| match error {
+        let mut kv = KvStore::open(disk.clone()).map_err(|error| match error {
             KvError::Corrupt(reason) => RequestError::Damaged(format!("partition store: {reason}")),
             error => RequestError::from(error),
         })?;
+        if config.apply_command_copies {
+            kv.plant_apply_copies();
+        }
         let (raft_log, mut recovered) = RaftLogStore::open(disk, config.log_segment_bytes_max)
             .map_err(|error| match error {
                 RaftLogError::DamagedAtRest(_) => RequestError::Damaged(error.to_string()),

@@ -102,9 +102,17 @@ pub struct KvStore {
     /// The applied index each partition had at the last checkpoint (durable).
     checkpointed: BTreeMap<PartitionId, u64>,
     poisoned: Option<String>,
+    /// A canary's planted bug: apply copies and overtaken commands as if new. Never set
+    /// outside a canary scenario.
+    apply_copies: bool,
 }
 
 impl KvStore {
+    /// Plants the canary bug `apply_copies` (see the field).
+    pub fn plant_apply_copies(&mut self) {
+        self.apply_copies = true;
+    }
+
     pub fn open(disk: SharedDisk) -> Result<KvStore, KvError> {
         prepare_database_file(disk.as_ref(), DATABASE_FILE)?;
         let database = Database::builder()
@@ -140,6 +148,7 @@ impl KvStore {
             points,
             checkpointed,
             poisoned: None,
+            apply_copies: false,
         })
     }
 
@@ -275,7 +284,9 @@ impl KvStore {
                 };
                 let session = (id.0, command.proposer, command.proposer_session);
                 let highest = sessions.get(session).map_err(engine)?.map(|id| id.value());
-                if highest.is_some_and(|highest| command.request_id <= highest) {
+                if highest.is_some_and(|highest| command.request_id <= highest)
+                    && !self.apply_copies
+                {
                     tracing::debug!(partition = %id, index = entry.index, proposer = command.proposer, request_id = command.request_id, "command superseded: not applied");
                     applied.push(AppliedCommand {
                         index: entry.index,
