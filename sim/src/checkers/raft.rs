@@ -145,13 +145,7 @@ fn check_vote_up_to_date(
     else {
         return;
     };
-    let voter_index = world.index_of(voter);
-    let Some(log) = world.nodes[voter_index]
-        .node()
-        .and_then(|node| node.partitions())
-        .and_then(|host| host.group(partition))
-        .map(|group| group.log())
-    else {
+    let Some(log) = group_on(world, voter, partition).map(|group| group.log()) else {
         return;
     };
     let mut index = log.last_index();
@@ -191,11 +185,8 @@ fn check_commit_safety(
     if world.raft.commit_safety_reported >= VIOLATIONS_PER_CHECKER_MAX {
         return;
     }
-    let Some(configuration) = world.nodes[world.index_of(applier)]
-        .node()
-        .and_then(|node| node.partitions())
-        .and_then(|host| host.group(partition))
-        .map(|group| group.configuration().clone())
+    let Some(configuration) =
+        group_on(world, applier, partition).map(|group| group.configuration().clone())
     else {
         return;
     };
@@ -206,12 +197,7 @@ fn check_commit_safety(
         .iter()
         .chain(&configuration.voters_outgoing)
     {
-        let Some(log) = world.nodes[world.index_of(*voter)]
-            .node()
-            .and_then(|node| node.partitions())
-            .and_then(|host| host.group(partition))
-            .map(|group| group.log())
-        else {
+        let Some(log) = group_on(world, *voter, partition).map(|group| group.log()) else {
             continue;
         };
         let holds = log.snapshot_index() >= index || log.term(index) == Some(term);
@@ -428,13 +414,7 @@ fn check_leader_completeness(world: &mut World, node: NodeId, partition: Partiti
     else {
         return;
     };
-    let node_index = world.index_of(node);
-    let Some(log) = world.nodes[node_index]
-        .node()
-        .and_then(|node| node.partitions())
-        .and_then(|host| host.group(partition))
-        .map(|group| group.log())
-    else {
+    let Some(log) = group_on(world, node, partition).map(|group| group.log()) else {
         return;
     };
     let holds = log.snapshot_index() >= index || log.term(index) == Some(entry_term);
@@ -454,6 +434,18 @@ fn check_leader_completeness(world: &mut World, node: NodeId, partition: Partiti
 
 /// The up replica of `partition` furthest along (highest last index, then term): its view of
 /// the configuration is the latest.
+/// `node`'s replica of `partition`, if the node is up and holds one.
+fn group_on(
+    world: &World,
+    node: NodeId,
+    partition: PartitionId,
+) -> Option<&borough::raft::RaftGroup> {
+    world.nodes[world.index_of(node)]
+        .node()?
+        .partitions()?
+        .group(partition)
+}
+
 fn most_advanced(world: &World, partition: PartitionId) -> Option<&borough::raft::RaftGroup> {
     world
         .nodes
@@ -547,15 +539,10 @@ pub fn check_durable_and_linearizable(world: &mut World) {
             let holding = voters
                 .iter()
                 .filter(|voter| {
-                    let node_index = world.index_of(**voter);
-                    world.nodes[node_index]
-                        .node()
-                        .and_then(|node| node.partitions())
-                        .and_then(|host| host.group(id))
-                        .is_some_and(|group| {
-                            let log = group.log();
-                            log.snapshot_index() > index || log.term(index) == Some(term)
-                        })
+                    group_on(world, **voter, id).is_some_and(|group| {
+                        let log = group.log();
+                        log.snapshot_index() > index || log.term(index) == Some(term)
+                    })
                 })
                 .count();
             if holding < voters.len() / 2 + 1 {
