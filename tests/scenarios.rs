@@ -112,6 +112,7 @@ fast_scenarios! {
         "raft/raft-canary-commit-previous-term-default-knobs",
     raft_canary_ack_before_sync_default_knobs =>
         "raft/raft-canary-ack-before-sync-default-knobs",
+    raft_canary_split_batches => "raft/raft-canary-split-batches",
 }
 
 /// Every pinned regression in `scenarios/regressions/`, whatever its tier.
@@ -212,6 +213,28 @@ fn raft_fault_scenarios_exercise_their_faults() {
         partitions[7] >= 3,
         "cut-off leaders with stalled timers: {partitions:?}"
     );
+}
+
+/// The kv workload's batches and range reads are really in the checked histories: batches,
+/// range reads with pairs in them, and range reads cut short by their limit, in every Raft
+/// scenario with the default mix.
+#[test]
+fn kv_histories_hold_batches_and_range_reads() {
+    for name in [
+        "raft/raft-no-faults",
+        "raft/raft-partitions",
+        "raft/raft-swarm",
+    ] {
+        let scenario = Scenario::load(&scenario_path(name)).expect("scenario parses");
+        let summary = run_seed(&scenario, 1);
+        assert!(
+            summary.kv_batches >= 20 && summary.kv_ranges >= 20 && summary.kv_ranges_at_limit >= 5,
+            "{name}: {} batches, {} range reads, {} at their limit",
+            summary.kv_batches,
+            summary.kv_ranges,
+            summary.kv_ranges_at_limit
+        );
+    }
 }
 
 /// The interval checks are not vacuous: the rotation scenario is long enough that intervals

@@ -3,9 +3,10 @@
 //! Drawing happens once, from a stream of its own, before the world starts, so adding a knob to
 //! a scenario changes only the draws after it in this stream and never the world's stream.
 
+use crate::checkers::Checker;
 use crate::scenario::{
-    parse_planted_bug, parse_raft_planted_bug, ChecksSection, Drawn, FaultSection, RaftCanary,
-    Scenario,
+    parse_planted_bug, parse_raft_planted_bug, ChecksSection, Drawn, Expectation, FaultSection,
+    RaftCanary, Scenario,
 };
 use borough::coordinator::CommitLevel;
 use borough::events::{ConsolidationInterval, StoreConfig};
@@ -39,6 +40,8 @@ pub struct WorkloadConfig {
     pub keys_per_partition: u64,
     pub read_ratio: f64,
     pub delete_ratio: f64,
+    pub batch_ratio: f64,
+    pub range_ratio: f64,
 }
 
 /// The Raft partitions of a run.
@@ -51,6 +54,7 @@ pub struct PartitionsRun {
     pub checkpoint_applied_entries: u64,
     pub acknowledge_before_sync: bool,
     pub apply_command_copies: bool,
+    pub split_batches: bool,
 }
 
 impl PartitionsRun {
@@ -111,6 +115,9 @@ pub struct RunConfig {
     pub partitions: Option<PartitionsRun>,
     pub faults: Vec<FaultSection>,
     pub checks: ChecksSection,
+    /// A canary's run stops at the first violation from the checker it names: the catch is
+    /// what it exists to show, and what follows a broken rule only costs time.
+    pub stop_when_caught_by: Option<Checker>,
 }
 
 impl RunConfig {
@@ -169,14 +176,17 @@ impl RunConfig {
                 let rate_per_s = workload.rate_per_s.draw(&mut rng);
                 let client_timeout_micros = workload.client_timeout_ms.draw(&mut rng) * 1000;
                 // Drawn only for kv workloads, so event runs keep their streams.
-                let (keys_per_partition, read_ratio, delete_ratio) = match kind {
-                    WorkloadKind::Kv => (
-                        workload.keys_per_partition.draw(&mut rng).max(1),
-                        workload.read_ratio.draw(&mut rng),
-                        workload.delete_ratio.draw(&mut rng),
-                    ),
-                    WorkloadKind::Events => (0, 0.0, 0.0),
-                };
+                let (keys_per_partition, read_ratio, delete_ratio, batch_ratio, range_ratio) =
+                    match kind {
+                        WorkloadKind::Kv => (
+                            workload.keys_per_partition.draw(&mut rng).max(1),
+                            workload.read_ratio.draw(&mut rng),
+                            workload.delete_ratio.draw(&mut rng),
+                            workload.batch_ratio.draw(&mut rng),
+                            workload.range_ratio.draw(&mut rng),
+                        ),
+                        WorkloadKind::Events => (0, 0.0, 0.0, 0.0, 0.0),
+                    };
                 WorkloadConfig {
                     kind,
                     rate_per_s,
@@ -190,6 +200,8 @@ impl RunConfig {
                     keys_per_partition,
                     read_ratio,
                     delete_ratio,
+                    batch_ratio,
+                    range_ratio,
                 }
             })
             .collect();
@@ -228,6 +240,7 @@ impl RunConfig {
                     checkpoint_applied_entries: section.checkpoint_applied_entries.draw(&mut rng),
                     acknowledge_before_sync: canary == Some(RaftCanary::AcknowledgeBeforeSync),
                     apply_command_copies: canary == Some(RaftCanary::ApplyCommandCopies),
+                    split_batches: canary == Some(RaftCanary::SplitBatches),
                 }
             })
             .map(|mut partitions| {
@@ -283,6 +296,10 @@ impl RunConfig {
             partitions,
             faults: file.fault.clone(),
             checks: file.checks.clone(),
+            stop_when_caught_by: match file.scenario.expect {
+                Expectation::Fail => file.scenario.caught_by,
+                Expectation::Pass => None,
+            },
         }
     }
 
@@ -326,6 +343,7 @@ impl RunConfig {
                     report_applied: true,
                     acknowledge_before_sync: partitions.acknowledge_before_sync,
                     apply_command_copies: partitions.apply_command_copies,
+                    split_batches: partitions.split_batches,
                     ..HostConfig::default()
                 },
                 tick_micros: partitions.tick_micros,
@@ -382,6 +400,7 @@ mod tests {
             checkpoint_applied_entries: 256,
             acknowledge_before_sync: false,
             apply_command_copies: false,
+            split_batches: false,
         };
         for partition in 0..partitions.count {
             let voters = partitions.voters(partition, &nodes);

@@ -1,5 +1,6 @@
 //! Running scenarios: one seed, one seed twice (the determinism check), and sweeps.
 
+use crate::checkers::atomicity::{KvRequest, KvResponse};
 use crate::checkers::Checker;
 use crate::run_config::RunConfig;
 use crate::scenario::{Expectation, Scenario, ScenarioSection};
@@ -33,6 +34,11 @@ pub struct RunSummary {
     pub kv_answered: usize,
     pub kv_indeterminate: usize,
     pub kv_refused: u64,
+    /// Of the checked operations: batches, and range reads answered (of which cut short by
+    /// their limit).
+    pub kv_batches: usize,
+    pub kv_ranges: usize,
+    pub kv_ranges_at_limit: usize,
     pub raft_applies: u64,
     pub raft_elections: u64,
     pub linearizability_unknown_keys: u64,
@@ -52,6 +58,8 @@ pub struct RunSummary {
     pub garbage_sent: u64,
     pub garbage_refused: u64,
     pub garbage_replays: u64,
+    /// A canary's run stopped at the first violation from its named checker.
+    pub stopped_when_caught: bool,
     pub violations: Vec<Violation>,
 }
 
@@ -110,10 +118,13 @@ impl RunSummary {
         if self.kv_operations > 0 || self.raft_applies > 0 {
             let _ = writeln!(
                 text,
-                "kv: {} checked ({} answered, {} indeterminate) refused: {} applies: {} elections: {} unknown_keys: {}",
+                "kv: {} checked ({} answered, {} indeterminate; {} batches, {} range reads, {} at their limit) refused: {} applies: {} elections: {} unknown_keys: {}",
                 self.kv_operations,
                 self.kv_answered,
                 self.kv_indeterminate,
+                self.kv_batches,
+                self.kv_ranges,
+                self.kv_ranges_at_limit,
                 self.kv_refused,
                 self.raft_applies,
                 self.raft_elections,
@@ -140,6 +151,9 @@ impl RunSummary {
                 "garbage peer: sent: {} refused: {} replays: {}",
                 self.garbage_sent, self.garbage_refused, self.garbage_replays
             );
+        }
+        if self.stopped_when_caught {
+            let _ = writeln!(text, "stopped: caught by the checker the canary names");
         }
         for violation in &self.violations {
             let _ = writeln!(
@@ -189,15 +203,25 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
         intervals_closed: world.interval_closures.len(),
         syncs: world.nodes.iter().map(|node| node.disk.stats().syncs).sum(),
         kv_operations: world.kv_history.records.len(),
-        kv_answered: world.kv_history.count(|record| {
-            record.operation.output
-                != crate::checkers::linearizability::OperationOutput::Indeterminate
-        }),
-        kv_indeterminate: world.kv_history.count(|record| {
-            record.operation.output
-                == crate::checkers::linearizability::OperationOutput::Indeterminate
-        }),
+        kv_answered: world
+            .kv_history
+            .count(|record| record.call.response != KvResponse::Indeterminate),
+        kv_indeterminate: world
+            .kv_history
+            .count(|record| record.call.response == KvResponse::Indeterminate),
         kv_refused: world.kv_history.refused,
+        kv_batches: world
+            .kv_history
+            .count(|record| matches!(record.call.request, KvRequest::Batch(_))),
+        kv_ranges: world
+            .kv_history
+            .count(|record| matches!(record.call.response, KvResponse::Pairs(_))),
+        kv_ranges_at_limit: world.kv_history.count(|record| {
+            matches!(
+                (&record.call.request, &record.call.response),
+                (KvRequest::Range { limit, .. }, KvResponse::Pairs(pairs)) if pairs.len() == *limit
+            )
+        }),
         raft_applies: world.raft.applies,
         raft_elections: world.raft.elections_won,
         linearizability_unknown_keys: world.linearizability_unknown_keys,
@@ -220,6 +244,7 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
         garbage_sent: world.garbage.sent,
         garbage_refused: world.garbage.refused,
         garbage_replays: world.garbage.replays,
+        stopped_when_caught: world.stopped_when_caught,
         violations: world.violations.clone(),
     }
 }

@@ -198,6 +198,12 @@ pub struct WorkloadSection {
     /// `kv`: the share of writes that are deletes.
     #[serde(default = "default_delete_ratio")]
     pub delete_ratio: Drawn<f64>,
+    /// `kv`: the share of writes that are batches (2 to 4 keys, applied together).
+    #[serde(default = "default_batch_ratio")]
+    pub batch_ratio: Drawn<f64>,
+    /// `kv`: the share of reads that are range reads (random bounds, limit and direction).
+    #[serde(default = "default_range_ratio")]
+    pub range_ratio: Drawn<f64>,
 }
 
 fn default_keys_per_partition() -> Drawn<u64> {
@@ -208,6 +214,12 @@ fn default_read_ratio() -> Drawn<f64> {
 }
 fn default_delete_ratio() -> Drawn<f64> {
     Drawn::Fixed(0.1)
+}
+fn default_batch_ratio() -> Drawn<f64> {
+    Drawn::Fixed(0.2)
+}
+fn default_range_ratio() -> Drawn<f64> {
+    Drawn::Fixed(0.3)
 }
 
 /// Raft partitions on every node: how many, how many replicas each, and the Raft knobs.
@@ -248,7 +260,9 @@ pub struct PartitionsSection {
     #[serde(default)]
     pub inflight_max: Option<Drawn<u64>>,
     /// A Raft bug planted on purpose: `vote_without_log_check`,
-    /// `commit_previous_term_by_counting` or `acknowledge_before_sync`.
+    /// `commit_previous_term_by_counting`, `forget_vote_on_restart`,
+    /// `read_without_quorum_round`, `acknowledge_before_sync`, `apply_command_copies` or
+    /// `split_batches`.
     #[serde(default)]
     pub planted_bug: Option<String>,
 }
@@ -613,6 +627,8 @@ pub enum RaftCanary {
     AcknowledgeBeforeSync,
     /// The state machine applies copies of commands as if new.
     ApplyCommandCopies,
+    /// A batch is proposed as one entry per operation.
+    SplitBatches,
 }
 
 pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
@@ -628,8 +644,9 @@ pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
         }
         "acknowledge_before_sync" => Ok(RaftCanary::AcknowledgeBeforeSync),
         "apply_command_copies" => Ok(RaftCanary::ApplyCommandCopies),
+        "split_batches" => Ok(RaftCanary::SplitBatches),
         other => Err(format!(
-            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\", \"acknowledge_before_sync\" or \"apply_command_copies\""
+            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\", \"acknowledge_before_sync\", \"apply_command_copies\" or \"split_batches\""
         )),
     }
 }

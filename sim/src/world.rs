@@ -204,6 +204,8 @@ pub struct World {
     pub healed: bool,
     pub workload_stopped: bool,
     pub ended: bool,
+    /// The run stopped at its canary's catch, before the end and the final checks.
+    pub stopped_when_caught: bool,
     pub fault_state: crate::faults::FaultState,
     pub steps: u64,
     pub messages_delivered: u64,
@@ -276,6 +278,7 @@ impl World {
             healed: false,
             workload_stopped: false,
             ended: false,
+            stopped_when_caught: false,
             fault_state: crate::faults::FaultState::default(),
             steps: 0,
             messages_delivered: 0,
@@ -357,9 +360,15 @@ impl World {
             if let Event::Deliver { frame, .. } = &scheduled.event {
                 self.queued_frame_bytes -= frame.len() as u64;
             }
+            let violations_before = self.violations.len();
             self.handle(scheduled.event);
             if self.ended {
                 break;
+            }
+            if self.violations.len() > violations_before && self.caught() {
+                // A canary caught by its checker has shown what it exists to show.
+                self.stopped_when_caught = true;
+                return;
             }
             if let Some(reason) = self.over_budget() {
                 self.violations.push(Violation {
@@ -378,6 +387,15 @@ impl World {
                 process_disk.kill();
             }
         }
+    }
+
+    /// Whether the checker a canary names has caught it.
+    fn caught(&self) -> bool {
+        self.config.stop_when_caught_by.is_some_and(|checker| {
+            self.violations
+                .iter()
+                .any(|violation| violation.checker == checker)
+        })
     }
 
     /// Why the run must stop now, if it has spent its budget.

@@ -52,6 +52,9 @@ pub struct HostConfig {
     /// A canary's planted bug: the state machine applies copies of commands (and commands
     /// their session overtook) as if new. Never set outside a canary scenario.
     pub apply_command_copies: bool,
+    /// A canary's planted bug: a batch is proposed as one entry per operation, answered when
+    /// the last applies, so readers can see part of it. Never set outside a canary scenario.
+    pub split_batches: bool,
 }
 
 impl Default for HostConfig {
@@ -69,6 +72,7 @@ impl Default for HostConfig {
             report_applied: false,
             acknowledge_before_sync: false,
             apply_command_copies: false,
+            split_batches: false,
         }
     }
 }
@@ -543,6 +547,7 @@ impl PartitionHost {
     ) -> Result<u64, RequestError> {
         self.check_usable()?;
         operation.validate()?;
+        let operation = self.plant_split_batch(partition, operation);
         let request_id = self.new_request_id();
         let Some(group) = self.groups.get_mut(&partition) else {
             return Err(RequestError::UnknownPartition(partition));
@@ -568,6 +573,32 @@ impl PartitionHost {
             },
         );
         Ok(request_id)
+    }
+
+    /// The planted `split_batches` bug: every operation of a batch but the last is proposed
+    /// on its own, unanswered, ahead of the rest (so it applies first); the last is the
+    /// batch's answer. Without the bug the operation is returned unchanged.
+    fn plant_split_batch(&mut self, partition: PartitionId, operation: KvOperation) -> KvOperation {
+        let KvOperation::Batch(mut operations) = operation else {
+            return operation;
+        };
+        if !self.config.split_batches || operations.len() < 2 {
+            return KvOperation::Batch(operations);
+        }
+        let last = operations.split_off(operations.len() - 1);
+        for piece in operations {
+            let request_id = self.new_request_id();
+            let command = KvCommand {
+                proposer: self.id.0,
+                proposer_session: self.session,
+                request_id,
+                operation: KvOperation::Batch(vec![piece]),
+            };
+            if let Some(group) = self.groups.get_mut(&partition) {
+                let _ = group.propose(command.encode());
+            }
+        }
+        KvOperation::Batch(last)
     }
 
     /// Starts a linearizable read; its answer comes out of [`PartitionHost::take_outputs`].

@@ -28,6 +28,7 @@ pub enum Checker {
     RaftDurability,
     RaftLiveness,
     Linearizability,
+    Atomicity,
     // The whole node.
     Recovery,
     Codec,
@@ -42,7 +43,7 @@ pub enum Checker {
 
 impl Checker {
     /// Every checker, in declaration order.
-    pub const ALL: [Checker; 26] = [
+    pub const ALL: [Checker; 27] = [
         Checker::WriteOnce,
         Checker::NoAcknowledgedLoss,
         Checker::AcknowledgementHonesty,
@@ -61,6 +62,7 @@ impl Checker {
         Checker::RaftDurability,
         Checker::RaftLiveness,
         Checker::Linearizability,
+        Checker::Atomicity,
         Checker::Recovery,
         Checker::Codec,
         Checker::GarbageRefused,
@@ -91,6 +93,7 @@ impl Checker {
             Checker::RaftDurability => "raft_durability",
             Checker::RaftLiveness => "raft_liveness",
             Checker::Linearizability => "linearizability",
+            Checker::Atomicity => "atomicity",
             Checker::Recovery => "recovery",
             Checker::Codec => "codec",
             Checker::GarbageRefused => "garbage_refused",

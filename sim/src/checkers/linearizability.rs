@@ -904,7 +904,7 @@ fn explain(
 }
 
 /// A value or key for a person: quoted text when it is UTF-8, hex otherwise.
-struct Bytes<'a>(&'a [u8]);
+pub(crate) struct Bytes<'a>(pub(crate) &'a [u8]);
 
 impl fmt::Display for Bytes<'_> {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -6,6 +6,7 @@
 //! interval checks in `intervals`, and the Raft partition checks in `raft` (which also judge
 //! every apply and role change as it happens, and the kv history's linearizability).
 
+pub mod atomicity;
 mod checker;
 mod event_store;
 mod intervals;

@@ -24,11 +24,13 @@
 //!   has applied the same index by the end of the run;
 //! - durability: after the final power cycle, a majority of every partition's voters still
 //!   holds the last entry applied anywhere;
-//! - linearizability of the kv history, per key (`linearizability`), and liveness of kv writes
-//!   issued once the cluster healed.
+//! - linearizability of the kv history, per key (`linearizability`; batches and range reads
+//!   projected onto their keys), range reads as one instant and batches as one (`atomicity`),
+//!   and liveness of kv calls, reads and writes, issued once the cluster healed.
 
 use super::Checker;
-use crate::checkers::linearizability::{check_history, CheckOutcome, OperationOutput};
+use crate::checkers::atomicity::{self, KvResponse, Projection};
+use crate::checkers::linearizability::{check_history, CheckOutcome};
 use crate::world::{Violation, World};
 use borough::ids::NodeId;
 use borough::partition::host::HostOutput;
@@ -559,16 +561,33 @@ pub fn check_durable_and_linearizable(world: &mut World) {
     }
     let liveness_from = world.config.safety_micros + world.config.checks.liveness_bound_ms * 1000;
     let liveness_to = world.config.workload_stop_micros();
-    let stuck = world.kv_history.count(|record| {
-        record.operation.call_micros >= liveness_from
-            && record.operation.call_micros < liveness_to
-            && record.operation.output == OperationOutput::Indeterminate
+    let in_liveness_window =
+        |call_micros: u64| call_micros >= liveness_from && call_micros < liveness_to;
+    let stuck_writes = world.kv_history.count(|record| {
+        in_liveness_window(record.call.call_micros)
+            && record.call.response == KvResponse::Indeterminate
     });
-    if stuck > 0 {
+    let stuck_reads = world
+        .kv_history
+        .unanswered_reads
+        .iter()
+        .filter(|call_micros| in_liveness_window(**call_micros))
+        .count();
+    if stuck_writes + stuck_reads > 0 {
         world.violations.push(Violation {
             at_micros: now,
             checker: Checker::RaftLiveness,
-            message: format!("{stuck} kv writes issued after the cluster healed got no answer"),
+            message: format!(
+                "kv calls issued after the cluster healed got no answer: {stuck_writes} writes, {stuck_reads} reads"
+            ),
+        });
+    }
+    let calls = world.kv_history.calls();
+    for message in atomicity::check(&calls) {
+        world.violations.push(Violation {
+            at_micros: now,
+            checker: Checker::Atomicity,
+            message,
         });
     }
     if world.violations.iter().any(|violation| {
@@ -581,34 +600,49 @@ pub fn check_durable_and_linearizable(world: &mut World) {
         // broken would only spend time (it is the slowest case of the search).
         return;
     }
-    let operations = world.kv_history.operations();
-    let mut operations_per_key: BTreeMap<&[u8], u64> = BTreeMap::new();
-    for operation in &operations {
-        *operations_per_key.entry(operation.key()).or_default() += 1;
-    }
-    let busiest_key_operations = operations_per_key.values().copied().max().unwrap_or(0);
-    let steps_per_key = LINEARIZABILITY_STEPS_PER_KEY_MIN
-        .max(busiest_key_operations.saturating_mul(LINEARIZABILITY_STEPS_PER_OPERATION));
-    match check_history(&operations, steps_per_key) {
-        CheckOutcome::Linearizable => {}
-        CheckOutcome::NotLinearizable { key, explanation } => {
-            world.violations.push(Violation {
-                at_micros: now,
-                checker: Checker::Linearizability,
-                message: format!("key {}: {explanation}", String::from_utf8_lossy(&key)),
-            });
+    // Each key's history alone first (linearizability), then with every batch's keys tied
+    // together (atomicity): a torn batch is named as such, a stale read as what it is.
+    for (projection, checker) in [
+        (Projection::KeyByKey, Checker::Linearizability),
+        (Projection::BatchesTied, Checker::Atomicity),
+    ] {
+        let operations = atomicity::project(&calls, projection);
+        let mut operations_per_key: BTreeMap<&[u8], u64> = BTreeMap::new();
+        for operation in &operations {
+            *operations_per_key.entry(operation.key()).or_default() += 1;
         }
-        // A search that gave up proves nothing, so it fails the run (and is counted apart,
-        // so a sweep tells a slow search from a refuted history).
-        unknown @ CheckOutcome::Unknown { .. } => {
-            if let CheckOutcome::Unknown { unknown_keys, .. } = unknown {
-                world.linearizability_unknown_keys = unknown_keys as u64;
+        let busiest_key_operations = operations_per_key.values().copied().max().unwrap_or(0);
+        let steps_per_key = LINEARIZABILITY_STEPS_PER_KEY_MIN
+            .max(busiest_key_operations.saturating_mul(LINEARIZABILITY_STEPS_PER_OPERATION));
+        match check_history(&operations, steps_per_key) {
+            CheckOutcome::Linearizable => continue,
+            CheckOutcome::NotLinearizable { key, explanation } => {
+                let what = match projection {
+                    Projection::KeyByKey => String::new(),
+                    Projection::BatchesTied => "with each batch taking effect on all of its keys at once (each key alone is linearizable), ".to_string(),
+                };
+                world.violations.push(Violation {
+                    at_micros: now,
+                    checker,
+                    message: format!("{what}key {}: {explanation}", String::from_utf8_lossy(&key)),
+                });
             }
-            world.violations.push(Violation {
-                at_micros: now,
-                checker: Checker::Linearizability,
-                message: format!("the search ran out of budget, which is not a pass: {unknown}"),
-            });
+            // A search that gave up proves nothing, so it fails the run (and is counted
+            // apart, so a sweep tells a slow search from a refuted history).
+            unknown @ CheckOutcome::Unknown { .. } => {
+                if let CheckOutcome::Unknown { unknown_keys, .. } = unknown {
+                    world.linearizability_unknown_keys = unknown_keys as u64;
+                }
+                world.violations.push(Violation {
+                    at_micros: now,
+                    checker: Checker::Linearizability,
+                    message: format!(
+                        "the search ran out of budget, which is not a pass: {unknown}"
+                    ),
+                });
+            }
         }
+        // A refuted or unfinished history is not searched again.
+        break;
     }
 }

@@ -1,20 +1,22 @@
 //! The key-value workload: clients reading, writing and deleting keys of the Raft partitions
-//! through random replicas of each partition, and the history of what they saw.
+//! through random replicas of each partition, in single-key calls, batches (2 to 4 keys
+//! applied together) and range reads (random bounds, limit and direction), and the history
+//! of what they saw.
 //!
-//! Every put writes a value unique to its request, so the linearizability checker can tell
-//! writes apart. An operation refused on the spot (no leader known, node down) never started
+//! Every put writes a value unique to its call, so the checkers can tell writes apart. An operation refused on the spot (no leader known, node down) never started
 //! and is not in the history; a write answered "not applied" (its entry lost to a new
 //! leader) is dropped too. A write with no answer in time, or whose node crashed, is
 //! indeterminate: it may have taken effect at any point after its call, or never. A read
-//! that failed constrains nothing and is dropped.
+//! that failed constrains nothing and is dropped; one that got no answer at all is still
+//! counted, for liveness.
 
-use crate::checkers::linearizability::{Operation, OperationInput, OperationOutput};
+use crate::checkers::atomicity::{KeyWrite, KvCall as CheckedCall, KvRequest, KvResponse};
 use crate::run_config::WorkloadConfig;
 use crate::world::{Event, World};
 use borough::ids::NodeId;
-use borough::partition::command::KvOperation;
+use borough::partition::command::{BatchOperation, KvOperation};
 use borough::partition::host::{HostOutput, ReadAnswer, ReadRequest, RequestError};
-use borough::partition::kv_store::KvError;
+use borough::partition::kv_store::{KvError, RangeQuery};
 use borough::partition::PartitionId;
 use borough::seams::Rng;
 use std::collections::BTreeMap;
@@ -23,7 +25,7 @@ use xxhash_rust::xxh3::xxh3_64;
 #[derive(Clone, Debug)]
 pub struct KvRecord {
     pub node: NodeId,
-    pub operation: Operation,
+    pub call: CheckedCall,
     pub pending: bool,
 }
 
@@ -35,14 +37,17 @@ pub struct KvHistory {
     next_id: u64,
     /// Operations refused on the spot or known not to have taken effect.
     pub refused: u64,
+    /// When each read that never got an answer was called: left out of the history (it
+    /// constrains nothing) but not out of liveness.
+    pub unanswered_reads: Vec<u64>,
 }
 
 impl KvHistory {
-    /// The operations the linearizability checker judges.
-    pub fn operations(&self) -> Vec<Operation> {
+    /// The calls the linearizability and atomicity checkers judge.
+    pub fn calls(&self) -> Vec<CheckedCall> {
         self.records
             .values()
-            .map(|record| record.operation.clone())
+            .map(|record| record.call.clone())
             .collect()
     }
 
@@ -54,12 +59,15 @@ impl KvHistory {
             return;
         }
         record.pending = false;
-        match record.operation.input {
-            OperationInput::Get { .. } => {
+        match record.call.request {
+            KvRequest::Get { .. } | KvRequest::Range { .. } => {
                 // A read that never returned constrains nothing.
+                self.unanswered_reads.push(record.call.call_micros);
                 self.records.remove(&history_id);
             }
-            _ => record.operation.output = OperationOutput::Indeterminate,
+            KvRequest::Write(_) | KvRequest::Batch(_) => {
+                record.call.response = KvResponse::Indeterminate
+            }
         }
     }
 
@@ -116,7 +124,6 @@ pub fn client_operation(world: &mut World, index: usize) {
     };
     let partition = world.draw(0, partitions.count - 1);
     let key_number = world.draw(0, workload.keys_per_partition - 1);
-    let key = format!("k{key_number}").into_bytes();
     // Clients route to the nodes that hold the partition (its voters, unless membership
     // changes moved replicas).
     let hosts = &world.partition_hosts[&partition];
@@ -131,35 +138,85 @@ pub fn client_operation(world: &mut World, index: usize) {
         world.kv_history.refused += 1;
         return;
     }
-    let now = world.now_micros();
-    let checked_key = history_key(partition, &key);
-    let (input, request) = if is_read {
+    // Each put writes a value unique to its call, so the checkers can tell writes apart (a
+    // batch writes each of its keys once).
+    let value = format!("v{history_id}").into_bytes();
+    let (request, operation) = if is_read {
+        if world.rng.chance(workload.range_ratio) {
+            let query = draw_range(world, workload.keys_per_partition);
+            let keys = keys_in_range(workload.keys_per_partition, &query)
+                .into_iter()
+                .map(|key| history_key(partition, &key))
+                .collect();
+            (
+                KvRequest::Range {
+                    keys,
+                    limit: query.limit,
+                },
+                Operation::Read(ReadRequest::Range(query)),
+            )
+        } else {
+            let key = key_name(key_number);
+            (
+                KvRequest::Get {
+                    key: history_key(partition, &key),
+                },
+                Operation::Read(ReadRequest::Get { key }),
+            )
+        }
+    } else if workload.keys_per_partition >= 2 && world.rng.chance(workload.batch_ratio) {
+        let size = world.draw(2, workload.keys_per_partition.min(4));
+        let mut key_numbers = vec![key_number];
+        while (key_numbers.len() as u64) < size {
+            let candidate = world.draw(0, workload.keys_per_partition - 1);
+            if !key_numbers.contains(&candidate) {
+                key_numbers.push(candidate);
+            }
+        }
+        let mut checked = Vec::new();
+        let mut operations = Vec::new();
+        for number in key_numbers {
+            let key = key_name(number);
+            let deletes = world.rng.chance(workload.delete_ratio);
+            checked.push(KeyWrite {
+                key: history_key(partition, &key),
+                value: (!deletes).then(|| value.clone()),
+            });
+            operations.push(if deletes {
+                BatchOperation::Delete { key }
+            } else {
+                BatchOperation::Put {
+                    key,
+                    value: value.clone(),
+                }
+            });
+        }
         (
-            OperationInput::Get {
-                key: checked_key.clone(),
-            },
-            None,
-        )
-    } else if is_delete {
-        (
-            OperationInput::Delete {
-                key: checked_key.clone(),
-            },
-            Some(KvOperation::Delete { key: key.clone() }),
+            KvRequest::Batch(checked),
+            Operation::Write(KvOperation::Batch(operations)),
         )
     } else {
-        let value = format!("v{history_id}").into_bytes();
-        (
-            OperationInput::Put {
-                key: checked_key.clone(),
-                value: value.clone(),
-            },
-            Some(KvOperation::Put {
-                key: key.clone(),
-                value,
-            }),
-        )
+        let key = key_name(key_number);
+        let checked_key = history_key(partition, &key);
+        if is_delete {
+            (
+                KvRequest::Write(KeyWrite {
+                    key: checked_key,
+                    value: None,
+                }),
+                Operation::Write(KvOperation::Delete { key }),
+            )
+        } else {
+            (
+                KvRequest::Write(KeyWrite {
+                    key: checked_key,
+                    value: Some(value.clone()),
+                }),
+                Operation::Write(KvOperation::Put { key, value }),
+            )
+        }
     };
+    let now = world.now_micros();
     start_call(
         world,
         KvCall {
@@ -168,13 +225,55 @@ pub fn client_operation(world: &mut World, index: usize) {
             incarnation: world.nodes[target].incarnation,
             partition,
             key_number,
-            key,
-            input,
             request,
+            operation,
             call_micros: now,
             timeout_micros: workload.client_timeout_micros,
         },
     );
+}
+
+fn key_name(number: u64) -> Vec<u8> {
+    format!("k{number}").into_bytes()
+}
+
+/// A range query over the key space: bounds that are keys of it or open, a limit from one
+/// to one past the key count (so answers are cut short now and then), either direction.
+fn draw_range(world: &mut World, keys_per_partition: u64) -> RangeQuery {
+    let bound = |world: &mut World| {
+        (!world.rng.chance(0.2)).then(|| key_name(world.draw(0, keys_per_partition - 1)))
+    };
+    let start = bound(world);
+    let end = bound(world);
+    RangeQuery {
+        start,
+        end,
+        limit: world.draw(1, keys_per_partition + 1) as usize,
+        reverse: world.rng.chance(0.3),
+    }
+}
+
+/// The keys of the key space inside `query`'s bounds (`start` included, `end` not), in the
+/// query's order: what a correct answer draws from.
+fn keys_in_range(keys_per_partition: u64, query: &RangeQuery) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = (0..keys_per_partition)
+        .map(key_name)
+        .filter(|key| {
+            query.start.as_ref().is_none_or(|start| key >= start)
+                && query.end.as_ref().is_none_or(|end| key < end)
+        })
+        .collect();
+    keys.sort();
+    if query.reverse {
+        keys.reverse();
+    }
+    keys
+}
+
+#[derive(Debug)]
+enum Operation {
+    Write(KvOperation),
+    Read(ReadRequest),
 }
 
 /// A kv request on its way into its node.
@@ -186,10 +285,10 @@ pub struct KvCall {
     incarnation: u64,
     partition: u64,
     key_number: u64,
-    key: Vec<u8>,
-    input: OperationInput,
-    /// The write, or `None` for a read of `key`.
-    request: Option<KvOperation>,
+    /// What the checkers are told was asked.
+    request: KvRequest,
+    /// What the node is asked.
+    operation: Operation,
     call_micros: u64,
     timeout_micros: u64,
 }
@@ -213,19 +312,17 @@ pub fn start_call(world: &mut World, call: KvCall) {
         history_id,
         partition,
         key_number,
-        key,
-        input,
         request,
+        operation,
         call_micros,
         timeout_micros,
         ..
     } = call;
-    let is_read = request.is_none();
     let mut started = None;
     world.with_node(target, |node| {
-        started = Some(match request {
-            Some(operation) => node.partition_write(PartitionId(partition), operation),
-            None => node.partition_read(PartitionId(partition), ReadRequest::Get { key }),
+        started = Some(match operation {
+            Operation::Write(operation) => node.partition_write(PartitionId(partition), operation),
+            Operation::Read(read) => node.partition_read(PartitionId(partition), read),
         });
     });
     let request_id = match started {
@@ -236,7 +333,7 @@ pub fn start_call(world: &mut World, call: KvCall) {
             return;
         }
     };
-    tracing::debug!(history_id, node = %target_id, request_id, partition, key_number, is_read, "kv call");
+    tracing::debug!(history_id, node = %target_id, request_id, partition, key_number, ?request, "kv call");
     world.trace.record(
         call_micros,
         "kv",
@@ -247,12 +344,12 @@ pub fn start_call(world: &mut World, call: KvCall) {
         history_id,
         KvRecord {
             node: target_id,
-            operation: Operation {
-                client: history_id,
+            call: CheckedCall {
+                id: history_id,
                 call_micros,
                 return_micros: None,
-                input,
-                output: OperationOutput::Indeterminate,
+                request,
+                response: KvResponse::Indeterminate,
             },
             pending: true,
         },
@@ -271,7 +368,7 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput) {
         HostOutput::WriteAnswered { request_id, result } => (
             *request_id,
             match result {
-                Ok(_) => Answer::Done(OperationOutput::Ok),
+                Ok(_) => Answer::Done(KvResponse::Written),
                 Err(RequestError::NotLeader { .. }) => Answer::NotApplied,
                 Err(_) => Answer::Unknown,
             },
@@ -280,12 +377,13 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput) {
             *request_id,
             match result {
                 Ok(ReadAnswer::Value(value)) => {
-                    Answer::Done(OperationOutput::Value(Some(value.clone())))
+                    Answer::Done(KvResponse::Value(Some(value.clone())))
                 }
                 Err(RequestError::Kv(KvError::KeyNotFound)) => {
-                    Answer::Done(OperationOutput::Value(None))
+                    Answer::Done(KvResponse::Value(None))
                 }
-                Ok(ReadAnswer::Pairs(_)) | Err(_) => Answer::NotApplied,
+                Ok(ReadAnswer::Pairs(pairs)) => Answer::Done(KvResponse::Pairs(pairs.clone())),
+                Err(_) => Answer::NotApplied,
             },
         ),
         HostOutput::Applied { .. } | HostOutput::RoleChanged { .. } => return,
@@ -301,20 +399,46 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput) {
     if !record.pending {
         return;
     }
+    let mut outcome = outcome;
+    if let (Answer::Done(KvResponse::Pairs(pairs)), KvRequest::Range { keys, .. }) =
+        (&mut outcome, &record.call.request)
+    {
+        // The pairs' keys as the checkers name them, with the partition's prefix (a range
+        // with no key in its bounds has no prefix to give: anything it returned is outside).
+        if let Some(first) = keys.first() {
+            let slash = first.iter().position(|byte| *byte == b'/').unwrap_or(0);
+            let prefix = &first[..=slash];
+            for (key, _) in pairs.iter_mut() {
+                let mut checked_key = prefix.to_vec();
+                checked_key.extend_from_slice(key);
+                *key = checked_key;
+            }
+        }
+    }
     tracing::debug!(history_id, answer = ?outcome, "kv answer");
     // What the client was told, values included: a run that answers otherwise is another run.
     let digest = match &outcome {
-        Answer::Done(OperationOutput::Value(Some(value))) => xxh3_64(value),
-        Answer::Done(OperationOutput::Value(None)) => 1,
+        Answer::Done(KvResponse::Value(Some(value))) => xxh3_64(value),
+        Answer::Done(KvResponse::Value(None)) => 1,
+        Answer::Done(KvResponse::Pairs(pairs)) => {
+            let mut bytes = Vec::new();
+            for (key, value) in pairs {
+                bytes.extend_from_slice(&(key.len() as u64).to_le_bytes());
+                bytes.extend_from_slice(key);
+                bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
+                bytes.extend_from_slice(value);
+            }
+            xxh3_64(&bytes) ^ 5
+        }
         Answer::Done(_) => 2,
         Answer::NotApplied => 3,
         Answer::Unknown => 4,
     };
     match outcome {
-        Answer::Done(output) => {
+        Answer::Done(response) => {
             record.pending = false;
-            record.operation.return_micros = Some(now);
-            record.operation.output = output;
+            record.call.return_micros = Some(now);
+            record.call.response = response;
         }
         Answer::NotApplied => {
             history.records.remove(&history_id);
@@ -327,7 +451,7 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput) {
 
 #[derive(Debug)]
 enum Answer {
-    Done(OperationOutput),
+    Done(KvResponse),
     NotApplied,
     Unknown,
 }
