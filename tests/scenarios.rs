@@ -113,6 +113,9 @@ fast_scenarios! {
     raft_canary_ack_before_sync_default_knobs =>
         "raft/raft-canary-ack-before-sync-default-knobs",
     raft_canary_split_batches => "raft/raft-canary-split-batches",
+    raft_canary_elect_with_half_votes => "raft/raft-canary-elect-with-half-votes",
+    raft_canary_elect_with_half_votes_default_knobs =>
+        "raft/raft-canary-elect-with-half-votes-default-knobs",
 }
 
 /// Every pinned regression in `scenarios/regressions/`, whatever its tier.

@@ -261,7 +261,8 @@ pub struct PartitionsSection {
     pub inflight_max: Option<Drawn<u64>>,
     /// A Raft bug planted on purpose: `vote_without_log_check`,
     /// `commit_previous_term_by_counting`, `forget_vote_on_restart`,
-    /// `read_without_quorum_round`, `acknowledge_before_sync`, `apply_command_copies` or
+    /// `read_without_quorum_round`, `elect_with_half_the_votes`, `acknowledge_before_sync`,
+    /// `apply_command_copies` or
     /// `split_batches`.
     #[serde(default)]
     pub planted_bug: Option<String>,
@@ -642,11 +643,14 @@ pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
         "read_without_quorum_round" => {
             Ok(RaftCanary::Raft(RaftPlantedBug::ReadWithoutQuorumRound))
         }
+        "elect_with_half_the_votes" => {
+            Ok(RaftCanary::Raft(RaftPlantedBug::ElectWithHalfTheVotes))
+        }
         "acknowledge_before_sync" => Ok(RaftCanary::AcknowledgeBeforeSync),
         "apply_command_copies" => Ok(RaftCanary::ApplyCommandCopies),
         "split_batches" => Ok(RaftCanary::SplitBatches),
         other => Err(format!(
-            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\", \"acknowledge_before_sync\", \"apply_command_copies\" or \"split_batches\""
+            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\", \"elect_with_half_the_votes\", \"acknowledge_before_sync\", \"apply_command_copies\" or \"split_batches\""
         )),
     }
 }

@@ -41,6 +41,9 @@ pub enum RaftPlantedBug {
     /// Answer a read at the leader's commit index at once, without the round that confirms
     /// a quorum still follows it: a deposed leader serves stale reads.
     ReadWithoutQuorumRound,
+    /// A candidate (and a pre-candidate) wins with half of the voters' votes instead of a
+    /// majority: two halves elect two leaders in one term.
+    ElectWithHalfTheVotes,
 }
 
 /// Checks a snapshot image against the state machine's format (see `RaftConfig`).
@@ -787,7 +790,21 @@ impl RaftGroup {
     }
 
     fn poll_election(&mut self) {
-        match self.configuration().vote_result(&self.state.votes) {
+        let mut result = self.configuration().vote_result(&self.state.votes);
+        if self.state.config.planted_bug == Some(RaftPlantedBug::ElectWithHalfTheVotes)
+            && matches!(self.state.role, Role::Candidate | Role::PreCandidate)
+        {
+            let granted = self
+                .state
+                .votes
+                .values()
+                .filter(|granted| **granted)
+                .count();
+            if granted >= self.configuration().voters.len() / 2 {
+                result = VoteResult::Won;
+            }
+        }
+        match result {
             VoteResult::Pending => {}
             VoteResult::Lost => self.become_follower(self.state.term, None),
             VoteResult::Won => match self.state.role {

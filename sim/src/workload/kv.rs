@@ -383,6 +383,8 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput) {
                     Answer::Done(KvResponse::Value(None))
                 }
                 Ok(ReadAnswer::Pairs(pairs)) => Answer::Done(KvResponse::Pairs(pairs.clone())),
+                // No answer in time: for liveness, a read that never came back.
+                Err(RequestError::OutcomeUnknown) => Answer::Unknown,
                 Err(_) => Answer::NotApplied,
             },
         ),
