@@ -114,6 +114,7 @@ fast_scenarios! {
         "raft/raft-canary-ack-before-sync-default-knobs",
     raft_canary_split_batches => "raft/raft-canary-split-batches",
     raft_canary_elect_with_half_votes => "raft/raft-canary-elect-with-half-votes",
+    raft_canary_incomplete_leader => "raft/raft-canary-incomplete-leader",
     raft_canary_elect_with_half_votes_default_knobs =>
         "raft/raft-canary-elect-with-half-votes-default-knobs",
 }
