@@ -241,6 +241,32 @@ fn kv_histories_hold_batches_and_range_reads() {
     }
 }
 
+/// A canary's run ends at its named checker's first violation (that catch is all it exists
+/// to show); a run that must pass is never cut short.
+#[test]
+fn canary_runs_stop_at_their_catch_and_others_run_to_the_end() {
+    let canary =
+        Scenario::load(&scenario_path("raft/raft-canary-apply-copies")).expect("scenario parses");
+    let caught = run_seed(&canary, 0);
+    assert!(caught.met(&canary.file.scenario), "{}", caught.report());
+    assert!(caught.stopped_when_caught, "{}", caught.report());
+    let caught_by = canary
+        .file
+        .scenario
+        .caught_by
+        .expect("a canary names its checker");
+    assert_eq!(
+        caught.violations.last().map(|violation| violation.checker),
+        Some(caught_by),
+        "the run stops at the step of its first catch: {}",
+        caught.report()
+    );
+    let passing = Scenario::load(&scenario_path("raft/raft-no-faults")).expect("scenario parses");
+    let full = run_seed(&passing, 0);
+    assert!(!full.stopped_when_caught);
+    assert!(full.passed_checks(), "{}", full.report());
+}
+
 /// The interval checks are not vacuous: the rotation scenario is long enough that intervals
 /// close on every seed it runs (a run that closes none would check nothing).
 #[test]
