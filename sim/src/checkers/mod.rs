@@ -4,7 +4,8 @@
 //! `finish` runs once at the end: it power-cycles every node (so only durable state counts),
 //! reads every store, and runs the event-store checks in `event_store`, the consolidation
 //! interval checks in `intervals`, and the Raft partition checks in `raft` (which also judge
-//! every apply and role change as it happens, and the kv history's linearizability).
+//! every apply and role change as it happens, and the kv history's linearizability and
+//! atomicity, whose history and multi-key rules live in `atomicity`).
 
 pub mod atomicity;
 mod checker;
