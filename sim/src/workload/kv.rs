@@ -3,9 +3,9 @@
 //! applied together) and range reads (random bounds, limit and direction), and the history
 //! of what they saw.
 //!
-//! Every put writes a value unique to its call, so the checkers can tell writes apart. An operation refused on the spot (no leader known, node down) never started
-//! and is not in the history; a write answered "not applied" (its entry lost to a new
-//! leader) is dropped too. A write with no answer in time, or whose node crashed, is
+//! Every put writes a value unique to its call, so the checkers can tell writes apart. An
+//! operation refused on the spot (no leader known, node down) never started and is not in the
+//! history; a write answered "not applied" (its entry lost to a new leader) is dropped too. A write with no answer in time, or whose node crashed, is
 //! indeterminate: it may have taken effect at any point after its call, or never. A read
 //! that failed constrains nothing and is dropped; one that got no answer at all is still
 //! counted, for liveness.
@@ -164,57 +164,13 @@ pub fn client_operation(world: &mut World, index: usize) {
                 Operation::Read(ReadRequest::Get { key }),
             )
         }
-    } else if workload.keys_per_partition >= 2 && world.rng.chance(workload.batch_ratio) {
-        let size = world.draw(2, workload.keys_per_partition.min(4));
-        let mut key_numbers = vec![key_number];
-        while (key_numbers.len() as u64) < size {
-            let candidate = world.draw(0, workload.keys_per_partition - 1);
-            if !key_numbers.contains(&candidate) {
-                key_numbers.push(candidate);
-            }
-        }
-        let mut checked = Vec::new();
-        let mut operations = Vec::new();
-        for number in key_numbers {
-            let key = key_name(number);
-            let deletes = world.rng.chance(workload.delete_ratio);
-            checked.push(KeyWrite {
-                key: history_key(partition, &key),
-                value: (!deletes).then(|| value.clone()),
-            });
-            operations.push(if deletes {
-                BatchOperation::Delete { key }
-            } else {
-                BatchOperation::Put {
-                    key,
-                    value: value.clone(),
-                }
-            });
-        }
-        (
-            KvRequest::Batch(checked),
-            Operation::Write(KvOperation::Batch(operations)),
-        )
     } else {
-        let key = key_name(key_number);
-        let checked_key = history_key(partition, &key);
-        if is_delete {
-            (
-                KvRequest::Write(KeyWrite {
-                    key: checked_key,
-                    value: None,
-                }),
-                Operation::Write(KvOperation::Delete { key }),
-            )
+        let writes = if workload.keys_per_partition >= 2 && world.rng.chance(workload.batch_ratio) {
+            draw_batch(world, &workload, key_number, &value)
         } else {
-            (
-                KvRequest::Write(KeyWrite {
-                    key: checked_key,
-                    value: Some(value.clone()),
-                }),
-                Operation::Write(KvOperation::Put { key, value }),
-            )
-        }
+            vec![(key_name(key_number), (!is_delete).then_some(value))]
+        };
+        write_call(partition, writes)
     };
     let now = world.now_micros();
     start_call(
@@ -231,6 +187,66 @@ pub fn client_operation(world: &mut World, index: usize) {
             timeout_micros: workload.client_timeout_micros,
         },
     );
+}
+
+/// A batch of 2 to 4 distinct keys, `first` among them, each put `value` or deleted.
+fn draw_batch(
+    world: &mut World,
+    workload: &WorkloadConfig,
+    first: u64,
+    value: &[u8],
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let size = world.draw(2, workload.keys_per_partition.min(4));
+    let mut key_numbers = vec![first];
+    while (key_numbers.len() as u64) < size {
+        let candidate = world.draw(0, workload.keys_per_partition - 1);
+        if !key_numbers.contains(&candidate) {
+            key_numbers.push(candidate);
+        }
+    }
+    key_numbers
+        .into_iter()
+        .map(|number| {
+            let deletes = world.rng.chance(workload.delete_ratio);
+            (key_name(number), (!deletes).then(|| value.to_vec()))
+        })
+        .collect()
+}
+
+/// What the checkers and the node are asked for writes of (key, value or delete): one write,
+/// or a batch of several.
+fn write_call(partition: u64, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> (KvRequest, Operation) {
+    let checked = |key: &[u8], value: &Option<Vec<u8>>| KeyWrite {
+        key: history_key(partition, key),
+        value: value.clone(),
+    };
+    if let [(key, value)] = writes.as_slice() {
+        let operation = match value {
+            Some(value) => KvOperation::Put {
+                key: key.clone(),
+                value: value.clone(),
+            },
+            None => KvOperation::Delete { key: key.clone() },
+        };
+        return (
+            KvRequest::Write(checked(key, value)),
+            Operation::Write(operation),
+        );
+    }
+    let request = KvRequest::Batch(
+        writes
+            .iter()
+            .map(|(key, value)| checked(key, value))
+            .collect(),
+    );
+    let operations = writes
+        .into_iter()
+        .map(|(key, value)| match value {
+            Some(value) => BatchOperation::Put { key, value },
+            None => BatchOperation::Delete { key },
+        })
+        .collect();
+    (request, Operation::Write(KvOperation::Batch(operations)))
 }
 
 fn key_name(number: u64) -> Vec<u8> {
