@@ -46,6 +46,16 @@ pub enum PlantedBug {
     QuorumOfOne,
     /// Start the key generator without its durable reservation.
     ForgetKeyReservation,
+    /// Write a put to only as many replicas as its commit level needs, and confirm it
+    /// there: the event never reaches its replication factor, and no repair sees it short.
+    ReplicateOnlyToCommitLevel,
+    /// Plan a put's replicas without the strategy's zone and region spread.
+    IgnoreZoneSpread,
+    /// Re-arm the repair timer at the moment it fired instead of one interval on.
+    RepairTimerNotAdvanced,
+    /// Repair every event of a round with the first one's bytes (a loop that reads its
+    /// event once): a replica that lacked a key stores another event under it.
+    RepairReusesFirstEvent,
 }
 
 #[derive(Clone, Debug)]
@@ -381,10 +391,15 @@ impl Node {
                 max,
             });
         }
+        let strategy = if self.config.planted_bug == Some(PlantedBug::IgnoreZoneSpread) {
+            ReplicationStrategy::default()
+        } else {
+            self.config.strategy
+        };
         let plan = placement::plan(
             &self.peers,
             self.config.replication_factor,
-            self.config.strategy,
+            strategy,
             &self.suspected(),
             self.seams.rng.as_mut(),
         )?;
@@ -441,11 +456,19 @@ impl Node {
             }
             level => level,
         });
+        let mut plan = plan;
+        let mut replication_factor = self.config.replication_factor;
+        if let (Some(level), Some(PlantedBug::ReplicateOnlyToCommitLevel)) =
+            (commit_level, self.config.planted_bug)
+        {
+            replication_factor = level.required(replication_factor);
+            plan.targets.truncate(replication_factor as usize);
+        }
         let (write, actions) = ReplicaWrite::start(
             key.clone(),
             self.config.id,
             plan,
-            self.config.replication_factor,
+            replication_factor,
             commit_level,
             client.is_none(),
             now + self.config.replica_timeout_micros,
@@ -712,6 +735,9 @@ impl Node {
         }
         if now >= self.next_repair_micros {
             self.next_repair_micros = now + self.config.repair_interval_micros;
+            if self.config.planted_bug == Some(PlantedBug::RepairTimerNotAdvanced) {
+                self.next_repair_micros = now;
+            }
             self.start_repairs(now);
         }
         if now >= self.next_interval_check_micros {
@@ -763,6 +789,7 @@ impl Node {
             }
         }
         let suspected = self.suspected();
+        let mut first_event = None;
         for key in candidates {
             let event = match self.store.get(&key) {
                 Ok(Some(event)) => event,
@@ -771,6 +798,12 @@ impl Node {
                     tracing::warn!(%key, %error, "repair skipped: event unreadable");
                     continue;
                 }
+            };
+            let event = match self.config.planted_bug {
+                Some(PlantedBug::RepairReusesFirstEvent) => {
+                    first_event.get_or_insert(event).clone()
+                }
+                _ => event,
             };
             let Ok(plan) = placement::plan(
                 &self.peers,

@@ -85,6 +85,10 @@ fast_scenarios! {
     canary_trust_any_sender => "canary-trust-any-sender",
     canary_quorum_of_one => "canary-quorum-of-one",
     canary_forget_key_reservation => "canary-forget-key-reservation",
+    canary_replicate_only_to_commit_level => "canary-replicate-only-to-commit-level",
+    canary_ignore_zone_spread => "canary-ignore-zone-spread",
+    canary_repair_timer_not_advanced => "canary-repair-timer-not-advanced",
+    canary_repair_reuses_first_event => "canary-repair-reuses-first-event",
     raft_no_faults => "raft/raft-no-faults",
     raft_crash_restart => "raft/raft-crash-restart",
     raft_partitions => "raft/raft-partitions",
@@ -117,6 +121,8 @@ fast_scenarios! {
     raft_canary_incomplete_leader => "raft/raft-canary-incomplete-leader",
     raft_canary_elect_with_half_votes_default_knobs =>
         "raft/raft-canary-elect-with-half-votes-default-knobs",
+    raft_canary_skip_log_sync => "raft/raft-canary-skip-log-sync",
+    raft_canary_ignore_append_rejections => "raft/raft-canary-ignore-append-rejections",
 }
 
 /// Every pinned regression in `scenarios/regressions/`, whatever its tier.

@@ -52,9 +52,11 @@ pub struct PartitionsRun {
     pub tick_micros: u64,
     pub raft: RaftConfig,
     pub checkpoint_applied_entries: u64,
+    pub log_catch_up_entries: u64,
     pub acknowledge_before_sync: bool,
     pub apply_command_copies: bool,
     pub split_batches: bool,
+    pub skip_log_sync: bool,
 }
 
 impl PartitionsRun {
@@ -238,9 +240,11 @@ impl RunConfig {
                         ..RaftConfig::default()
                     },
                     checkpoint_applied_entries: section.checkpoint_applied_entries.draw(&mut rng),
+                    log_catch_up_entries: section.log_catch_up_entries.draw(&mut rng),
                     acknowledge_before_sync: canary == Some(RaftCanary::AcknowledgeBeforeSync),
                     apply_command_copies: canary == Some(RaftCanary::ApplyCommandCopies),
                     split_batches: canary == Some(RaftCanary::SplitBatches),
+                    skip_log_sync: canary == Some(RaftCanary::SkipLogSync),
                 }
             })
             .map(|mut partitions| {
@@ -336,6 +340,7 @@ impl RunConfig {
                 host: HostConfig {
                     raft: partitions.raft.clone(),
                     checkpoint_applied_entries: partitions.checkpoint_applied_entries,
+                    log_catch_up_entries: partitions.log_catch_up_entries,
                     // Answer before the client gives up, so outcomes are known where they can be.
                     request_timeout_ticks: (client_timeout_micros / partitions.tick_micros)
                         .saturating_sub(1)
@@ -344,6 +349,7 @@ impl RunConfig {
                     acknowledge_before_sync: partitions.acknowledge_before_sync,
                     apply_command_copies: partitions.apply_command_copies,
                     split_batches: partitions.split_batches,
+                    skip_log_sync: partitions.skip_log_sync,
                     ..HostConfig::default()
                 },
                 tick_micros: partitions.tick_micros,
@@ -398,9 +404,11 @@ mod tests {
             tick_micros: 10_000,
             raft: RaftConfig::default(),
             checkpoint_applied_entries: 256,
+            log_catch_up_entries: 64,
             acknowledge_before_sync: false,
             apply_command_copies: false,
             split_batches: false,
+            skip_log_sync: false,
         };
         for partition in 0..partitions.count {
             let voters = partitions.voters(partition, &nodes);

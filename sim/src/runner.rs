@@ -321,7 +321,7 @@ tier = "fast"
 seeds = 1
 expect = "{expect}"
 safety_duration_ms = 1000
-liveness_duration_ms = 1000
+liveness_duration_ms = 2000
 
 [cluster]
 regions = 1
@@ -333,6 +333,9 @@ nodes_per_zone = 1
 [[workload]]
 kind = "events"
 rate_per_s = 100
+
+[checks]
+liveness_bound_ms = 0
 "#
         );
         Scenario::parse(Path::new("budget.toml"), &text).unwrap()

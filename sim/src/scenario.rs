@@ -35,6 +35,12 @@ impl Drawn<u64> {
             Drawn::Fixed(value) | Drawn::Range(_, value) => value,
         }
     }
+
+    pub fn min(&self) -> u64 {
+        match *self {
+            Drawn::Fixed(value) | Drawn::Range(value, _) => value,
+        }
+    }
 }
 
 impl Drawn<f64> {
@@ -239,6 +245,10 @@ pub struct PartitionsSection {
     /// Applied entries between checkpoints of the state machines (and log compaction).
     #[serde(default = "default_partition_checkpoint")]
     pub checkpoint_applied_entries: Drawn<u64>,
+    /// Entries a log keeps behind its last checkpoint, for followers catching up after a
+    /// snapshot.
+    #[serde(default = "default_log_catch_up_entries")]
+    pub log_catch_up_entries: Drawn<u64>,
     #[serde(default = "yes")]
     pub pre_vote: bool,
     #[serde(default = "yes")]
@@ -261,9 +271,8 @@ pub struct PartitionsSection {
     pub inflight_max: Option<Drawn<u64>>,
     /// A Raft bug planted on purpose: `vote_without_log_check`,
     /// `commit_previous_term_by_counting`, `forget_vote_on_restart`,
-    /// `read_without_quorum_round`, `elect_with_half_the_votes`, `acknowledge_before_sync`,
-    /// `apply_command_copies` or
-    /// `split_batches`.
+    /// `read_without_quorum_round`, `elect_with_half_the_votes`, `ignore_append_rejections`,
+    /// `acknowledge_before_sync`, `apply_command_copies`, `split_batches` or `skip_log_sync`.
     #[serde(default)]
     pub planted_bug: Option<String>,
 }
@@ -285,6 +294,9 @@ fn default_quiesce_after_ticks() -> Drawn<u64> {
 }
 fn default_partition_checkpoint() -> Drawn<u64> {
     Drawn::Fixed(256)
+}
+fn default_log_catch_up_entries() -> Drawn<u64> {
+    Drawn::Fixed(64)
 }
 
 fn default_event_bytes() -> Drawn<u64> {
@@ -525,6 +537,7 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
     }
     ConsolidationInterval::parse(&file.knobs.consolidation_interval)
         .map_err(|error| error.to_string())?;
+    check_liveness_window(file)?;
     if let Some(bug) = &file.knobs.planted_bug {
         parse_planted_bug(bug)?;
     }
@@ -607,15 +620,53 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
     Ok(())
 }
 
+/// Shortest stretch of calls that liveness and placement are judged on.
+pub const LIVENESS_WINDOW_MS_MIN: u64 = 1_000;
+
+/// Liveness (and placement) are judged on the calls issued from `liveness_bound_ms` after
+/// healing until the workload stops, half way through the healed phase. A scenario whose
+/// window is shorter would pass while judging almost nothing (every Raft scenario once did,
+/// with a bound of 5 s and a workload that stopped 4 s after healing), so it is refused.
+/// Canaries that name another checker are exempt: their liveness is not the point.
+fn check_liveness_window(file: &ScenarioFile) -> Result<(), String> {
+    let judged = match file.scenario.caught_by {
+        None => true,
+        Some(checker) => matches!(
+            checker,
+            Checker::Liveness | Checker::RaftLiveness | Checker::Placement
+        ),
+    };
+    if !judged || file.workload.is_empty() {
+        return Ok(());
+    }
+    let workload_after_healing_ms = file.scenario.liveness_duration_ms.min() / 2;
+    let bound_ms = file.checks.liveness_bound_ms;
+    if workload_after_healing_ms < bound_ms + LIVENESS_WINDOW_MS_MIN {
+        return Err(format!(
+            "liveness is judged on calls issued from checks.liveness_bound_ms ({bound_ms}) after \
+             healing until the workload stops, at half of liveness_duration_ms \
+             ({workload_after_healing_ms}): make that window at least {LIVENESS_WINDOW_MS_MIN} ms \
+             (a longer liveness_duration_ms or a shorter bound)"
+        ));
+    }
+    Ok(())
+}
+
 pub fn parse_planted_bug(name: &str) -> Result<PlantedBug, String> {
     match name {
         "acknowledge_before_durable" => Ok(PlantedBug::AcknowledgeBeforeDurable),
         "trust_any_sender" => Ok(PlantedBug::TrustAnySender),
         "quorum_of_one" => Ok(PlantedBug::QuorumOfOne),
         "forget_key_reservation" => Ok(PlantedBug::ForgetKeyReservation),
+        "replicate_only_to_commit_level" => Ok(PlantedBug::ReplicateOnlyToCommitLevel),
+        "ignore_zone_spread" => Ok(PlantedBug::IgnoreZoneSpread),
+        "repair_timer_not_advanced" => Ok(PlantedBug::RepairTimerNotAdvanced),
+        "repair_reuses_first_event" => Ok(PlantedBug::RepairReusesFirstEvent),
         other => Err(format!(
             "unknown planted_bug {other:?}: expected \"acknowledge_before_durable\", \
-             \"trust_any_sender\", \"quorum_of_one\" or \"forget_key_reservation\""
+             \"trust_any_sender\", \"quorum_of_one\", \"forget_key_reservation\", \
+             \"replicate_only_to_commit_level\", \"ignore_zone_spread\", \
+             \"repair_timer_not_advanced\" or \"repair_reuses_first_event\""
         )),
     }
 }
@@ -630,6 +681,8 @@ pub enum RaftCanary {
     ApplyCommandCopies,
     /// A batch is proposed as one entry per operation.
     SplitBatches,
+    /// The Raft log is written but never synced.
+    SkipLogSync,
 }
 
 pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
@@ -646,11 +699,15 @@ pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
         "elect_with_half_the_votes" => {
             Ok(RaftCanary::Raft(RaftPlantedBug::ElectWithHalfTheVotes))
         }
+        "ignore_append_rejections" => {
+            Ok(RaftCanary::Raft(RaftPlantedBug::IgnoreAppendRejections))
+        }
         "acknowledge_before_sync" => Ok(RaftCanary::AcknowledgeBeforeSync),
         "apply_command_copies" => Ok(RaftCanary::ApplyCommandCopies),
         "split_batches" => Ok(RaftCanary::SplitBatches),
+        "skip_log_sync" => Ok(RaftCanary::SkipLogSync),
         other => Err(format!(
-            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\", \"elect_with_half_the_votes\", \"acknowledge_before_sync\", \"apply_command_copies\" or \"split_batches\""
+            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\", \"elect_with_half_the_votes\", \"ignore_append_rejections\", \"acknowledge_before_sync\", \"apply_command_copies\", \"split_batches\" or \"skip_log_sync\""
         )),
     }
 }
@@ -742,6 +799,34 @@ nodes_per_zone = [1, 2]
                 .to_string();
             assert!(error.contains(expected), "{line}: {error}");
         }
+    }
+
+    /// Liveness is judged on calls issued from the bound until the workload stops, half way
+    /// through the healed phase: a scenario whose window is under a second is refused, unless
+    /// it is a canary naming another checker.
+    #[test]
+    fn a_liveness_window_too_short_to_judge_anything_is_refused() {
+        let with = |expect: &str, liveness_ms: u64, bound_ms: u64| {
+            let text = MINIMAL.replace("expect = \"pass\"", expect).replace(
+                "liveness_duration_ms = 5000",
+                &format!("liveness_duration_ms = {liveness_ms}"),
+            );
+            format!(
+                "{text}\n[[workload]]\nkind = \"events\"\nrate_per_s = 10\n\n[checks]\nliveness_bound_ms = {bound_ms}\n"
+            )
+        };
+        let parse = |text: String| Scenario::parse(Path::new("w.toml"), &text);
+        // Every Raft scenario once: 8 s healed, workload stopping 4 s in, bound 5 s.
+        let error = parse(with("expect = \"pass\"", 8000, 5000))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("liveness is judged"), "{error}");
+        assert!(parse(with("expect = \"pass\"", 8000, 3000)).is_ok());
+        assert!(parse(with("expect = \"pass\"", 8000, 3001)).is_err());
+        let canary = |checker: &str| format!("expect = \"fail\"\ncaught_by = \"{checker}\"");
+        assert!(parse(with(&canary("atomicity"), 8000, 5000)).is_ok());
+        assert!(parse(with(&canary("raft_liveness"), 8000, 5000)).is_err());
+        assert!(parse(with(&canary("placement"), 8000, 5000)).is_err());
     }
 
     #[test]

@@ -180,6 +180,8 @@ pub struct SegmentedLog<R = LogRecord> {
     /// Reused for every batch, so an append allocates only when a batch outgrows the last.
     batch_buffer: Vec<u8>,
     damage_policy: DamagePolicy,
+    /// False only under a canary's planted bug: appends are written but never synced.
+    sync_appends: bool,
     records: PhantomData<fn() -> R>,
 }
 
@@ -242,6 +244,7 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
             segment_len_bytes: 0,
             batch_buffer: Vec::new(),
             damage_policy,
+            sync_appends: true,
             records: PhantomData,
         };
         let mut recovery = Recovery::default();
@@ -291,9 +294,17 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
         }
         let offset = self.disk.append(&self.segment_file, &bytes)?;
         self.batch_buffer = bytes;
-        self.disk.sync(&self.segment_file)?;
+        if self.sync_appends {
+            self.disk.sync(&self.segment_file)?;
+        }
         self.segment_len_bytes = offset + batch_bytes;
         Ok(batch_bytes)
+    }
+
+    /// Plants the canary bug `skip_log_sync`: appends are written but never synced, so a
+    /// power loss takes everything since the log was opened. Never outside a canary.
+    pub fn plant_skip_sync(&mut self) {
+        self.sync_appends = false;
     }
 
     /// Starts a new, empty segment and returns its number; the name is durable on return.

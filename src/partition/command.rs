@@ -57,6 +57,10 @@ pub struct KvCommand {
     pub proposer: u32,
     pub proposer_session: u64,
     pub request_id: u64,
+    /// Every request of this session below this had been answered (or given up on) when
+    /// this one was proposed: a command below it arriving later is a stale copy. Never above
+    /// `request_id`.
+    pub first_unanswered: u64,
     pub operation: KvOperation,
 }
 
@@ -207,6 +211,7 @@ mod tests {
                 proposer: u32::MAX,
                 proposer_session: u64::MAX,
                 request_id: u64::MAX,
+                first_unanswered: u64::MAX,
                 operation,
             };
             assert!(command.encode().len() <= crate::raft::message::COMMAND_BYTES_MAX);
@@ -219,6 +224,7 @@ mod tests {
             proposer: 3,
             proposer_session: 77,
             request_id: 9,
+            first_unanswered: 4,
             operation: KvOperation::Batch(vec![
                 BatchOperation::Put {
                     key: b"a".to_vec(),

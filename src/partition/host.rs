@@ -39,6 +39,11 @@ pub struct HostConfig {
     pub log_segment_bytes_max: u64,
     /// Applied entries (across partitions) between checkpoints of the state machines.
     pub checkpoint_applied_entries: u64,
+    /// Entries a partition's log keeps behind its last checkpoint. A follower sent a
+    /// snapshot catches up from the log after installing it only if the entries after the
+    /// snapshot are still there; without a tail, a checkpoint during every transfer (steady
+    /// load, frequent checkpoints) would send it the next snapshot, and the next, for good.
+    pub log_catch_up_entries: u64,
     /// Segments the Raft log may grow by before its live state is rewritten.
     pub log_checkpoint_segments: u64,
     /// Ticks a request waits for its answer before it is answered "outcome unknown".
@@ -55,6 +60,9 @@ pub struct HostConfig {
     /// A canary's planted bug: a batch is proposed as one entry per operation, answered when
     /// the last applies, so readers can see part of it. Never set outside a canary scenario.
     pub split_batches: bool,
+    /// A canary's planted bug: the Raft log is written but never synced, so a power loss
+    /// takes what was acknowledged and applied. Never set outside a canary scenario.
+    pub skip_log_sync: bool,
 }
 
 impl Default for HostConfig {
@@ -67,12 +75,14 @@ impl Default for HostConfig {
             },
             log_segment_bytes_max: 16 * 1024 * 1024,
             checkpoint_applied_entries: 4096,
+            log_catch_up_entries: 4096,
             log_checkpoint_segments: 4,
             request_timeout_ticks: 50,
             report_applied: false,
             acknowledge_before_sync: false,
             apply_command_copies: false,
             split_batches: false,
+            skip_log_sync: false,
         }
     }
 }
@@ -222,6 +232,8 @@ pub struct AppliedCommandReport {
     pub proposer: u32,
     pub proposer_session: u64,
     pub request_id: u64,
+    /// The command's mark: every request of its session below it had been answered.
+    pub first_unanswered: u64,
     pub took_effect: bool,
 }
 
@@ -380,11 +392,14 @@ impl PartitionHost {
         if config.apply_command_copies {
             kv.plant_apply_copies();
         }
-        let (raft_log, mut recovered) = RaftLogStore::open(disk, config.log_segment_bytes_max)
+        let (mut raft_log, mut recovered) = RaftLogStore::open(disk, config.log_segment_bytes_max)
             .map_err(|error| match error {
                 RaftLogError::DamagedAtRest(_) => RequestError::Damaged(error.to_string()),
                 error => RequestError::Poisoned(error.to_string()),
             })?;
+        if config.skip_log_sync {
+            raft_log.plant_skip_sync();
+        }
         let mut groups = BTreeMap::new();
         for (partition, point) in kv.points() {
             let state = recovered_state(point, recovered.remove(partition));
@@ -538,6 +553,16 @@ impl PartitionHost {
         self.next_request_id
     }
 
+    /// The mark a new write of `partition` carries: its oldest write still waiting (or the
+    /// new one). Every earlier write of the partition not waiting any more was answered, so
+    /// its copies, and the write itself if it was given up on, must never apply now.
+    fn first_unanswered(&self, partition: PartitionId, request_id: u64) -> u64 {
+        self.pending_writes
+            .of_partition(partition)
+            .next()
+            .map_or(request_id, |(oldest, _)| oldest.min(request_id))
+    }
+
     /// Proposes a write; its answer comes out of [`PartitionHost::take_outputs`] with the
     /// returned request id. Bad input is refused here and changes nothing.
     pub fn write(
@@ -549,6 +574,7 @@ impl PartitionHost {
         operation.validate()?;
         let operation = self.plant_split_batch(partition, operation);
         let request_id = self.new_request_id();
+        let first_unanswered = self.first_unanswered(partition, request_id);
         let Some(group) = self.groups.get_mut(&partition) else {
             return Err(RequestError::UnknownPartition(partition));
         };
@@ -557,6 +583,7 @@ impl PartitionHost {
             proposer: self.id.0,
             proposer_session: self.session,
             request_id,
+            first_unanswered,
             operation,
         };
         let appended_at = match group.propose(command.encode()) {
@@ -592,6 +619,7 @@ impl PartitionHost {
                 proposer: self.id.0,
                 proposer_session: self.session,
                 request_id,
+                first_unanswered: self.first_unanswered(partition, request_id),
                 operation: KvOperation::Batch(vec![piece]),
             };
             if let Some(group) = self.groups.get_mut(&partition) {
@@ -947,6 +975,7 @@ impl PartitionHost {
                                     proposer: command.proposer,
                                     proposer_session: command.proposer_session,
                                     request_id: command.request_id,
+                                    first_unanswered: command.first_unanswered,
                                     took_effect: command.outcome != WriteOutcome::Superseded,
                                 },
                             )
@@ -1136,7 +1165,10 @@ impl PartitionHost {
             self.applied_since_checkpoint = 0;
             self.counters.state_machine_checkpoints += 1;
             for (partition, group) in self.groups.iter_mut() {
-                let index = self.kv.checkpointed_index(*partition);
+                let index = self
+                    .kv
+                    .checkpointed_index(*partition)
+                    .saturating_sub(self.config.log_catch_up_entries);
                 if index > group.log().snapshot_index() {
                     group.compact(index);
                     self.touched.insert(*partition);

@@ -299,10 +299,44 @@ fn acknowledged_writes_survive_crashes_of_every_node() {
     }
 }
 
+/// Compaction keeps `log_catch_up_entries` behind the checkpoint: a follower that installs
+/// the snapshot finds the entries after it still in the leader's log.
+#[test]
+fn compaction_keeps_a_tail_for_followers_catching_up() {
+    let config = HostConfig {
+        checkpoint_applied_entries: 10,
+        log_catch_up_entries: 25,
+        ..HostConfig::default()
+    };
+    let mut cluster = Cluster::new(3, 1, config);
+    cluster.elect_all(1);
+    let partition = PartitionId(0);
+    for index in 0..60 {
+        cluster
+            .put(partition, &format!("key-{index:02}"), "x")
+            .unwrap();
+    }
+    let host = &cluster.hosts[&NodeId(1)];
+    let log = host.group(partition).unwrap().log();
+    let applied = log.applied();
+    assert!(applied >= 60, "applied {applied}");
+    // The last checkpoint is at most 10 entries behind applied; the tail reaches 25 behind it.
+    let first_index = log.first_index();
+    assert!(
+        first_index > 1 && first_index + 25 <= applied + 1,
+        "first index {first_index}, applied {applied}"
+    );
+    assert!(
+        first_index + 25 + 10 >= applied,
+        "compacted, but only down to the tail: first index {first_index}, applied {applied}"
+    );
+}
+
 #[test]
 fn checkpoints_compact_the_log_and_recovery_still_sees_everything() {
     let config = HostConfig {
         checkpoint_applied_entries: 10,
+        log_catch_up_entries: 0,
         log_segment_bytes_max: 2048,
         log_checkpoint_segments: 2,
         ..HostConfig::default()

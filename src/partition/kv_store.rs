@@ -9,10 +9,13 @@
 //!   all at once, and only a checkpointed applied index may let the Raft log drop entries;
 //! - an installed snapshot replaces the partition's pairs and point in one synced commit;
 //! - any write failure poisons the store: it refuses further writes until the node restarts;
-//! - a command applies at most once: per partition and proposer session the highest request
-//!   id applied is kept with the pairs (and carried by snapshots), and a command at or below
-//!   it is skipped as superseded on every replica alike. The network may duplicate a
-//!   forwarded proposal, and the leader would append each copy.
+//! - a command applies at most once: per partition and proposer session a window is kept with
+//!   the pairs (and carried by snapshots): the proposer's mark (every request below it was
+//!   answered, so a command below it is a stale copy) and the request ids at or above it that
+//!   applied. A command below the mark or already in the window is skipped as superseded on
+//!   every replica alike. The network may duplicate a forwarded proposal, and the leader
+//!   would append each copy; it may also reorder two requests of one session, and the later
+//!   one arriving first does not make the earlier one fail.
 
 use crate::events::{prepare_database_file, DiskBackend};
 use crate::partition::command::{BatchOperation, KvCommand, KvOperation};
@@ -26,8 +29,9 @@ use std::collections::BTreeMap;
 pub const DATABASE_FILE: &str = "partitions.redb";
 const PAIRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("partition_pairs");
 const POINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("partition_points");
-/// (partition, proposer node, proposer session) to the highest request id applied.
-const SESSIONS: TableDefinition<(u64, u32, u64), u64> = TableDefinition::new("partition_sessions");
+/// (partition, proposer node, proposer session) to its [`SessionWindow`], encoded.
+const SESSIONS: TableDefinition<(u64, u32, u64), &[u8]> =
+    TableDefinition::new("partition_session_windows");
 const DATABASE_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// What a partition's state machine has applied: the Raft snapshot point it stands for.
@@ -79,6 +83,8 @@ pub struct AppliedCommand {
     pub proposer: u32,
     pub proposer_session: u64,
     pub request_id: u64,
+    /// The command's `first_unanswered`, as applied (never above its request id).
+    pub first_unanswered: u64,
     pub outcome: WriteOutcome,
 }
 
@@ -90,8 +96,8 @@ pub enum WriteOutcome {
     Batch,
     /// The entry did not decode: a format bug; the entry is skipped on every replica alike.
     Undecodable(String),
-    /// Skipped on every replica alike: a copy of a command already applied, or a command its
-    /// session's later one overtook (never applied).
+    /// Skipped on every replica alike: a copy of a command already applied, or a command
+    /// its proposer had answered before it arrived (never applied).
     Superseded,
 }
 
@@ -277,28 +283,34 @@ impl KvStore {
                             proposer: 0,
                             proposer_session: 0,
                             request_id: 0,
+                            first_unanswered: 0,
                             outcome: WriteOutcome::Undecodable(error.to_string()),
                         });
                         continue;
                     }
                 };
                 let session = (id.0, command.proposer, command.proposer_session);
-                let highest = sessions.get(session).map_err(engine)?.map(|id| id.value());
-                if highest.is_some_and(|highest| command.request_id <= highest)
-                    && !self.apply_copies
-                {
+                let mut window = match sessions.get(session).map_err(engine)? {
+                    Some(bytes) => SessionWindow::decode(bytes.value())?,
+                    None => SessionWindow::default(),
+                };
+                // A mark above its own request would let a forged command fence off others.
+                let first_unanswered = command.first_unanswered.min(command.request_id);
+                if !window.admits(command.request_id) && !self.apply_copies {
                     tracing::debug!(partition = %id, index = entry.index, proposer = command.proposer, request_id = command.request_id, "command superseded: not applied");
                     applied.push(AppliedCommand {
                         index: entry.index,
                         proposer: command.proposer,
                         proposer_session: command.proposer_session,
                         request_id: command.request_id,
+                        first_unanswered,
                         outcome: WriteOutcome::Superseded,
                     });
                     continue;
                 }
+                window.record(command.request_id, first_unanswered);
                 sessions
-                    .insert(session, command.request_id)
+                    .insert(session, window.encode().as_slice())
                     .map_err(engine)?;
                 let outcome = match &command.operation {
                     KvOperation::Put { key, value } => {
@@ -335,6 +347,7 @@ impl KvStore {
                     proposer: command.proposer,
                     proposer_session: command.proposer_session,
                     request_id: command.request_id,
+                    first_unanswered,
                     outcome,
                 });
             }
@@ -432,8 +445,8 @@ impl KvStore {
         Ok((point, data))
     }
 
-    /// The partition's proposer sessions and the highest request id each applied.
-    fn sessions(&self, id: PartitionId) -> Result<Vec<SessionHighest>, KvError> {
+    /// The partition's proposer sessions and the window of each.
+    fn sessions(&self, id: PartitionId) -> Result<Vec<SessionEntry>, KvError> {
         let transaction = self.database.begin_read().map_err(engine)?;
         let table = transaction.open_table(SESSIONS).map_err(engine)?;
         let mut sessions = Vec::new();
@@ -441,9 +454,9 @@ impl KvStore {
             .range((id.0, 0, 0)..=(id.0, u32::MAX, u64::MAX))
             .map_err(engine)?
         {
-            let (key, highest) = row.map_err(engine)?;
+            let (key, window) = row.map_err(engine)?;
             let (_, proposer, session) = key.value();
-            sessions.push(((proposer, session), highest.value()));
+            sessions.push(((proposer, session), SessionWindow::decode(window.value())?));
         }
         Ok(sessions)
     }
@@ -453,6 +466,11 @@ impl KvStore {
     pub fn check_snapshot_image(data: &[u8]) -> Result<(), String> {
         let image: SnapshotImage =
             postcard::from_bytes(data).map_err(|error| format!("snapshot image: {error}"))?;
+        for (_, window) in &image.sessions {
+            window
+                .check()
+                .map_err(|problem| format!("snapshot image: {problem}"))?;
+        }
         for (key, value) in &image.pairs {
             if key.is_empty()
                 || key.len() > crate::partition::command::KEY_BYTES_MAX
@@ -498,9 +516,9 @@ impl KvStore {
                 sessions
                     .retain_in((id.0, 0, 0)..=(id.0, u32::MAX, u64::MAX), |_, _| false)
                     .map_err(engine)?;
-                for ((proposer, session), highest) in &image.sessions {
+                for ((proposer, session), window) in &image.sessions {
                     sessions
-                        .insert((id.0, *proposer, *session), *highest)
+                        .insert((id.0, *proposer, *session), window.encode().as_slice())
                         .map_err(engine)?;
                 }
                 let mut points = transaction.open_table(POINTS).map_err(engine)?;
@@ -549,11 +567,78 @@ fn next_partition(id: PartitionId) -> u64 {
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotImage {
     pairs: Vec<Pair>,
-    sessions: Vec<SessionHighest>,
+    sessions: Vec<SessionEntry>,
 }
 
-/// (proposer, session) and the highest request id it applied.
-type SessionHighest = ((u32, u64), u64);
+/// (proposer, session) and its window.
+type SessionEntry = ((u32, u64), SessionWindow);
+
+/// Requests applied per session window at most: a proposer answers every request within its
+/// timeout, so its mark keeps up; one that never raises it is broken or hostile, and its
+/// oldest ids give way (a copy of one of those could then apply again, which is the lesser
+/// harm than a session table without bound).
+const SESSION_WINDOW_IDS_MAX: usize = 65_536;
+
+/// What a partition remembers of one proposer session to apply each command at most once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionWindow {
+    /// Every request of the session below this was answered by its proposer: a command
+    /// below it is a copy, or one given up on, and never applies.
+    pub first_unanswered: u64,
+    /// The request ids at or above `first_unanswered` that applied, ascending.
+    pub applied: Vec<u64>,
+}
+
+impl SessionWindow {
+    /// Whether a command with `request_id` may apply: not below the mark, not applied yet.
+    pub fn admits(&self, request_id: u64) -> bool {
+        request_id >= self.first_unanswered && self.applied.binary_search(&request_id).is_err()
+    }
+
+    /// Records `request_id` as applied and raises the mark to `first_unanswered` (never
+    /// lowers it). The caller checked [`SessionWindow::admits`].
+    pub fn record(&mut self, request_id: u64, first_unanswered: u64) {
+        self.first_unanswered = self.first_unanswered.max(first_unanswered);
+        let mark = self.first_unanswered;
+        let below_mark = self.applied.partition_point(|applied| *applied < mark);
+        self.applied.drain(..below_mark);
+        if let Err(position) = self.applied.binary_search(&request_id) {
+            self.applied.insert(position, request_id);
+        }
+        if self.applied.len() > SESSION_WINDOW_IDS_MAX {
+            let excess = self.applied.len() - SESSION_WINDOW_IDS_MAX;
+            self.first_unanswered = self.applied[excess];
+            self.applied.drain(..excess);
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("session windows serialise")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<SessionWindow, KvError> {
+        let window: SessionWindow = postcard::from_bytes(bytes)
+            .map_err(|error| KvError::Corrupt(format!("session window: {error}")))?;
+        window.check().map_err(KvError::Corrupt)?;
+        Ok(window)
+    }
+
+    /// A window read from disk or a snapshot: ascending, above its mark, within the bound.
+    fn check(&self) -> Result<(), String> {
+        let ascending = self.applied.windows(2).all(|pair| pair[0] < pair[1]);
+        let above_mark = self
+            .applied
+            .first()
+            .is_none_or(|first| *first >= self.first_unanswered);
+        if !ascending || !above_mark || self.applied.len() > SESSION_WINDOW_IDS_MAX {
+            return Err(format!(
+                "session window: {} ids, ascending {ascending}, above its mark {above_mark}",
+                self.applied.len()
+            ));
+        }
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -582,6 +667,7 @@ mod tests {
                     proposer: 1,
                     proposer_session: 1,
                     request_id: index,
+                    first_unanswered: index,
                     operation,
                 }
                 .encode(),
@@ -783,7 +869,8 @@ mod tests {
             Err(KvError::KeyNotFound),
             "no second put"
         );
-        // An older request arriving after a newer one of its session is not applied either.
+        // A request below a mark that applied (request 3 marked every request below it
+        // answered) is a copy or one its proposer gave up on: never applied.
         let overtaken = put(2, "b", "late");
         let applied = store
             .apply(P, &[copy_at(&overtaken, 5)], configuration.clone())
@@ -798,6 +885,95 @@ mod tests {
             .apply(P, &[copy_at(&delete, 6)], configuration)
             .unwrap();
         assert_eq!(applied[0].outcome, WriteOutcome::Superseded);
+    }
+
+    /// A put of `key` as request `request_id` of session 1, carrying `first_unanswered`.
+    fn request(index: u64, request_id: u64, first_unanswered: u64, key: &str) -> Entry {
+        Entry {
+            term: 1,
+            index,
+            kind: EntryKind::Command(
+                KvCommand {
+                    proposer: 1,
+                    proposer_session: 1,
+                    request_id,
+                    first_unanswered,
+                    operation: KvOperation::Put {
+                        key: key.as_bytes().to_vec(),
+                        value: b"v".to_vec(),
+                    },
+                }
+                .encode(),
+            ),
+        }
+    }
+
+    /// Two requests of one session may arrive in either order (forwarded separately, or
+    /// one retried at a new leader): the later one arriving first must not fail the other.
+    /// Copies are still skipped, and so is anything below a mark that applied.
+    #[test]
+    fn reordered_requests_of_a_session_both_apply_and_copies_do_not() {
+        let disk = TestDisk::new();
+        let mut store = store_with_partition(&disk);
+        let configuration = store.point(P).unwrap().configuration.clone();
+        let entries = [
+            // Requests 10 and 11 in flight together (both marked 10), 11 arriving first.
+            request(2, 11, 10, "b"),
+            request(3, 10, 10, "a"),
+            // A copy of 10.
+            request(4, 10, 10, "a"),
+            // Request 13 proposed once 10 and 11 were answered and 12 given up on.
+            request(5, 13, 13, "d"),
+            // 12 arrives late: its proposer already answered it "outcome unknown".
+            request(6, 12, 12, "c"),
+            // A forged mark above its own request fences off nothing above that request.
+            request(7, 14, u64::MAX, "e"),
+            request(8, 15, 15, "f"),
+        ];
+        let applied = store.apply(P, &entries, configuration).unwrap();
+        let outcomes: Vec<(u64, &WriteOutcome)> = applied
+            .iter()
+            .map(|command| (command.request_id, &command.outcome))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                (11, &WriteOutcome::Put),
+                (10, &WriteOutcome::Put),
+                (10, &WriteOutcome::Superseded),
+                (13, &WriteOutcome::Put),
+                (12, &WriteOutcome::Superseded),
+                (14, &WriteOutcome::Put),
+                (15, &WriteOutcome::Put),
+            ]
+        );
+        assert_eq!(applied[5].first_unanswered, 14, "a forged mark is clamped");
+        assert_eq!(store.get(P, b"c"), Err(KvError::KeyNotFound));
+    }
+
+    #[test]
+    fn a_session_window_stays_bounded_and_refuses_what_it_dropped() {
+        let mut window = SessionWindow::default();
+        for request_id in 0..(SESSION_WINDOW_IDS_MAX as u64 + 10) {
+            assert!(window.admits(request_id));
+            // A proposer that never raises its mark.
+            window.record(request_id, 0);
+        }
+        assert_eq!(window.applied.len(), SESSION_WINDOW_IDS_MAX);
+        assert_eq!(window.first_unanswered, 10);
+        assert!(!window.admits(9), "dropped ids fall below the mark");
+        assert!(!window.admits(10), "kept ids are still known");
+        assert!(window.check().is_ok());
+        let unsorted = SessionWindow {
+            first_unanswered: 0,
+            applied: vec![3, 2],
+        };
+        assert!(unsorted.check().is_err());
+        let below_mark = SessionWindow {
+            first_unanswered: 5,
+            applied: vec![4],
+        };
+        assert!(below_mark.check().is_err());
     }
 
     #[test]

@@ -325,6 +325,11 @@ impl RaftLogStore {
         }
     }
 
+    /// Plants the canary bug `skip_log_sync` (see `SegmentedLog::plant_skip_sync`).
+    pub fn plant_skip_sync(&mut self) {
+        self.log.plant_skip_sync();
+    }
+
     /// Segments the log spans now; a caller checkpoints when it grows past a bound.
     pub fn segment(&self) -> u64 {
         self.log.segment()

@@ -44,6 +44,9 @@ pub enum RaftPlantedBug {
     /// A candidate (and a pre-candidate) wins with half of the voters' votes instead of a
     /// majority: two halves elect two leaders in one term.
     ElectWithHalfTheVotes,
+    /// A leader takes a follower's refusal of an append as stale and never probes back: a
+    /// follower that fell behind (or diverged) stays behind for good.
+    IgnoreAppendRejections,
 }
 
 /// Checks a snapshot image against the state machine's format (see `RaftConfig`).

@@ -436,8 +436,9 @@ impl RaftGroup {
                 hint_term,
             } => {
                 let (probe_from, _) = self.state.log.find_conflict_by_term(hint_index, hint_term);
+                let ignore = self.planted_bug() == Some(RaftPlantedBug::IgnoreAppendRejections);
                 let progress = self.state.progress.get_mut(&from).expect("checked above");
-                if progress.on_rejected(rejected_index, probe_from) {
+                if !ignore && progress.on_rejected(rejected_index, probe_from) {
                     self.send_append(from, true);
                 }
             }

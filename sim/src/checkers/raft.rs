@@ -11,9 +11,9 @@
 //!   leader moves its commit index past what it inherited only onto an entry of its own term
 //!   (§5.4.2), judged after each of its node's steps;
 //! - at most once: on each replica (per process life: a restart replays from the last
-//!   checkpoint), a client command takes effect only if its request id is above every one of
-//!   its proposer session's that took effect before (a copy, or a command its session's later
-//!   one overtook, is skipped), judged at every apply;
+//!   checkpoint), a client command takes effect at most once, and never once a command of its
+//!   session that took effect had carried a mark above it (its proposer had answered it, so
+//!   what arrives now is a copy or a request given up on), judged at every apply;
 //! - leader completeness: a leader of term T holds every entry applied by a node whose term
 //!   was below T when it applied it (such an entry was committed before T), checked at every
 //!   election;
@@ -36,7 +36,10 @@ use borough::ids::NodeId;
 use borough::partition::host::HostOutput;
 use borough::partition::PartitionId;
 use borough::raft::{Message, MessageBody, Role};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A session's highest mark that took effect on a replica, and its ids at or above it that did.
+type SessionTookEffect = (u64, BTreeSet<u64>);
 
 /// Search steps per key before the linearizability check gives up on it: at least this many,
 /// more for long histories (per operation on the busiest key). A correct history of the Raft
@@ -63,9 +66,10 @@ pub struct RaftObservations {
     /// Per partition, leader and term: the commit index the leader held when first seen
     /// leading in that term.
     commit_inherited: BTreeMap<(PartitionId, NodeId, u64), u64>,
-    /// Per partition, replica, its process life, proposer and proposer session: one past the
-    /// highest request id that took effect there (0: none yet).
-    took_effect: BTreeMap<(PartitionId, NodeId, u64, u32, u64), u64>,
+    /// Per partition, replica, its process life, proposer and proposer session: the highest
+    /// mark a command that took effect there carried, and the request ids at or above it
+    /// that took effect.
+    took_effect: BTreeMap<(PartitionId, NodeId, u64, u32, u64), SessionTookEffect>,
     at_most_once_reported: usize,
     pub applies: u64,
     pub elections_won: u64,
@@ -303,7 +307,7 @@ pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput) {
             world.raft.applies += 1;
             if let Some(command) = command.filter(|command| command.took_effect) {
                 let life = world.nodes[world.index_of(node)].incarnation;
-                let floor = world
+                let (mark, took_effect) = world
                     .raft
                     .took_effect
                     .entry((
@@ -313,25 +317,32 @@ pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput) {
                         command.proposer,
                         command.proposer_session,
                     ))
-                    .or_insert(0);
-                if command.request_id < *floor
-                    && world.raft.at_most_once_reported < VIOLATIONS_PER_CHECKER_MAX
-                {
-                    let message = format!(
-                        "{partition} index {index}: {node} applied request {} of proposer {} session {}, after request {} of that session had taken effect",
-                        command.request_id,
-                        command.proposer,
-                        command.proposer_session,
-                        *floor - 1
-                    );
-                    world.raft.at_most_once_reported += 1;
-                    world.violations.push(Violation {
-                        at_micros: now,
-                        checker: Checker::AtMostOnce,
-                        message,
-                    });
+                    .or_default();
+                let problem = if command.request_id < *mark {
+                    Some(format!(
+                        "after a command of that session had marked every request below {} answered",
+                        *mark
+                    ))
+                } else if !took_effect.insert(command.request_id) {
+                    Some("a second time".to_string())
                 } else {
-                    *floor = (*floor).max(command.request_id.saturating_add(1));
+                    None
+                };
+                *mark = (*mark).max(command.first_unanswered.min(command.request_id));
+                // Ids below the mark are refused by it; only the rest need remembering.
+                *took_effect = took_effect.split_off(mark);
+                if let Some(problem) = problem {
+                    if world.raft.at_most_once_reported < VIOLATIONS_PER_CHECKER_MAX {
+                        world.raft.at_most_once_reported += 1;
+                        world.violations.push(Violation {
+                            at_micros: now,
+                            checker: Checker::AtMostOnce,
+                            message: format!(
+                                "{partition} index {index}: {node} applied request {} of proposer {} session {} {problem}",
+                                command.request_id, command.proposer, command.proposer_session
+                            ),
+                        });
+                    }
                 }
             }
             let reported = world.raft.divergences_reported;
