@@ -56,6 +56,8 @@ pub enum PlantedBug {
     /// Repair every event of a round with the first one's bytes (a loop that reads its
     /// event once): a replica that lacked a key stores another event under it.
     RepairReusesFirstEvent,
+    /// Events replayed from the log at startup are left out of their intervals' summaries.
+    ForgetReplayedIntervalCounts,
 }
 
 #[derive(Clone, Debug)]
@@ -228,7 +230,10 @@ impl Node {
             config.replication_factor > 0,
             "replication factor must be positive"
         );
-        let store = EventStore::open(seams.disk.clone(), config.store.clone())?;
+        let mut store_config = config.store.clone();
+        store_config.forget_replayed_interval_counts =
+            config.planted_bug == Some(PlantedBug::ForgetReplayedIntervalCounts);
+        let store = EventStore::open(seams.disk.clone(), store_config)?;
         let mut keys =
             KeyGenerator::open(config.id, seams.disk.as_ref()).map_err(StoreError::Disk)?;
         if config.planted_bug == Some(PlantedBug::ForgetKeyReservation) {

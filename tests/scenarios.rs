@@ -89,6 +89,7 @@ fast_scenarios! {
     canary_ignore_zone_spread => "canary-ignore-zone-spread",
     canary_repair_timer_not_advanced => "canary-repair-timer-not-advanced",
     canary_repair_reuses_first_event => "canary-repair-reuses-first-event",
+    canary_forget_replayed_interval_counts => "canary-forget-replayed-interval-counts",
     raft_no_faults => "raft/raft-no-faults",
     raft_crash_restart => "raft/raft-crash-restart",
     raft_partitions => "raft/raft-partitions",
@@ -123,6 +124,7 @@ fast_scenarios! {
         "raft/raft-canary-elect-with-half-votes-default-knobs",
     raft_canary_skip_log_sync => "raft/raft-canary-skip-log-sync",
     raft_canary_ignore_append_rejections => "raft/raft-canary-ignore-append-rejections",
+    raft_canary_poison_on_missing_key => "raft/raft-canary-poison-on-missing-key",
 }
 
 /// Every pinned regression in `scenarios/regressions/`, whatever its tier.

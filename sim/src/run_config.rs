@@ -57,6 +57,7 @@ pub struct PartitionsRun {
     pub apply_command_copies: bool,
     pub split_batches: bool,
     pub skip_log_sync: bool,
+    pub poison_on_missing_key: bool,
 }
 
 impl PartitionsRun {
@@ -245,6 +246,7 @@ impl RunConfig {
                     apply_command_copies: canary == Some(RaftCanary::ApplyCommandCopies),
                     split_batches: canary == Some(RaftCanary::SplitBatches),
                     skip_log_sync: canary == Some(RaftCanary::SkipLogSync),
+                    poison_on_missing_key: canary == Some(RaftCanary::PoisonOnMissingKey),
                 }
             })
             .map(|mut partitions| {
@@ -350,6 +352,7 @@ impl RunConfig {
                     apply_command_copies: partitions.apply_command_copies,
                     split_batches: partitions.split_batches,
                     skip_log_sync: partitions.skip_log_sync,
+                    poison_on_missing_key: partitions.poison_on_missing_key,
                     ..HostConfig::default()
                 },
                 tick_micros: partitions.tick_micros,
@@ -409,6 +412,7 @@ mod tests {
             apply_command_copies: false,
             split_batches: false,
             skip_log_sync: false,
+            poison_on_missing_key: false,
         };
         for partition in 0..partitions.count {
             let voters = partitions.voters(partition, &nodes);

@@ -272,7 +272,8 @@ pub struct PartitionsSection {
     /// A Raft bug planted on purpose: `vote_without_log_check`,
     /// `commit_previous_term_by_counting`, `forget_vote_on_restart`,
     /// `read_without_quorum_round`, `elect_with_half_the_votes`, `ignore_append_rejections`,
-    /// `acknowledge_before_sync`, `apply_command_copies`, `split_batches` or `skip_log_sync`.
+    /// `acknowledge_before_sync`, `apply_command_copies`,
+    /// `split_batches`, `skip_log_sync` or `poison_on_missing_key`.
     #[serde(default)]
     pub planted_bug: Option<String>,
 }
@@ -662,11 +663,13 @@ pub fn parse_planted_bug(name: &str) -> Result<PlantedBug, String> {
         "ignore_zone_spread" => Ok(PlantedBug::IgnoreZoneSpread),
         "repair_timer_not_advanced" => Ok(PlantedBug::RepairTimerNotAdvanced),
         "repair_reuses_first_event" => Ok(PlantedBug::RepairReusesFirstEvent),
+        "forget_replayed_interval_counts" => Ok(PlantedBug::ForgetReplayedIntervalCounts),
         other => Err(format!(
             "unknown planted_bug {other:?}: expected \"acknowledge_before_durable\", \
              \"trust_any_sender\", \"quorum_of_one\", \"forget_key_reservation\", \
              \"replicate_only_to_commit_level\", \"ignore_zone_spread\", \
-             \"repair_timer_not_advanced\" or \"repair_reuses_first_event\""
+             \"repair_timer_not_advanced\", \"repair_reuses_first_event\" or \
+             \"forget_replayed_interval_counts\""
         )),
     }
 }
@@ -683,6 +686,8 @@ pub enum RaftCanary {
     SplitBatches,
     /// The Raft log is written but never synced.
     SkipLogSync,
+    /// A read that finds no key poisons the host.
+    PoisonOnMissingKey,
 }
 
 pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
@@ -706,8 +711,9 @@ pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
         "apply_command_copies" => Ok(RaftCanary::ApplyCommandCopies),
         "split_batches" => Ok(RaftCanary::SplitBatches),
         "skip_log_sync" => Ok(RaftCanary::SkipLogSync),
+        "poison_on_missing_key" => Ok(RaftCanary::PoisonOnMissingKey),
         other => Err(format!(
-            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\", \"elect_with_half_the_votes\", \"ignore_append_rejections\", \"acknowledge_before_sync\", \"apply_command_copies\", \"split_batches\" or \"skip_log_sync\""
+            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\", \"elect_with_half_the_votes\", \"ignore_append_rejections\", \"acknowledge_before_sync\", \"apply_command_copies\", \"split_batches\", \"skip_log_sync\" or \"poison_on_missing_key\""
         )),
     }
 }

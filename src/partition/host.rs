@@ -63,6 +63,9 @@ pub struct HostConfig {
     /// A canary's planted bug: the Raft log is written but never synced, so a power loss
     /// takes what was acknowledged and applied. Never set outside a canary scenario.
     pub skip_log_sync: bool,
+    /// A canary's planted bug: a read that finds no key is taken for a failing store, and
+    /// poisons the host. Never set outside a canary scenario.
+    pub poison_on_missing_key: bool,
 }
 
 impl Default for HostConfig {
@@ -83,6 +86,7 @@ impl Default for HostConfig {
             apply_command_copies: false,
             split_batches: false,
             skip_log_sync: false,
+            poison_on_missing_key: false,
         }
     }
 }
@@ -1153,6 +1157,12 @@ impl PartitionHost {
                 ReadRequest::Range(query) => self.kv.range(partition, query).map(ReadAnswer::Pairs),
             }
             .map_err(RequestError::from);
+            if self.config.poison_on_missing_key
+                && result == Err(RequestError::Kv(KvError::KeyNotFound))
+            {
+                self.fail("a read found no key".into());
+                return;
+            }
             self.outputs
                 .push(HostOutput::ReadAnswered { request_id, result });
         }
