@@ -125,10 +125,12 @@ pub fn client_operation(world: &mut World, index: usize) {
     let partition = world.draw(0, partitions.count - 1);
     let key_number = world.draw(0, workload.keys_per_partition - 1);
     // Clients route to the nodes that hold the partition (its voters, unless membership
-    // changes moved replicas).
-    let hosts = &world.partition_hosts[&partition];
+    // changes moved replicas), as a router reading the committed configuration would: a
+    // replica whose addition never committed (its leader was deposed first) is no member,
+    // and nobody will ever lead it.
+    let hosts = routed_hosts(world, partition);
     let pick = world.rng.in_range(0, hosts.len() as u64 - 1) as usize;
-    let target_id = world.partition_hosts[&partition][pick];
+    let target_id = hosts[pick];
     let target = world.index_of(target_id);
     let history_id = world.kv_history.next_id;
     world.kv_history.next_id += 1;
@@ -472,4 +474,31 @@ enum Answer {
     Done(KvResponse),
     NotApplied,
     Unknown,
+}
+
+/// The nodes clients send `partition`'s calls to: those the membership nemesis added, kept
+/// only while the committed configuration (as the replica that committed furthest knows it)
+/// has them as members; all of them if it has none (no replica yet).
+fn routed_hosts(world: &World, partition: u64) -> Vec<NodeId> {
+    let hosts = &world.partition_hosts[&partition];
+    let committed = world
+        .nodes
+        .iter()
+        .filter_map(|sim_node| sim_node.node()?.partitions()?.group(PartitionId(partition)))
+        .max_by_key(|group| (group.log().committed(), group.term()))
+        .map(|group| group.configuration_at(group.log().committed()));
+    let members: Vec<NodeId> = hosts
+        .iter()
+        .copied()
+        .filter(|host| {
+            committed
+                .as_ref()
+                .is_none_or(|configuration| configuration.is_member(*host))
+        })
+        .collect();
+    if members.is_empty() {
+        hosts.clone()
+    } else {
+        members
+    }
 }
