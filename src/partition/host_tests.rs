@@ -299,6 +299,19 @@ fn acknowledged_writes_survive_crashes_of_every_node() {
     }
 }
 
+/// Three nodes, one partition, and 60 puts of `value` through its leader.
+fn one_partition_with_puts(config: HostConfig, value: &str) -> (Cluster, PartitionId) {
+    let mut cluster = Cluster::new(3, 1, config);
+    cluster.elect_all(1);
+    let partition = PartitionId(0);
+    for index in 0..60 {
+        cluster
+            .put(partition, &format!("key-{index:02}"), value)
+            .unwrap();
+    }
+    (cluster, partition)
+}
+
 /// Compaction keeps `log_catch_up_entries` behind the checkpoint: a follower that installs
 /// the snapshot finds the entries after it still in the leader's log.
 #[test]
@@ -308,14 +321,7 @@ fn compaction_keeps_a_tail_for_followers_catching_up() {
         log_catch_up_entries: 25,
         ..HostConfig::default()
     };
-    let mut cluster = Cluster::new(3, 1, config);
-    cluster.elect_all(1);
-    let partition = PartitionId(0);
-    for index in 0..60 {
-        cluster
-            .put(partition, &format!("key-{index:02}"), "x")
-            .unwrap();
-    }
+    let (cluster, partition) = one_partition_with_puts(config, "x");
     let host = &cluster.hosts[&NodeId(1)];
     let log = host.group(partition).unwrap().log();
     let applied = log.applied();
@@ -341,14 +347,7 @@ fn checkpoints_compact_the_log_and_recovery_still_sees_everything() {
         log_checkpoint_segments: 2,
         ..HostConfig::default()
     };
-    let mut cluster = Cluster::new(3, 1, config);
-    cluster.elect_all(1);
-    let partition = PartitionId(0);
-    for index in 0..60 {
-        cluster
-            .put(partition, &format!("key-{index:02}"), &"x".repeat(40))
-            .unwrap();
-    }
+    let (mut cluster, partition) = one_partition_with_puts(config, &"x".repeat(40));
     let counters = cluster.hosts[&NodeId(1)].counters();
     assert!(counters.state_machine_checkpoints >= 5, "{counters:?}");
     assert!(counters.log_checkpoints >= 1, "{counters:?}");

@@ -659,6 +659,16 @@ mod tests {
     }
 
     fn command(index: u64, operation: KvOperation) -> Entry {
+        session_command(index, index, index, operation)
+    }
+
+    /// `operation` as request `request_id` of session 1, carrying `first_unanswered`.
+    fn session_command(
+        index: u64,
+        request_id: u64,
+        first_unanswered: u64,
+        operation: KvOperation,
+    ) -> Entry {
         Entry {
             term: 1,
             index,
@@ -666,8 +676,8 @@ mod tests {
                 KvCommand {
                     proposer: 1,
                     proposer_session: 1,
-                    request_id: index,
-                    first_unanswered: index,
+                    request_id,
+                    first_unanswered,
                     operation,
                 }
                 .encode(),
@@ -889,23 +899,11 @@ mod tests {
 
     /// A put of `key` as request `request_id` of session 1, carrying `first_unanswered`.
     fn request(index: u64, request_id: u64, first_unanswered: u64, key: &str) -> Entry {
-        Entry {
-            term: 1,
-            index,
-            kind: EntryKind::Command(
-                KvCommand {
-                    proposer: 1,
-                    proposer_session: 1,
-                    request_id,
-                    first_unanswered,
-                    operation: KvOperation::Put {
-                        key: key.as_bytes().to_vec(),
-                        value: b"v".to_vec(),
-                    },
-                }
-                .encode(),
-            ),
-        }
+        let put = KvOperation::Put {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+        };
+        session_command(index, request_id, first_unanswered, put)
     }
 
     /// Two requests of one session may arrive in either order (forwarded separately, or
