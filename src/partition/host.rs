@@ -43,6 +43,7 @@ pub struct HostConfig {
     /// snapshot catches up from the log after installing it only if the entries after the
     /// snapshot are still there; without a tail, a checkpoint during every transfer (steady
     /// load, frequent checkpoints) would send it the next snapshot, and the next, for good.
+    /// The cost is memory: up to this many entries per partition beyond the checkpoint.
     pub log_catch_up_entries: u64,
     /// Segments the Raft log may grow by before its live state is rewritten.
     pub log_checkpoint_segments: u64,
@@ -78,7 +79,7 @@ impl Default for HostConfig {
             },
             log_segment_bytes_max: 16 * 1024 * 1024,
             checkpoint_applied_entries: 4096,
-            log_catch_up_entries: 4096,
+            log_catch_up_entries: 1024,
             log_checkpoint_segments: 4,
             request_timeout_ticks: 50,
             report_applied: false,
