@@ -272,8 +272,8 @@ pub struct PartitionsSection {
     /// A Raft bug planted on purpose: `vote_without_log_check`,
     /// `commit_previous_term_by_counting`, `forget_vote_on_restart`,
     /// `read_without_quorum_round`, `elect_with_half_the_votes`, `ignore_append_rejections`,
-    /// `acknowledge_before_sync`, `apply_command_copies`,
-    /// `split_batches`, `skip_log_sync` or `poison_on_missing_key`.
+    /// `acknowledge_before_sync`, `apply_command_copies`, `split_batches`, `skip_log_sync` or
+    /// `poison_on_missing_key`.
     #[serde(default)]
     pub planted_bug: Option<String>,
 }
