@@ -574,9 +574,9 @@ struct SnapshotImage {
 type SessionEntry = ((u32, u64), SessionWindow);
 
 /// Requests applied per session window at most: a proposer answers every request within its
-/// timeout, so its mark keeps up; one that never raises it is broken or hostile, and its
-/// oldest ids give way (a copy of one of those could then apply again, which is the lesser
-/// harm than a session table without bound).
+/// timeout, so its mark keeps up; one that never raises it is broken or hostile, and the mark
+/// moves up past its oldest ids (a request of that session still in flight below it is then
+/// skipped, answered "outcome unknown": the lesser harm than a session table without bound).
 const SESSION_WINDOW_IDS_MAX: usize = 65_536;
 
 /// What a partition remembers of one proposer session to apply each command at most once.
@@ -596,14 +596,16 @@ impl SessionWindow {
     }
 
     /// Records `request_id` as applied and raises the mark to `first_unanswered` (never
-    /// lowers it). The caller checked [`SessionWindow::admits`].
+    /// lowers it). An id below the mark needs no entry: the mark already refuses it.
     pub fn record(&mut self, request_id: u64, first_unanswered: u64) {
         self.first_unanswered = self.first_unanswered.max(first_unanswered);
         let mark = self.first_unanswered;
         let below_mark = self.applied.partition_point(|applied| *applied < mark);
         self.applied.drain(..below_mark);
-        if let Err(position) = self.applied.binary_search(&request_id) {
-            self.applied.insert(position, request_id);
+        if request_id >= mark {
+            if let Err(position) = self.applied.binary_search(&request_id) {
+                self.applied.insert(position, request_id);
+            }
         }
         if self.applied.len() > SESSION_WINDOW_IDS_MAX {
             let excess = self.applied.len() - SESSION_WINDOW_IDS_MAX;
@@ -962,6 +964,9 @@ mod tests {
         assert!(!window.admits(9), "dropped ids fall below the mark");
         assert!(!window.admits(10), "kept ids are still known");
         assert!(window.check().is_ok());
+        // Only the planted `apply_copies` bug records an id the window refused.
+        window.record(3, 0);
+        assert!(window.check().is_ok(), "an id below the mark is not kept");
         let unsorted = SessionWindow {
             first_unanswered: 0,
             applied: vec![3, 2],

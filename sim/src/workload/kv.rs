@@ -5,10 +5,10 @@
 //!
 //! Every put writes a value unique to its call, so the checkers can tell writes apart. An
 //! operation refused on the spot (no leader known, node down) never started and is not in the
-//! history; a write answered "not applied" (its entry lost to a new leader) is dropped too. A write with no answer in time, or whose node crashed, is
-//! indeterminate: it may have taken effect at any point after its call, or never. A read
-//! that failed constrains nothing and is dropped; one that got no answer at all is still
-//! counted, for liveness.
+//! history; a write answered "not applied" (its entry lost to a new leader) is dropped too. A
+//! write with no answer in time, or whose node crashed, is indeterminate: it may have taken
+//! effect at any point after its call, or never. A read that failed constrains nothing and is
+//! dropped; one that got no answer at all is still counted, for liveness.
 
 use crate::checkers::atomicity::{KeyWrite, KvCall as CheckedCall, KvRequest, KvResponse};
 use crate::run_config::WorkloadConfig;
