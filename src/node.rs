@@ -58,6 +58,12 @@ pub enum PlantedBug {
     RepairReusesFirstEvent,
     /// Events replayed from the log at startup are left out of their intervals' summaries.
     ForgetReplayedIntervalCounts,
+    /// Answer a put only once more replicas than its level needs hold it (`>` for `>=`):
+    /// every level but ALL is answered late, and ALL never.
+    AnswerOnlyPastRequired,
+    /// Recovery takes a torn tail (a crash during an unsynced write) for damage at rest: the
+    /// event log is cut there and counts it corrupt, the Raft log is refused.
+    TornTailsAreDamage,
 }
 
 #[derive(Clone, Debug)]
@@ -233,6 +239,8 @@ impl Node {
         let mut store_config = config.store.clone();
         store_config.forget_replayed_interval_counts =
             config.planted_bug == Some(PlantedBug::ForgetReplayedIntervalCounts);
+        let torn_tails_are_damage = config.planted_bug == Some(PlantedBug::TornTailsAreDamage);
+        store_config.torn_tails_are_damage = torn_tails_are_damage;
         let store = EventStore::open(seams.disk.clone(), store_config)?;
         let mut keys =
             KeyGenerator::open(config.id, seams.disk.as_ref()).map_err(StoreError::Disk)?;
@@ -247,7 +255,10 @@ impl Node {
             Some(partitions) => match PartitionHost::open(
                 config.id,
                 seams.disk.clone(),
-                partitions.host.clone(),
+                HostConfig {
+                    torn_tails_are_damage,
+                    ..partitions.host.clone()
+                },
                 seams.rng.next_u64(),
             ) {
                 Ok(host) => Some(host),
@@ -469,7 +480,7 @@ impl Node {
             replication_factor = level.required(replication_factor);
             plan.targets.truncate(replication_factor as usize);
         }
-        let (write, actions) = ReplicaWrite::start(
+        let (mut write, actions) = ReplicaWrite::start(
             key.clone(),
             self.config.id,
             plan,
@@ -478,6 +489,10 @@ impl Node {
             client.is_none(),
             now + self.config.replica_timeout_micros,
         );
+        if self.config.planted_bug == Some(PlantedBug::AnswerOnlyPastRequired) {
+            // Nothing is answered at start (no replica holds a client's event yet).
+            write.plant_answer_only_past_required();
+        }
         self.write_ids_by_key.insert(key, write_id);
         let request_id = client.map(|(request_id, _)| request_id);
         self.writes.insert(

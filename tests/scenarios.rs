@@ -90,6 +90,8 @@ fast_scenarios! {
     canary_repair_timer_not_advanced => "canary-repair-timer-not-advanced",
     canary_repair_reuses_first_event => "canary-repair-reuses-first-event",
     canary_forget_replayed_interval_counts => "canary-forget-replayed-interval-counts",
+    canary_answer_only_past_required => "canary-answer-only-past-required",
+    canary_torn_tails_are_damage => "canary-torn-tails-are-damage",
     raft_no_faults => "raft/raft-no-faults",
     raft_crash_restart => "raft/raft-crash-restart",
     raft_partitions => "raft/raft-partitions",
@@ -125,6 +127,8 @@ fast_scenarios! {
     raft_canary_skip_log_sync => "raft/raft-canary-skip-log-sync",
     raft_canary_ignore_append_rejections => "raft/raft-canary-ignore-append-rejections",
     raft_canary_poison_on_missing_key => "raft/raft-canary-poison-on-missing-key",
+    raft_canary_stamp_local_requests_with_term =>
+        "raft/raft-canary-stamp-local-requests-with-term",
 }
 
 /// Every pinned regression in `scenarios/regressions/`, whatever its tier.

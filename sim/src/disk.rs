@@ -999,6 +999,10 @@ mod tests {
 pub struct ProcessDisk {
     disk: SimDisk,
     alive: Arc<std::sync::atomic::AtomicBool>,
+    /// The crash-during-sync fault: the next `sync` or `sync_directory` kills the process
+    /// instead of syncing (the power goes while the fsync is in flight).
+    die_at_sync: Arc<std::sync::atomic::AtomicBool>,
+    died_at_sync: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ProcessDisk {
@@ -1006,12 +1010,45 @@ impl ProcessDisk {
         Self {
             disk,
             alive: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            die_at_sync: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            died_at_sync: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
     pub fn kill(&self) {
         self.alive
             .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Arms the crash-during-sync fault (see the field).
+    pub fn die_at_next_sync(&self) {
+        self.die_at_sync
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn disarm(&self) {
+        self.die_at_sync
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the process died at a sync the fault took.
+    pub fn died_at_sync(&self) -> bool {
+        self.died_at_sync.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Checks for the armed fault before a sync: the process dies, nothing is synced.
+    fn sync_check(&self, name: &str) -> Result<&SimDisk, DiskError> {
+        let disk = self.check(name)?;
+        if self
+            .die_at_sync
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.kill();
+            self.died_at_sync
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(DiskError::io(name, "the power went during the fsync"));
+        }
+        Ok(disk)
     }
 
     fn check(&self, name: &str) -> Result<&SimDisk, DiskError> {
@@ -1043,7 +1080,7 @@ impl Disk for ProcessDisk {
         self.check(name)?.truncate(name, len)
     }
     fn sync(&self, name: &str) -> Result<(), DiskError> {
-        self.check(name)?.sync(name)
+        self.sync_check(name)?.sync(name)
     }
     fn rename(&self, from: &str, to: &str) -> Result<(), DiskError> {
         self.check(from)?.rename(from, to)
@@ -1055,6 +1092,6 @@ impl Disk for ProcessDisk {
         self.check("<directory>")?.list()
     }
     fn sync_directory(&self) -> Result<(), DiskError> {
-        self.check("<directory>")?.sync_directory()
+        self.sync_check("<directory>")?.sync_directory()
     }
 }

@@ -272,8 +272,8 @@ pub struct PartitionsSection {
     /// A Raft bug planted on purpose: `vote_without_log_check`,
     /// `commit_previous_term_by_counting`, `forget_vote_on_restart`,
     /// `read_without_quorum_round`, `elect_with_half_the_votes`, `ignore_append_rejections`,
-    /// `acknowledge_before_sync`, `apply_command_copies`, `split_batches`, `skip_log_sync` or
-    /// `poison_on_missing_key`.
+    /// `stamp_local_requests_with_term`, `acknowledge_before_sync`, `apply_command_copies`,
+    /// `split_batches`, `skip_log_sync` or `poison_on_missing_key`.
     #[serde(default)]
     pub planted_bug: Option<String>,
 }
@@ -393,6 +393,10 @@ pub enum FaultKind {
     MembershipChange,
     /// Power loss of a node that is receiving a Raft snapshot.
     CrashDuringSnapshot,
+    /// Power loss of a node in the middle of a group commit: its writes are issued, its
+    /// fsync has not returned. Once armed per `every_ms`, the next flush of any node. What
+    /// it wrote is lost, or torn on a disk with `torn_writes`.
+    CrashDuringSync,
     /// Power loss of a node right after it grants a Raft vote (the vote durable, the
     /// candidate still campaigning): once armed per `every_ms`, the next vote granted.
     CrashAfterVote,
@@ -664,12 +668,15 @@ pub fn parse_planted_bug(name: &str) -> Result<PlantedBug, String> {
         "repair_timer_not_advanced" => Ok(PlantedBug::RepairTimerNotAdvanced),
         "repair_reuses_first_event" => Ok(PlantedBug::RepairReusesFirstEvent),
         "forget_replayed_interval_counts" => Ok(PlantedBug::ForgetReplayedIntervalCounts),
+        "answer_only_past_required" => Ok(PlantedBug::AnswerOnlyPastRequired),
+        "torn_tails_are_damage" => Ok(PlantedBug::TornTailsAreDamage),
         other => Err(format!(
             "unknown planted_bug {other:?}: expected \"acknowledge_before_durable\", \
              \"trust_any_sender\", \"quorum_of_one\", \"forget_key_reservation\", \
              \"replicate_only_to_commit_level\", \"ignore_zone_spread\", \
-             \"repair_timer_not_advanced\", \"repair_reuses_first_event\" or \
-             \"forget_replayed_interval_counts\""
+             \"repair_timer_not_advanced\", \"repair_reuses_first_event\", \
+             \"forget_replayed_interval_counts\", \"answer_only_past_required\" or \
+             \"torn_tails_are_damage\""
         )),
     }
 }
@@ -707,13 +714,16 @@ pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
         "ignore_append_rejections" => {
             Ok(RaftCanary::Raft(RaftPlantedBug::IgnoreAppendRejections))
         }
+        "stamp_local_requests_with_term" => Ok(RaftCanary::Raft(
+            RaftPlantedBug::StampLocalRequestsWithTerm,
+        )),
         "acknowledge_before_sync" => Ok(RaftCanary::AcknowledgeBeforeSync),
         "apply_command_copies" => Ok(RaftCanary::ApplyCommandCopies),
         "split_batches" => Ok(RaftCanary::SplitBatches),
         "skip_log_sync" => Ok(RaftCanary::SkipLogSync),
         "poison_on_missing_key" => Ok(RaftCanary::PoisonOnMissingKey),
         other => Err(format!(
-            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\", \"elect_with_half_the_votes\", \"ignore_append_rejections\", \"acknowledge_before_sync\", \"apply_command_copies\", \"split_batches\", \"skip_log_sync\" or \"poison_on_missing_key\""
+            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\", \"elect_with_half_the_votes\", \"ignore_append_rejections\", \"stamp_local_requests_with_term\", \"acknowledge_before_sync\", \"apply_command_copies\", \"split_batches\", \"skip_log_sync\" or \"poison_on_missing_key\""
         )),
     }
 }

@@ -460,6 +460,21 @@ impl World {
                 }
                 self.nodes[index].flush_scheduled = false;
                 self.trace.record(self.now.get(), "flush", node.0 as u64, 0);
+                let armed = self.fault_state.crash_during_sync_armed;
+                if let Some(fault_index) =
+                    armed.filter(|_| crate::faults::arm_crash_during_sync(self, index))
+                {
+                    if let NodeState::Up(node) = &mut self.nodes[index].state {
+                        node.flush();
+                    }
+                    if crate::faults::after_flush_armed(self, index, fault_index) {
+                        // Died mid-step: what it sent in this step never left the machine.
+                        self.outbox.borrow_mut().clear();
+                        return;
+                    }
+                    self.after_step(index);
+                    return;
+                }
                 self.with_node(index, |node| node.flush());
             }
             Event::ClientPut { workload } => crate::workload::client_put(self, workload),
@@ -637,6 +652,17 @@ impl World {
                 Ok(frame) => frame,
                 Err(error) => {
                     tracing::error!(%from, %to, kind = message.kind(), %error, "message not sent: the codec refused it");
+                    if self.messages_unencodable == 0 {
+                        // The first one now, with what it was (the total comes at the end).
+                        self.violations.push(Violation {
+                            at_micros: now,
+                            checker: Checker::Codec,
+                            message: format!(
+                                "{from} built a {} message to {to} that the codec refuses: {error}",
+                                message.kind()
+                            ),
+                        });
+                    }
                     self.messages_unencodable += 1;
                     continue;
                 }
@@ -845,6 +871,7 @@ impl World {
         let node_config = self.config.node_config(id, sim_node.location.clone());
         match Node::open(node_config, seams) {
             Ok(mut node) => {
+                crate::checkers::recovery::on_boot(self, index, &node);
                 for (peer, location) in &self.config.nodes {
                     node.add_peer(*peer, location.clone());
                 }

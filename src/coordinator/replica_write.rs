@@ -81,6 +81,9 @@ pub struct ReplicaWrite {
     spares: VecDeque<NodeId>,
     answered: bool,
     confirmed: bool,
+    /// A canary's planted bug: the client is answered only once more than `required`
+    /// replicas hold the event, so an ALL put is never answered.
+    answer_only_past_required: bool,
 }
 
 impl ReplicaWrite {
@@ -117,6 +120,7 @@ impl ReplicaWrite {
             spares: plan.spares.into(),
             answered: commit_level.is_none(),
             confirmed: false,
+            answer_only_past_required: false,
         };
         let mut actions = Vec::new();
         for target in plan.targets {
@@ -134,6 +138,12 @@ impl ReplicaWrite {
         }
         write.settle(&mut actions);
         (write, actions)
+    }
+
+    /// Plants the canary bug `answer_only_past_required` (see the field). Never called
+    /// outside a canary scenario.
+    pub fn plant_answer_only_past_required(&mut self) {
+        self.answer_only_past_required = true;
     }
 
     pub fn key(&self) -> &EventKey {
@@ -217,7 +227,12 @@ impl ReplicaWrite {
         if !self.answered {
             let reachable = succeeded + self.in_flight.len() as u32 + self.spares.len() as u32;
             let level = self.commit_level.expect("unanswered writes have a client");
-            if succeeded >= self.required {
+            let enough = if self.answer_only_past_required {
+                succeeded > self.required
+            } else {
+                succeeded >= self.required
+            };
+            if enough {
                 self.answered = true;
                 actions.push(WriteAction::Answer(Ok(self.key.clone())));
             } else if reachable < self.required {

@@ -180,6 +180,8 @@ pub struct SegmentedLog<R = LogRecord> {
     /// Reused for every batch, so an append allocates only when a batch outgrows the last.
     batch_buffer: Vec<u8>,
     damage_policy: DamagePolicy,
+    /// True only under a canary's planted bug: recovery takes a torn tail for damage at rest.
+    torn_tails_are_damage: bool,
     /// False only under a canary's planted bug: appends are written but never synced.
     sync_appends: bool,
     records: PhantomData<fn() -> R>,
@@ -200,6 +202,23 @@ impl SegmentedLog<LogRecord> {
             DamagePolicy::Truncate,
         )
     }
+
+    /// `open` under the canary bug `torn_tails_are_damage`: a torn tail is judged damage at
+    /// rest (cut and counted as corrupt). Never called outside a canary scenario.
+    pub fn open_taking_torn_tails_for_damage(
+        disk: SharedDisk,
+        segment_bytes_max: u64,
+        first_segment: u64,
+    ) -> Result<(SegmentedLog<LogRecord>, Recovery<LogRecord>), LogError> {
+        Self::open_with(
+            disk,
+            EVENT_LOG_PREFIX,
+            segment_bytes_max,
+            first_segment,
+            DamagePolicy::Truncate,
+            true,
+        )
+    }
 }
 
 impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
@@ -211,6 +230,25 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
         segment_bytes_max: u64,
         first_segment: u64,
         damage_policy: DamagePolicy,
+    ) -> Result<(SegmentedLog<R>, Recovery<R>), LogError> {
+        Self::open_with(
+            disk,
+            prefix,
+            segment_bytes_max,
+            first_segment,
+            damage_policy,
+            false,
+        )
+    }
+
+    /// `open_prefixed`; `torn_tails_are_damage` is set only by a canary's planted bug.
+    pub fn open_with(
+        disk: SharedDisk,
+        prefix: &'static str,
+        segment_bytes_max: u64,
+        first_segment: u64,
+        damage_policy: DamagePolicy,
+        torn_tails_are_damage: bool,
     ) -> Result<(SegmentedLog<R>, Recovery<R>), LogError> {
         assert!(segment_bytes_max > 0, "segment_bytes_max must be positive");
         if first_segment >= SEGMENT_LIMIT {
@@ -244,6 +282,7 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
             segment_len_bytes: 0,
             batch_buffer: Vec::new(),
             damage_policy,
+            torn_tails_are_damage,
             sync_appends: true,
             records: PhantomData,
         };
@@ -373,7 +412,9 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
                     None => {
                         // A torn write only ever hits the end of the last segment: a good record
                         // after the damage means synced data rotted, even in the last segment.
-                        let torn = is_last && !good_record_follows(&bytes, offset);
+                        let torn = is_last
+                            && !good_record_follows(&bytes, offset)
+                            && !self.torn_tails_are_damage;
                         if !torn && self.damage_policy == DamagePolicy::Refuse {
                             return Err(LogError::DamagedAtRest {
                                 name,

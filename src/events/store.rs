@@ -59,6 +59,10 @@ pub struct StoreConfig {
     /// A canary's planted bug: events replayed from the log at startup are not counted in
     /// their intervals' summaries. Never set outside a canary scenario.
     pub forget_replayed_interval_counts: bool,
+    /// A canary's planted bug: recovery takes a torn tail of the log (a crash during an
+    /// unsynced write) for damage at rest, cut and counted as corrupt. Never set outside a
+    /// canary scenario.
+    pub torn_tails_are_damage: bool,
 }
 
 impl Default for StoreConfig {
@@ -69,6 +73,7 @@ impl Default for StoreConfig {
             checkpoint_records: 2048,
             max_event_bytes: 1024 * 1024,
             forget_replayed_interval_counts: false,
+            torn_tails_are_damage: false,
         }
     }
 }
@@ -253,8 +258,15 @@ impl EventStore {
         let checkpoint_segment = initialise_database(&database)?;
         let open_intervals = read_open_intervals(&database)?;
         let (unconfirmed, invalid_unconfirmed) = read_unconfirmed(&database)?;
-        let (log, recovery) =
-            SegmentedLog::open(disk, config.segment_bytes_max, checkpoint_segment)?;
+        let (log, recovery) = if config.torn_tails_are_damage {
+            SegmentedLog::open_taking_torn_tails_for_damage(
+                disk,
+                config.segment_bytes_max,
+                checkpoint_segment,
+            )?
+        } else {
+            SegmentedLog::open(disk, config.segment_bytes_max, checkpoint_segment)?
+        };
         let invalid_logged = judge_undecodable(&recovery.undecodable)?;
         let mut store = EventStore {
             config,

@@ -67,6 +67,10 @@ pub struct HostConfig {
     /// A canary's planted bug: a read that finds no key is taken for a failing store, and
     /// poisons the host. Never set outside a canary scenario.
     pub poison_on_missing_key: bool,
+    /// A canary's planted bug: recovery takes a torn tail of the Raft log (a crash during an
+    /// unsynced write) for damage at rest, and keeps the node's replicas out. Never set
+    /// outside a canary scenario (the node sets it with `PlantedBug::TornTailsAreDamage`).
+    pub torn_tails_are_damage: bool,
 }
 
 impl Default for HostConfig {
@@ -88,6 +92,7 @@ impl Default for HostConfig {
             split_batches: false,
             skip_log_sync: false,
             poison_on_missing_key: false,
+            torn_tails_are_damage: false,
         }
     }
 }
@@ -397,11 +402,15 @@ impl PartitionHost {
         if config.apply_command_copies {
             kv.plant_apply_copies();
         }
-        let (mut raft_log, mut recovered) = RaftLogStore::open(disk, config.log_segment_bytes_max)
-            .map_err(|error| match error {
-                RaftLogError::DamagedAtRest(_) => RequestError::Damaged(error.to_string()),
-                error => RequestError::Poisoned(error.to_string()),
-            })?;
+        let (mut raft_log, mut recovered) = RaftLogStore::open_with(
+            disk,
+            config.log_segment_bytes_max,
+            config.torn_tails_are_damage,
+        )
+        .map_err(|error| match error {
+            RaftLogError::DamagedAtRest(_) => RequestError::Damaged(error.to_string()),
+            error => RequestError::Poisoned(error.to_string()),
+        })?;
         if config.skip_log_sync {
             raft_log.plant_skip_sync();
         }

@@ -189,12 +189,23 @@ impl RaftLogStore {
         disk: SharedDisk,
         segment_bytes_max: u64,
     ) -> Result<(RaftLogStore, BTreeMap<PartitionId, RecoveredLog>), RaftLogError> {
-        let (log, recovery) = SegmentedLog::open_prefixed(
+        Self::open_with(disk, segment_bytes_max, false)
+    }
+
+    /// `open`; `torn_tails_are_damage` is set only by a canary's planted bug (a torn tail
+    /// is then refused as damage at rest).
+    pub fn open_with(
+        disk: SharedDisk,
+        segment_bytes_max: u64,
+        torn_tails_are_damage: bool,
+    ) -> Result<(RaftLogStore, BTreeMap<PartitionId, RecoveredLog>), RaftLogError> {
+        let (log, recovery) = SegmentedLog::open_with(
             disk,
             RAFT_LOG_PREFIX,
             segment_bytes_max,
             0,
             DamagePolicy::Refuse,
+            torn_tails_are_damage,
         )?;
         debug_assert_eq!(recovery.corrupt_records, 0, "damage is refused, not cut");
         let mut recovered: BTreeMap<PartitionId, RecoveredLog> = BTreeMap::new();

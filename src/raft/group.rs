@@ -47,6 +47,10 @@ pub enum RaftPlantedBug {
     /// A leader takes a follower's refusal of an append as stale and never probes back: a
     /// follower that fell behind (or diverged) stays behind for good.
     IgnoreAppendRejections,
+    /// A forwarded proposal or read carries the sender's term like every other message, where
+    /// the protocol says term 0: every receiver's checks refuse it, so a follower's clients
+    /// are never served.
+    StampLocalRequestsWithTerm,
 }
 
 /// Checks a snapshot image against the state machine's format (see `RaftConfig`).
@@ -1021,10 +1025,15 @@ impl RaftGroup {
 
     /// A local request (proposal, read) that the term rules do not apply to.
     fn send_untermed(&mut self, to: NodeId, body: MessageBody) {
+        let term = if self.planted_bug() == Some(RaftPlantedBug::StampLocalRequestsWithTerm) {
+            self.state.term
+        } else {
+            0
+        };
         self.state.outbox.push(Message {
             from: self.state.id,
             to,
-            term: 0,
+            term,
             body,
         });
     }

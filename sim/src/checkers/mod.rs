@@ -5,7 +5,8 @@
 //! reads every store, and runs the event-store checks in `event_store`, the consolidation
 //! interval checks in `intervals`, and the Raft partition checks in `raft` (which also judge
 //! every apply and role change as it happens, and the kv history's linearizability and
-//! atomicity, whose history and multi-key rules live in `atomicity`).
+//! atomicity, whose history and multi-key rules live in `atomicity`). `recovery` judges each
+//! boot: a disk that only crashed gives back everything it made durable.
 
 pub mod atomicity;
 mod checker;
@@ -13,6 +14,7 @@ mod event_store;
 mod intervals;
 pub mod linearizability;
 pub mod raft;
+pub mod recovery;
 
 use crate::workload::PutOutcome;
 use crate::world::{Violation, World};

@@ -50,6 +50,9 @@ pub struct FaultState {
     /// Per (partition, leader, term): the commit index its first append of the term carried.
     pub commit_at_term_start: BTreeMap<(PartitionId, NodeId, u64), u64>,
     pub first_commit_crashes: u64,
+    /// The crash-during-sync fault (by index) waiting for the next flush.
+    pub crash_during_sync_armed: Option<usize>,
+    pub sync_crashes: u64,
     /// Cut-off leaders whose timers stalled (`stall_timers`).
     pub timer_stalls: u64,
 }
@@ -245,6 +248,60 @@ pub fn vote_granted(world: &mut World, voter: NodeId, partition: PartitionId, te
         now + down,
         Event::FaultEnd(FaultEnd::Restart { nodes: vec![voter] }),
     );
+}
+
+/// Node `index` is about to flush its staged writes. An armed crash-during-sync fault takes
+/// it: its process dies at the flush's first sync (the writes issued, none synced), and the
+/// world then cuts its power. Returns whether the fault took this flush.
+pub fn arm_crash_during_sync(world: &mut World, index: usize) -> bool {
+    let Some(fault_index) = world.fault_state.crash_during_sync_armed else {
+        return false;
+    };
+    let id = world.nodes[index].id;
+    if world.healed || world.fault_state.crashed_by_fault.contains(&id) {
+        return false;
+    }
+    let fault = &world.config.faults[fault_index];
+    if world.fault_state.crashed_by_fault.len() >= fault.max_nodes.unwrap_or(1) as usize {
+        return false;
+    }
+    let Some(process_disk) = &world.nodes[index].process_disk else {
+        return false;
+    };
+    process_disk.die_at_next_sync();
+    world.fault_state.crash_during_sync_armed = None;
+    true
+}
+
+/// The flush armed by `arm_crash_during_sync` ran: if its process died at a sync, cut the
+/// node's power now, before anything it did in that step leaves it (it died mid-step), and
+/// restart it later. A flush that never synced leaves the fault armed for the next.
+pub fn after_flush_armed(world: &mut World, index: usize, fault_index: usize) -> bool {
+    let died = world.nodes[index]
+        .process_disk
+        .as_ref()
+        .is_some_and(|disk| disk.died_at_sync());
+    if !died {
+        if let Some(process_disk) = &world.nodes[index].process_disk {
+            process_disk.disarm();
+        }
+        world.fault_state.crash_during_sync_armed = Some(fault_index);
+        return false;
+    }
+    let fault = world.config.faults[fault_index].clone();
+    let id = world.nodes[index].id;
+    let now = world.now_micros();
+    let down = duration_micros(world, &fault, 200);
+    tracing::info!(node = %id, down_ms = down / 1000, "fault: crash during a sync");
+    world.trace.record(now, "sync_crash", id.0 as u64, down);
+    world.crash_node(index);
+    world.fault_state.crashed_by_fault.insert(id);
+    world.fault_state.sync_crashes += 1;
+    world.schedule(
+        now + down,
+        Event::FaultEnd(FaultEnd::Restart { nodes: vec![id] }),
+    );
+    true
 }
 
 /// `leader` sent an append in `partition` and `term` carrying `leader_commit`. The first one of
@@ -470,6 +527,7 @@ pub fn occur(world: &mut World, index: usize) {
         FaultKind::MembershipChange => crate::faults::membership::step(world),
         FaultKind::GarbagePeer => garbage::occur(world),
         FaultKind::CrashAfterVote => world.fault_state.crash_after_vote_armed = Some(index),
+        FaultKind::CrashDuringSync => world.fault_state.crash_during_sync_armed = Some(index),
         FaultKind::CrashAfterFirstCommit => {
             world.fault_state.crash_after_first_commit_armed = Some(index)
         }
