@@ -4,7 +4,9 @@
 //!   simulator's wall-clock reporting) never names a nondeterminism hazard (the OS clock,
 //!   OS randomness, threads, the environment) nor the shell's crates and module;
 //! - every Rust file opens with a `//!` doc saying what it owns;
-//! - every scenario file parses (unknown keys included).
+//! - every scenario file parses (unknown keys included);
+//! - every mutation of the standing mutation test still applies: its `find` occurs exactly
+//!   once in its file, so a change to the code it tracks cannot silently retire it.
 
 use std::path::{Path, PathBuf};
 
@@ -128,4 +130,40 @@ fn every_scenario_parses() {
             panic!("{error}");
         }
     }
+}
+
+#[test]
+fn every_mutation_still_applies() {
+    #[derive(serde::Deserialize)]
+    struct Mutations {
+        mutation: Vec<Mutation>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Mutation {
+        name: String,
+        file: String,
+        find: String,
+        replace: String,
+    }
+    let text = std::fs::read_to_string(root().join("mutations").join("mutations.toml"))
+        .expect("mutations/mutations.toml");
+    let mutations: Mutations = toml::from_str(&text).expect("mutations.toml parses");
+    assert!(!mutations.mutation.is_empty(), "no mutations listed");
+    let mut stale = Vec::new();
+    for mutation in &mutations.mutation {
+        let source = std::fs::read_to_string(root().join(&mutation.file))
+            .unwrap_or_else(|error| panic!("{}: {}: {error}", mutation.name, mutation.file));
+        let found = source.matches(mutation.find.as_str()).count();
+        if found != 1 || mutation.find == mutation.replace {
+            stale.push(format!(
+                "{} ({}): `find` occurs {found} times",
+                mutation.name, mutation.file
+            ));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "mutations that no longer apply (update them with the code they track):\n{}",
+        stale.join("\n")
+    );
 }
