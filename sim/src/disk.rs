@@ -714,6 +714,33 @@ mod tests {
     }
 
     #[test]
+    fn a_process_armed_to_die_at_sync_dies_there_and_its_writes_stay_unsynced() {
+        let disk = disk(1);
+        durable_file(&disk, "log");
+        let process = ProcessDisk::new(disk.clone());
+        process.append("log", b"abc").unwrap();
+        process.sync("log").unwrap();
+        // Disarmed, a sync goes through as usual.
+        process.die_at_next_sync();
+        process.disarm();
+        process.append("log", b"def").unwrap();
+        process.sync("log").unwrap();
+        process.die_at_next_sync();
+        process.append("log", b"ghi").unwrap();
+        assert!(
+            !process.died_at_sync(),
+            "the writes before the sync go through"
+        );
+        assert!(process.sync("log").is_err());
+        assert!(process.died_at_sync());
+        assert!(process.read_all("log").is_err(), "the process is dead");
+        assert!(process.sync_directory().is_err());
+        // Only the power cut decides what the unsynced write left on the disk.
+        disk.crash();
+        assert_eq!(disk.read_all("log").unwrap(), b"abcdef");
+    }
+
+    #[test]
     fn synced_file_without_synced_directory_entry_is_lost() {
         let disk = disk(1);
         disk.create("a").unwrap();
