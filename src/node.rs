@@ -59,7 +59,7 @@ pub enum PlantedBug {
     /// Events replayed from the log at startup are left out of their intervals' summaries.
     ForgetReplayedIntervalCounts,
     /// Answer a put only once more replicas than its level needs hold it (`>` for `>=`):
-    /// every level but ALL is answered late, and ALL never.
+    /// every level but ALL is answered late, and ALL never where no spare replica exists.
     AnswerOnlyPastRequired,
     /// Recovery takes a torn tail (a crash during an unsynced write) for damage at rest: the
     /// event log is cut there and counts it corrupt, the Raft log is refused.

@@ -394,8 +394,10 @@ pub enum FaultKind {
     /// Power loss of a node that is receiving a Raft snapshot.
     CrashDuringSnapshot,
     /// Power loss of a node in the middle of a group commit: its writes are issued, its
-    /// fsync has not returned. Once armed per `every_ms`, the next flush of any node. What
-    /// it wrote is lost, or torn on a disk with `torn_writes`.
+    /// fsync has not returned. Once armed per `every_ms`, the next flush that syncs, on a
+    /// node no crash fault holds down, within `max_nodes` (shared with the other crash
+    /// faults). What it wrote is lost, or on a disk with `torn_writes` kept, whole or in part
+    /// (torn at a sector).
     CrashDuringSync,
     /// Power loss of a node right after it grants a Raft vote (the vote durable, the
     /// candidate still campaigning): once armed per `every_ms`, the next vote granted.

@@ -204,6 +204,12 @@ pub struct World {
     pub healed: bool,
     pub workload_stopped: bool,
     pub ended: bool,
+    /// A node could not boot from its disk once faults were healed: the final checks, which
+    /// power-cycle every node, cannot run.
+    pub unbootable: bool,
+    /// Nodes whose boot already found damage the `recovery` checker reported (a damaged
+    /// store stays damaged: once per node is enough).
+    pub damage_reported: BTreeSet<NodeId>,
     /// The run stopped at its canary's catch, before the end and the final checks.
     pub stopped_when_caught: bool,
     pub fault_state: crate::faults::FaultState,
@@ -278,6 +284,8 @@ impl World {
             healed: false,
             workload_stopped: false,
             ended: false,
+            unbootable: false,
+            damage_reported: BTreeSet::new(),
             stopped_when_caught: false,
             fault_state: crate::faults::FaultState::default(),
             steps: 0,
@@ -910,6 +918,7 @@ impl World {
                     checker: Checker::Recovery,
                     message: format!("{id} failed to recover from its disk: {error}"),
                 });
+                self.unbootable = true;
                 self.ended = true;
             }
         }
