@@ -294,14 +294,21 @@ pub fn after_flush_armed(world: &mut World, index: usize, fault_index: usize) ->
     let down = duration_micros(world, &fault, 200);
     tracing::info!(node = %id, down_ms = down / 1000, "fault: crash during a sync");
     world.trace.record(now, "sync_crash", id.0 as u64, down);
+    world.fault_state.sync_crashes += 1;
+    cut_power_until_restart(world, index, now + down);
+    true
+}
+
+/// A crash fault cuts node `index`'s power now and holds it down (counted against the crash
+/// faults' `max_nodes`) until `restart_at_micros`.
+fn cut_power_until_restart(world: &mut World, index: usize, restart_at_micros: u64) {
+    let id = world.nodes[index].id;
     world.crash_node(index);
     world.fault_state.crashed_by_fault.insert(id);
-    world.fault_state.sync_crashes += 1;
     world.schedule(
-        now + down,
+        restart_at_micros,
         Event::FaultEnd(FaultEnd::Restart { nodes: vec![id] }),
     );
-    true
 }
 
 /// `leader` sent an append in `partition` and `term` carrying `leader_commit`. The first one of
@@ -391,12 +398,7 @@ pub fn occur(world: &mut World, index: usize) {
             let id = world.nodes[victim].id;
             let down = duration_micros(world, &fault, 1_000);
             tracing::info!(node = %id, down_ms = down / 1000, "fault: crash");
-            world.crash_node(victim);
-            world.fault_state.crashed_by_fault.insert(id);
-            world.schedule(
-                now + down,
-                Event::FaultEnd(FaultEnd::Restart { nodes: vec![id] }),
-            );
+            cut_power_until_restart(world, victim, now + down);
         }
         FaultKind::Partition | FaultKind::OneWayPartition => {
             let size = world.draw(1, everyone.len().saturating_sub(1).max(1) as u64) as usize;
@@ -551,13 +553,8 @@ pub fn occur(world: &mut World, index: usize) {
             let id = world.nodes[victim].id;
             let down = duration_micros(world, &fault, 1_000);
             tracing::info!(node = %id, down_ms = down / 1000, "fault: crash while receiving a snapshot");
-            world.crash_node(victim);
-            world.fault_state.crashed_by_fault.insert(id);
             world.fault_state.snapshot_crashes += 1;
-            world.schedule(
-                now + down,
-                Event::FaultEnd(FaultEnd::Restart { nodes: vec![id] }),
-            );
+            cut_power_until_restart(world, victim, now + down);
         }
         FaultKind::FlakyLinks
         | FaultKind::DiskCorruption
