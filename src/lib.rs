@@ -13,4 +13,5 @@ pub mod placement;
 pub mod production;
 pub mod raft;
 pub mod seams;
+pub mod storage;
 pub mod wire;

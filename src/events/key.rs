@@ -270,7 +270,7 @@ mod tests {
 #[cfg(test)]
 mod properties {
     use super::*;
-    use crate::events::test_disk::TestDisk;
+    use crate::storage::test_disk::TestDisk;
     use proptest::prelude::*;
 
     proptest! {

@@ -5,17 +5,13 @@ mod interval;
 mod json;
 mod key;
 pub mod log;
-mod redb_backend;
 mod store;
-#[cfg(test)]
-pub(crate) mod test_disk;
 
 pub use interval::{ConsolidationInterval, InvalidConsolidationInterval};
 pub use json::{check_event_json, InvalidJson, JSON_DEPTH_MAX};
 pub use key::{
     EventKey, KeyError, KeyGenerator, MalformedKey, KEY_TIMESTAMP_MICROS_LIMIT, RESERVATION_MICROS,
 };
-pub use redb_backend::{prepare_database_file, DiskBackend};
 pub use store::{
     CommitReport, EventStore, IntervalClosed, IntervalSummary, StageOutcome, StoreConfig,
     StoreError, StoreStats,

@@ -23,9 +23,10 @@
 
 use super::interval::ConsolidationInterval;
 use super::key::EventKey;
-use super::log::{LogError, LogRecord, SegmentedLog, RECORD_PAYLOAD_BYTES_MAX};
-use super::redb_backend::{prepare_database_file, DiskBackend};
+use super::log::{EventLog, LogRecord};
 use crate::seams::{DiskError, SharedDisk};
+use crate::storage::{prepare_database_file, DiskBackend};
+use crate::storage::{LogError, Undecodable, RECORD_PAYLOAD_BYTES_MAX};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
@@ -222,7 +223,7 @@ pub struct EventStore {
     /// write-once check looks a key up for every staged event, and a read transaction per
     /// lookup costs more than the lookup. Dropped at each checkpoint, the only writer.
     events_table: RefCell<Option<redb::ReadOnlyTable<&'static str, &'static [u8]>>>,
-    log: SegmentedLog,
+    log: EventLog,
     memtable: Memtable,
     /// Every open interval that has events, with its current summary.
     open_intervals: BTreeMap<u64, IntervalSummary>,
@@ -258,15 +259,12 @@ impl EventStore {
         let checkpoint_segment = initialise_database(&database)?;
         let open_intervals = read_open_intervals(&database)?;
         let (unconfirmed, invalid_unconfirmed) = read_unconfirmed(&database)?;
-        let (log, recovery) = if config.torn_tails_are_damage {
-            SegmentedLog::open_taking_torn_tails_for_damage(
-                disk,
-                config.segment_bytes_max,
-                checkpoint_segment,
-            )?
-        } else {
-            SegmentedLog::open(disk, config.segment_bytes_max, checkpoint_segment)?
-        };
+        let (log, recovery) = super::log::open(
+            disk,
+            config.segment_bytes_max,
+            checkpoint_segment,
+            config.torn_tails_are_damage,
+        )?;
         let invalid_logged = judge_undecodable(&recovery.undecodable)?;
         let mut store = EventStore {
             config,
@@ -789,9 +787,9 @@ enum UncheckedLogRecord {
 }
 
 /// Judges the log's undecodable records; returns how many were skipped.
-fn judge_undecodable(undecodable: &[crate::events::log::Undecodable]) -> Result<u64, StoreError> {
+fn judge_undecodable(undecodable: &[Undecodable]) -> Result<u64, StoreError> {
     for record in undecodable {
-        let shape = crate::events::log::decode_record::<UncheckedLogRecord>(&record.payload);
+        let shape = crate::storage::decode_record::<UncheckedLogRecord>(&record.payload);
         if let Err(shape_error) = shape {
             return Err(StoreError::Corrupt(format!(
                 "log record at {} offset {} has a shape this build does not know (written by \
@@ -887,9 +885,9 @@ mod tests {
         store.unconfirmed().iter().cloned().collect()
     }
     use crate::events::log::segment_name;
-    use crate::events::test_disk::TestDisk;
     use crate::ids::NodeId;
     use crate::seams::Disk;
+    use crate::storage::test_disk::TestDisk;
     use std::sync::Arc;
 
     const INTERVAL: ConsolidationInterval = ConsolidationInterval::PT5M;

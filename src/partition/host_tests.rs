@@ -1,7 +1,6 @@
 //! Hosts of several partitions on a small in-memory cluster: group commit, batching per
 //! peer, linearizable reads, and recovery from the durable image after a crash.
 
-use crate::events::test_disk::TestDisk;
 use crate::ids::NodeId;
 use crate::partition::command::{BatchOperation, KvOperation};
 use crate::partition::host::{
@@ -10,6 +9,7 @@ use crate::partition::host::{
 use crate::partition::kv_store::{KvError, RangeQuery, WriteOutcome};
 use crate::partition::PartitionId;
 use crate::raft::{ConfigChange, Role};
+use crate::storage::test_disk::TestDisk;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

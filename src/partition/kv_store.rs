@@ -17,11 +17,11 @@
 //!   would append each copy; it may also reorder two requests of one session, and the later
 //!   one arriving first does not make the earlier one fail.
 
-use crate::events::{prepare_database_file, DiskBackend};
 use crate::partition::command::{BatchOperation, KvCommand, KvOperation};
 use crate::partition::PartitionId;
 use crate::raft::{Configuration, Entry, EntryKind};
 use crate::seams::{DiskError, SharedDisk};
+use crate::storage::{prepare_database_file, DiskBackend};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -645,8 +645,8 @@ impl SessionWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::test_disk::TestDisk;
     use crate::ids::NodeId;
+    use crate::storage::test_disk::TestDisk;
 
     const P: PartitionId = PartitionId(7);
 

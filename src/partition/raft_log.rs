@@ -24,10 +24,10 @@
 //!   tail (unsynced writes cut by a crash) is truncated as usual; damage to the very last
 //!   synced record looks exactly like one, which is the limit of what checksums can tell.
 
-use crate::events::log::{DamagePolicy, LogError, SegmentedLog};
 use crate::partition::PartitionId;
 use crate::raft::{Entry, HardState};
 use crate::seams::{DiskError, SharedDisk};
+use crate::storage::{DamagePolicy, LogError, SegmentedLog};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -400,10 +400,10 @@ impl RaftLogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::test_disk::TestDisk;
     use crate::ids::NodeId;
     use crate::raft::EntryKind;
     use crate::seams::Disk;
+    use crate::storage::test_disk::TestDisk;
 
     fn entry(index: u64, term: u64) -> Entry {
         Entry {
@@ -507,7 +507,7 @@ mod tests {
             log.stage_entries(one, vec![entry(index, 1)]);
             log.commit().unwrap();
         }
-        let segment = crate::events::log::prefixed_segment_name(RAFT_LOG_PREFIX, 0);
+        let segment = crate::storage::prefixed_segment_name(RAFT_LOG_PREFIX, 0);
         let length_before = disk.read_all(&segment).unwrap().len();
         // A bit of the first record rots: good records follow it, so it is no torn tail.
         disk.corrupt_at_rest(&segment, 10);
@@ -532,7 +532,7 @@ mod tests {
             log.stage_entries(one, vec![entry(index, 1)]);
             log.commit().unwrap();
         }
-        let segment = crate::events::log::prefixed_segment_name(RAFT_LOG_PREFIX, 0);
+        let segment = crate::storage::prefixed_segment_name(RAFT_LOG_PREFIX, 0);
         let bytes = disk.read_all(&segment).unwrap();
         let first_payload = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as u64;
         let second = 8 + first_payload;
@@ -552,7 +552,7 @@ mod tests {
             log.stage_entries(one, vec![entry(index, 1)]);
             log.commit().unwrap();
         }
-        let segment = crate::events::log::prefixed_segment_name(RAFT_LOG_PREFIX, 0);
+        let segment = crate::storage::prefixed_segment_name(RAFT_LOG_PREFIX, 0);
         let length = disk.read_all(&segment).unwrap().len() as u64;
         disk.corrupt_at_rest(&segment, length - 1);
         let (_, recovered) = open(&disk.crash());

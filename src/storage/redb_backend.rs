@@ -90,8 +90,8 @@ impl StorageBackend for DiskBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::test_disk::TestDisk;
     use crate::seams::Disk;
+    use crate::storage::test_disk::TestDisk;
     use redb::{Database, ReadableDatabase, TableDefinition};
 
     const TABLE: TableDefinition<&str, u64> = TableDefinition::new("numbers");

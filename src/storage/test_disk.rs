@@ -1,4 +1,4 @@
-//! An in-memory `Disk` for the event store's unit tests, with the seam's crash model.
+//! An in-memory `Disk` for the unit tests of the stores, with the seam's crash model.
 //!
 //! Files are inodes named by a directory. Invariants, as the `Disk` contract states them:
 //! file data survives `crash()` only as of the file's last successful `sync`, and names
