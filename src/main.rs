@@ -4,11 +4,13 @@
 //! With no config at all, `borough start` runs one node with its data under
 //! `./borough-data`, its client API on 127.0.0.1:7480 and its peer port on 127.0.0.1:7481.
 
-use borough::production::bench::{run_bench, BenchFlags};
+mod cli;
+
 use borough::production::config::{LogFormat, ShellConfig, StartFlags};
 use borough::production::server::{serve, shutdown_signal};
 use borough::production::HttpClient;
 use clap::{Parser, Subcommand};
+use cli::bench::{run_bench, BenchFlags};
 use hyper::StatusCode;
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;

@@ -39,6 +39,7 @@ const HAZARDS: &[&str] = &[
 const SHELL: &[&str] = &[
     "src/production/",
     "src/main.rs",
+    "src/cli/",
     "sim/src/main.rs",
     "sim/src/runner.rs",
 ];

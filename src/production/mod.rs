@@ -2,7 +2,6 @@
 //! sockets, threads, OS randomness). It gives the seams their real halves and runs the same
 //! sans-IO `Node` the simulator runs, behind a TCP or HTTP peer transport and an HTTP API.
 
-pub mod bench;
 pub mod config;
 pub mod driver;
 pub mod fail_fast;

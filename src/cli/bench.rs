@@ -9,7 +9,7 @@
 //! warm-up); a non-success status or a transport error counts as an error, and only successful
 //! requests enter the latency figures.
 
-use crate::production::http_client::{HttpClient, HttpResponse};
+use borough::production::http_client::{HttpClient, HttpResponse};
 use hyper::StatusCode;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
@@ -106,8 +106,6 @@ pub struct BenchRun {
     pub commit_level: String,
     pub concurrency: usize,
     pub value_bytes: usize,
-    /// Length of the measured window.
-    pub measured_s: f64,
     /// Successful requests completed inside the window.
     pub successes: u64,
     /// Failed requests (non-success status, transport error, timeout) inside the window.
@@ -117,8 +115,6 @@ pub struct BenchRun {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
-    /// The first error seen (during warm-up or measurement), for diagnosis.
-    pub first_error: Option<String>,
 }
 
 impl BenchRun {
@@ -335,7 +331,6 @@ async fn measure(
         commit_level: commit_level.to_string(),
         concurrency: flags.concurrency,
         value_bytes: flags.value_bytes,
-        measured_s,
         successes,
         errors,
         events_per_s: successes as f64 / measured_s,
@@ -343,7 +338,6 @@ async fn measure(
         p90_ms: percentile_ms(&latencies_micros, 0.90),
         p99_ms: percentile_ms(&latencies_micros, 0.99),
         max_ms: percentile_ms(&latencies_micros, 1.0),
-        first_error,
     })
 }
 
