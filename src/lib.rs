@@ -12,6 +12,7 @@ pub mod partition;
 pub mod placement;
 pub mod production;
 pub mod raft;
+pub mod random;
 pub mod seams;
 pub mod storage;
 pub mod wire;

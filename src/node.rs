@@ -32,7 +32,7 @@ use crate::partition::host::{
 use crate::partition::PartitionId;
 use crate::placement::{self, PeerTable, ReplicaPlan, ReplicationStrategy};
 use crate::seams::{Clock, Network, Rng, SharedDisk};
-use crate::wire::Message;
+use crate::wire::{Message, ReplicaRefusal};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A bug planted on purpose so that a canary scenario proves the checkers catch it.
@@ -131,7 +131,7 @@ impl NodeConfig {
 /// The node's view of the world: the four seams.
 pub struct NodeSeams {
     pub clock: Box<dyn Clock>,
-    pub network: Box<dyn Network>,
+    pub network: Box<dyn Network<Message>>,
     pub disk: SharedDisk,
     pub rng: Box<dyn Rng>,
 }
@@ -726,7 +726,7 @@ impl Node {
                     Message::ReplicateResult {
                         write_id,
                         key,
-                        outcome: Err(error.refusal()),
+                        outcome: Err(ReplicaRefusal::from(&error)),
                     },
                 );
             }
@@ -961,7 +961,7 @@ impl Node {
             .store
             .commit()
             .map(|_| ())
-            .map_err(|error| error.refusal());
+            .map_err(|error| ReplicaRefusal::from(&error));
         if let Err(error) = &outcome {
             tracing::error!(node = %self.config.id, %error, "commit failed; the store is poisoned until restart");
         }

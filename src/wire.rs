@@ -18,8 +18,8 @@
 //!   counts, Raft terms, indexes and entries), and trailing bytes are refused. A frame that
 //!   fails changes nothing; the transport counts it and closes the connection.
 
-use crate::events::{check_event_json, EventKey};
-use crate::partition::host::RaftEnvelope;
+use crate::events::{check_event_json, EventKey, StoreError};
+use crate::partition::envelope::{RaftEnvelope, ENVELOPE_BYTES_MAX};
 use serde::{Deserialize, Serialize};
 
 /// The frame version this build speaks (2: a replica's refusal says why, by kind).
@@ -29,6 +29,9 @@ pub const FRAME_VERSION: u16 = 2;
 /// for its envelope, a batch of confirmations, or a round of Raft messages (the partition
 /// host splits larger rounds into several envelopes).
 pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+// The partition host fills its envelopes to its own bound: it must leave room in a frame.
+const _: () = assert!(ENVELOPE_BYTES_MAX + 1024 <= FRAME_BYTES_MAX);
 
 /// The largest event a replica carries (the node's own limit may be lower).
 pub const EVENT_BYTES_MAX: usize = 1024 * 1024;
@@ -139,6 +142,23 @@ impl ReplicaRefusal {
     }
 }
 
+impl From<&StoreError> for ReplicaRefusal {
+    /// How a peer is told the store refused its replica.
+    fn from(error: &StoreError) -> Self {
+        let reason = match error {
+            StoreError::TooOld { .. } => RefusalReason::TooOld,
+            StoreError::TooFarInFuture { .. } => RefusalReason::TooFarInFuture,
+            StoreError::WriteOnceConflict { .. } => RefusalReason::WriteOnceConflict,
+            StoreError::EventTooLarge { .. } => RefusalReason::TooLarge,
+            StoreError::Poisoned
+            | StoreError::Disk(_)
+            | StoreError::Engine(_)
+            | StoreError::Corrupt(_) => RefusalReason::Unavailable,
+        };
+        ReplicaRefusal::new(reason, error.to_string())
+    }
+}
+
 impl std::fmt::Display for ReplicaRefusal {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str(&self.message)
@@ -156,11 +176,16 @@ pub enum FrameKind {
     Message,
 }
 
-/// A decoded frame. A hello's body is left to the transport that owns its type.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Frame<'a> {
-    Hello(&'a [u8]),
+/// A frame: the one versioned envelope of the peer protocol, for production's transports and
+/// the simulator alike. A hello's body is the transport's own type `Hello`; decoding leaves it
+/// as bytes (`Frame<&[u8]>`) for the transport to read with [`decode_hello`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame<Hello> {
+    /// The first frame on a connection: who is talking.
+    Hello(Hello),
+    /// Keeps the receiver's view of the sender fresh while there is nothing else to say.
     Heartbeat,
+    /// A message of the node's protocol.
     Message(Message),
 }
 
@@ -213,13 +238,22 @@ pub fn encode_hello<H: Serialize>(body: &H) -> Result<Vec<u8>, WireError> {
     finish(payload)
 }
 
+/// The payload of `frame` (see [`encode_message`] for the checks a message passes).
+pub fn encode_frame<H: Serialize>(frame: &Frame<H>) -> Result<Vec<u8>, WireError> {
+    match frame {
+        Frame::Hello(body) => encode_hello(body),
+        Frame::Heartbeat => Ok(encode_heartbeat()),
+        Frame::Message(message) => encode_message(message),
+    }
+}
+
 /// The payload of a heartbeat frame.
 pub fn encode_heartbeat() -> Vec<u8> {
     header(FrameKind::Heartbeat)
 }
 
 /// Decodes and validates one frame payload (see the module doc).
-pub fn decode_frame(payload: &[u8]) -> Result<Frame<'_>, WireError> {
+pub fn decode_frame(payload: &[u8]) -> Result<Frame<&[u8]>, WireError> {
     if payload.is_empty() {
         return Err(WireError::Empty);
     }
@@ -410,5 +444,51 @@ mod tests {
             encode_message_unchecked(&huge),
             Err(WireError::TooLarge(_))
         ));
+    }
+
+    /// A round's messages that would not fit one frame go in several envelopes, each of which
+    /// the wire codec encodes and decodes; the messages and their order are kept.
+    #[test]
+    fn a_round_too_large_for_one_frame_is_split_into_envelopes_that_fit() {
+        use crate::partition::PartitionId;
+        use crate::raft::{Configuration, Message as RaftMessage, MessageBody, SnapshotMeta};
+        let chunk = |index: u64| RaftMessage {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: 3,
+            body: MessageBody::InstallSnapshot {
+                meta: SnapshotMeta {
+                    index: 10 + index,
+                    term: 3,
+                    configuration: Configuration::with_voters([NodeId(1), NodeId(2)]),
+                },
+                offset: 0,
+                data: vec![index as u8; 1 << 20],
+                done: false,
+            },
+        };
+        let messages: Vec<(PartitionId, RaftMessage)> = (0..9)
+            .map(|index| (PartitionId(index), chunk(index)))
+            .collect();
+        let whole = RaftEnvelope {
+            messages: messages.clone(),
+        };
+        assert!(encode_message(&Message::Raft(whole.clone())).is_err());
+        let parts = whole.into_frames();
+        assert!(parts.len() >= 3, "{} parts", parts.len());
+        let mut received = Vec::new();
+        for part in parts {
+            let frame = encode_message(&Message::Raft(part)).expect("each part fits a frame");
+            let Ok(Frame::Message(Message::Raft(decoded))) = decode_frame(&frame) else {
+                panic!("a part did not decode");
+            };
+            received.extend(decoded.messages);
+        }
+        assert_eq!(received, messages);
+        // Small rounds stay whole.
+        let small = RaftEnvelope {
+            messages: messages[..1].to_vec(),
+        };
+        assert_eq!(small.clone().into_frames(), vec![small]);
     }
 }

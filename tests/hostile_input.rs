@@ -12,11 +12,11 @@ mod cluster_support;
 
 use borough::events::EventKey;
 use borough::ids::{Location, NodeId};
-use borough::partition::host::RaftEnvelope;
-use borough::production::peer_frame::{encode_frame, FrameBody, PeerInfo};
+use borough::partition::envelope::RaftEnvelope;
+use borough::production::peer_frame::{encode_frame, PeerHello, PeerInfo};
 use borough::raft::{Entry, EntryKind, Message as RaftMessage, MessageBody};
 use borough::seams::{Rng, SeededRng};
-use borough::wire::{self, FrameKind, Message};
+use borough::wire::{self, Frame, FrameKind, Message};
 use cluster_support::{http_request, Cluster, REQUEST_TIMEOUT};
 use serde::Serialize;
 use serde_json::Value;
@@ -69,7 +69,7 @@ fn assert_serving(address: SocketAddr, marker: &str) {
 }
 
 fn hello(from: u32, peer_address: SocketAddr, known_peers: Vec<(NodeId, SocketAddr)>) -> Vec<u8> {
-    encode_frame(&FrameBody::Hello {
+    encode_frame(&Frame::Hello(PeerHello {
         sender: PeerInfo {
             id: NodeId(from),
             location: Location::new("region-1", "zone-hostile"),
@@ -77,7 +77,7 @@ fn hello(from: u32, peer_address: SocketAddr, known_peers: Vec<(NodeId, SocketAd
             http_address: peer_address,
         },
         known_peers,
-    })
+    }))
     .unwrap()
 }
 
@@ -558,7 +558,7 @@ fn a_hello_cannot_take_over_a_peer_that_is_up() {
     let takeovers = [
         hello(node_2, impostor, Vec::new()),
         // The real peer address, but another client address and place.
-        encode_frame(&FrameBody::Hello {
+        encode_frame(&Frame::Hello(PeerHello {
             sender: PeerInfo {
                 id: NodeId(node_2),
                 location: Location::new("region-1", "zone-elsewhere"),
@@ -566,7 +566,7 @@ fn a_hello_cannot_take_over_a_peer_that_is_up() {
                 http_address: impostor,
             },
             known_peers: Vec::new(),
-        })
+        }))
         .unwrap(),
     ];
     for (case, frame) in takeovers.into_iter().enumerate() {

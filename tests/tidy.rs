@@ -3,6 +3,9 @@
 //! - the deterministic core (all of `src/` and `sim/src/` but the production shell and the
 //!   simulator's wall-clock reporting) never names a nondeterminism hazard (the OS clock,
 //!   OS randomness, threads, the environment) nor the shell's crates and module;
+//! - the core's layers only point down: each module of `src/` names only the modules below it
+//!   ([`LAYERS`]), so the seams know nothing of messages, Raft nothing of partitions, events or
+//!   the coordinator, and nothing of the core names the production shell;
 //! - every Rust file opens with a `//!` doc saying what it owns;
 //! - every scenario file parses (unknown keys included);
 //! - every mutation of the standing mutation test still applies: its `find` occurs exactly
@@ -42,6 +45,47 @@ const SHELL: &[&str] = &[
     "src/cli/",
     "sim/src/main.rs",
     "sim/src/runner.rs",
+];
+
+/// The core's modules, bottom up, each with the modules it may name. A module names only
+/// modules listed before it; the production shell and the binary sit above them all.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("ids", &[]),
+    ("random", &[]),
+    ("seams", &["ids", "random"]),
+    ("storage", &["ids", "seams"]),
+    ("raft", &["ids", "random"]),
+    ("events", &["ids", "seams", "storage"]),
+    ("placement", &["ids", "random", "seams"]),
+    ("partition", &["ids", "random", "seams", "storage", "raft"]),
+    ("wire", &["ids", "events", "raft", "partition"]),
+    (
+        "coordinator",
+        &[
+            "ids",
+            "random",
+            "seams",
+            "storage",
+            "events",
+            "placement",
+            "wire",
+        ],
+    ),
+    (
+        "node",
+        &[
+            "ids",
+            "random",
+            "seams",
+            "storage",
+            "raft",
+            "events",
+            "placement",
+            "partition",
+            "wire",
+            "coordinator",
+        ],
+    ),
 ];
 
 fn root() -> PathBuf {
@@ -87,7 +131,13 @@ fn core_names_no_nondeterminism_hazard() {
             if code.starts_with("//") {
                 continue;
             }
-            for hazard in HAZARDS {
+            let shell_only: &[&str] = if name.starts_with("src/") {
+                // The simulator reads its scenario files; the node's core has only its seams.
+                &["std::fs"]
+            } else {
+                &[]
+            };
+            for hazard in HAZARDS.iter().chain(shell_only) {
                 if code.contains(hazard) {
                     hits.push(format!("{name}:{}: {hazard}: {}", number + 1, line.trim()));
                 }
@@ -99,6 +149,130 @@ fn core_names_no_nondeterminism_hazard() {
         "nondeterminism hazards in the core:\n{}",
         hits.join("\n")
     );
+}
+
+/// The top-level modules of the crate named on one line of code (`crate::x`, and each name
+/// of a `crate::{x, y::z}` group).
+fn crate_modules_named(code: &str) -> Vec<String> {
+    let mut named = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            named.extend(group_heads(group));
+        } else {
+            let name: String = rest
+                .chars()
+                .take_while(|character| character.is_alphanumeric() || *character == '_')
+                .collect();
+            if !name.is_empty() {
+                named.push(name);
+            }
+        }
+    }
+    named
+}
+
+/// The first name of each item of a `{...}` group (`group` starts after its brace).
+fn group_heads(group: &str) -> Vec<String> {
+    let mut heads = Vec::new();
+    let mut depth = 1;
+    let mut head = String::new();
+    let mut reading_head = true;
+    for character in group.chars() {
+        let in_name = character.is_alphanumeric() || character == '_';
+        if depth == 1 && reading_head && in_name {
+            head.push(character);
+            continue;
+        }
+        if depth == 1 && reading_head && !head.is_empty() {
+            heads.push(std::mem::take(&mut head));
+            reading_head = false;
+        }
+        match character {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            ',' if depth == 1 => reading_head = true,
+            _ => {}
+        }
+    }
+    heads
+}
+
+#[test]
+fn layers_only_point_down() {
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let layer_names: Vec<&str> = LAYERS.iter().map(|(name, _)| *name).collect();
+    let mut unlisted = Vec::new();
+    let mut upward = Vec::new();
+    for path in files {
+        let name = relative(&path);
+        let Some(inside) = name.strip_prefix("src/") else {
+            continue;
+        };
+        let module = inside
+            .split('/')
+            .next()
+            .unwrap_or(inside)
+            .trim_end_matches(".rs");
+        if ["production", "cli", "main", "lib"].contains(&module) {
+            continue;
+        }
+        let Some((_, allowed)) = LAYERS.iter().find(|(layer, _)| *layer == module) else {
+            unlisted.push(name);
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).expect("readable source");
+        // Comments may name any module; a `use` group may span lines, so the code is read whole.
+        let code: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect();
+        for named in crate_modules_named(&code.join("\n")) {
+            if named == module || named == "self" || allowed.contains(&named.as_str()) {
+                continue;
+            }
+            if named == "production" || layer_names.contains(&named.as_str()) {
+                let line = code
+                    .iter()
+                    .find(|line| line.contains(&format!("{named}::")))
+                    .map_or("", |line| line.trim());
+                upward.push(format!("{name}: `{module}` names `{named}`: {line}"));
+            }
+        }
+    }
+    assert!(
+        unlisted.is_empty(),
+        "modules of the core missing from LAYERS (place them in a layer): {unlisted:?}"
+    );
+    assert!(
+        upward.is_empty(),
+        "names that point up or sideways across the core's layers:\n{}",
+        upward.join("\n")
+    );
+}
+
+#[test]
+fn the_layer_rule_reads_grouped_and_nested_names() {
+    assert_eq!(
+        crate_modules_named("use crate::{ids::NodeId, wire::{self, Message}};"),
+        vec!["ids", "wire"]
+    );
+    assert_eq!(
+        crate_modules_named("let x = crate::partition::host::f(crate::raft::X);"),
+        vec!["partition", "raft"]
+    );
+    assert_eq!(
+        crate_modules_named("use crate::{\n    raft::Message,\n    partition::{a, b},\n};"),
+        vec!["raft", "partition"]
+    );
+    assert!(crate_modules_named("use super::Thing;").is_empty());
 }
 
 #[test]

@@ -27,8 +27,9 @@ use borough::ids::{Location, NodeId};
 use borough::production::driver::{NodeHandle, NodeInput, PeerSender};
 use borough::production::membership::Membership;
 use borough::production::metrics::Metrics;
-use borough::production::peer_frame::{encode_frame, FrameBody, PeerInfo, FRAME_BYTES_MAX};
+use borough::production::peer_frame::{encode_frame, PeerHello, PeerInfo, FRAME_BYTES_MAX};
 use borough::production::tcp_transport::{PeerNet, TcpTransport, OUTBOUND_QUEUE_FRAMES};
+use borough::wire::Frame;
 use borough::wire::Message;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -700,15 +701,15 @@ async fn connect_to_b() -> turmoil::net::TcpStream {
 }
 
 fn hello_from_a() -> Vec<u8> {
-    encode_frame(&FrameBody::Hello {
+    encode_frame(&Frame::Hello(PeerHello {
         sender: peer_info(NODE_A, "a"),
         known_peers: Vec::new(),
-    })
+    }))
     .unwrap()
 }
 
 fn message_frame(message: Message) -> Vec<u8> {
-    encode_frame(&FrameBody::Message(message)).unwrap()
+    encode_frame(&Frame::Message(message)).unwrap()
 }
 
 /// Whether B closed `stream` within `limit`. B never writes on an inbound connection, so any

@@ -23,7 +23,7 @@ pub struct SimNetworkHandle {
     pub outbox: Outbox,
 }
 
-impl Network for SimNetworkHandle {
+impl Network<Message> for SimNetworkHandle {
     fn send(&mut self, to: NodeId, message: Message) {
         self.outbox.borrow_mut().push((self.from, to, message));
     }

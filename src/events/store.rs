@@ -109,24 +109,6 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-impl StoreError {
-    /// How a peer is told this store refused its replica.
-    pub fn refusal(&self) -> crate::wire::ReplicaRefusal {
-        use crate::wire::RefusalReason;
-        let reason = match self {
-            StoreError::TooOld { .. } => RefusalReason::TooOld,
-            StoreError::TooFarInFuture { .. } => RefusalReason::TooFarInFuture,
-            StoreError::WriteOnceConflict { .. } => RefusalReason::WriteOnceConflict,
-            StoreError::EventTooLarge { .. } => RefusalReason::TooLarge,
-            StoreError::Poisoned
-            | StoreError::Disk(_)
-            | StoreError::Engine(_)
-            | StoreError::Corrupt(_) => RefusalReason::Unavailable,
-        };
-        crate::wire::ReplicaRefusal::new(reason, self.to_string())
-    }
-}
-
 impl From<LogError> for StoreError {
     fn from(error: LogError) -> Self {
         match error {

@@ -3,6 +3,7 @@
 //! of a node in one embedded database.
 
 pub mod command;
+pub mod envelope;
 pub mod host;
 pub mod kv_store;
 mod pending;

@@ -229,7 +229,7 @@ struct ShellNetwork {
     http_replies: HttpReplies,
 }
 
-impl Network for ShellNetwork {
+impl Network<Message> for ShellNetwork {
     fn send(&mut self, to: NodeId, message: Message) {
         if to == HTTP_PEER {
             if let Message::ReplicateResult {

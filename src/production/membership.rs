@@ -403,7 +403,7 @@ mod tests {
         );
         assert_eq!(membership.known_peers().len(), PEERS_MAX);
         // A hello listing the full directory still fits in one frame.
-        let hello = crate::production::peer_frame::FrameBody::Hello {
+        let hello = crate::wire::Frame::Hello(crate::production::peer_frame::PeerHello {
             sender: crate::production::peer_frame::PeerInfo {
                 id: NodeId(1),
                 peer_address: address(9002),
@@ -411,7 +411,7 @@ mod tests {
                 location: Location::new("r", "z"),
             },
             known_peers: membership.known_peers(),
-        };
+        });
         assert!(crate::production::peer_frame::encode_frame(&hello).is_ok());
     }
 

@@ -9,12 +9,10 @@
 
 use crate::ids::{Location, NodeId};
 use crate::production::membership::PEERS_MAX;
-use crate::wire::{self, Frame, Message, WireError};
+use crate::wire::{self, Frame, WireError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-pub use crate::wire::FRAME_VERSION;
 
 /// The largest frame payload accepted.
 pub const FRAME_BYTES_MAX: u32 = wire::FRAME_BYTES_MAX as u32;
@@ -37,59 +35,20 @@ pub struct PeerHello {
     pub known_peers: Vec<(NodeId, SocketAddr)>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FrameBody {
-    /// First frame on every connection: who is talking, and which peers it knows of.
-    Hello {
-        sender: PeerInfo,
-        known_peers: Vec<(NodeId, SocketAddr)>,
-    },
-    /// Keeps the receiver's view of the sender fresh while there is nothing else to say.
-    Heartbeat,
-    /// A message of the node's protocol.
-    Message(Message),
-}
+/// A frame of this transport: the peer protocol's one envelope with this transport's hello.
+pub type PeerFrame = Frame<PeerHello>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame of {0} bytes is over the limit of {FRAME_BYTES_MAX}")]
-    TooLarge(u64),
-    #[error("empty frame")]
-    Empty,
-    #[error("unsupported frame version {0} (this build speaks {FRAME_VERSION})")]
-    UnsupportedVersion(u16),
-    #[error("malformed frame: {0}")]
-    Malformed(String),
+    #[error(transparent)]
+    Wire(#[from] WireError),
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
 }
 
-impl From<WireError> for FrameError {
-    fn from(error: WireError) -> Self {
-        match error {
-            WireError::TooLarge(bytes) => FrameError::TooLarge(bytes as u64),
-            WireError::Empty => FrameError::Empty,
-            WireError::UnsupportedVersion(version) => FrameError::UnsupportedVersion(version),
-            WireError::Malformed(reason) | WireError::Invalid(reason) => {
-                FrameError::Malformed(reason)
-            }
-        }
-    }
-}
-
 /// The frame as bytes on the wire, length prefix included.
-pub fn encode_frame(body: &FrameBody) -> Result<Vec<u8>, FrameError> {
-    let payload = match body {
-        FrameBody::Hello {
-            sender,
-            known_peers,
-        } => wire::encode_hello(&PeerHello {
-            sender: sender.clone(),
-            known_peers: known_peers.clone(),
-        })?,
-        FrameBody::Heartbeat => wire::encode_heartbeat(),
-        FrameBody::Message(message) => wire::encode_message(message)?,
-    };
+pub fn encode_frame(frame: &PeerFrame) -> Result<Vec<u8>, FrameError> {
+    let payload = wire::encode_frame(frame)?;
     let mut bytes = Vec::with_capacity(4 + payload.len());
     bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     bytes.extend_from_slice(&payload);
@@ -97,30 +56,28 @@ pub fn encode_frame(body: &FrameBody) -> Result<Vec<u8>, FrameError> {
 }
 
 /// Decodes and validates one frame's payload.
-pub fn decode_payload(payload: &[u8]) -> Result<FrameBody, FrameError> {
-    match wire::decode_frame(payload)? {
+pub fn decode_payload(payload: &[u8]) -> Result<PeerFrame, FrameError> {
+    Ok(match wire::decode_frame(payload)? {
         Frame::Hello(body) => {
             let hello: PeerHello = wire::decode_hello(body)?;
             if hello.known_peers.len() > PEERS_MAX {
-                return Err(FrameError::Malformed(format!(
+                return Err(WireError::Invalid(format!(
                     "a hello listing {} peers, more than {PEERS_MAX}",
                     hello.known_peers.len()
-                )));
+                ))
+                .into());
             }
-            Ok(FrameBody::Hello {
-                sender: hello.sender,
-                known_peers: hello.known_peers,
-            })
+            Frame::Hello(hello)
         }
-        Frame::Heartbeat => Ok(FrameBody::Heartbeat),
-        Frame::Message(message) => Ok(FrameBody::Message(message)),
-    }
+        Frame::Heartbeat => Frame::Heartbeat,
+        Frame::Message(message) => Frame::Message(message),
+    })
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
-) -> Result<Option<FrameBody>, FrameError> {
+) -> Result<Option<PeerFrame>, FrameError> {
     let mut length = [0u8; 4];
     match reader.read_exact(&mut length).await {
         Ok(_) => {}
@@ -129,10 +86,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
     let length = u32::from_be_bytes(length);
     if length == 0 {
-        return Err(FrameError::Empty);
+        return Err(WireError::Empty.into());
     }
     if length > FRAME_BYTES_MAX {
-        return Err(FrameError::TooLarge(length as u64));
+        return Err(WireError::TooLarge(length as usize).into());
     }
     let mut payload = vec![0; length as usize];
     reader.read_exact(&mut payload).await?;
@@ -151,10 +108,11 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use crate::events::EventKey;
+    use crate::wire::Message;
 
     #[tokio::test]
     async fn frames_round_trip_and_limits_hold() {
-        let body = FrameBody::Message(Message::Confirm {
+        let body = Frame::Message(Message::Confirm {
             keys: vec![EventKey::from_parts(1_700_000_000_000_000, NodeId(2), 1)],
         });
         let bytes = encode_frame(&body).unwrap();
@@ -166,18 +124,18 @@ mod tests {
         let mut reader = &oversized[..];
         assert!(matches!(
             read_frame(&mut reader).await,
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::Wire(WireError::TooLarge(_)))
         ));
 
         let mut future = vec![0, 0, 0, 0];
-        future = postcard::to_extend(&(FRAME_VERSION + 1), future).unwrap();
+        future = postcard::to_extend(&(wire::FRAME_VERSION + 1), future).unwrap();
         future.push(1);
         let length = (future.len() - 4) as u32;
         future[..4].copy_from_slice(&length.to_be_bytes());
         let mut reader = &future[..];
         assert!(matches!(
             read_frame(&mut reader).await,
-            Err(FrameError::UnsupportedVersion(_))
+            Err(FrameError::Wire(WireError::UnsupportedVersion(_)))
         ));
     }
 }

@@ -19,7 +19,8 @@ use crate::ids::NodeId;
 use crate::production::driver::{NodeHandle, NodeInput, PeerSender};
 use crate::production::membership::{report, Membership};
 use crate::production::metrics::Metrics;
-use crate::production::peer_frame::{encode_frame, read_frame, FrameBody, PeerInfo};
+use crate::production::peer_frame::{encode_frame, read_frame, PeerHello, PeerInfo};
+use crate::wire::Frame;
 use crate::wire::Message;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -211,10 +212,10 @@ impl<N: PeerNet> TcpTransport<N> {
         queue: &mut mpsc::Receiver<Vec<u8>>,
         queued_bytes: &AtomicUsize,
     ) -> Option<String> {
-        let hello = FrameBody::Hello {
+        let hello = Frame::Hello(PeerHello {
             sender: self.local.clone(),
             known_peers: self.membership.known_peers(),
-        };
+        });
         // The directory is capped (`PEERS_MAX`) so a hello fits in a frame; should one not,
         // this connection fails and is redialled rather than taking the task down.
         let hello = match encode_frame(&hello) {
@@ -227,7 +228,7 @@ impl<N: PeerNet> TcpTransport<N> {
         if let Err(reason) = write_with_timeout(&mut stream, &hello).await {
             return Some(reason);
         }
-        let heartbeat = encode_frame(&FrameBody::Heartbeat).expect("a heartbeat is tiny");
+        let heartbeat = encode_frame(&Frame::Heartbeat).expect("a heartbeat is tiny");
         let mut ticks = tokio::time::interval(self.heartbeat_interval);
         loop {
             let bytes = tokio::select! {
@@ -257,10 +258,10 @@ impl<N: PeerNet> TcpTransport<N> {
             return;
         };
         let sender = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream)).await {
-            Ok(Ok(Some(FrameBody::Hello {
+            Ok(Ok(Some(Frame::Hello(PeerHello {
                 sender,
                 known_peers,
-            }))) => {
+            })))) => {
                 // The sender first: a hello that would move a peer that is up is refused
                 // before anything it lists is learned.
                 match self.membership.hello(
@@ -331,7 +332,7 @@ impl<N: PeerNet> TcpTransport<N> {
                 report(&node, transition).await;
             }
             match body {
-                FrameBody::Message(message) => {
+                Frame::Message(message) => {
                     let input = NodeInput::PeerMessage {
                         from: sender,
                         message,
@@ -340,8 +341,8 @@ impl<N: PeerNet> TcpTransport<N> {
                         return;
                     }
                 }
-                FrameBody::Heartbeat => {}
-                FrameBody::Hello { .. } => {
+                Frame::Heartbeat => {}
+                Frame::Hello(_) => {
                     tracing::warn!(peer = %sender, "second hello on one connection; closed");
                     return;
                 }
@@ -371,7 +372,7 @@ impl<N: PeerNet> PeerSender for TcpTransport<N> {
             self.metrics.count_dropped_frame();
             return;
         };
-        let bytes = match encode_frame(&FrameBody::Message(message)) {
+        let bytes = match encode_frame(&Frame::Message(message)) {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::error!(peer = %to, %error, "message not sent");

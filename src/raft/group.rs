@@ -18,7 +18,7 @@ use crate::raft::log::RaftLog;
 use crate::raft::message::{Message, MessageBody};
 use crate::raft::progress::{Progress, ProgressMap, ReplicationState};
 use crate::raft::ready::{ReadState, Ready, Role, RoleState, SnapshotChunkRequest};
-use crate::seams::{Rng, SeededRng};
+use crate::random::{Rng, SeededRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The index of the snapshot every founding member starts from: the empty state machine and

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::ids::NodeId;
-use crate::seams::{Rng, SeededRng};
+use crate::random::{Rng, SeededRng};
 use std::collections::{BTreeMap, BTreeSet};
 
 fn node(id: u32) -> NodeId {

@@ -8,9 +8,8 @@
 mod clock;
 mod disk;
 mod network;
-mod rng;
 
+pub use crate::random::{Rng, SeededRng};
 pub use clock::Clock;
 pub use disk::{read_extent, Disk, DiskError, SharedDisk};
 pub use network::Network;
-pub use rng::{Rng, SeededRng};

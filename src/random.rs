@@ -1,8 +1,11 @@
-//! The `Rng` seam: the only source of randomness in the core.
+//! Randomness as a plain seeded value: the [`Rng`] trait (the randomness seam, re-exported by
+//! `crate::seams`) and [`SeededRng`], the ChaCha stream behind it.
 //!
-//! The simulator hands each node its own ChaCha stream split from the run's seed; production
-//! seeds one from the OS once at start-up. Helper methods are defined here, on top of
-//! `next_u64`, so both worlds draw identically from the same stream.
+//! A leaf module, so the lowest layers (Raft draws its election timeouts from a `SeededRng`
+//! it is given) take randomness without naming the seams. The simulator hands each node its
+//! own stream split from the run's seed; production seeds one from the OS once at start-up.
+//! Helper methods are defined here, on top of `next_u64`, so both worlds draw identically
+//! from the same stream.
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
