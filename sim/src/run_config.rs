@@ -9,9 +9,10 @@ use crate::scenario::{
     RaftCanary, Scenario,
 };
 use borough::coordinator::CommitLevel;
+use borough::coordinator::PlantedBug;
 use borough::events::{ConsolidationInterval, StoreConfig};
 use borough::ids::{Location, NodeId};
-use borough::node::{NodeConfig, PartitionsConfig, PlantedBug};
+use borough::node::{NodeConfig, PartitionsConfig};
 use borough::partition::host::HostConfig;
 use borough::placement::ReplicationStrategy;
 use borough::raft::RaftConfig;
@@ -320,12 +321,12 @@ impl RunConfig {
 
     pub fn node_config(&self, id: NodeId, location: Location) -> NodeConfig {
         let mut config = NodeConfig::new(id, location);
-        config.replication_factor = self.replication_factor;
-        config.strategy = self.strategy;
-        config.replica_timeout_micros = self.replica_timeout_micros;
-        config.repair_delay_micros = self.repair_delay_micros;
-        config.planted_bug = self.planted_bug;
-        config.store = StoreConfig {
+        config.coordinator.replication_factor = self.replication_factor;
+        config.coordinator.strategy = self.strategy;
+        config.coordinator.replica_timeout_micros = self.replica_timeout_micros;
+        config.coordinator.repair_delay_micros = self.repair_delay_micros;
+        config.coordinator.planted_bug = self.planted_bug;
+        config.coordinator.store = StoreConfig {
             consolidation_interval: self.consolidation_interval,
             checkpoint_records: self.checkpoint_records,
             ..StoreConfig::default()

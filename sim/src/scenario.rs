@@ -7,8 +7,8 @@
 
 use crate::checkers::Checker;
 use borough::coordinator::CommitLevel;
+use borough::coordinator::PlantedBug;
 use borough::events::ConsolidationInterval;
-use borough::node::PlantedBug;
 use borough::seams::Rng;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;

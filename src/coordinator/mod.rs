@@ -1,9 +1,18 @@
 //! The event coordinator: for each event a node receives, the replica write that places it,
 //! counts acknowledgements against the request's commit level, and "gets it done" by
 //! re-spreading failed replicas to unused peers until the replication factor holds.
+//! `event_coordinator` is one node's coordinator whole (its store, peers, writes, repairs);
+//! `replica_write` one write's state machine; `commit_level` the levels a client asks for.
 
 mod commit_level;
+mod event_coordinator;
 mod replica_write;
 
 pub use commit_level::CommitLevel;
+pub use event_coordinator::{
+    CoordinatorConfig, CoordinatorCounters, CoordinatorOutput, EventCoordinator, PlantedBug,
+};
 pub use replica_write::{PutError, ReplicaWrite, WriteAction};
+
+#[cfg(test)]
+mod tests;

@@ -261,7 +261,7 @@ pub fn spawn_node(
     let (opened_sender, opened) = std::sync::mpsc::channel();
     #[allow(clippy::disallowed_methods)] // the production shell runs the node on its own thread
     let thread = std::thread::Builder::new()
-        .name(format!("node-{}", config.id.0))
+        .name(format!("node-{}", config.id().0))
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
@@ -463,7 +463,7 @@ impl NodeLoop {
                     .collect();
                 let _ = reply.send(NodeStatus {
                     id: self.node.id(),
-                    location: self.node.config().location.clone(),
+                    location: self.node.config().coordinator.location.clone(),
                     poisoned: self.node.is_poisoned(),
                     active_writes: self.node.active_writes(),
                     unconfirmed_events: self.node.store().unconfirmed().len(),

@@ -91,11 +91,11 @@ pub async fn serve(
     let client = HttpClient::new();
 
     let mut node_config = NodeConfig::new(config.node_id, config.location.clone());
-    node_config.replication_factor = config.replication_factor;
-    node_config.strategy = config.strategy;
-    node_config.default_commit_level = config.commit_level;
-    node_config.replica_timeout_micros = config.replica_timeout_ms * 1_000;
-    node_config.store.max_event_bytes = config.body_bytes_max;
+    node_config.coordinator.replication_factor = config.replication_factor;
+    node_config.coordinator.strategy = config.strategy;
+    node_config.coordinator.default_commit_level = config.commit_level;
+    node_config.coordinator.replica_timeout_micros = config.replica_timeout_ms * 1_000;
+    node_config.coordinator.store.max_event_bytes = config.body_bytes_max;
 
     enum Transport {
         Tcp(Arc<TcpTransport<TokioNet>>),
