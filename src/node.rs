@@ -28,10 +28,9 @@ use crate::coordinator::{
 };
 use crate::events::{EventKey, EventStore, IntervalClosed, StoreError};
 use crate::ids::{Location, NodeId};
-use crate::partition::command::KvOperation;
-use crate::partition::host::{
-    HostConfig, HostOutput, PartitionHost, PartitionStart, ReadRequest, RequestError,
-};
+use crate::partition::host::{HostConfig, HostOutput, PartitionHost, PartitionStart, RequestError};
+use crate::partition::kv_store::{KvStateMachine, ReadAnswer, WriteOutcome};
+use crate::partition::state_machine::StateMachine;
 use crate::partition::PartitionId;
 use crate::placement::PeerTable;
 use crate::seams::{Clock, Network, Rng, SharedDisk};
@@ -87,18 +86,23 @@ pub struct NodeSeams {
     pub rng: Box<dyn Rng>,
 }
 
+/// What a node answers or observes; `Outcome` and `Answer` are its partitions' state
+/// machine's (the key-value store's unless a node is built with another).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NodeOutput {
+pub enum NodeOutput<Outcome = WriteOutcome, Answer = ReadAnswer> {
     PutAnswered {
         request_id: u64,
         result: Result<EventKey, PutError>,
     },
     IntervalClosed(IntervalClosed),
     /// Answers and observations of the node's Raft partitions.
-    Partition(HostOutput),
+    Partition(HostOutput<Outcome, Answer>),
 }
 
-impl From<CoordinatorOutput> for NodeOutput {
+/// The output type of a node whose partitions run state machine `M`.
+pub type NodeOutputOf<M> = NodeOutput<<M as StateMachine>::Outcome, <M as StateMachine>::Answer>;
+
+impl<Outcome, Answer> From<CoordinatorOutput> for NodeOutput<Outcome, Answer> {
     fn from(output: CoordinatorOutput) -> Self {
         match output {
             CoordinatorOutput::PutAnswered { request_id, result } => {
@@ -125,22 +129,23 @@ pub struct NodeCounters {
     pub messages_refused: u64,
 }
 
-pub struct Node {
+/// A node; its partitions run state machine `M` (the key-value store by default).
+pub struct Node<M: StateMachine = KvStateMachine> {
     config: NodeConfig,
     seams: NodeSeams,
     events: EventCoordinator,
-    partitions: Option<PartitionHost>,
+    partitions: Option<PartitionHost<M>>,
     /// Set when the partition store was found damaged at open (see `partition::raft_log`).
     partitions_damaged: Option<String>,
     next_raft_tick_micros: u64,
-    outputs: Vec<NodeOutput>,
+    outputs: Vec<NodeOutputOf<M>>,
     /// Partition rounds completed: each is one append and one sync of the Raft log.
     partition_rounds: u64,
     /// Messages refused at intake (the partition host counts its own refusals).
     messages_refused: u64,
 }
 
-impl std::fmt::Debug for Node {
+impl<M: StateMachine> std::fmt::Debug for Node<M> {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Node")
@@ -150,7 +155,7 @@ impl std::fmt::Debug for Node {
     }
 }
 
-impl Node {
+impl<M: StateMachine + Default> Node<M> {
     /// Opens the node: recovers the event store, the key generator and the partitions from
     /// disk.
     pub fn open(config: NodeConfig, seams: NodeSeams) -> Result<Self, StoreError> {
@@ -169,6 +174,7 @@ impl Node {
                     ..partitions.host.clone()
                 },
                 seams.rng.next_u64(),
+                M::default(),
             ) {
                 Ok(host) => Some(host),
                 // The node still serves events; its partition replicas stay out until an
@@ -200,7 +206,9 @@ impl Node {
             messages_refused: 0,
         })
     }
+}
 
+impl<M: StateMachine> Node<M> {
     pub fn id(&self) -> NodeId {
         self.config.id()
     }
@@ -353,11 +361,11 @@ impl Node {
     // ---- partitions ----
 
     /// The node's Raft partitions, when it runs them.
-    pub fn partitions(&self) -> Option<&PartitionHost> {
+    pub fn partitions(&self) -> Option<&PartitionHost<M>> {
         self.partitions.as_ref()
     }
 
-    fn host(&mut self) -> Result<&mut PartitionHost, RequestError> {
+    fn host(&mut self) -> Result<&mut PartitionHost<M>, RequestError> {
         if let Some(reason) = &self.partitions_damaged {
             return Err(RequestError::Damaged(reason.clone()));
         }
@@ -385,7 +393,7 @@ impl Node {
     pub fn partition_write(
         &mut self,
         partition: PartitionId,
-        operation: KvOperation,
+        operation: M::Operation,
     ) -> Result<u64, RequestError> {
         let request_id = self.host()?.write(partition, operation)?;
         self.pump_partitions();
@@ -396,7 +404,7 @@ impl Node {
     pub fn partition_read(
         &mut self,
         partition: PartitionId,
-        request: ReadRequest,
+        request: M::Query,
     ) -> Result<u64, RequestError> {
         let request_id = self.host()?.read(partition, request)?;
         self.pump_partitions();
@@ -506,7 +514,7 @@ impl Node {
             .min(self.next_raft_tick_micros)
     }
 
-    pub fn take_outputs(&mut self) -> Vec<NodeOutput> {
+    pub fn take_outputs(&mut self) -> Vec<NodeOutputOf<M>> {
         std::mem::take(&mut self.outputs)
     }
 

@@ -14,6 +14,7 @@ pub mod raft_bench;
 pub mod run_config;
 pub mod runner;
 pub mod scenario;
+pub mod state_machine;
 pub mod trace;
 pub mod workload;
 pub mod world;

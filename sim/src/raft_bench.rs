@@ -14,9 +14,10 @@ use crate::network::{Outbox, SimNetworkHandle};
 use crate::run_config::RunConfig;
 use crate::runner::run_world;
 use crate::scenario::Scenario;
+use crate::state_machine::{Node, SimOperation};
 use crate::world::World;
 use borough::ids::NodeId;
-use borough::node::{Node, NodeSeams};
+use borough::node::NodeSeams;
 use borough::partition::command::KvOperation;
 use borough::partition::host::PartitionStart;
 use borough::partition::PartitionId;
@@ -280,7 +281,7 @@ impl QuietCluster {
                     value: partition.0.to_be_bytes().to_vec(),
                 };
                 // A refusal leaves that group unwritten; the figure is still a quiet group's.
-                let _ = leader.partition_write(partition, operation);
+                let _ = leader.partition_write(partition, SimOperation::Kv(operation));
             }
         }
         self.collect_sent();

@@ -1,9 +1,12 @@
-//! What a partition's Raft log carries: key-value commands, as bytes in `EntryKind::Command`.
+//! What a partition's Raft log carries: [`Command`]s, each a state machine's operation with
+//! the identity of the request that proposed it, as bytes in `EntryKind::Command`; and the
+//! key-value store's operations.
 //!
-//! The postcard encoding of [`KvCommand`] is the log format: variants are only ever appended,
+//! The postcard encoding of a command is the log format: variants are only ever appended,
 //! never reordered or removed. Sizes are checked before a command is proposed, so nothing
 //! that reaches the log can fail to apply for being too large.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Longest key a partition stores.
@@ -47,13 +50,14 @@ pub enum BatchOperation {
     },
 }
 
-/// A command with the identity of the request that proposed it, so the node that proposed it
-/// can answer its client when the entry applies.
+/// An operation with the identity of the request that proposed it, so the node that proposed
+/// it can answer its client when the entry applies, and every replica applies it at most
+/// once (see `replica_store`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KvCommand {
-    /// The proposing node's id, the session it proposed in (drawn at every start, so request
-    /// numbers from before a restart never answer requests made after it), and its request
-    /// number.
+pub struct Command<O> {
+    /// The proposing node's id, the session it proposed in (its incarnation: one more at
+    /// every start, so request numbers from before a restart never answer requests made
+    /// after it), and its request number.
     pub proposer: u32,
     pub proposer_session: u64,
     pub request_id: u64,
@@ -61,8 +65,11 @@ pub struct KvCommand {
     /// this one was proposed: a command below it arriving later is a stale copy. Never above
     /// `request_id`.
     pub first_unanswered: u64,
-    pub operation: KvOperation,
+    pub operation: O,
 }
+
+/// A key-value command.
+pub type KvCommand = Command<KvOperation>;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidCommand {
@@ -138,12 +145,15 @@ impl KvOperation {
     }
 }
 
-impl KvCommand {
+impl<O: Serialize> Command<O> {
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(self).expect("commands always serialise")
     }
+}
 
-    pub fn decode(bytes: &[u8]) -> Result<KvCommand, postcard::Error> {
+impl<O: DeserializeOwned> Command<O> {
+    /// Decodes a command.
+    pub fn decode(bytes: &[u8]) -> Result<Command<O>, postcard::Error> {
         postcard::from_bytes(bytes)
     }
 }

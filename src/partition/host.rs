@@ -17,11 +17,12 @@
 //! - any storage failure poisons the host: it refuses every request until the node restarts.
 
 use crate::ids::NodeId;
-use crate::partition::command::{InvalidCommand, KvCommand, KvOperation};
+use crate::partition::command::Command;
 use crate::partition::envelope::RaftEnvelope;
-use crate::partition::kv_store::{AppliedPoint, KvError, KvStore, Pair, RangeQuery, WriteOutcome};
 use crate::partition::pending::{Pending, PendingRequests};
 use crate::partition::raft_log::{LiveLog, RaftLogError, RaftLogStore, RecoveredLog};
+use crate::partition::replica_store::{AppliedCommand, AppliedPoint, CommandOutcome, ReplicaStore};
+use crate::partition::state_machine::{StateMachine, StateMachineError};
 use crate::partition::PartitionId;
 use crate::raft::{
     Configuration, Entry, EntryKind, GroupStatus, Message, ProposeError, RaftConfig, RaftGroup,
@@ -116,10 +117,10 @@ pub enum RequestError {
         partition: PartitionId,
         leader: Option<NodeId>,
     },
+    #[error("invalid request: {0}")]
+    Invalid(String),
     #[error(transparent)]
-    Invalid(#[from] InvalidCommand),
-    #[error(transparent)]
-    Kv(#[from] KvError),
+    State(#[from] StateMachineError),
     #[error("no answer in time: the write may or may not have been applied")]
     OutcomeUnknown,
     #[error("the partition store failed and refuses requests until the node restarts: {0}")]
@@ -133,29 +134,17 @@ pub enum RequestError {
     InvalidMembershipChange(String),
 }
 
-/// What a read asks for.
+/// Answers to this node's clients (a write's `Outcome` and a read's `Answer` are the state
+/// machine's), and what the simulator's checkers observe.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReadRequest {
-    Get { key: Vec<u8> },
-    Range(RangeQuery),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReadAnswer {
-    Value(Vec<u8>),
-    Pairs(Vec<Pair>),
-}
-
-/// Answers to this node's clients.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HostOutput {
+pub enum HostOutput<Outcome, Answer> {
     WriteAnswered {
         request_id: u64,
-        result: Result<WriteOutcome, RequestError>,
+        result: Result<Outcome, RequestError>,
     },
     ReadAnswered {
         request_id: u64,
-        result: Result<ReadAnswer, RequestError>,
+        result: Result<Answer, RequestError>,
     },
     /// An entry applied here (only with `report_applied`). `applier_term` is this node's
     /// term when it applied the entry: the entry was committed in that term or earlier.
@@ -196,9 +185,9 @@ struct PendingWrite {
 }
 
 #[derive(Debug)]
-struct PendingRead {
+struct PendingRead<Query> {
     partition: PartitionId,
-    request: ReadRequest,
+    request: Query,
     /// Known once the leader confirmed the read.
     read_index: Option<u64>,
     deadline_tick: u64,
@@ -213,7 +202,7 @@ impl Pending for PendingWrite {
     }
 }
 
-impl Pending for PendingRead {
+impl<Query> Pending for PendingRead<Query> {
     fn partition(&self) -> PartitionId {
         self.partition
     }
@@ -245,21 +234,28 @@ pub struct HostCounters {
     pub messages_refused: u64,
 }
 
+/// The output type of a host running state machine `M`.
+pub type HostOutputOf<M> = HostOutput<<M as StateMachine>::Outcome, <M as StateMachine>::Answer>;
+
 #[derive(Debug)]
-pub struct PartitionHost {
+pub struct PartitionHost<M: StateMachine> {
     id: NodeId,
     config: HostConfig,
     rng_seed: u64,
-    /// Drawn at every open: tells this run's proposals from those of earlier runs.
+    /// This node's proposer incarnation, taken durably at every open: tells this run's
+    /// proposals from those of earlier runs, and retires their sessions (`replica_store`).
     session: u64,
+    /// Drawn at every open: offsets this run's read contexts, so a late answer to a read of
+    /// an earlier run never matches a read of this one.
+    read_salt: u64,
     groups: BTreeMap<PartitionId, RaftGroup>,
-    kv: KvStore,
+    store: ReplicaStore<M>,
     raft_log: RaftLogStore,
     outbox: BTreeMap<NodeId, RaftEnvelope>,
-    outputs: Vec<HostOutput>,
+    outputs: Vec<HostOutputOf<M>>,
     next_request_id: u64,
     pending_writes: PendingRequests<PendingWrite>,
-    pending_reads: PendingRequests<PendingRead>,
+    pending_reads: PendingRequests<PendingRead<M::Query>>,
     snapshots: BTreeMap<(PartitionId, u64), CachedSnapshot>,
     /// When each peer node was last heard from (any envelope, empty ones included).
     peer_heard_tick: BTreeMap<NodeId, u64>,
@@ -323,24 +319,30 @@ fn recovered_state(point: &AppliedPoint, log: Option<RecoveredLog>) -> Recovered
     }
 }
 
-impl PartitionHost {
-    /// Opens the node's partition storage and recovers every partition on it.
+impl<M: StateMachine> PartitionHost<M> {
+    /// Opens the node's partition storage with state machine `machine` and recovers every
+    /// partition on it.
     pub fn open(
         id: NodeId,
         disk: SharedDisk,
         mut config: HostConfig,
         rng_seed: u64,
-    ) -> Result<PartitionHost, RequestError> {
+        machine: M,
+    ) -> Result<PartitionHost<M>, RequestError> {
         // Every group checks a received snapshot against this state machine's format.
-        config.raft.snapshot_check = Some(KvStore::check_snapshot_image);
+        config.raft.snapshot_check = Some(ReplicaStore::<M>::check_snapshot_image);
         // A state machine store holding impossible values keeps this node's replicas out, as
         // a damaged log does; the node still serves everything else.
-        let mut kv = KvStore::open(disk.clone()).map_err(|error| match error {
-            KvError::Corrupt(reason) => RequestError::Damaged(format!("partition store: {reason}")),
+        let damaged = |error| match error {
+            StateMachineError::Corrupt(reason) => {
+                RequestError::Damaged(format!("partition store: {reason}"))
+            }
             error => RequestError::from(error),
-        })?;
+        };
+        let mut store = ReplicaStore::open(disk.clone(), machine).map_err(damaged)?;
+        let session = store.begin_incarnation().map_err(damaged)?;
         if config.apply_command_copies {
-            kv.plant_apply_copies();
+            store.plant_apply_copies();
         }
         let (mut raft_log, mut recovered) = RaftLogStore::open_with(
             disk,
@@ -355,7 +357,7 @@ impl PartitionHost {
             raft_log.plant_skip_sync();
         }
         let mut groups = BTreeMap::new();
-        for (partition, point) in kv.points() {
+        for (partition, point) in store.points() {
             let state = recovered_state(point, recovered.remove(partition));
             let group = RaftGroup::recover(
                 id,
@@ -371,9 +373,10 @@ impl PartitionHost {
             id,
             config,
             rng_seed,
-            session: SeededRng::split(rng_seed, u64::MAX).next_u64(),
+            session,
+            read_salt: SeededRng::split(rng_seed, u64::MAX).next_u64(),
             groups,
-            kv,
+            store,
             raft_log,
             outbox: BTreeMap::new(),
             outputs: Vec::new(),
@@ -422,6 +425,17 @@ impl PartitionHost {
         self.groups.get(&partition)
     }
 
+    /// The bytes of keys and values `partition`'s state machine holds here.
+    pub fn state_size_bytes(&self, partition: PartitionId) -> Result<u64, RequestError> {
+        Ok(self.store.size_bytes(partition)?)
+    }
+
+    /// The proposer sessions `partition` remembers here for at-most-once: one per proposer
+    /// node, however often the nodes restarted.
+    pub fn session_count(&self, partition: PartitionId) -> Result<usize, RequestError> {
+        Ok(self.store.session_count(partition)?)
+    }
+
     /// Whether some partition here got a snapshot chunk within the last election timeout
     /// and has not installed that snapshot yet.
     pub fn is_receiving_snapshot(&self) -> bool {
@@ -462,7 +476,7 @@ impl PartitionHost {
             },
             PartitionStart::Joining => AppliedPoint::default(),
         };
-        if let Err(error) = self.kv.create_partition(partition, point.clone()) {
+        if let Err(error) = self.store.create_partition(partition, point.clone()) {
             return Err(self.poison(error.to_string()));
         }
         let group = RaftGroup::recover(
@@ -522,10 +536,13 @@ impl PartitionHost {
     pub fn write(
         &mut self,
         partition: PartitionId,
-        operation: KvOperation,
+        operation: M::Operation,
     ) -> Result<u64, RequestError> {
         self.check_usable()?;
-        operation.validate()?;
+        self.store
+            .machine()
+            .validate(&operation)
+            .map_err(RequestError::Invalid)?;
         let operation = self.plant_split_batch(partition, operation);
         let request_id = self.new_request_id();
         let first_unanswered = self.first_unanswered(partition, request_id);
@@ -533,7 +550,7 @@ impl PartitionHost {
             return Err(RequestError::UnknownPartition(partition));
         };
         self.touched.insert(partition);
-        let command = KvCommand {
+        let command = Command {
             proposer: self.id.0,
             proposer_session: self.session,
             request_id,
@@ -556,46 +573,46 @@ impl PartitionHost {
         Ok(request_id)
     }
 
-    /// The planted `split_batches` bug: every operation of a batch but the last is proposed
-    /// on its own, unanswered, ahead of the rest (so it applies first); the last is the
-    /// batch's answer. Without the bug the operation is returned unchanged.
-    fn plant_split_batch(&mut self, partition: PartitionId, operation: KvOperation) -> KvOperation {
-        let KvOperation::Batch(mut operations) = operation else {
+    /// The planted `split_batches` bug: every piece of a write but the last is proposed on
+    /// its own, unanswered, ahead of the rest (so it applies first); the last is the write's
+    /// answer. Without the bug the operation is returned unchanged.
+    fn plant_split_batch(
+        &mut self,
+        partition: PartitionId,
+        operation: M::Operation,
+    ) -> M::Operation {
+        if !self.config.split_batches {
             return operation;
-        };
-        if !self.config.split_batches || operations.len() < 2 {
-            return KvOperation::Batch(operations);
         }
-        let last = operations.split_off(operations.len() - 1);
-        for piece in operations {
+        let mut pieces = self.store.machine().split_for_canary(operation);
+        let Some(last) = pieces.pop() else {
+            unreachable!("a write splits into at least itself")
+        };
+        for piece in pieces {
             let request_id = self.new_request_id();
-            let command = KvCommand {
+            let command = Command {
                 proposer: self.id.0,
                 proposer_session: self.session,
                 request_id,
                 first_unanswered: self.first_unanswered(partition, request_id),
-                operation: KvOperation::Batch(vec![piece]),
+                operation: piece,
             };
             if let Some(group) = self.groups.get_mut(&partition) {
                 let _ = group.propose(command.encode());
             }
         }
-        KvOperation::Batch(last)
+        last
     }
 
     /// Starts a linearizable read; its answer comes out of [`PartitionHost::take_outputs`].
-    pub fn read(
-        &mut self,
-        partition: PartitionId,
-        request: ReadRequest,
-    ) -> Result<u64, RequestError> {
+    pub fn read(&mut self, partition: PartitionId, request: M::Query) -> Result<u64, RequestError> {
         self.check_usable()?;
         let request_id = self.new_request_id();
         let Some(group) = self.groups.get_mut(&partition) else {
             return Err(RequestError::UnknownPartition(partition));
         };
         self.touched.insert(partition);
-        if let Err(error) = group.read_index(read_context(self.session, request_id)) {
+        if let Err(error) = group.read_index(read_context(self.read_salt, request_id)) {
             return Err(propose_refusal(partition, error));
         }
         self.pending_reads.insert(
@@ -896,7 +913,7 @@ impl PartitionHost {
                     term: snapshot.meta.term,
                     configuration: snapshot.meta.configuration.clone(),
                 };
-                self.kv
+                self.store
                     .install_snapshot(*partition, point, &snapshot.data)
                     .map_err(|error| error.to_string())?;
                 self.snapshot_chunk_tick.remove(partition);
@@ -912,7 +929,7 @@ impl PartitionHost {
                 let last = ready.committed_entries.last().expect("not empty").index;
                 let configuration = self.groups[&partition].configuration_at(last);
                 let applied = self
-                    .kv
+                    .store
                     .apply(partition, &ready.committed_entries, configuration)
                     .map_err(|error| error.to_string())?;
                 self.counters.entries_applied += ready.committed_entries.len() as u64;
@@ -921,7 +938,9 @@ impl PartitionHost {
                     let applier_term = self.groups[&partition].term();
                     let commands: BTreeMap<u64, AppliedCommandReport> = applied
                         .iter()
-                        .filter(|command| !matches!(command.outcome, WriteOutcome::Undecodable(_)))
+                        .filter(|command| {
+                            !matches!(command.outcome, CommandOutcome::Undecodable(_))
+                        })
                         .map(|command| {
                             (
                                 command.index,
@@ -930,7 +949,10 @@ impl PartitionHost {
                                     proposer_session: command.proposer_session,
                                     request_id: command.request_id,
                                     first_unanswered: command.first_unanswered,
-                                    took_effect: command.outcome != WriteOutcome::Superseded,
+                                    took_effect: matches!(
+                                        command.outcome,
+                                        CommandOutcome::TookEffect(_)
+                                    ),
                                 },
                             )
                         })
@@ -951,7 +973,7 @@ impl PartitionHost {
             for read_state in ready.read_states {
                 // Only this session's read of this partition: a late answer from before a
                 // restart, or one for another partition, confirms nothing here.
-                let request_id = read_state.context.wrapping_sub(self.session);
+                let request_id = read_state.context.wrapping_sub(self.read_salt);
                 match self.pending_reads.get_mut(request_id) {
                     Some(read) if read.partition == partition => {
                         read.read_index = Some(read_state.index);
@@ -989,7 +1011,7 @@ impl PartitionHost {
         partition: PartitionId,
         request: crate::raft::SnapshotChunkRequest,
     ) -> Result<(), String> {
-        let applied_index = self.kv.point(partition).map_or(0, |point| point.index);
+        let applied_index = self.store.point(partition).map_or(0, |point| point.index);
         // A new transfer snapshots the state machine as it is now; a running one continues
         // from the image it started with.
         let index = if request.offset == 0 {
@@ -1004,7 +1026,7 @@ impl PartitionHost {
                 return Ok(());
             }
             let (point, data) = self
-                .kv
+                .store
                 .snapshot(partition)
                 .map_err(|error| error.to_string())?;
             debug_assert_eq!(point.index, index);
@@ -1038,7 +1060,7 @@ impl PartitionHost {
         &mut self,
         partition: PartitionId,
         entries: &[crate::raft::Entry],
-        applied: Vec<crate::partition::kv_store::AppliedCommand>,
+        applied: Vec<AppliedCommand<M::Outcome>>,
     ) {
         for command in applied {
             if command.proposer != self.id.0 || command.proposer_session != self.session {
@@ -1056,8 +1078,10 @@ impl PartitionHost {
                 // already (perhaps inside a snapshot this node installed, so it was never
                 // answered) or was overtaken and never will.
                 let result = match command.outcome {
-                    WriteOutcome::Superseded => Err(RequestError::OutcomeUnknown),
-                    outcome => Ok(outcome),
+                    CommandOutcome::TookEffect(outcome) => Ok(outcome),
+                    CommandOutcome::Superseded | CommandOutcome::Undecodable(_) => {
+                        Err(RequestError::OutcomeUnknown)
+                    }
                 };
                 self.outputs.push(HostOutput::WriteAnswered {
                     request_id: command.request_id,
@@ -1093,7 +1117,7 @@ impl PartitionHost {
         if self.pending_reads.of_partition(partition).next().is_none() {
             return;
         }
-        let applied = self.kv.point(partition).map_or(0, |point| point.index);
+        let applied = self.store.point(partition).map_or(0, |point| point.index);
         let ready: Vec<u64> = self
             .pending_reads
             .of_partition(partition)
@@ -1102,13 +1126,15 @@ impl PartitionHost {
             .collect();
         for request_id in ready {
             let read = self.pending_reads.remove(request_id).expect("listed above");
-            let result = match &read.request {
-                ReadRequest::Get { key } => self.kv.get(partition, key).map(ReadAnswer::Value),
-                ReadRequest::Range(query) => self.kv.range(partition, query).map(ReadAnswer::Pairs),
-            }
-            .map_err(RequestError::from);
+            let result = self
+                .store
+                .read(partition, &read.request)
+                .map_err(RequestError::from);
             if self.config.poison_on_missing_key
-                && result == Err(RequestError::Kv(KvError::KeyNotFound))
+                && matches!(
+                    result,
+                    Err(RequestError::State(StateMachineError::KeyNotFound))
+                )
             {
                 self.fail("a read found no key".into());
                 return;
@@ -1121,12 +1147,12 @@ impl PartitionHost {
     /// Checkpoints the state machines and the log when due, and drops what they cover.
     fn maintain(&mut self) -> Result<(), String> {
         if self.applied_since_checkpoint >= self.config.checkpoint_applied_entries {
-            self.kv.checkpoint().map_err(|error| error.to_string())?;
+            self.store.checkpoint().map_err(|error| error.to_string())?;
             self.applied_since_checkpoint = 0;
             self.counters.state_machine_checkpoints += 1;
             for (partition, group) in self.groups.iter_mut() {
                 let index = self
-                    .kv
+                    .store
                     .checkpointed_index(*partition)
                     .saturating_sub(self.config.log_catch_up_entries);
                 if index > group.log().snapshot_index() {
@@ -1205,7 +1231,7 @@ impl PartitionHost {
         envelopes
     }
 
-    pub fn take_outputs(&mut self) -> Vec<HostOutput> {
+    pub fn take_outputs(&mut self) -> Vec<HostOutputOf<M>> {
         std::mem::take(&mut self.outputs)
     }
 }

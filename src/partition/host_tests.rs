@@ -3,15 +3,19 @@
 
 use crate::ids::NodeId;
 use crate::partition::command::{BatchOperation, KvOperation};
-use crate::partition::host::{
-    HostConfig, HostOutput, PartitionHost, PartitionStart, ReadAnswer, ReadRequest, RequestError,
+use crate::partition::host::{HostConfig, PartitionStart, RequestError};
+use crate::partition::kv_store::{
+    KvStateMachine, RangeQuery, ReadAnswer, ReadRequest, WriteOutcome,
 };
-use crate::partition::kv_store::{KvError, RangeQuery, WriteOutcome};
+use crate::partition::state_machine::StateMachineError as KvError;
 use crate::partition::PartitionId;
 use crate::raft::{ConfigChange, Role};
 use crate::storage::test_disk::TestDisk;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+type PartitionHost = crate::partition::host::PartitionHost<KvStateMachine>;
+type HostOutput = crate::partition::host::HostOutput<WriteOutcome, ReadAnswer>;
 
 struct Cluster {
     hosts: BTreeMap<NodeId, PartitionHost>,
@@ -34,7 +38,8 @@ impl Cluster {
         for id in &ids {
             let disk = TestDisk::new();
             let mut host =
-                PartitionHost::open(*id, disk.clone(), cluster.config.clone(), 7).unwrap();
+                PartitionHost::open(*id, disk.clone(), cluster.config.clone(), 7, KvStateMachine)
+                    .unwrap();
             for partition in 0..partitions {
                 host.create_partition(
                     PartitionId(partition),
@@ -171,7 +176,8 @@ impl Cluster {
     fn crash_and_restart(&mut self, id: NodeId) {
         let disk = self.disks[&id].crash();
         self.hosts.remove(&id);
-        let host = PartitionHost::open(id, disk.clone(), self.config.clone(), 8).unwrap();
+        let host =
+            PartitionHost::open(id, disk.clone(), self.config.clone(), 8, KvStateMachine).unwrap();
         self.disks.insert(id, disk);
         self.hosts.insert(id, host);
     }
@@ -200,7 +206,7 @@ fn writes_and_linearizable_reads_on_several_partitions() {
     let missing = cluster
         .get_via(NodeId(1), PartitionId(0), "absent")
         .unwrap_err();
-    assert_eq!(missing, RequestError::Kv(KvError::KeyNotFound));
+    assert_eq!(missing, RequestError::State(KvError::KeyNotFound));
     assert_eq!(missing.to_string(), "Key not found in database");
 }
 
@@ -404,7 +410,8 @@ fn a_new_replica_catches_up_from_a_snapshot_after_compaction() {
     }
     // A fourth node joins: it has nothing, and the leader's log no longer starts at 1.
     let disk = TestDisk::new();
-    let mut joiner = PartitionHost::open(NodeId(4), disk.clone(), config, 9).unwrap();
+    let mut joiner =
+        PartitionHost::open(NodeId(4), disk.clone(), config, 9, KvStateMachine).unwrap();
     joiner
         .create_partition(partition, PartitionStart::Joining)
         .unwrap();
@@ -468,7 +475,7 @@ fn a_new_replica_catches_up_from_a_snapshot_after_compaction() {
     ));
     assert_eq!(
         cluster.get_via(NodeId(4), partition, "key-03"),
-        Err(RequestError::Kv(KvError::KeyNotFound))
+        Err(RequestError::State(KvError::KeyNotFound))
     );
 }
 

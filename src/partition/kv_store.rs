@@ -1,67 +1,17 @@
-//! The state machines of every partition on a node, in one redb database on the `Disk` seam:
-//! the key-value pairs with the partition id as a key prefix, and per partition the index,
-//! term and configuration it has applied up to (its snapshot point).
+//! The key-value store: the first [`StateMachine`] a partition runs. Its pairs live in the
+//! node's partition database (`replica_store`) with the partition id as key prefix, so every
+//! partition's pairs are one contiguous range.
 //!
-//! Invariants:
-//! - the applied point is written in the same transaction as the writes it covers, so the
-//!   state and the point it claims never disagree;
-//! - commits that apply entries are not synced (`Durability::None`); a checkpoint syncs them
-//!   all at once, and only a checkpointed applied index may let the Raft log drop entries;
-//! - an installed snapshot replaces the partition's pairs and point in one synced commit;
-//! - any write failure poisons the store: it refuses further writes until the node restarts;
-//! - a command applies at most once: per partition and proposer session a window is kept with
-//!   the pairs (and carried by snapshots): the proposer's mark (every request below it was
-//!   answered, so a command below it is a stale copy) and the request ids at or above it that
-//!   applied. A command below the mark or already in the window is skipped as superseded on
-//!   every replica alike. The network may duplicate a forwarded proposal, and the leader
-//!   would append each copy; it may also reorder two requests of one session, and the later
-//!   one arriving first does not make the earlier one fail.
+//! Invariants: a write touches only its own partition's range; a batch applies whole inside
+//! the command's transaction; a range read is one read transaction (one instant); an image
+//! holds the partition's pairs in key order, each within a command's size limits.
 
-use crate::partition::command::{BatchOperation, KvCommand, KvOperation};
+use crate::partition::command::{BatchOperation, KvOperation, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use crate::partition::state_machine::{engine_error, StateMachine, StateMachineError};
 use crate::partition::PartitionId;
-use crate::raft::{Configuration, Entry, EntryKind};
-use crate::seams::{DiskError, SharedDisk};
-use crate::storage::{prepare_database_file, DiskBackend};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use redb::{ReadTransaction, TableDefinition, WriteTransaction};
 
-pub const DATABASE_FILE: &str = "partitions.redb";
 const PAIRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("partition_pairs");
-const POINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("partition_points");
-/// (partition, proposer node, proposer session) to its [`SessionWindow`], encoded.
-const SESSIONS: TableDefinition<(u64, u32, u64), &[u8]> =
-    TableDefinition::new("partition_session_windows");
-const DATABASE_CACHE_BYTES: usize = 16 * 1024 * 1024;
-
-/// What a partition's state machine has applied: the Raft snapshot point it stands for.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppliedPoint {
-    pub index: u64,
-    pub term: u64,
-    pub configuration: Configuration,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum KvError {
-    /// The wording Borough has always used for a missing key.
-    #[error("Key not found in database")]
-    KeyNotFound,
-    #[error("partition {0} is not on this node")]
-    UnknownPartition(PartitionId),
-    #[error("the partition store is poisoned by an earlier write failure ({0}); restart the node")]
-    Poisoned(String),
-    #[error("storage engine error: {0}")]
-    Engine(String),
-    #[error(transparent)]
-    Disk(#[from] DiskError),
-    #[error("corrupt partition store: {0}")]
-    Corrupt(String),
-}
-
-fn engine(error: impl Into<redb::Error>) -> KvError {
-    KvError::Engine(error.into().to_string())
-}
 
 /// A key and its value.
 pub type Pair = (Vec<u8>, Vec<u8>);
@@ -76,408 +26,133 @@ pub struct RangeQuery {
     pub reverse: bool,
 }
 
-/// What applying one command did, for the proposer's answer.
+/// What a read asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AppliedCommand {
-    pub index: u64,
-    pub proposer: u32,
-    pub proposer_session: u64,
-    pub request_id: u64,
-    /// The command's `first_unanswered`, as applied (never above its request id).
-    pub first_unanswered: u64,
-    pub outcome: WriteOutcome,
+pub enum ReadRequest {
+    Get { key: Vec<u8> },
+    Range(RangeQuery),
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadAnswer {
+    Value(Vec<u8>),
+    Pairs(Vec<Pair>),
+}
+
+/// What a write did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
     Put,
     /// Whether the key existed.
     Deleted(bool),
     Batch,
-    /// The entry did not decode: a format bug; the entry is skipped on every replica alike.
-    Undecodable(String),
-    /// Skipped on every replica alike: a copy of a command already applied, or a command
-    /// its proposer had answered before it arrived (never applied).
-    Superseded,
 }
 
-#[derive(Debug)]
-pub struct KvStore {
-    database: Database,
-    points: BTreeMap<PartitionId, AppliedPoint>,
-    /// The applied index each partition had at the last checkpoint (durable).
-    checkpointed: BTreeMap<PartitionId, u64>,
-    poisoned: Option<String>,
-    /// A canary's planted bug: apply copies and overtaken commands as if new. Never set
-    /// outside a canary scenario.
-    apply_copies: bool,
-}
+/// The key-value state machine. It keeps nothing outside its table.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KvStateMachine;
 
-impl KvStore {
-    /// Plants the canary bug `apply_copies` (see the field).
-    pub fn plant_apply_copies(&mut self) {
-        self.apply_copies = true;
+impl StateMachine for KvStateMachine {
+    type Operation = KvOperation;
+    type Outcome = WriteOutcome;
+    type Query = ReadRequest;
+    type Answer = ReadAnswer;
+
+    fn open_tables(&self, transaction: &WriteTransaction) -> Result<(), StateMachineError> {
+        transaction.open_table(PAIRS).map_err(engine_error)?;
+        Ok(())
     }
 
-    pub fn open(disk: SharedDisk) -> Result<KvStore, KvError> {
-        prepare_database_file(disk.as_ref(), DATABASE_FILE)?;
-        let database = Database::builder()
-            .set_cache_size(DATABASE_CACHE_BYTES)
-            .create_with_backend(DiskBackend::new(disk, DATABASE_FILE))
-            .map_err(engine)?;
-        let mut transaction = database.begin_write().map_err(engine)?;
-        transaction
-            .set_durability(Durability::Immediate)
-            .map_err(engine)?;
-        transaction.open_table(PAIRS).map_err(engine)?;
-        transaction.open_table(POINTS).map_err(engine)?;
-        transaction.open_table(SESSIONS).map_err(engine)?;
-        transaction.commit().map_err(engine)?;
-        let mut points = BTreeMap::new();
-        {
-            let transaction = database.begin_read().map_err(engine)?;
-            let table = transaction.open_table(POINTS).map_err(engine)?;
-            for row in table.iter().map_err(engine)? {
-                let (id, point) = row.map_err(engine)?;
-                let point: AppliedPoint = postcard::from_bytes(point.value())
-                    .map_err(|error| KvError::Corrupt(format!("applied point: {error}")))?;
-                check_point(id.value(), &point).map_err(KvError::Corrupt)?;
-                points.insert(PartitionId(id.value()), point);
+    fn validate(&self, operation: &KvOperation) -> Result<(), String> {
+        operation.validate().map_err(|error| error.to_string())
+    }
+
+    fn apply(
+        &mut self,
+        transaction: &WriteTransaction,
+        partition: PartitionId,
+        _index: u64,
+        operation: &KvOperation,
+    ) -> Result<WriteOutcome, StateMachineError> {
+        let mut pairs = transaction.open_table(PAIRS).map_err(engine_error)?;
+        let id = partition.0;
+        Ok(match operation {
+            KvOperation::Put { key, value } => {
+                pairs
+                    .insert((id, key.as_slice()), value.as_slice())
+                    .map_err(engine_error)?;
+                WriteOutcome::Put
             }
-        }
-        let checkpointed = points
-            .iter()
-            .map(|(id, point)| (*id, point.index))
-            .collect();
-        Ok(KvStore {
-            database,
-            points,
-            checkpointed,
-            poisoned: None,
-            apply_copies: false,
+            KvOperation::Delete { key } => {
+                let existed = pairs
+                    .remove((id, key.as_slice()))
+                    .map_err(engine_error)?
+                    .is_some();
+                WriteOutcome::Deleted(existed)
+            }
+            KvOperation::Batch(operations) => {
+                for operation in operations {
+                    match operation {
+                        BatchOperation::Put { key, value } => {
+                            pairs
+                                .insert((id, key.as_slice()), value.as_slice())
+                                .map_err(engine_error)?;
+                        }
+                        BatchOperation::Delete { key } => {
+                            pairs.remove((id, key.as_slice())).map_err(engine_error)?;
+                        }
+                    }
+                }
+                WriteOutcome::Batch
+            }
         })
     }
 
-    pub fn is_poisoned(&self) -> bool {
-        self.poisoned.is_some()
-    }
-
-    fn check_writable(&self) -> Result<(), KvError> {
-        match &self.poisoned {
-            Some(reason) => Err(KvError::Poisoned(reason.clone())),
-            None => Ok(()),
-        }
-    }
-
-    fn poison_on_error<T>(&mut self, result: Result<T, KvError>) -> Result<T, KvError> {
-        if let Err(error) = &result {
-            tracing::error!(%error, "partition store poisoned: refusing writes until restart");
-            self.poisoned.get_or_insert(error.to_string());
-        }
-        result
-    }
-
-    /// Every partition on this node and what it has applied.
-    pub fn points(&self) -> &BTreeMap<PartitionId, AppliedPoint> {
-        &self.points
-    }
-
-    pub fn point(&self, id: PartitionId) -> Option<&AppliedPoint> {
-        self.points.get(&id)
-    }
-
-    /// The applied index of `id` that survives a crash.
-    pub fn checkpointed_index(&self, id: PartitionId) -> u64 {
-        self.checkpointed.get(&id).copied().unwrap_or(0)
-    }
-
-    /// Adds a partition at `point` (its bootstrap snapshot), durably.
-    pub fn create_partition(
-        &mut self,
-        id: PartitionId,
-        point: AppliedPoint,
-    ) -> Result<(), KvError> {
-        assert!(
-            id.0 < u64::MAX,
-            "partition ids stay below u64::MAX (key prefix bounds)"
-        );
-        self.check_writable()?;
-        let result = self.write_point(id, &point, Durability::Immediate);
-        self.poison_on_error(result)?;
-        self.checkpointed.insert(id, point.index);
-        self.points.insert(id, point);
-        Ok(())
-    }
-
-    fn write_point(
+    fn read(
         &self,
-        id: PartitionId,
-        point: &AppliedPoint,
-        durability: Durability,
-    ) -> Result<(), KvError> {
-        let mut transaction = self.database.begin_write().map_err(engine)?;
-        transaction.set_durability(durability).map_err(engine)?;
-        {
-            let mut points = transaction.open_table(POINTS).map_err(engine)?;
-            let encoded = postcard::to_stdvec(point).expect("points serialise");
-            points.insert(id.0, encoded.as_slice()).map_err(engine)?;
-        }
-        transaction.commit().map_err(engine)
-    }
-
-    /// Applies committed entries of `id` in one (unsynced) transaction, moving its applied
-    /// point to the last one; `configuration` is the one in force at that entry.
-    pub fn apply(
-        &mut self,
-        id: PartitionId,
-        entries: &[Entry],
-        configuration: Configuration,
-    ) -> Result<Vec<AppliedCommand>, KvError> {
-        self.check_writable()?;
-        let Some(last) = entries.last() else {
-            return Ok(Vec::new());
-        };
-        let Some(point) = self.points.get(&id) else {
-            return Err(KvError::UnknownPartition(id));
-        };
-        assert_eq!(
-            entries[0].index,
-            point.index + 1,
-            "partition {id} applies in order"
-        );
-        let next_point = AppliedPoint {
-            index: last.index,
-            term: last.term,
-            configuration,
-        };
-        let result = self.apply_transaction(id, entries, &next_point);
-        let applied = self.poison_on_error(result)?;
-        self.points.insert(id, next_point);
-        Ok(applied)
-    }
-
-    fn apply_transaction(
-        &self,
-        id: PartitionId,
-        entries: &[Entry],
-        point: &AppliedPoint,
-    ) -> Result<Vec<AppliedCommand>, KvError> {
-        let mut transaction = self.database.begin_write().map_err(engine)?;
-        transaction
-            .set_durability(Durability::None)
-            .map_err(engine)?;
-        let mut applied = Vec::new();
-        {
-            let mut pairs = transaction.open_table(PAIRS).map_err(engine)?;
-            let mut sessions = transaction.open_table(SESSIONS).map_err(engine)?;
-            for entry in entries {
-                let EntryKind::Command(bytes) = &entry.kind else {
-                    continue;
-                };
-                let command = match KvCommand::decode(bytes) {
-                    Ok(command) => command,
-                    Err(error) => {
-                        tracing::error!(partition = %id, index = entry.index, %error, "undecodable command skipped");
-                        applied.push(AppliedCommand {
-                            index: entry.index,
-                            proposer: 0,
-                            proposer_session: 0,
-                            request_id: 0,
-                            first_unanswered: 0,
-                            outcome: WriteOutcome::Undecodable(error.to_string()),
-                        });
-                        continue;
-                    }
-                };
-                let session = (id.0, command.proposer, command.proposer_session);
-                let mut window = match sessions.get(session).map_err(engine)? {
-                    Some(bytes) => SessionWindow::decode(bytes.value())?,
-                    None => SessionWindow::default(),
-                };
-                // A mark above its own request would let a forged command fence off others.
-                let first_unanswered = command.first_unanswered.min(command.request_id);
-                if !window.admits(command.request_id) && !self.apply_copies {
-                    tracing::debug!(partition = %id, index = entry.index, proposer = command.proposer, request_id = command.request_id, "command superseded: not applied");
-                    applied.push(AppliedCommand {
-                        index: entry.index,
-                        proposer: command.proposer,
-                        proposer_session: command.proposer_session,
-                        request_id: command.request_id,
-                        first_unanswered,
-                        outcome: WriteOutcome::Superseded,
-                    });
-                    continue;
+        transaction: &ReadTransaction,
+        partition: PartitionId,
+        query: &ReadRequest,
+    ) -> Result<ReadAnswer, StateMachineError> {
+        match query {
+            ReadRequest::Get { key } => {
+                let pairs = transaction.open_table(PAIRS).map_err(engine_error)?;
+                match pairs
+                    .get((partition.0, key.as_slice()))
+                    .map_err(engine_error)?
+                {
+                    Some(value) => Ok(ReadAnswer::Value(value.value().to_vec())),
+                    None => Err(StateMachineError::KeyNotFound),
                 }
-                window.record(command.request_id, first_unanswered);
-                sessions
-                    .insert(session, window.encode().as_slice())
-                    .map_err(engine)?;
-                let outcome = match &command.operation {
-                    KvOperation::Put { key, value } => {
-                        pairs
-                            .insert((id.0, key.as_slice()), value.as_slice())
-                            .map_err(engine)?;
-                        WriteOutcome::Put
-                    }
-                    KvOperation::Delete { key } => {
-                        let existed = pairs
-                            .remove((id.0, key.as_slice()))
-                            .map_err(engine)?
-                            .is_some();
-                        WriteOutcome::Deleted(existed)
-                    }
-                    KvOperation::Batch(operations) => {
-                        for operation in operations {
-                            match operation {
-                                BatchOperation::Put { key, value } => {
-                                    pairs
-                                        .insert((id.0, key.as_slice()), value.as_slice())
-                                        .map_err(engine)?;
-                                }
-                                BatchOperation::Delete { key } => {
-                                    pairs.remove((id.0, key.as_slice())).map_err(engine)?;
-                                }
-                            }
-                        }
-                        WriteOutcome::Batch
-                    }
-                };
-                applied.push(AppliedCommand {
-                    index: entry.index,
-                    proposer: command.proposer,
-                    proposer_session: command.proposer_session,
-                    request_id: command.request_id,
-                    first_unanswered,
-                    outcome,
-                });
             }
-            let mut points = transaction.open_table(POINTS).map_err(engine)?;
-            let encoded = postcard::to_stdvec(point).expect("points serialise");
-            points.insert(id.0, encoded.as_slice()).map_err(engine)?;
-        }
-        transaction.commit().map_err(engine)?;
-        Ok(applied)
-    }
-
-    /// Makes every applied entry durable (one synced commit) and returns the partitions whose
-    /// checkpointed index moved.
-    pub fn checkpoint(&mut self) -> Result<(), KvError> {
-        self.check_writable()?;
-        let result = (|| {
-            let mut transaction = self.database.begin_write().map_err(engine)?;
-            transaction
-                .set_durability(Durability::Immediate)
-                .map_err(engine)?;
-            transaction.commit().map_err(engine)
-        })();
-        self.poison_on_error(result)?;
-        self.checkpointed = self
-            .points
-            .iter()
-            .map(|(id, point)| (*id, point.index))
-            .collect();
-        Ok(())
-    }
-
-    pub fn get(&self, id: PartitionId, key: &[u8]) -> Result<Vec<u8>, KvError> {
-        if !self.points.contains_key(&id) {
-            return Err(KvError::UnknownPartition(id));
-        }
-        let transaction = self.database.begin_read().map_err(engine)?;
-        let pairs = transaction.open_table(PAIRS).map_err(engine)?;
-        match pairs.get((id.0, key)).map_err(engine)? {
-            Some(value) => Ok(value.value().to_vec()),
-            None => Err(KvError::KeyNotFound),
-        }
-    }
-
-    /// Pairs of `id` in `query`'s range, in key order (or reversed).
-    pub fn range(&self, id: PartitionId, query: &RangeQuery) -> Result<Vec<Pair>, KvError> {
-        if !self.points.contains_key(&id) {
-            return Err(KvError::UnknownPartition(id));
-        }
-        let transaction = self.database.begin_read().map_err(engine)?;
-        let pairs = transaction.open_table(PAIRS).map_err(engine)?;
-        if query.limit == 0 {
-            return Ok(Vec::new());
-        }
-        let start = query.start.clone().unwrap_or_default();
-        // An open end stops at the next partition's prefix.
-        let empty: &[u8] = &[];
-        let rows = match &query.end {
-            Some(end) => pairs.range((id.0, start.as_slice())..(id.0, end.as_slice())),
-            None => pairs.range((id.0, start.as_slice())..(next_partition(id), empty)),
-        }
-        .map_err(engine)?;
-        let mut found = Vec::new();
-        let rows: Box<dyn Iterator<Item = _>> = if query.reverse {
-            Box::new(rows.rev())
-        } else {
-            Box::new(rows)
-        };
-        for row in rows {
-            let (key, value) = row.map_err(engine)?;
-            found.push((key.value().1.to_vec(), value.value().to_vec()));
-            if found.len() >= query.limit {
-                break;
+            ReadRequest::Range(range) => {
+                range_pairs(transaction, partition, range).map(ReadAnswer::Pairs)
             }
         }
-        Ok(found)
     }
 
-    /// The partition's whole state at its applied point, for a follower that needs a snapshot.
-    pub fn snapshot(&self, id: PartitionId) -> Result<(AppliedPoint, Vec<u8>), KvError> {
-        let point = self
-            .points
-            .get(&id)
-            .cloned()
-            .ok_or(KvError::UnknownPartition(id))?;
-        let pairs = self.range(
-            id,
+    fn take_snapshot(
+        &self,
+        transaction: &ReadTransaction,
+        partition: PartitionId,
+    ) -> Result<Vec<u8>, StateMachineError> {
+        let pairs = range_pairs(
+            transaction,
+            partition,
             &RangeQuery {
                 limit: usize::MAX,
                 ..RangeQuery::default()
             },
         )?;
-        let sessions = self.sessions(id)?;
-        let data =
-            postcard::to_stdvec(&SnapshotImage { pairs, sessions }).expect("images serialise");
-        Ok((point, data))
+        Ok(postcard::to_stdvec(&pairs).expect("pairs serialise"))
     }
 
-    /// The partition's proposer sessions and the window of each.
-    fn sessions(&self, id: PartitionId) -> Result<Vec<SessionEntry>, KvError> {
-        let transaction = self.database.begin_read().map_err(engine)?;
-        let table = transaction.open_table(SESSIONS).map_err(engine)?;
-        let mut sessions = Vec::new();
-        for row in table
-            .range((id.0, 0, 0)..=(id.0, u32::MAX, u64::MAX))
-            .map_err(engine)?
-        {
-            let (key, window) = row.map_err(engine)?;
-            let (_, proposer, session) = key.value();
-            sessions.push(((proposer, session), SessionWindow::decode(window.value())?));
-        }
-        Ok(sessions)
-    }
-
-    /// Checks a snapshot image received from a peer before Raft installs it: it decodes, and
-    /// its keys and values are within a command's limits.
-    pub fn check_snapshot_image(data: &[u8]) -> Result<(), String> {
-        let image: SnapshotImage =
-            postcard::from_bytes(data).map_err(|error| format!("snapshot image: {error}"))?;
-        for (_, window) in &image.sessions {
-            window
-                .check()
-                .map_err(|problem| format!("snapshot image: {problem}"))?;
-        }
-        for (key, value) in &image.pairs {
-            if key.is_empty()
-                || key.len() > crate::partition::command::KEY_BYTES_MAX
-                || value.len() > crate::partition::command::VALUE_BYTES_MAX
-            {
+    fn check_image(image: &[u8]) -> Result<(), String> {
+        let pairs: Vec<Pair> = postcard::from_bytes(image).map_err(|error| error.to_string())?;
+        for (key, value) in &pairs {
+            if key.is_empty() || key.len() > KEY_BYTES_MAX || value.len() > VALUE_BYTES_MAX {
                 return Err(format!(
-                    "snapshot image: a pair of {} key and {} value bytes",
+                    "a pair of {} key and {} value bytes",
                     key.len(),
                     value.len()
                 ));
@@ -486,167 +161,141 @@ impl KvStore {
         Ok(())
     }
 
-    /// Replaces the partition's state with a snapshot image, durably.
-    pub fn install_snapshot(
+    fn install_snapshot(
         &mut self,
-        id: PartitionId,
-        point: AppliedPoint,
-        data: &[u8],
-    ) -> Result<(), KvError> {
-        self.check_writable()?;
-        let image: SnapshotImage = postcard::from_bytes(data)
-            .map_err(|error| KvError::Corrupt(format!("snapshot image: {error}")))?;
-        let result = (|| {
-            let mut transaction = self.database.begin_write().map_err(engine)?;
-            transaction
-                .set_durability(Durability::Immediate)
-                .map_err(engine)?;
-            {
-                let mut pairs = transaction.open_table(PAIRS).map_err(engine)?;
-                let empty: &[u8] = &[];
-                pairs
-                    .retain_in((id.0, empty)..(next_partition(id), empty), |_, _| false)
-                    .map_err(engine)?;
-                for (key, value) in &image.pairs {
-                    pairs
-                        .insert((id.0, key.as_slice()), value.as_slice())
-                        .map_err(engine)?;
-                }
-                let mut sessions = transaction.open_table(SESSIONS).map_err(engine)?;
-                sessions
-                    .retain_in((id.0, 0, 0)..=(id.0, u32::MAX, u64::MAX), |_, _| false)
-                    .map_err(engine)?;
-                for ((proposer, session), window) in &image.sessions {
-                    sessions
-                        .insert((id.0, *proposer, *session), window.encode().as_slice())
-                        .map_err(engine)?;
-                }
-                let mut points = transaction.open_table(POINTS).map_err(engine)?;
-                let encoded = postcard::to_stdvec(&point).expect("points serialise");
-                points.insert(id.0, encoded.as_slice()).map_err(engine)?;
-            }
-            transaction.commit().map_err(engine)
-        })();
-        self.poison_on_error(result)?;
-        self.checkpointed.insert(id, point.index);
-        self.points.insert(id, point);
+        transaction: &WriteTransaction,
+        partition: PartitionId,
+        image: &[u8],
+    ) -> Result<(), StateMachineError> {
+        let image: Vec<Pair> = postcard::from_bytes(image)
+            .map_err(|error| StateMachineError::Corrupt(format!("key-value image: {error}")))?;
+        let mut pairs = transaction.open_table(PAIRS).map_err(engine_error)?;
+        let empty: &[u8] = &[];
+        pairs
+            .retain_in(
+                (partition.0, empty)..(next_partition(partition), empty),
+                |_, _| false,
+            )
+            .map_err(engine_error)?;
+        for (key, value) in &image {
+            pairs
+                .insert((partition.0, key.as_slice()), value.as_slice())
+                .map_err(engine_error)?;
+        }
         Ok(())
     }
+
+    fn split_for_canary(&self, operation: KvOperation) -> Vec<KvOperation> {
+        match operation {
+            KvOperation::Batch(operations) => operations
+                .into_iter()
+                .map(|operation| KvOperation::Batch(vec![operation]))
+                .collect(),
+            operation => vec![operation],
+        }
+    }
+
+    fn size_bytes(
+        &self,
+        transaction: &ReadTransaction,
+        partition: PartitionId,
+    ) -> Result<u64, StateMachineError> {
+        let pairs = transaction.open_table(PAIRS).map_err(engine_error)?;
+        let empty: &[u8] = &[];
+        let mut bytes = 0u64;
+        for row in pairs
+            .range((partition.0, empty)..(next_partition(partition), empty))
+            .map_err(engine_error)?
+        {
+            let (key, value) = row.map_err(engine_error)?;
+            bytes += (key.value().1.len() + value.value().len()) as u64;
+        }
+        Ok(bytes)
+    }
 }
 
-/// Checks an applied point read from the database: an id below the reserved one, an index
-/// and term within the protocol's limits, and a configuration keeping its invariants (or
-/// none yet, for a replica still joining).
-fn check_point(id: u64, point: &AppliedPoint) -> Result<(), String> {
-    use crate::raft::message::{INDEX_MAX, TERM_MAX};
-    if id == u64::MAX {
-        return Err("a partition under the reserved id u64::MAX".to_string());
+/// Pairs of `partition` in `query`'s range, in key order (or reversed).
+fn range_pairs(
+    transaction: &ReadTransaction,
+    partition: PartitionId,
+    query: &RangeQuery,
+) -> Result<Vec<Pair>, StateMachineError> {
+    let pairs = transaction.open_table(PAIRS).map_err(engine_error)?;
+    if query.limit == 0 {
+        return Ok(Vec::new());
     }
-    if point.index > INDEX_MAX || point.term > TERM_MAX {
-        return Err(format!(
-            "partition {id}: applied point ({}, {}) beyond the limits",
-            point.index, point.term
-        ));
+    let id = partition.0;
+    let start = query.start.clone().unwrap_or_default();
+    // An open end stops at the next partition's prefix.
+    let empty: &[u8] = &[];
+    let rows = match &query.end {
+        Some(end) => pairs.range((id, start.as_slice())..(id, end.as_slice())),
+        None => pairs.range((id, start.as_slice())..(next_partition(partition), empty)),
     }
-    if point.configuration != crate::raft::Configuration::default() {
-        point
-            .configuration
-            .check()
-            .map_err(|problem| format!("partition {id}: {problem}"))?;
+    .map_err(engine_error)?;
+    let mut found = Vec::new();
+    let rows: Box<dyn Iterator<Item = _>> = if query.reverse {
+        Box::new(rows.rev())
+    } else {
+        Box::new(rows)
+    };
+    for row in rows {
+        let (key, value) = row.map_err(engine_error)?;
+        found.push((key.value().1.to_vec(), value.value().to_vec()));
+        if found.len() >= query.limit {
+            break;
+        }
     }
-    Ok(())
+    Ok(found)
 }
 
-/// The first key prefix after `id`'s: partition ids stay below `u64::MAX` for this.
-fn next_partition(id: PartitionId) -> u64 {
-    id.0.checked_add(1)
+/// The first key prefix after `partition`'s: partition ids stay below `u64::MAX` for this.
+fn next_partition(partition: PartitionId) -> u64 {
+    partition
+        .0
+        .checked_add(1)
         .expect("partition ids are below u64::MAX")
-}
-
-/// A partition's pairs, as a snapshot carries them.
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotImage {
-    pairs: Vec<Pair>,
-    sessions: Vec<SessionEntry>,
-}
-
-/// (proposer, session) and its window.
-type SessionEntry = ((u32, u64), SessionWindow);
-
-/// Requests applied per session window at most: a proposer answers every request within its
-/// timeout, so its mark keeps up; one that never raises it is broken or hostile, and the mark
-/// moves up past its oldest ids (a request of that session still in flight below it is then
-/// skipped, answered "outcome unknown": the lesser harm than a session table without bound).
-const SESSION_WINDOW_IDS_MAX: usize = 65_536;
-
-/// What a partition remembers of one proposer session to apply each command at most once.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionWindow {
-    /// Every request of the session below this was answered by its proposer: a command
-    /// below it is a copy, or one given up on, and never applies.
-    pub first_unanswered: u64,
-    /// The request ids at or above `first_unanswered` that applied, ascending.
-    pub applied: Vec<u64>,
-}
-
-impl SessionWindow {
-    /// Whether a command with `request_id` may apply: not below the mark, not applied yet.
-    pub fn admits(&self, request_id: u64) -> bool {
-        request_id >= self.first_unanswered && self.applied.binary_search(&request_id).is_err()
-    }
-
-    /// Records `request_id` as applied and raises the mark to `first_unanswered` (never
-    /// lowers it). An id below the mark needs no entry: the mark already refuses it.
-    pub fn record(&mut self, request_id: u64, first_unanswered: u64) {
-        self.first_unanswered = self.first_unanswered.max(first_unanswered);
-        let mark = self.first_unanswered;
-        let below_mark = self.applied.partition_point(|applied| *applied < mark);
-        self.applied.drain(..below_mark);
-        if request_id >= mark {
-            if let Err(position) = self.applied.binary_search(&request_id) {
-                self.applied.insert(position, request_id);
-            }
-        }
-        if self.applied.len() > SESSION_WINDOW_IDS_MAX {
-            let excess = self.applied.len() - SESSION_WINDOW_IDS_MAX;
-            self.first_unanswered = self.applied[excess];
-            self.applied.drain(..excess);
-        }
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("session windows serialise")
-    }
-
-    fn decode(bytes: &[u8]) -> Result<SessionWindow, KvError> {
-        let window: SessionWindow = postcard::from_bytes(bytes)
-            .map_err(|error| KvError::Corrupt(format!("session window: {error}")))?;
-        window.check().map_err(KvError::Corrupt)?;
-        Ok(window)
-    }
-
-    /// A window read from disk or a snapshot: ascending, above its mark, within the bound.
-    fn check(&self) -> Result<(), String> {
-        let ascending = self.applied.windows(2).all(|pair| pair[0] < pair[1]);
-        let above_mark = self
-            .applied
-            .first()
-            .is_none_or(|first| *first >= self.first_unanswered);
-        if !ascending || !above_mark || self.applied.len() > SESSION_WINDOW_IDS_MAX {
-            return Err(format!(
-                "session window: {} ids, ascending {ascending}, above its mark {above_mark}",
-                self.applied.len()
-            ));
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ids::NodeId;
+    use crate::partition::command::{BatchOperation, Command};
+    use crate::partition::replica_store::{
+        AppliedPoint, CommandOutcome, ReplicaStore, SessionWindow, SESSION_WINDOW_IDS_MAX,
+    };
+    use crate::raft::{Configuration, Entry, EntryKind};
     use crate::storage::test_disk::TestDisk;
+    use serde::Serialize;
+
+    type KvStore = ReplicaStore<KvStateMachine>;
+    type KvError = StateMachineError;
+
+    trait KvReads {
+        fn get(&self, id: PartitionId, key: &[u8]) -> Result<Vec<u8>, KvError>;
+        fn range(&self, id: PartitionId, query: &RangeQuery) -> Result<Vec<Pair>, KvError>;
+    }
+
+    impl KvReads for KvStore {
+        fn get(&self, id: PartitionId, key: &[u8]) -> Result<Vec<u8>, KvError> {
+            match self.read(id, &ReadRequest::Get { key: key.to_vec() })? {
+                ReadAnswer::Value(value) => Ok(value),
+                ReadAnswer::Pairs(_) => panic!("a get answered with pairs"),
+            }
+        }
+
+        fn range(&self, id: PartitionId, query: &RangeQuery) -> Result<Vec<Pair>, KvError> {
+            match self.read(id, &ReadRequest::Range(query.clone()))? {
+                ReadAnswer::Pairs(pairs) => Ok(pairs),
+                ReadAnswer::Value(_) => panic!("a range answered with a value"),
+            }
+        }
+    }
+
+    fn took_effect(outcome: WriteOutcome) -> CommandOutcome<WriteOutcome> {
+        CommandOutcome::TookEffect(outcome)
+    }
 
     const P: PartitionId = PartitionId(7);
 
@@ -671,13 +320,24 @@ mod tests {
         first_unanswered: u64,
         operation: KvOperation,
     ) -> Entry {
+        proposer_command(index, 1, request_id, first_unanswered, operation)
+    }
+
+    /// `operation` as request `request_id` of node 1's session `session`.
+    fn proposer_command(
+        index: u64,
+        session: u64,
+        request_id: u64,
+        first_unanswered: u64,
+        operation: KvOperation,
+    ) -> Entry {
         Entry {
             term: 1,
             index,
             kind: EntryKind::Command(
-                KvCommand {
+                Command {
                     proposer: 1,
-                    proposer_session: 1,
+                    proposer_session: session,
                     request_id,
                     first_unanswered,
                     operation,
@@ -688,7 +348,7 @@ mod tests {
     }
 
     fn store_with_partition(disk: &std::sync::Arc<TestDisk>) -> KvStore {
-        let mut store = KvStore::open(disk.clone()).unwrap();
+        let mut store = KvStore::open(disk.clone(), KvStateMachine).unwrap();
         store
             .create_partition(
                 P,
@@ -724,15 +384,15 @@ mod tests {
                 configuration,
             )
             .unwrap();
-        let outcomes: Vec<WriteOutcome> =
+        let outcomes: Vec<CommandOutcome<WriteOutcome>> =
             applied.into_iter().map(|applied| applied.outcome).collect();
         assert_eq!(
             outcomes,
             vec![
-                WriteOutcome::Put,
-                WriteOutcome::Put,
-                WriteOutcome::Deleted(true),
-                WriteOutcome::Deleted(false)
+                took_effect(WriteOutcome::Put),
+                took_effect(WriteOutcome::Put),
+                took_effect(WriteOutcome::Deleted(true)),
+                took_effect(WriteOutcome::Deleted(false))
             ]
         );
         assert_eq!(store.get(P, b"b").unwrap(), b"2");
@@ -838,7 +498,7 @@ mod tests {
         assert_eq!(store.checkpointed_index(P), 2);
         let crashed = disk.crash();
         drop(store);
-        let store = KvStore::open(crashed).unwrap();
+        let store = KvStore::open(crashed, KvStateMachine).unwrap();
         assert_eq!(store.point(P).unwrap().index, 2);
         assert_eq!(store.get(P, b"a").unwrap(), b"1");
         assert_eq!(store.get(P, b"b"), Err(KvError::KeyNotFound));
@@ -867,13 +527,14 @@ mod tests {
                 configuration.clone(),
             )
             .unwrap();
-        let outcomes: Vec<&WriteOutcome> = applied.iter().map(|command| &command.outcome).collect();
+        let outcomes: Vec<&CommandOutcome<WriteOutcome>> =
+            applied.iter().map(|command| &command.outcome).collect();
         assert_eq!(
             outcomes,
             [
-                &WriteOutcome::Put,
-                &WriteOutcome::Deleted(true),
-                &WriteOutcome::Superseded
+                &took_effect(WriteOutcome::Put),
+                &took_effect(WriteOutcome::Deleted(true)),
+                &CommandOutcome::Superseded
             ]
         );
         assert_eq!(
@@ -887,7 +548,7 @@ mod tests {
         let applied = store
             .apply(P, &[copy_at(&overtaken, 5)], configuration.clone())
             .unwrap();
-        assert_eq!(applied[0].outcome, WriteOutcome::Superseded);
+        assert_eq!(applied[0].outcome, CommandOutcome::Superseded);
         // A replica that catches up from a snapshot knows what was applied.
         let (point, image) = store.snapshot(P).unwrap();
         let target_disk = TestDisk::new();
@@ -896,7 +557,7 @@ mod tests {
         let applied = target
             .apply(P, &[copy_at(&delete, 6)], configuration)
             .unwrap();
-        assert_eq!(applied[0].outcome, WriteOutcome::Superseded);
+        assert_eq!(applied[0].outcome, CommandOutcome::Superseded);
     }
 
     /// A put of `key` as request `request_id` of session 1, carrying `first_unanswered`.
@@ -931,24 +592,97 @@ mod tests {
             request(8, 15, 15, "f"),
         ];
         let applied = store.apply(P, &entries, configuration).unwrap();
-        let outcomes: Vec<(u64, &WriteOutcome)> = applied
+        let put = took_effect(WriteOutcome::Put);
+        let superseded = CommandOutcome::Superseded;
+        let outcomes: Vec<(u64, &CommandOutcome<WriteOutcome>)> = applied
             .iter()
             .map(|command| (command.request_id, &command.outcome))
             .collect();
         assert_eq!(
             outcomes,
             [
-                (11, &WriteOutcome::Put),
-                (10, &WriteOutcome::Put),
-                (10, &WriteOutcome::Superseded),
-                (13, &WriteOutcome::Put),
-                (12, &WriteOutcome::Superseded),
-                (14, &WriteOutcome::Put),
-                (15, &WriteOutcome::Put),
+                (11, &put),
+                (10, &put),
+                (10, &superseded),
+                (13, &put),
+                (12, &superseded),
+                (14, &put),
+                (15, &put),
             ]
         );
         assert_eq!(applied[5].first_unanswered, 14, "a forged mark is clamped");
         assert_eq!(store.get(P, b"c"), Err(KvError::KeyNotFound));
+    }
+
+    /// A proposer that restarted proposes in a newer session: the older session's window is
+    /// dropped (one window per proposer, however often it restarts), and a late copy of an
+    /// older session's command never applies, on a replica that caught up by snapshot too.
+    #[test]
+    fn a_newer_session_of_a_proposer_retires_the_older_one() {
+        let disk = TestDisk::new();
+        let mut store = store_with_partition(&disk);
+        let configuration = store.point(P).unwrap().configuration.clone();
+        let put = |key: &str| KvOperation::Put {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+        };
+        let mut index = 1;
+        let mut next = || {
+            index += 1;
+            index
+        };
+        let mut entries = Vec::new();
+        for session in 1..=100 {
+            entries.push(proposer_command(next(), session, 1, 1, put("a")));
+        }
+        let old = proposer_command(next(), 7, 2, 1, put("late"));
+        entries.push(old);
+        let applied = store.apply(P, &entries, configuration.clone()).unwrap();
+        assert!(applied[..100]
+            .iter()
+            .all(|command| command.outcome == took_effect(WriteOutcome::Put)));
+        assert_eq!(applied[100].outcome, CommandOutcome::Superseded);
+        assert_eq!(
+            store.session_count(P).unwrap(),
+            1,
+            "one window per proposer"
+        );
+        let (point, image) = store.snapshot(P).unwrap();
+        let target_disk = TestDisk::new();
+        let mut target = store_with_partition(&target_disk);
+        target.install_snapshot(P, point, &image).unwrap();
+        assert_eq!(target.session_count(P).unwrap(), 1);
+        let late = proposer_command(next(), 99, 3, 1, put("late"));
+        let applied = target.apply(P, &[late], configuration).unwrap();
+        assert_eq!(applied[0].outcome, CommandOutcome::Superseded);
+        assert_eq!(target.get(P, b"late"), Err(KvError::KeyNotFound));
+    }
+
+    #[test]
+    fn the_size_counts_the_partitions_own_keys_and_values() {
+        let disk = TestDisk::new();
+        let mut store = store_with_partition(&disk);
+        let configuration = store.point(P).unwrap().configuration.clone();
+        assert_eq!(store.size_bytes(P).unwrap(), 0);
+        store
+            .apply(P, &[put(2, "ab", "123"), put(3, "c", "4")], configuration)
+            .unwrap();
+        assert_eq!(store.size_bytes(P).unwrap(), 2 + 3 + 1 + 1);
+        assert_eq!(
+            store.size_bytes(PartitionId(9)),
+            Err(KvError::UnknownPartition(PartitionId(9)))
+        );
+    }
+
+    #[test]
+    fn every_open_takes_a_higher_incarnation() {
+        let disk = TestDisk::new();
+        let mut store = KvStore::open(disk.clone(), KvStateMachine).unwrap();
+        assert_eq!(store.begin_incarnation().unwrap(), 1);
+        assert_eq!(store.begin_incarnation().unwrap(), 2);
+        drop(store);
+        let mut store = KvStore::open(disk.crash(), KvStateMachine).unwrap();
+        assert_eq!(store.begin_incarnation().unwrap(), 3, "taken durably");
     }
 
     #[test]
@@ -963,20 +697,38 @@ mod tests {
         assert_eq!(window.first_unanswered, 10);
         assert!(!window.admits(9), "dropped ids fall below the mark");
         assert!(!window.admits(10), "kept ids are still known");
-        assert!(window.check().is_ok());
+        assert!(!window_is_refused(window.clone()));
         // Only the planted `apply_copies` bug records an id the window refused.
         window.record(3, 0);
-        assert!(window.check().is_ok(), "an id below the mark is not kept");
+        assert!(
+            !window_is_refused(window),
+            "an id below the mark is not kept"
+        );
         let unsorted = SessionWindow {
             first_unanswered: 0,
             applied: vec![3, 2],
         };
-        assert!(unsorted.check().is_err());
+        assert!(window_is_refused(unsorted));
         let below_mark = SessionWindow {
             first_unanswered: 5,
             applied: vec![4],
         };
-        assert!(below_mark.check().is_err());
+        assert!(window_is_refused(below_mark));
+    }
+
+    /// Whether a snapshot image holding `window` is refused.
+    fn window_is_refused(window: SessionWindow) -> bool {
+        #[derive(Serialize)]
+        struct Image {
+            #[serde(with = "serde_bytes")]
+            state: Vec<u8>,
+            sessions: Vec<(u32, (u64, SessionWindow))>,
+        }
+        let image = Image {
+            state: postcard::to_stdvec(&Vec::<Pair>::new()).unwrap(),
+            sessions: vec![(1, (1, window))],
+        };
+        KvStore::check_snapshot_image(&postcard::to_stdvec(&image).unwrap()).is_err()
     }
 
     #[test]
@@ -1013,7 +765,7 @@ mod tests {
         // Installed durably.
         let crashed = disk.crash();
         drop(target);
-        let target = KvStore::open(crashed).unwrap();
+        let target = KvStore::open(crashed, KvStateMachine).unwrap();
         assert_eq!(target.get(P, b"a").unwrap(), b"1");
     }
 
@@ -1031,7 +783,7 @@ mod tests {
         disk.fail_syncs(false);
         assert!(matches!(
             store.apply(P, &[put(3, "b", "2")], configuration),
-            Err(KvError::Poisoned(_))
+            Err(StateMachineError::Poisoned(_))
         ));
     }
 }

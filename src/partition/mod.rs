@@ -1,6 +1,9 @@
-//! Borough partitions: each one a Raft group whose state machine is an ordered key-value
-//! store. `command` is what the log carries, `kv_store` the state machines of all partitions
-//! of a node in one embedded database.
+//! Borough partitions: each one a Raft group whose state machine is any kind that implements
+//! [`state_machine::StateMachine`] (the ordered key-value store, `kv_store`, is the first).
+//! `command` is what the log carries, `replica_store` the state of every partition of a node
+//! in one embedded database (applied points and at-most-once sessions for every kind alike),
+//! `raft_log` the node-wide Raft log, `envelope` a round's messages to a peer, and `host` the
+//! driver of every group in rounds.
 
 pub mod command;
 pub mod envelope;
@@ -8,6 +11,8 @@ pub mod host;
 pub mod kv_store;
 mod pending;
 pub mod raft_log;
+pub mod replica_store;
+pub mod state_machine;
 
 #[cfg(test)]
 mod host_tests;

@@ -31,6 +31,7 @@
 use super::Checker;
 use crate::checkers::atomicity::{self, KvResponse, Projection};
 use crate::checkers::linearizability::{check_history, CheckOutcome};
+use crate::state_machine::{SimAnswer, SimOutcome};
 use crate::world::{Violation, World};
 use borough::ids::NodeId;
 use borough::partition::host::HostOutput;
@@ -293,7 +294,7 @@ pub fn after_node_step(world: &mut World, index: usize) {
     }
 }
 
-pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput) {
+pub fn on_output(world: &mut World, node: NodeId, output: &HostOutput<SimOutcome, SimAnswer>) {
     let now = world.now_micros();
     match output {
         HostOutput::Applied {

@@ -9,8 +9,8 @@
 //! boot at all once faults are healed is judged where it boots (`World::start_node`).
 
 use crate::checkers::Checker;
+use crate::state_machine::Node;
 use crate::world::{Violation, World};
-use borough::node::Node;
 
 /// Judges the store `node` recovered from its disk at boot.
 pub fn on_boot(world: &mut World, index: usize, node: &Node) {

@@ -12,11 +12,13 @@
 
 use crate::checkers::atomicity::{KeyWrite, KvCall as CheckedCall, KvRequest, KvResponse};
 use crate::run_config::WorkloadConfig;
+use crate::state_machine::{SimAnswer, SimOperation, SimOutcome, SimQuery};
 use crate::world::{Event, World};
 use borough::ids::NodeId;
 use borough::partition::command::{BatchOperation, KvOperation};
-use borough::partition::host::{HostOutput, ReadAnswer, ReadRequest, RequestError};
-use borough::partition::kv_store::{KvError, RangeQuery};
+use borough::partition::host::{HostOutput, RequestError};
+use borough::partition::kv_store::{RangeQuery, ReadAnswer, ReadRequest};
+use borough::partition::state_machine::StateMachineError;
 use borough::partition::PartitionId;
 use borough::seams::Rng;
 use std::collections::BTreeMap;
@@ -339,8 +341,12 @@ pub fn start_call(world: &mut World, call: KvCall) {
     let mut started = None;
     world.with_node(target, |node| {
         started = Some(match operation {
-            Operation::Write(operation) => node.partition_write(PartitionId(partition), operation),
-            Operation::Read(read) => node.partition_read(PartitionId(partition), read),
+            Operation::Write(operation) => {
+                node.partition_write(PartitionId(partition), SimOperation::Kv(operation))
+            }
+            Operation::Read(read) => {
+                node.partition_read(PartitionId(partition), SimQuery::Kv(read))
+            }
         });
     });
     let request_id = match started {
@@ -381,12 +387,14 @@ pub fn start_call(world: &mut World, call: KvCall) {
 }
 
 /// A node answered one of its clients.
-pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput) {
+pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput<SimOutcome, SimAnswer>) {
     let (request_id, outcome) = match output {
         HostOutput::WriteAnswered { request_id, result } => (
             *request_id,
             match result {
-                Ok(_) => Answer::Done(KvResponse::Written),
+                Ok(SimOutcome::Kv(_)) => Answer::Done(KvResponse::Written),
+                // Not this workload's request.
+                Ok(SimOutcome::Counter(_)) => return,
                 Err(RequestError::NotLeader { .. }) => Answer::NotApplied,
                 Err(_) => Answer::Unknown,
             },
@@ -394,13 +402,16 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput) {
         HostOutput::ReadAnswered { request_id, result } => (
             *request_id,
             match result {
-                Ok(ReadAnswer::Value(value)) => {
+                Ok(SimAnswer::Kv(ReadAnswer::Value(value))) => {
                     Answer::Done(KvResponse::Value(Some(value.clone())))
                 }
-                Err(RequestError::Kv(KvError::KeyNotFound)) => {
+                Err(RequestError::State(StateMachineError::KeyNotFound)) => {
                     Answer::Done(KvResponse::Value(None))
                 }
-                Ok(ReadAnswer::Pairs(pairs)) => Answer::Done(KvResponse::Pairs(pairs.clone())),
+                Ok(SimAnswer::Kv(ReadAnswer::Pairs(pairs))) => {
+                    Answer::Done(KvResponse::Pairs(pairs.clone()))
+                }
+                Ok(SimAnswer::Counter(_)) => return,
                 // No answer in time: for liveness, a read that never came back.
                 Err(RequestError::OutcomeUnknown) => Answer::Unknown,
                 Err(_) => Answer::NotApplied,

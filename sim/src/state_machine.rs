@@ -1,0 +1,202 @@
+//! The state machine the simulator's nodes run in their partitions: production's key-value
+//! store and a counter, side by side behind the one `StateMachine` trait, so a scenario can
+//! drive either kind (or both) under the same Raft checkers. The counter is the proof that a
+//! second kind runs on the partition host unchanged: it keeps one integer per partition,
+//! adds to it, and reads it.
+//!
+//! Each kind keeps its own tables; a partition's snapshot image carries both kinds' images
+//! (an untouched kind's image is empty), and each is checked by its own kind.
+
+use borough::node::NodeOutput;
+use borough::partition::command::KvOperation;
+use borough::partition::kv_store::{KvStateMachine, ReadAnswer, ReadRequest, WriteOutcome};
+use borough::partition::state_machine::{engine_error, StateMachine, StateMachineError};
+use borough::partition::PartitionId;
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+/// A node of the simulator: production's node, its partitions running [`SimStateMachine`].
+pub type Node = borough::node::Node<SimStateMachine>;
+/// What a node of the simulator answers.
+pub type SimNodeOutput = NodeOutput<SimOutcome, SimAnswer>;
+
+const COUNTERS: TableDefinition<u64, u64> = TableDefinition::new("simulated_counters");
+
+/// A counter's write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CounterOperation {
+    /// Adds `amount` (saturating at `u64::MAX`).
+    Add { amount: u64 },
+}
+
+/// A write of either kind. The variant order is the log format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SimOperation {
+    Kv(KvOperation),
+    Counter(CounterOperation),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimOutcome {
+    Kv(WriteOutcome),
+    /// The counter's value once the add applied.
+    Counter(u64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimQuery {
+    Kv(ReadRequest),
+    /// The counter's value.
+    Counter,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimAnswer {
+    Kv(ReadAnswer),
+    Counter(u64),
+}
+
+/// Both kinds' images of one partition.
+#[derive(Debug, Serialize, Deserialize)]
+struct SimImage {
+    #[serde(with = "serde_bytes")]
+    kv: Vec<u8>,
+    counter: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimStateMachine {
+    kv: KvStateMachine,
+}
+
+fn counter_value(
+    table: &impl ReadableTable<u64, u64>,
+    partition: PartitionId,
+) -> Result<u64, StateMachineError> {
+    Ok(table
+        .get(partition.0)
+        .map_err(engine_error)?
+        .map_or(0, |value| value.value()))
+}
+
+impl StateMachine for SimStateMachine {
+    type Operation = SimOperation;
+    type Outcome = SimOutcome;
+    type Query = SimQuery;
+    type Answer = SimAnswer;
+
+    fn open_tables(&self, transaction: &WriteTransaction) -> Result<(), StateMachineError> {
+        self.kv.open_tables(transaction)?;
+        transaction.open_table(COUNTERS).map_err(engine_error)?;
+        Ok(())
+    }
+
+    fn validate(&self, operation: &SimOperation) -> Result<(), String> {
+        match operation {
+            SimOperation::Kv(operation) => self.kv.validate(operation),
+            SimOperation::Counter(CounterOperation::Add { .. }) => Ok(()),
+        }
+    }
+
+    fn apply(
+        &mut self,
+        transaction: &WriteTransaction,
+        partition: PartitionId,
+        index: u64,
+        operation: &SimOperation,
+    ) -> Result<SimOutcome, StateMachineError> {
+        match operation {
+            SimOperation::Kv(operation) => self
+                .kv
+                .apply(transaction, partition, index, operation)
+                .map(SimOutcome::Kv),
+            SimOperation::Counter(CounterOperation::Add { amount }) => {
+                let mut counters = transaction.open_table(COUNTERS).map_err(engine_error)?;
+                let value = counter_value(&counters, partition)?.saturating_add(*amount);
+                counters.insert(partition.0, value).map_err(engine_error)?;
+                Ok(SimOutcome::Counter(value))
+            }
+        }
+    }
+
+    fn read(
+        &self,
+        transaction: &ReadTransaction,
+        partition: PartitionId,
+        query: &SimQuery,
+    ) -> Result<SimAnswer, StateMachineError> {
+        match query {
+            SimQuery::Kv(query) => self
+                .kv
+                .read(transaction, partition, query)
+                .map(SimAnswer::Kv),
+            SimQuery::Counter => {
+                let counters = transaction.open_table(COUNTERS).map_err(engine_error)?;
+                counter_value(&counters, partition).map(SimAnswer::Counter)
+            }
+        }
+    }
+
+    fn take_snapshot(
+        &self,
+        transaction: &ReadTransaction,
+        partition: PartitionId,
+    ) -> Result<Vec<u8>, StateMachineError> {
+        let kv = self.kv.take_snapshot(transaction, partition)?;
+        let counters = transaction.open_table(COUNTERS).map_err(engine_error)?;
+        let counter = counter_value(&counters, partition)?;
+        Ok(postcard::to_stdvec(&SimImage { kv, counter }).expect("images serialise"))
+    }
+
+    fn check_image(image: &[u8]) -> Result<(), String> {
+        let image: SimImage = postcard::from_bytes(image).map_err(|error| error.to_string())?;
+        KvStateMachine::check_image(&image.kv)
+    }
+
+    fn install_snapshot(
+        &mut self,
+        transaction: &WriteTransaction,
+        partition: PartitionId,
+        image: &[u8],
+    ) -> Result<(), StateMachineError> {
+        let image: SimImage = postcard::from_bytes(image)
+            .map_err(|error| StateMachineError::Corrupt(format!("simulated image: {error}")))?;
+        self.kv
+            .install_snapshot(transaction, partition, &image.kv)?;
+        let mut counters = transaction.open_table(COUNTERS).map_err(engine_error)?;
+        if image.counter == 0 {
+            counters.remove(partition.0).map_err(engine_error)?;
+        } else {
+            counters
+                .insert(partition.0, image.counter)
+                .map_err(engine_error)?;
+        }
+        Ok(())
+    }
+
+    fn split_for_canary(&self, operation: SimOperation) -> Vec<SimOperation> {
+        match operation {
+            SimOperation::Kv(operation) => self
+                .kv
+                .split_for_canary(operation)
+                .into_iter()
+                .map(SimOperation::Kv)
+                .collect(),
+            operation => vec![operation],
+        }
+    }
+
+    fn size_bytes(
+        &self,
+        transaction: &ReadTransaction,
+        partition: PartitionId,
+    ) -> Result<u64, StateMachineError> {
+        let counters = transaction.open_table(COUNTERS).map_err(engine_error)?;
+        let counter_bytes = if counters.get(partition.0).map_err(engine_error)?.is_some() {
+            8
+        } else {
+            0
+        };
+        Ok(self.kv.size_bytes(transaction, partition)? + counter_bytes)
+    }
+}
