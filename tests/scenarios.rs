@@ -3,7 +3,7 @@
 //! shows up in review. Runs under `cargo test --features sim`.
 #![cfg(feature = "sim")]
 
-use borough_sim::runner::{replay_command, run_seed, run_seed_twice};
+use borough_sim::runner::{replay_command, run_seed, run_seed_twice, run_world};
 use borough_sim::scenario::{find_scenarios, Scenario, Tier};
 use std::path::{Path, PathBuf};
 
@@ -104,6 +104,8 @@ fast_scenarios! {
     raft_membership_changes => "raft/raft-membership-changes",
     raft_snapshot_crash => "raft/raft-snapshot-crash",
     raft_swarm => "raft/raft-swarm",
+    raft_counter => "raft/raft-counter",
+    raft_restart_storm => "raft/raft-restart-storm",
     raft_canary_vote_without_log_check => "raft/raft-canary-vote-without-log-check",
     raft_canary_forget_vote => "raft/raft-canary-forget-vote",
     raft_vote_crashes => "raft/raft-vote-crashes",
@@ -178,11 +180,55 @@ fn every_fast_scenario_has_a_test() {
 /// Pinned runs: the summary, trace hash included, is part of the review.
 #[test]
 fn pinned_run_summaries() {
-    for (name, seed) in [("no-faults", 1), ("crash-restart", 2), ("swarm", 3)] {
+    for (name, seed) in [
+        ("no-faults", 1),
+        ("crash-restart", 2),
+        ("swarm", 3),
+        ("raft/raft-swarm", 1),
+        ("raft/raft-counter", 1),
+    ] {
         let scenario = Scenario::load(&scenario_path(name)).expect("scenario parses");
         let summary = run_seed(&scenario, seed);
-        insta::assert_snapshot!(format!("{name}-seed{seed}"), summary.report());
+        let pinned = name.replace('/', "-");
+        insta::assert_snapshot!(format!("{pinned}-seed{seed}"), summary.report());
     }
+}
+
+/// The at-most-once session table stays bounded: over a run of well over a hundred restarts
+/// (each a new proposer session), every partition on every node remembers at most one
+/// session per proposer node. Before sessions were incarnations that retire their
+/// predecessors, every restart added one for good.
+#[test]
+fn sessions_stay_bounded_over_a_hundred_restarts() {
+    let scenario = Scenario::load(&scenario_path("raft/raft-restart-storm")).expect("parses");
+    let (world, _) = run_world(&scenario, 0);
+    assert!(
+        world.violations.is_empty(),
+        "{}",
+        replay_command(&scenario, 0)
+    );
+    let restarts: u64 = world.nodes.iter().map(|node| node.incarnation).sum();
+    assert!(restarts >= 100, "only {restarts} restarts");
+    let nodes = world.nodes.len();
+    let mut partitions_seen = 0;
+    for sim_node in &world.nodes {
+        let Some(host) = sim_node.node().and_then(|node| node.partitions()) else {
+            continue;
+        };
+        for partition in host.partitions() {
+            let sessions = host.session_count(partition).expect("a partition here");
+            assert!(
+                (1..=nodes).contains(&sessions),
+                "{partition} on {} remembers {sessions} sessions after {restarts} restarts",
+                sim_node.id
+            );
+            partitions_seen += 1;
+        }
+    }
+    assert!(
+        partitions_seen > 0,
+        "no partition was up at the end to look at"
+    );
 }
 
 /// The Raft fault scenarios do what they are named after, not only pass: over a few seeds

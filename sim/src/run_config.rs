@@ -29,6 +29,8 @@ const DAY_MICROS: u64 = 86_400_000_000;
 pub enum WorkloadKind {
     Events,
     Kv,
+    /// The simulator's counter state machine in the partitions (`crate::state_machine`).
+    Counter,
 }
 
 #[derive(Clone, Debug)]
@@ -172,10 +174,10 @@ impl RunConfig {
             .workload
             .iter()
             .map(|workload| {
-                let kind = if workload.kind == "kv" {
-                    WorkloadKind::Kv
-                } else {
-                    WorkloadKind::Events
+                let kind = match workload.kind.as_str() {
+                    "kv" => WorkloadKind::Kv,
+                    "counter" => WorkloadKind::Counter,
+                    _ => WorkloadKind::Events,
                 };
                 let rate_per_s = workload.rate_per_s.draw(&mut rng);
                 let client_timeout_micros = workload.client_timeout_ms.draw(&mut rng) * 1000;
@@ -189,6 +191,9 @@ impl RunConfig {
                             workload.batch_ratio.draw(&mut rng),
                             workload.range_ratio.draw(&mut rng),
                         ),
+                        WorkloadKind::Counter => {
+                            (0, workload.read_ratio.draw(&mut rng), 0.0, 0.0, 0.0)
+                        }
                         WorkloadKind::Events => (0, 0.0, 0.0, 0.0, 0.0),
                     };
                 WorkloadConfig {
@@ -335,7 +340,7 @@ impl RunConfig {
             let client_timeout_micros = self
                 .workloads
                 .iter()
-                .filter(|workload| workload.kind == WorkloadKind::Kv)
+                .filter(|workload| workload.kind != WorkloadKind::Events)
                 .map(|workload| workload.client_timeout_micros)
                 .max()
                 .unwrap_or(5_000_000);

@@ -38,6 +38,10 @@ pub struct RunSummary {
     /// their limit).
     pub kv_batches: usize,
     pub kv_ranges: usize,
+    /// The counter workload: calls made, of which answered with a value; refused on the spot.
+    pub counter_calls: usize,
+    pub counter_answered: usize,
+    pub counter_refused: u64,
     pub kv_ranges_at_limit: usize,
     pub raft_applies: u64,
     pub raft_elections: u64,
@@ -130,6 +134,13 @@ impl RunSummary {
                 self.raft_elections,
                 self.linearizability_unknown_keys
             );
+            if self.counter_calls > 0 {
+                let _ = writeln!(
+                    text,
+                    "counter: {} calls ({} answered with a value) refused: {}",
+                    self.counter_calls, self.counter_answered, self.counter_refused
+                );
+            }
             let _ = writeln!(
                 text,
                 "raft faults: snapshots_installed: {} snapshot_crashes: {} vote_crashes: {} first_commit_crashes: {} timer_stalls: {} membership_changes: {} rolling_restarts: {} bits_rotted: {} damaged_replicas: {}",
@@ -210,6 +221,14 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
             .kv_history
             .count(|record| record.call.response == KvResponse::Indeterminate),
         kv_refused: world.kv_history.refused,
+        counter_calls: world.counter_history.calls.len(),
+        counter_answered: world.counter_history.count(|call| {
+            matches!(
+                call.response,
+                crate::workload::counter::CounterResponse::Value { .. }
+            )
+        }),
+        counter_refused: world.counter_history.refused,
         kv_batches: world
             .kv_history
             .count(|record| matches!(record.call.request, KvRequest::Batch(_))),

@@ -568,15 +568,18 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
         }
     }
     for workload in &file.workload {
-        if workload.kind == "kv" {
+        if workload.kind == "kv" || workload.kind == "counter" {
             if file.partitions.is_none() {
-                return Err("a kv workload needs a [partitions] section".into());
+                return Err(format!(
+                    "a {} workload needs a [partitions] section",
+                    workload.kind
+                ));
             }
             continue;
         }
         if workload.kind != "events" {
             return Err(format!(
-                "unknown workload kind {:?}: expected \"events\" or \"kv\"",
+                "unknown workload kind {:?}: expected \"events\", \"kv\" or \"counter\"",
                 workload.kind
             ));
         }

@@ -65,6 +65,12 @@ pub enum Event {
     ClientKv {
         workload: usize,
     },
+    ClientCounter {
+        workload: usize,
+    },
+    CounterTimeout {
+        history_id: u64,
+    },
     /// A client's request that reached a paused node: it waits in the socket until the
     /// node resumes, since a paused process takes nothing, client requests included.
     DeferredPut(Box<crate::workload::PutCall>),
@@ -218,6 +224,7 @@ pub struct World {
     pub messages_delivered: u64,
     pub interval_closures: Vec<(NodeId, u64)>,
     pub kv_history: crate::workload::kv::KvHistory,
+    pub counter_history: crate::workload::counter::CounterHistory,
     pub raft: crate::checkers::raft::RaftObservations,
     pub linearizability_unknown_keys: u64,
     /// Raft envelopes (network messages) and the Raft messages in them, sent by all nodes.
@@ -293,6 +300,7 @@ impl World {
             messages_delivered: 0,
             interval_closures: Vec::new(),
             kv_history: Default::default(),
+            counter_history: Default::default(),
             raft: Default::default(),
             linearizability_unknown_keys: 0,
             raft_envelopes_sent: 0,
@@ -491,6 +499,10 @@ impl World {
             Event::DeferredPut(call) => crate::workload::start_put(self, *call),
             Event::DeferredKv(call) => crate::workload::kv::start_call(self, *call),
             Event::KvTimeout { history_id } => self.kv_history.time_out(history_id),
+            Event::ClientCounter { workload } => {
+                crate::workload::counter::client_operation(self, workload)
+            }
+            Event::CounterTimeout { history_id } => self.counter_history.time_out(history_id),
             Event::ClientTimeout { request_id } => {
                 self.history.time_out(request_id, self.now.get())
             }
@@ -773,6 +785,7 @@ impl World {
                     }
                     crate::checkers::raft::on_output(self, id, &output);
                     crate::workload::kv::on_answer(self, id, &output);
+                    crate::workload::counter::on_answer(self, id, &output);
                 }
             }
         }
@@ -835,6 +848,7 @@ impl World {
         self.trace.record(self.now.get(), "stop", id.0 as u64, 0);
         self.history.node_crashed(id, self.now.get());
         self.kv_history.node_crashed(id);
+        self.counter_history.node_crashed(id);
     }
 
     /// Power loss: memory and unsynced writes are gone.
@@ -849,6 +863,7 @@ impl World {
             .record(self.now.get(), "crash", id.0 as u64, report.writes_dropped);
         self.history.node_crashed(id, self.now.get());
         self.kv_history.node_crashed(id);
+        self.counter_history.node_crashed(id);
     }
 
     /// Boots (or reboots) a node from its durable disk image.

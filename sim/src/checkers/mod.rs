@@ -127,4 +127,5 @@ pub fn finish(world: &mut World) {
     event_store::check(world, &copies);
     intervals::check(world, &copies);
     raft::check_durable_and_linearizable(world);
+    crate::workload::counter::check(world);
 }

@@ -490,7 +490,7 @@ enum Answer {
 /// The nodes clients send `partition`'s calls to: those the membership nemesis added, kept
 /// only while the committed configuration (as the replica that committed furthest knows it)
 /// has them as members; all of them if it has none (no replica yet).
-fn routed_hosts(world: &World, partition: u64) -> Vec<NodeId> {
+pub(crate) fn routed_hosts(world: &World, partition: u64) -> Vec<NodeId> {
     let hosts = &world.partition_hosts[&partition];
     let committed = world
         .nodes

@@ -5,6 +5,7 @@
 //! whose node crashed first, is indeterminate: the event may or may not exist. Only
 //! acknowledged puts carry guarantees, and the checkers hold the cluster to them.
 
+pub mod counter;
 pub mod kv;
 
 use crate::checkers::Checker;
@@ -90,6 +91,7 @@ pub fn start(world: &mut World) {
         let event = match world.config.workloads[index].kind {
             WorkloadKind::Events => Event::ClientPut { workload: index },
             WorkloadKind::Kv => Event::ClientKv { workload: index },
+            WorkloadKind::Counter => Event::ClientCounter { workload: index },
         };
         world.schedule(at, event);
     }
