@@ -14,9 +14,6 @@ pub mod raft_log;
 pub mod replica_store;
 pub mod state_machine;
 
-#[cfg(test)]
-mod host_tests;
-
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

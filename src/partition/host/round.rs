@@ -1,0 +1,292 @@
+//! The partition host's round: every touched group's Ready taken together, one append and
+//! one sync of the node-wide Raft log for all of them (group commit), then what waited for
+//! the sync: snapshots installed, acknowledgements sent, entries applied, reads served.
+//!
+//! Invariant: the Ready contract of `raft::ready` is kept for every group in a round:
+//! replication messages may leave at once, everything else only after the round's sync;
+//! committed entries apply after it; a received snapshot is named in the log (synced) before
+//! the state machine installs it, so a crash in between recovers to the old state.
+
+use super::*;
+
+impl<M: StateMachine> PartitionHost<M> {
+    /// Whether some group has something to persist, send or apply.
+    pub fn has_work(&self) -> bool {
+        self.poisoned.is_none()
+            && self
+                .touched
+                .iter()
+                .any(|partition| self.groups.get(partition).is_some_and(RaftGroup::has_ready))
+    }
+
+    /// Runs rounds until every group is idle, syncing inline (tests and tools; a driver with
+    /// a disk to wait on uses [`PartitionHost::prepare_round`] and
+    /// [`PartitionHost::complete_round`]).
+    pub fn process(&mut self) {
+        for _ in 0..8 {
+            if !self.prepare_round() {
+                if !self.has_work() {
+                    break;
+                }
+                continue;
+            }
+            self.complete_round();
+        }
+    }
+
+    /// Whether a prepared round waits for its sync.
+    pub fn has_prepared_round(&self) -> bool {
+        self.prepared.is_some()
+    }
+
+    /// Starts a round: takes every group's Ready, sends the replication traffic that may leave
+    /// now, and stages the log writes. Returns true when the round waits for a sync (call
+    /// [`PartitionHost::complete_round`] once the disk can take it); a round with nothing to
+    /// write completes at once.
+    pub fn prepare_round(&mut self) -> bool {
+        if self.prepared.is_some() {
+            return true;
+        }
+        if self.poisoned.is_some() {
+            return false;
+        }
+        let mut readies: Vec<(PartitionId, Ready)> = Vec::new();
+        // Every touched group is either taken now (and touched again when it advances) or
+        // has nothing to do until something touches it: one look per touch, however often
+        // the node asks for a round.
+        for partition in std::mem::take(&mut self.touched) {
+            if let Some(group) = self.groups.get_mut(&partition) {
+                if group.has_ready() {
+                    readies.push((partition, group.ready()));
+                }
+            }
+        }
+        if readies.is_empty() {
+            return false;
+        }
+        self.counters.rounds += 1;
+        if readies.iter().any(|(_, ready)| {
+            ready.snapshot.is_some()
+                || ready
+                    .entries
+                    .iter()
+                    .any(|entry| matches!(entry.kind, EntryKind::ConfigChange(_)))
+        }) {
+            self.peers_stale = true;
+        }
+        for (partition, ready) in readies.iter_mut() {
+            let partition = *partition;
+            for message in std::mem::take(&mut ready.messages) {
+                self.queue(partition, message);
+            }
+            if self.config.acknowledge_before_sync {
+                for message in std::mem::take(&mut ready.messages_after_persist) {
+                    self.queue(partition, message);
+                }
+            }
+            for request in std::mem::take(&mut ready.snapshot_requests) {
+                if let Err(error) = self.serve_snapshot_chunk(partition, request) {
+                    self.fail(error);
+                    return false;
+                }
+            }
+            if let Some(snapshot) = &ready.snapshot {
+                self.raft_log
+                    .stage_base(partition, snapshot.meta.index, snapshot.meta.term);
+            }
+            self.raft_log
+                .stage_entries(partition, std::mem::take(&mut ready.entries));
+            if let Some(hard_state) = ready.hard_state {
+                self.raft_log.stage_hard_state(partition, hard_state);
+            }
+        }
+        self.prepared = Some(readies);
+        if self.raft_log.has_staged() {
+            true
+        } else {
+            self.complete_round();
+            false
+        }
+    }
+
+    /// Finishes the prepared round: one sync for every group's writes, then what waited for
+    /// it (snapshots installed, acknowledgements sent, entries applied, reads served).
+    pub fn complete_round(&mut self) {
+        let Some(readies) = self.prepared.take() else {
+            return;
+        };
+        if self.poisoned.is_some() {
+            return;
+        }
+        if let Err(error) = self.complete(readies) {
+            self.fail(error);
+            return;
+        }
+        if let Err(error) = self.maintain() {
+            self.fail(error);
+        }
+    }
+
+    pub(super) fn fail(&mut self, reason: String) {
+        self.prepared = None;
+        let _ = self.poison(reason);
+        self.fail_all_requests();
+    }
+
+    pub(super) fn complete(
+        &mut self,
+        mut readies: Vec<(PartitionId, Ready)>,
+    ) -> Result<(), String> {
+        // One sync for every group.
+        self.raft_log.commit().map_err(|error| error.to_string())?;
+        // Snapshots into the state machines, after the log names them.
+        for (partition, ready) in readies.iter_mut() {
+            if let Some(snapshot) = ready.snapshot.take() {
+                let point = AppliedPoint {
+                    index: snapshot.meta.index,
+                    term: snapshot.meta.term,
+                    configuration: snapshot.meta.configuration.clone(),
+                };
+                self.store
+                    .install_snapshot(*partition, point, &snapshot.data)
+                    .map_err(|error| error.to_string())?;
+                self.snapshot_chunk_tick.remove(partition);
+                self.counters.snapshots_installed += 1;
+            }
+        }
+        // What waited for durability; then applies and reads; then advance.
+        for (partition, mut ready) in readies {
+            for message in std::mem::take(&mut ready.messages_after_persist) {
+                self.queue(partition, message);
+            }
+            if !ready.committed_entries.is_empty() {
+                let last = ready.committed_entries.last().expect("not empty").index;
+                let configuration = self.groups[&partition].configuration_at(last);
+                let applied = self
+                    .store
+                    .apply(partition, &ready.committed_entries, configuration)
+                    .map_err(|error| error.to_string())?;
+                self.counters.entries_applied += ready.committed_entries.len() as u64;
+                self.applied_since_checkpoint += ready.committed_entries.len() as u64;
+                if self.config.report_applied {
+                    let applier_term = self.groups[&partition].term();
+                    let commands: BTreeMap<u64, AppliedCommandReport> = applied
+                        .iter()
+                        .filter(|command| {
+                            !matches!(command.outcome, CommandOutcome::Undecodable(_))
+                        })
+                        .map(|command| {
+                            (
+                                command.index,
+                                AppliedCommandReport {
+                                    proposer: command.proposer,
+                                    proposer_session: command.proposer_session,
+                                    request_id: command.request_id,
+                                    first_unanswered: command.first_unanswered,
+                                    took_effect: matches!(
+                                        command.outcome,
+                                        CommandOutcome::TookEffect(_)
+                                    ),
+                                },
+                            )
+                        })
+                        .collect();
+                    for entry in &ready.committed_entries {
+                        self.outputs.push(HostOutput::Applied {
+                            partition,
+                            index: entry.index,
+                            term: entry.term,
+                            digest: entry_digest(entry),
+                            applier_term,
+                            command: commands.get(&entry.index).copied(),
+                        });
+                    }
+                }
+                self.answer_applied_writes(partition, &ready.committed_entries, applied);
+            }
+            for read_state in ready.read_states {
+                // Only this session's read of this partition: a late answer from before a
+                // restart, or one for another partition, confirms nothing here.
+                let request_id = read_state.context.wrapping_sub(self.read_salt);
+                match self.pending_reads.get_mut(request_id) {
+                    Some(read) if read.partition == partition => {
+                        read.read_index = Some(read_state.index);
+                    }
+                    _ => {}
+                }
+            }
+            if let (Some(role_state), true) = (ready.role_state, self.config.report_applied) {
+                self.outputs.push(HostOutput::RoleChanged {
+                    partition,
+                    role_state,
+                });
+            }
+            self.groups
+                .get_mut(&partition)
+                .expect("a group with a Ready")
+                .advance();
+            self.touched.insert(partition);
+            self.serve_reads(partition);
+        }
+        Ok(())
+    }
+
+    pub(super) fn queue(&mut self, partition: PartitionId, message: Message) {
+        let to = message.to;
+        self.outbox
+            .entry(to)
+            .or_default()
+            .messages
+            .push((partition, message));
+    }
+
+    pub(super) fn serve_snapshot_chunk(
+        &mut self,
+        partition: PartitionId,
+        request: crate::raft::SnapshotChunkRequest,
+    ) -> Result<(), String> {
+        let applied_index = self.store.point(partition).map_or(0, |point| point.index);
+        // A new transfer snapshots the state machine as it is now; a running one continues
+        // from the image it started with.
+        let index = if request.offset == 0 {
+            applied_index
+        } else {
+            request.index
+        };
+        if !self.snapshots.contains_key(&(partition, index)) {
+            if request.offset != 0 {
+                // The image is gone: the next heartbeat restarts nothing, so let the leader
+                // time the transfer out and start over.
+                return Ok(());
+            }
+            let (point, data) = self
+                .store
+                .snapshot(partition)
+                .map_err(|error| error.to_string())?;
+            debug_assert_eq!(point.index, index);
+            self.snapshots.insert(
+                (partition, index),
+                CachedSnapshot {
+                    data,
+                    last_used_tick: self.tick,
+                },
+            );
+        }
+        let cached = self
+            .snapshots
+            .get_mut(&(partition, index))
+            .expect("cached above");
+        cached.last_used_tick = self.tick;
+        let start = (request.offset as usize).min(cached.data.len());
+        let end = start
+            .saturating_add(request.bytes_max)
+            .min(cached.data.len());
+        let chunk = cached.data[start..end].to_vec();
+        let done = end == cached.data.len();
+        if let Some(group) = self.groups.get_mut(&partition) {
+            group.on_snapshot_chunk(request.to, index, request.offset, chunk, done);
+            self.touched.insert(partition);
+        }
+        Ok(())
+    }
+}
