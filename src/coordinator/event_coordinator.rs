@@ -613,28 +613,7 @@ impl EventCoordinator {
                 break;
             };
             match action {
-                WriteAction::StageLocal => {
-                    let key = active.write.key().clone();
-                    match self.store.stage_event(&key, &active.event, now_micros) {
-                        Ok(StageOutcome::Staged) => {
-                            if self.config.planted_bug == Some(PlantedBug::AcknowledgeBeforeDurable)
-                            {
-                                queue.extend(active.write.on_success(self.config.id));
-                            } else {
-                                self.awaiting_commit
-                                    .push(AwaitingCommit::Local { write_id });
-                            }
-                        }
-                        Ok(StageOutcome::AlreadyDurable) => {
-                            queue.extend(active.write.on_success(self.config.id))
-                        }
-                        Err(error) => {
-                            tracing::warn!(%key, %error, "local replica refused");
-                            let deadline = now_micros + self.config.replica_timeout_micros;
-                            queue.extend(active.write.on_failure(self.config.id, deadline));
-                        }
-                    }
-                }
+                WriteAction::StageLocal => queue.extend(self.stage_local(now_micros, write_id)),
                 WriteAction::SendReplicate(peer) => {
                     let message = Message::Replicate {
                         write_id,
@@ -681,6 +660,33 @@ impl EventCoordinator {
             }
         }
         self.index_deadline(write_id);
+    }
+
+    /// Stages a write's event in the local store; returns what the local outcome leads to
+    /// when it is known now (the event was already durable, or refused), or nothing while it
+    /// waits for the group commit.
+    fn stage_local(&mut self, now_micros: u64, write_id: u64) -> Vec<WriteAction> {
+        let Some(active) = self.writes.get_mut(&write_id) else {
+            return Vec::new();
+        };
+        let key = active.write.key().clone();
+        match self.store.stage_event(&key, &active.event, now_micros) {
+            Ok(StageOutcome::Staged) => {
+                if self.config.planted_bug == Some(PlantedBug::AcknowledgeBeforeDurable) {
+                    active.write.on_success(self.config.id)
+                } else {
+                    self.awaiting_commit
+                        .push(AwaitingCommit::Local { write_id });
+                    Vec::new()
+                }
+            }
+            Ok(StageOutcome::AlreadyDurable) => active.write.on_success(self.config.id),
+            Err(error) => {
+                tracing::warn!(%key, %error, "local replica refused");
+                let deadline = now_micros + self.config.replica_timeout_micros;
+                active.write.on_failure(self.config.id, deadline)
+            }
+        }
     }
 
     /// Keeps `write_deadlines` in step with one write's earliest deadline.

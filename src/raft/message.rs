@@ -194,32 +194,8 @@ impl Message {
                 index("prev_log_index", *prev_log_index)?;
                 index("leader_commit", *leader_commit)?;
                 past_term("prev_log_term", *prev_log_term)?;
-                if entries.len() > ENTRIES_PER_MESSAGE_MAX {
-                    return Err(refuse(format!(
-                        "{} entries, more than {ENTRIES_PER_MESSAGE_MAX}",
-                        entries.len()
-                    )));
-                }
-                let mut previous_term = *prev_log_term;
-                for (offset, entry) in entries.iter().enumerate() {
-                    let expected = prev_log_index + 1 + offset as u64;
-                    if entry.index != expected {
-                        return Err(refuse(format!(
-                            "entry index {} where {expected} follows",
-                            entry.index
-                        )));
-                    }
-                    index("entry index", entry.index)?;
-                    past_term("entry term", entry.term)?;
-                    if entry.term < previous_term {
-                        return Err(refuse(format!(
-                            "entry {} has term {} after term {previous_term}",
-                            entry.index, entry.term
-                        )));
-                    }
-                    previous_term = entry.term;
-                    check_entry_kind(entry).map_err(refuse)?;
-                }
+                check_entries(self.term, *prev_log_index, *prev_log_term, entries)
+                    .map_err(refuse)?;
             }
             MessageBody::AppendResponse { outcome } => match *outcome {
                 AppendOutcome::Accepted { match_index } => index("match_index", match_index)?,
@@ -280,6 +256,50 @@ impl Message {
         }
         Ok(())
     }
+}
+
+/// An append's entries: a bounded count, in sequence after `prev_log_index`, indexes within
+/// the limit, terms never going back and never above the message's `term`, each kind valid.
+fn check_entries(
+    term: u64,
+    prev_log_index: u64,
+    prev_log_term: u64,
+    entries: &[Entry],
+) -> Result<(), String> {
+    if entries.len() > ENTRIES_PER_MESSAGE_MAX {
+        return Err(format!(
+            "{} entries, more than {ENTRIES_PER_MESSAGE_MAX}",
+            entries.len()
+        ));
+    }
+    let mut previous_term = prev_log_term;
+    for (offset, entry) in entries.iter().enumerate() {
+        let expected = prev_log_index + 1 + offset as u64;
+        if entry.index != expected {
+            return Err(format!(
+                "entry index {} where {expected} follows",
+                entry.index
+            ));
+        }
+        if entry.index > INDEX_MAX {
+            return Err(format!("entry index {} is above {INDEX_MAX}", entry.index));
+        }
+        if entry.term > term {
+            return Err(format!(
+                "entry term {} is above the message's term {term}",
+                entry.term
+            ));
+        }
+        if entry.term < previous_term {
+            return Err(format!(
+                "entry {} has term {} after term {previous_term}",
+                entry.index, entry.term
+            ));
+        }
+        previous_term = entry.term;
+        check_entry_kind(entry)?;
+    }
+    Ok(())
 }
 
 fn check_entry_kind(entry: &Entry) -> Result<(), String> {

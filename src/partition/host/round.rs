@@ -160,61 +160,9 @@ impl<M: StateMachine> PartitionHost<M> {
                 self.queue(partition, message);
             }
             if !ready.committed_entries.is_empty() {
-                let last = ready.committed_entries.last().expect("not empty").index;
-                let configuration = self.groups[&partition].configuration_at(last);
-                let applied = self
-                    .store
-                    .apply(partition, &ready.committed_entries, configuration)
-                    .map_err(|error| error.to_string())?;
-                self.counters.entries_applied += ready.committed_entries.len() as u64;
-                self.applied_since_checkpoint += ready.committed_entries.len() as u64;
-                if self.config.report_applied {
-                    let applier_term = self.groups[&partition].term();
-                    let commands: BTreeMap<u64, AppliedCommandReport> = applied
-                        .iter()
-                        .filter(|command| {
-                            !matches!(command.outcome, CommandOutcome::Undecodable(_))
-                        })
-                        .map(|command| {
-                            (
-                                command.index,
-                                AppliedCommandReport {
-                                    proposer: command.proposer,
-                                    proposer_session: command.proposer_session,
-                                    request_id: command.request_id,
-                                    first_unanswered: command.first_unanswered,
-                                    took_effect: matches!(
-                                        command.outcome,
-                                        CommandOutcome::TookEffect(_)
-                                    ),
-                                },
-                            )
-                        })
-                        .collect();
-                    for entry in &ready.committed_entries {
-                        self.outputs.push(HostOutput::Applied {
-                            partition,
-                            index: entry.index,
-                            term: entry.term,
-                            digest: entry_digest(entry),
-                            applier_term,
-                            command: commands.get(&entry.index).copied(),
-                        });
-                    }
-                }
-                self.answer_applied_writes(partition, &ready.committed_entries, applied);
+                self.apply_committed(partition, &ready.committed_entries)?;
             }
-            for read_state in ready.read_states {
-                // Only this session's read of this partition: a late answer from before a
-                // restart, or one for another partition, confirms nothing here.
-                let request_id = read_state.context.wrapping_sub(self.read_salt);
-                match self.pending_reads.get_mut(request_id) {
-                    Some(read) if read.partition == partition => {
-                        read.read_index = Some(read_state.index);
-                    }
-                    _ => {}
-                }
-            }
+            self.note_read_indexes(partition, ready.read_states);
             if let (Some(role_state), true) = (ready.role_state, self.config.report_applied) {
                 self.outputs.push(HostOutput::RoleChanged {
                     partition,
@@ -229,6 +177,80 @@ impl<M: StateMachine> PartitionHost<M> {
             self.serve_reads(partition);
         }
         Ok(())
+    }
+
+    /// Applies a group's committed entries to the state machine, reports them (for the
+    /// simulator's checkers) and answers the writes this node proposed.
+    fn apply_committed(&mut self, partition: PartitionId, entries: &[Entry]) -> Result<(), String> {
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        let configuration = self.groups[&partition].configuration_at(last.index);
+        let applied = self
+            .store
+            .apply(partition, entries, configuration)
+            .map_err(|error| error.to_string())?;
+        self.counters.entries_applied += entries.len() as u64;
+        self.applied_since_checkpoint += entries.len() as u64;
+        if self.config.report_applied {
+            self.report_applied(partition, entries, &applied);
+        }
+        self.answer_applied_writes(partition, entries, applied);
+        Ok(())
+    }
+
+    /// Every applied entry with its digest and the command it carried, if any.
+    fn report_applied(
+        &mut self,
+        partition: PartitionId,
+        entries: &[Entry],
+        applied: &[AppliedCommand<M::Outcome>],
+    ) {
+        let applier_term = self.groups[&partition].term();
+        let commands: BTreeMap<u64, AppliedCommandReport> = applied
+            .iter()
+            .filter(|command| !matches!(command.outcome, CommandOutcome::Undecodable(_)))
+            .map(|command| {
+                (
+                    command.index,
+                    AppliedCommandReport {
+                        proposer: command.proposer,
+                        proposer_session: command.proposer_session,
+                        request_id: command.request_id,
+                        first_unanswered: command.first_unanswered,
+                        took_effect: matches!(command.outcome, CommandOutcome::TookEffect(_)),
+                    },
+                )
+            })
+            .collect();
+        for entry in entries {
+            self.outputs.push(HostOutput::Applied {
+                partition,
+                index: entry.index,
+                term: entry.term,
+                digest: entry_digest(entry),
+                applier_term,
+                command: commands.get(&entry.index).copied(),
+            });
+        }
+    }
+
+    /// Confirmed read indexes of this run's reads of `partition`. A late answer from before a
+    /// restart, or one for another partition, confirms nothing here.
+    fn note_read_indexes(
+        &mut self,
+        partition: PartitionId,
+        read_states: Vec<crate::raft::ReadState>,
+    ) {
+        for read_state in read_states {
+            let request_id = read_state.context.wrapping_sub(self.read_salt);
+            match self.pending_reads.get_mut(request_id) {
+                Some(read) if read.partition == partition => {
+                    read.read_index = Some(read_state.index);
+                }
+                _ => {}
+            }
+        }
     }
 
     pub(super) fn queue(&mut self, partition: PartitionId, message: Message) {
