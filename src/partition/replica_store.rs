@@ -143,10 +143,7 @@ impl<M: StateMachine> ReplicaStore<M> {
     pub fn begin_incarnation(&mut self) -> Result<u64, StateMachineError> {
         self.check_writable()?;
         let result = (|| {
-            let mut transaction = self.database.begin_write().map_err(engine_error)?;
-            transaction
-                .set_durability(Durability::Immediate)
-                .map_err(engine_error)?;
+            let transaction = self.write_transaction(Durability::Immediate)?;
             let incarnation = {
                 let mut table = transaction.open_table(NODE).map_err(engine_error)?;
                 let last = table
@@ -185,6 +182,17 @@ impl<M: StateMachine> ReplicaStore<M> {
             self.poisoned.get_or_insert(error.to_string());
         }
         result
+    }
+
+    fn write_transaction(
+        &self,
+        durability: Durability,
+    ) -> Result<redb::WriteTransaction, StateMachineError> {
+        let mut transaction = self.database.begin_write().map_err(engine_error)?;
+        transaction
+            .set_durability(durability)
+            .map_err(engine_error)?;
+        Ok(transaction)
     }
 
     /// The state machine, for checks that need no transaction (validation).
@@ -230,10 +238,7 @@ impl<M: StateMachine> ReplicaStore<M> {
         point: &AppliedPoint,
         durability: Durability,
     ) -> Result<(), StateMachineError> {
-        let mut transaction = self.database.begin_write().map_err(engine_error)?;
-        transaction
-            .set_durability(durability)
-            .map_err(engine_error)?;
+        let transaction = self.write_transaction(durability)?;
         put_point(&transaction, id, point)?;
         transaction.commit().map_err(engine_error)
     }
@@ -275,10 +280,7 @@ impl<M: StateMachine> ReplicaStore<M> {
         entries: &[Entry],
         point: &AppliedPoint,
     ) -> Result<Vec<AppliedCommand<M::Outcome>>, StateMachineError> {
-        let mut transaction = self.database.begin_write().map_err(engine_error)?;
-        transaction
-            .set_durability(Durability::None)
-            .map_err(engine_error)?;
+        let transaction = self.write_transaction(Durability::None)?;
         let mut applied = Vec::new();
         for entry in entries {
             let EntryKind::Command(bytes) = &entry.kind else {
@@ -367,10 +369,7 @@ impl<M: StateMachine> ReplicaStore<M> {
     pub fn checkpoint(&mut self) -> Result<(), StateMachineError> {
         self.check_writable()?;
         let result = (|| {
-            let mut transaction = self.database.begin_write().map_err(engine_error)?;
-            transaction
-                .set_durability(Durability::Immediate)
-                .map_err(engine_error)?;
+            let transaction = self.write_transaction(Durability::Immediate)?;
             transaction.commit().map_err(engine_error)
         })();
         self.poison_on_error(result)?;
@@ -473,10 +472,7 @@ impl<M: StateMachine> ReplicaStore<M> {
         point: &AppliedPoint,
         image: &SnapshotImage,
     ) -> Result<(), StateMachineError> {
-        let mut transaction = self.database.begin_write().map_err(engine_error)?;
-        transaction
-            .set_durability(Durability::Immediate)
-            .map_err(engine_error)?;
+        let transaction = self.write_transaction(Durability::Immediate)?;
         self.machine
             .install_snapshot(&transaction, id, &image.state)?;
         {
