@@ -137,8 +137,19 @@ fn core_names_no_nondeterminism_hazard() {
             } else {
                 &[]
             };
+            // `use std::{fs, net::TcpStream}` names `std::fs` and `std::net` too.
+            let mut grouped = Vec::new();
+            if let Some(at) = code.find("std::{") {
+                for head in group_heads(&code[at + "std::{".len()..]) {
+                    grouped.push(format!("std::{head}"));
+                }
+            }
             for hazard in HAZARDS.iter().chain(shell_only) {
-                if code.contains(hazard) {
+                if code.contains(hazard)
+                    || grouped.iter().any(|named| {
+                        hazard.starts_with(named.as_str()) && named.len() > "std::".len()
+                    })
+                {
                     hits.push(format!("{name}:{}: {hazard}: {}", number + 1, line.trim()));
                 }
             }
@@ -157,7 +168,7 @@ fn crate_modules_named(code: &str) -> Vec<String> {
     let mut named = Vec::new();
     let mut rest = code;
     while let Some(at) = rest.find("crate::") {
-        rest = &rest[at + "crate::".len()..];
+        rest = rest[at + "crate::".len()..].trim_start();
         if let Some(group) = rest.strip_prefix('{') {
             named.extend(group_heads(group));
         } else {
@@ -229,6 +240,14 @@ fn layers_only_point_down() {
             continue;
         };
         let text = std::fs::read_to_string(&path).expect("readable source");
+        for dodge in ["super::super", "crate as ", "crate::{self", "use crate;"] {
+            if text
+                .lines()
+                .any(|line| !line.trim_start().starts_with("//") && line.contains(dodge))
+            {
+                upward.push(format!("{name}: `{dodge}` reaches around the layer rule"));
+            }
+        }
         // Comments may name any module; a `use` group may span lines, so the code is read whole.
         let code: Vec<&str> = text
             .lines()
@@ -258,6 +277,22 @@ fn layers_only_point_down() {
     );
 }
 
+/// The crate root only declares modules: a re-export there (`pub use partition::X;`) would let
+/// any module name `crate::X` past the layer rule.
+#[test]
+fn the_crate_root_only_declares_modules() {
+    let text = std::fs::read_to_string(root().join("src/lib.rs")).expect("src/lib.rs");
+    let other: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("//") && !line.starts_with("pub mod "))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "src/lib.rs holds more than module declarations: {other:?}"
+    );
+}
+
 #[test]
 fn the_layer_rule_reads_grouped_and_nested_names() {
     assert_eq!(
@@ -271,6 +306,10 @@ fn the_layer_rule_reads_grouped_and_nested_names() {
     assert_eq!(
         crate_modules_named("use crate::{\n    raft::Message,\n    partition::{a, b},\n};"),
         vec!["raft", "partition"]
+    );
+    assert_eq!(
+        crate_modules_named("let x = crate::\n    partition::f();"),
+        vec!["partition"]
     );
     assert!(crate_modules_named("use super::Thing;").is_empty());
 }

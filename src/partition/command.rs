@@ -151,6 +151,14 @@ impl<O: Serialize> Command<O> {
     }
 }
 
+/// The proposer an encoded command names (its first field), whatever its operation, or
+/// `None` when the bytes do not start with one.
+pub fn proposer_of(command: &[u8]) -> Option<u32> {
+    postcard::take_from_bytes::<u32>(command)
+        .ok()
+        .map(|(proposer, _)| proposer)
+}
+
 impl<O: DeserializeOwned> Command<O> {
     /// Decodes a command.
     pub fn decode(bytes: &[u8]) -> Result<Command<O>, postcard::Error> {
@@ -244,5 +252,7 @@ mod tests {
             ]),
         };
         assert_eq!(KvCommand::decode(&command.encode()).unwrap(), command);
+        assert_eq!(proposer_of(&command.encode()), Some(3));
+        assert_eq!(proposer_of(&[]), None);
     }
 }

@@ -678,11 +678,22 @@ mod tests {
     fn every_open_takes_a_higher_incarnation() {
         let disk = TestDisk::new();
         let mut store = KvStore::open(disk.clone(), KvStateMachine).unwrap();
-        assert_eq!(store.begin_incarnation().unwrap(), 1);
-        assert_eq!(store.begin_incarnation().unwrap(), 2);
+        assert_eq!(
+            store.begin_incarnation(5).unwrap(),
+            5,
+            "a fresh database's base"
+        );
+        assert_eq!(store.begin_incarnation(5).unwrap(), 6);
         drop(store);
         let mut store = KvStore::open(disk.crash(), KvStateMachine).unwrap();
-        assert_eq!(store.begin_incarnation().unwrap(), 3, "taken durably");
+        assert_eq!(store.begin_incarnation(5).unwrap(), 7, "taken durably");
+        assert_eq!(store.begin_incarnation_above(100).unwrap(), 101);
+        assert_eq!(
+            store.begin_incarnation_above(3).unwrap(),
+            102,
+            "never lower"
+        );
+        assert_eq!(store.begin_incarnation(5).unwrap(), 103);
     }
 
     #[test]

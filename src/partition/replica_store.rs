@@ -18,7 +18,10 @@
 //!   ids at or above it that applied. A command below the mark, already in the window, or of
 //!   an older session of its proposer (one that restarted since: nobody waits for its answer)
 //!   is skipped as superseded on every replica alike. So the table holds one window per
-//!   proposer node, however often nodes restart, and each window is bounded. The network may
+//!   proposer node, however often nodes restart, and each window is bounded (the host takes
+//!   forwarded commands only in their sender's name, so no member fills the table with
+//!   other proposers). A node whose own command was skipped for a newer session of its own
+//!   (its partition database was rebuilt) takes an incarnation above that one. The network may
 //!   duplicate a forwarded proposal, and the leader would append each copy; it may also
 //!   reorder two requests of one session, and the later one arriving first does not make the
 //!   earlier one fail.
@@ -42,6 +45,8 @@ const SESSIONS: TableDefinition<(u64, u32), &[u8]> =
 const NODE: TableDefinition<&str, u64> = TableDefinition::new("partition_node");
 const INCARNATION: &str = "incarnation";
 const DATABASE_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// A fresh database's first incarnation is drawn below this (see `begin_incarnation`).
+pub const INCARNATION_BASE_MAX: u64 = 1 << 40;
 
 /// What a partition's state machine has applied: the Raft snapshot point it stands for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +79,9 @@ pub struct AppliedCommand<O> {
     /// The command's `first_unanswered`, as applied (never above its request id).
     pub first_unanswered: u64,
     pub outcome: CommandOutcome<O>,
+    /// Superseded because its proposer's session is older than this one, which the partition
+    /// remembers for that proposer.
+    pub retired_by: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -139,8 +147,31 @@ impl<M: StateMachine> ReplicaStore<M> {
 
     /// Takes this node's next proposer incarnation, durably: the session its proposals carry
     /// until it restarts. Sessions only grow, so a replica knows a command of an older
-    /// session of a proposer for one whose proposer is gone.
-    pub fn begin_incarnation(&mut self) -> Result<u64, StateMachineError> {
+    /// session of a proposer for one whose proposer is gone. A database without one (a new
+    /// node, or one whose partition database was rebuilt) starts at `fresh_base`, drawn below
+    /// [`INCARNATION_BASE_MAX`], so a rebuilt node is unlikely to take the very session its
+    /// old life left in other replicas' tables; one below it is raised when it shows
+    /// ([`ReplicaStore::begin_incarnation_above`]).
+    pub fn begin_incarnation(&mut self, fresh_base: u64) -> Result<u64, StateMachineError> {
+        self.take_incarnation(|last| match last {
+            Some(last) => last.checked_add(1),
+            None => Some(fresh_base.clamp(1, INCARNATION_BASE_MAX)),
+        })
+    }
+
+    /// Takes an incarnation above `retired_by`, a session this node's proposals were found
+    /// older than: its proposals go on being applied instead of skipped for good.
+    pub fn begin_incarnation_above(&mut self, retired_by: u64) -> Result<u64, StateMachineError> {
+        self.take_incarnation(|last| {
+            let next = retired_by.checked_add(1)?;
+            Some(last.map_or(next, |last| next.max(last.saturating_add(1))))
+        })
+    }
+
+    fn take_incarnation(
+        &mut self,
+        next: impl FnOnce(Option<u64>) -> Option<u64>,
+    ) -> Result<u64, StateMachineError> {
         self.check_writable()?;
         let result = (|| {
             let transaction = self.write_transaction(Durability::Immediate)?;
@@ -149,8 +180,8 @@ impl<M: StateMachine> ReplicaStore<M> {
                 let last = table
                     .get(INCARNATION)
                     .map_err(engine_error)?
-                    .map_or(0, |value| value.value());
-                let next = last.checked_add(1).ok_or_else(|| {
+                    .map(|value| value.value());
+                let next = next(last).ok_or_else(|| {
                     StateMachineError::Corrupt("the proposer incarnation is exhausted".into())
                 })?;
                 table.insert(INCARNATION, next).map_err(engine_error)?;
@@ -297,14 +328,19 @@ impl<M: StateMachine> ReplicaStore<M> {
                         request_id: 0,
                         first_unanswered: 0,
                         outcome: CommandOutcome::Undecodable(error.to_string()),
+                        retired_by: None,
                     });
                     continue;
                 }
             };
             // A mark above its own request would let a forged command fence off others.
             let first_unanswered = command.first_unanswered.min(command.request_id);
-            let admitted = self.admit(&transaction, id, &command, first_unanswered)?;
-            let outcome = if admitted {
+            let admission = self.admit(&transaction, id, &command, first_unanswered)?;
+            let retired_by = match admission {
+                Admission::OlderSession { newer } => Some(newer),
+                Admission::TakesEffect | Admission::Copy => None,
+            };
+            let outcome = if admission == Admission::TakesEffect {
                 CommandOutcome::TookEffect(self.machine.apply(
                     &transaction,
                     id,
@@ -322,6 +358,7 @@ impl<M: StateMachine> ReplicaStore<M> {
                 request_id: command.request_id,
                 first_unanswered,
                 outcome,
+                retired_by,
             });
         }
         put_point(&transaction, id, point)?;
@@ -336,7 +373,7 @@ impl<M: StateMachine> ReplicaStore<M> {
         id: PartitionId,
         command: &Command<M::Operation>,
         first_unanswered: u64,
-    ) -> Result<bool, StateMachineError> {
+    ) -> Result<Admission, StateMachineError> {
         let mut sessions = transaction.open_table(SESSIONS).map_err(engine_error)?;
         let key = (id.0, command.proposer);
         let stored = match sessions.get(key).map_err(engine_error)? {
@@ -351,10 +388,17 @@ impl<M: StateMachine> ReplicaStore<M> {
                 window: SessionWindow::default(),
             },
         };
-        let admitted = current.session == command.proposer_session
-            && current.window.admits(command.request_id);
-        if !admitted && !self.apply_copies {
-            return Ok(false);
+        let admission = if current.session != command.proposer_session {
+            Admission::OlderSession {
+                newer: current.session,
+            }
+        } else if current.window.admits(command.request_id) {
+            Admission::TakesEffect
+        } else {
+            Admission::Copy
+        };
+        if admission != Admission::TakesEffect && !self.apply_copies {
+            return Ok(admission);
         }
         if current.session == command.proposer_session {
             current.window.record(command.request_id, first_unanswered);
@@ -362,7 +406,7 @@ impl<M: StateMachine> ReplicaStore<M> {
                 .insert(key, current.encode().as_slice())
                 .map_err(engine_error)?;
         }
-        Ok(true)
+        Ok(Admission::TakesEffect)
     }
 
     /// Makes every applied entry durable (one synced commit).
@@ -489,6 +533,18 @@ impl<M: StateMachine> ReplicaStore<M> {
         put_point(&transaction, id, point)?;
         transaction.commit().map_err(engine_error)
     }
+}
+
+/// What a replica makes of a command's session and request id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    TakesEffect,
+    /// Already applied, or below its session's mark.
+    Copy,
+    /// Of a session older than the one the partition remembers for its proposer.
+    OlderSession {
+        newer: u64,
+    },
 }
 
 fn put_point(

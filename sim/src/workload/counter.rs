@@ -255,6 +255,53 @@ fn violations(calls: &BTreeMap<u64, CounterCall>) -> Vec<String> {
                 ));
             }
         }
+        found.extend(order_violations(partition, &calls));
+    }
+    found
+}
+
+/// What real-time order alone rules out: a call that began after another was answered sees
+/// at least that one's value (adds only raise the counter), and no two adds that took effect
+/// see the same value (each raised it).
+fn order_violations(partition: u64, calls: &[&CounterCall]) -> Vec<String> {
+    let mut answered: Vec<(u64, u64)> = calls
+        .iter()
+        .filter_map(|call| match call.response {
+            CounterResponse::Value { value, at_micros } => Some((at_micros, value)),
+            _ => None,
+        })
+        .collect();
+    answered.sort_unstable();
+    // The highest value answered at or before each position, in answer order.
+    let mut highest_so_far = Vec::with_capacity(answered.len());
+    let mut highest = 0;
+    for (_, value) in &answered {
+        highest = highest.max(*value);
+        highest_so_far.push(highest);
+    }
+    let mut found = Vec::new();
+    let mut add_values = BTreeMap::new();
+    for call in calls {
+        let CounterResponse::Value { value, .. } = call.response else {
+            continue;
+        };
+        let before = answered.partition_point(|(at_micros, _)| *at_micros < call.call_micros);
+        if let Some(earlier) = before.checked_sub(1).map(|last| highest_so_far[last]) {
+            if value < earlier {
+                found.push(format!(
+                    "partition {partition}: {:?} called at {} us at {} saw {value}, below {earlier} answered before it began",
+                    call.request, call.call_micros, call.node
+                ));
+            }
+        }
+        if matches!(call.request, CounterRequest::Add { .. }) {
+            if let Some(other) = add_values.insert(value, call.call_micros) {
+                found.push(format!(
+                    "partition {partition}: the adds called at {other} us and {} us both saw {value}",
+                    call.call_micros
+                ));
+            }
+        }
     }
     found
 }
@@ -310,8 +357,12 @@ mod tests {
     fn reads_are_held_between_what_was_acknowledged_and_what_may_have_applied() {
         // The acknowledged 2 is in; the unknown 3 may or may not be.
         assert!(violations(&history(&[(20, 25, 2), (20, 25, 5)])).is_empty());
-        // Below what was acknowledged before the read began.
-        assert_eq!(violations(&history(&[(20, 25, 1)])).len(), 1);
+        // Below what was acknowledged before the read began (found by both rules).
+        let found = violations(&history(&[(20, 25, 1)]));
+        assert!(
+            found.iter().any(|found| found.contains("outside [2, 5]")),
+            "{found:?}"
+        );
         // The add that did not apply counted.
         assert_eq!(violations(&history(&[(20, 25, 9)])).len(), 1);
         // A read answered before the unknown add was called cannot have seen it.
@@ -319,6 +370,32 @@ mod tests {
         // An add's own value includes itself.
         let mut calls = history(&[]);
         calls.insert(9, call(CounterRequest::Add { amount: 1 }, 30, value(1, 35)));
-        assert_eq!(violations(&calls).len(), 1, "the acknowledged 2 is missing");
+        let found = violations(&calls);
+        assert!(
+            found.iter().any(|found| found.contains("outside [3, 6]")),
+            "the acknowledged 2 is missing: {found:?}"
+        );
+    }
+
+    #[test]
+    fn real_time_order_and_distinct_adds_are_held_too() {
+        // Each read alone is within bounds (the unknown 3 may or may not have applied), but
+        // the second began after the first saw 5, so it cannot see 2.
+        let reads = history(&[(20, 25, 5), (30, 35, 2)]);
+        let found = violations(&reads);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("below 5"), "{found:?}");
+        // Two adds that both took effect cannot see the same value.
+        let mut calls = history(&[]);
+        calls.insert(9, call(CounterRequest::Add { amount: 3 }, 30, value(5, 40)));
+        calls.insert(
+            10,
+            call(CounterRequest::Add { amount: 1 }, 31, value(5, 41)),
+        );
+        let found = violations(&calls);
+        assert!(
+            found.iter().any(|found| found.contains("both saw 5")),
+            "{found:?}"
+        );
     }
 }

@@ -1,10 +1,13 @@
 //! The partition host's message intake: a peer's envelope of Raft messages, each checked
 //! against the link it came on before its group steps it.
 //!
-//! Invariant: the transport vouches only for the envelope's sender, so a message in another
-//! node's name, or addressed to another node, is refused and counted, never stepped.
+//! Invariants: the transport vouches only for the envelope's sender, so a message in another
+//! node's name, or addressed to another node, is refused and counted, never stepped; and a
+//! forwarded proposal carries only commands in its sender's name, so no member can retire
+//! or fill another proposer's sessions (`replica_store`).
 
 use super::*;
+use crate::partition::command::proposer_of;
 
 impl<M: StateMachine> PartitionHost<M> {
     /// Messages another node sent this one.
@@ -27,6 +30,16 @@ impl<M: StateMachine> PartitionHost<M> {
                 );
                 self.counters.messages_refused += 1;
                 continue;
+            }
+            if let crate::raft::MessageBody::Propose { commands } = &message.body {
+                let foreign = commands
+                    .iter()
+                    .any(|command| proposer_of(command) != Some(from.0));
+                if foreign {
+                    tracing::warn!(node = %self.id, %from, %partition, "forwarded proposal refused: a command not in its sender's name");
+                    self.counters.messages_refused += 1;
+                    continue;
+                }
             }
             match self.groups.get_mut(&partition) {
                 Some(group) => {

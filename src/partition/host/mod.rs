@@ -26,7 +26,9 @@ use crate::partition::command::Command;
 use crate::partition::envelope::RaftEnvelope;
 use crate::partition::pending::{Pending, PendingRequests};
 use crate::partition::raft_log::{LiveLog, RaftLogError, RaftLogStore, RecoveredLog};
-use crate::partition::replica_store::{AppliedCommand, AppliedPoint, CommandOutcome, ReplicaStore};
+use crate::partition::replica_store::{
+    AppliedCommand, AppliedPoint, CommandOutcome, ReplicaStore, INCARNATION_BASE_MAX,
+};
 use crate::partition::state_machine::{StateMachine, StateMachineError};
 use crate::partition::PartitionId;
 use crate::raft::{
@@ -68,8 +70,9 @@ pub struct HostConfig {
     /// A canary's planted bug: send acknowledgements and votes before the log is synced.
     /// Never set outside a canary scenario.
     pub acknowledge_before_sync: bool,
-    /// A canary's planted bug: the state machine applies copies of commands (and commands
-    /// their session overtook) as if new. Never set outside a canary scenario.
+    /// A canary's planted bug: the replica store's at-most-once check lets copies of commands
+    /// (and commands their session overtook or retired) take effect as if new. Never set
+    /// outside a canary scenario.
     pub apply_command_copies: bool,
     /// A canary's planted bug: a batch is proposed as one entry per operation, answered when
     /// the last applies, so readers can see part of it. Never set outside a canary scenario.
@@ -352,7 +355,8 @@ impl<M: StateMachine> PartitionHost<M> {
             error => RequestError::from(error),
         };
         let mut store = ReplicaStore::open(disk.clone(), machine).map_err(damaged)?;
-        let session = store.begin_incarnation().map_err(damaged)?;
+        let fresh_base = SeededRng::split(rng_seed, u64::MAX - 1).below(INCARNATION_BASE_MAX);
+        let session = store.begin_incarnation(fresh_base).map_err(damaged)?;
         if config.apply_command_copies {
             store.plant_apply_copies();
         }

@@ -195,7 +195,24 @@ impl<M: StateMachine> PartitionHost<M> {
         if self.config.report_applied {
             self.report_applied(partition, entries, &applied);
         }
+        // This node's session found older than one the partition remembers for it (its
+        // partition database was rebuilt, and its old life proposed under a higher one):
+        // without a higher session its proposals would be skipped for good.
+        let retired_by = applied
+            .iter()
+            .filter(|command| {
+                command.proposer == self.id.0 && command.proposer_session == self.session
+            })
+            .filter_map(|command| command.retired_by)
+            .max();
         self.answer_applied_writes(partition, entries, applied);
+        if let Some(newer) = retired_by {
+            self.session = self
+                .store
+                .begin_incarnation_above(newer)
+                .map_err(|error| error.to_string())?;
+            tracing::warn!(node = %self.id, %partition, retired_by = newer, session = self.session, "proposer session was behind a partition's: took a higher one");
+        }
         Ok(())
     }
 

@@ -565,3 +565,130 @@ fn quiet_followers_elect_when_the_leaders_node_goes_silent() {
         assert_eq!(cluster.put(partition, "after", "x"), Ok(WriteOutcome::Put));
     }
 }
+
+/// A node whose partition database was rebuilt (a new disk) starts a fresh incarnation that
+/// may be below the session its old life left in the partition: its first write is skipped
+/// ("outcome unknown", never applied twice), and it takes a session above the old one, so
+/// its writes apply again instead of being skipped for good.
+#[test]
+fn a_rebuilt_node_behind_its_old_session_takes_a_higher_one() {
+    use crate::partition::replica_store::INCARNATION_BASE_MAX;
+    use crate::random::{Rng, SeededRng};
+    let base = |seed: u64| SeededRng::split(seed, u64::MAX - 1).below(INCARNATION_BASE_MAX);
+    let partition = PartitionId(0);
+    let mut cluster = Cluster::new(3, 1, HostConfig::default());
+    cluster.elect_all(1);
+    let node = NodeId(1);
+    let write_via = |cluster: &mut Cluster, key: &str| {
+        let request_id = cluster
+            .hosts
+            .get_mut(&node)
+            .unwrap()
+            .write(
+                partition,
+                KvOperation::Put {
+                    key: key.as_bytes().to_vec(),
+                    value: b"v".to_vec(),
+                },
+            )
+            .expect("proposed");
+        for _ in 0..100 {
+            cluster.tick(1);
+            if let Some(HostOutput::WriteAnswered { result, .. }) = cluster.answer(node, request_id)
+            {
+                return result;
+            }
+        }
+        panic!("no answer to the write of {key}");
+    };
+    assert_eq!(write_via(&mut cluster, "old-life"), Ok(WriteOutcome::Put));
+    // Rebuilt: an empty disk, and a first incarnation below the one it had.
+    let seed = (8..).find(|seed| base(*seed) < base(7)).unwrap();
+    let disk = TestDisk::new();
+    let mut host = PartitionHost::open(
+        node,
+        disk.clone(),
+        HostConfig::default(),
+        seed,
+        KvStateMachine,
+    )
+    .unwrap();
+    host.create_partition(partition, PartitionStart::Joining)
+        .unwrap();
+    cluster.hosts.insert(node, host);
+    cluster.disks.insert(node, disk);
+    // A write through the leader makes it probe the rebuilt replica and bring it up to date,
+    // its old life's command (and session) included.
+    assert_eq!(cluster.put(partition, "nudge", "x"), Ok(WriteOutcome::Put));
+    cluster.tick(30);
+    let caught_up = cluster.hosts[&node].status(partition).unwrap();
+    assert!(caught_up.applied >= 4, "{caught_up:?}");
+    assert_eq!(
+        write_via(&mut cluster, "first"),
+        Err(RequestError::OutcomeUnknown),
+        "a write of the lower session is skipped"
+    );
+    assert_eq!(write_via(&mut cluster, "second"), Ok(WriteOutcome::Put));
+    assert_eq!(
+        cluster.get_via(NodeId(2), partition, "first"),
+        Err(RequestError::State(KvError::KeyNotFound))
+    );
+    assert!(cluster.get_via(NodeId(2), partition, "second").is_ok());
+}
+
+/// A member may forward proposals in its own name only: a command naming another proposer
+/// (which could retire that proposer's session for good) is refused and counted, and
+/// nothing of it applies.
+#[test]
+fn a_forwarded_proposal_in_another_proposers_name_is_refused() {
+    use crate::partition::command::Command;
+    use crate::partition::envelope::RaftEnvelope;
+    use crate::raft::{Message, MessageBody};
+    let partition = PartitionId(0);
+    let mut cluster = Cluster::new(3, 1, HostConfig::default());
+    cluster.elect_all(1);
+    let leader = cluster.leader(partition).unwrap();
+    let forger = NodeId(if leader == NodeId(1) { 2 } else { 1 });
+    let victim = NodeId(6 - leader.0 - forger.0);
+    let command = |proposer: NodeId| Command {
+        proposer: proposer.0,
+        proposer_session: u64::MAX,
+        request_id: 1,
+        first_unanswered: 1,
+        operation: KvOperation::Put {
+            key: b"forged".to_vec(),
+            value: b"x".to_vec(),
+        },
+    };
+    let refused_before = cluster.hosts[&leader].counters().messages_refused;
+    let envelope = RaftEnvelope {
+        messages: vec![(
+            partition,
+            Message {
+                from: forger,
+                to: leader,
+                term: 0,
+                body: MessageBody::Propose {
+                    commands: vec![command(forger).encode(), command(victim).encode()],
+                },
+            },
+        )],
+    };
+    cluster
+        .hosts
+        .get_mut(&leader)
+        .unwrap()
+        .receive(forger, envelope);
+    cluster.tick(5);
+    assert_eq!(
+        cluster.hosts[&leader].counters().messages_refused,
+        refused_before + 1
+    );
+    assert_eq!(
+        cluster.get_via(leader, partition, "forged"),
+        Err(RequestError::State(KvError::KeyNotFound)),
+        "no command of the refused message applied"
+    );
+    // The victim's own writes still apply.
+    assert_eq!(cluster.put(partition, "after", "y"), Ok(WriteOutcome::Put));
+}
