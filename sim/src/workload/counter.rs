@@ -72,13 +72,7 @@ impl CounterHistory {
 
     /// Every call pending at a crashed node will never be answered.
     pub fn node_crashed(&mut self, node: NodeId) {
-        let crashed: Vec<((NodeId, u64), u64)> = self
-            .pending
-            .range((node, 0)..=(node, u64::MAX))
-            .map(|(key, id)| (*key, *id))
-            .collect();
-        for (key, history_id) in crashed {
-            self.pending.remove(&key);
+        for history_id in crate::workload::take_pending_at(&mut self.pending, node) {
             self.settle(history_id, CounterResponse::Unknown);
         }
     }

@@ -97,6 +97,21 @@ pub fn start(world: &mut World) {
     }
 }
 
+/// Removes every call pending at `node` from a workload's `(node, request id) -> history id`
+/// map and returns their history ids: a crashed node will answer none of them.
+pub(crate) fn take_pending_at(
+    pending: &mut BTreeMap<(NodeId, u64), u64>,
+    node: NodeId,
+) -> Vec<u64> {
+    let keys: Vec<(NodeId, u64)> = pending
+        .range((node, 0)..=(node, u64::MAX))
+        .map(|(key, _)| *key)
+        .collect();
+    keys.into_iter()
+        .filter_map(|key| pending.remove(&key))
+        .collect()
+}
+
 /// Inter-arrival times are uniform in [0, 2/rate]: the rate holds on average, arrivals jitter.
 fn next_arrival(world: &mut World, index: usize) -> u64 {
     let rate = world.config.workloads[index].rate_per_s.max(1);
