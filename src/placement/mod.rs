@@ -14,6 +14,8 @@
 
 mod peers;
 mod plan;
+pub mod ring;
 
 pub use peers::PeerTable;
 pub use plan::{plan, PlacementError, ReplicaPlan, ReplicationStrategy};
+pub use ring::Ring;
