@@ -58,6 +58,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("events", &["ids", "seams", "storage"]),
     ("placement", &["ids", "random", "seams"]),
     ("partition", &["ids", "random", "seams", "storage", "raft"]),
+    ("directory", &["ids", "placement", "partition"]),
     ("wire", &["ids", "events", "raft", "partition"]),
     (
         "coordinator",
@@ -68,6 +69,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "storage",
             "events",
             "placement",
+            "directory",
             "wire",
         ],
     ),
@@ -82,6 +84,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "events",
             "placement",
             "partition",
+            "directory",
             "wire",
             "coordinator",
         ],

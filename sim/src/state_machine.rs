@@ -85,7 +85,7 @@ impl StateMachine for SimStateMachine {
     type Query = SimQuery;
     type Answer = SimAnswer;
 
-    fn open_tables(&self, transaction: &WriteTransaction) -> Result<(), StateMachineError> {
+    fn open_tables(&mut self, transaction: &WriteTransaction) -> Result<(), StateMachineError> {
         self.kv.open_tables(transaction)?;
         transaction.open_table(COUNTERS).map_err(engine_error)?;
         Ok(())

@@ -58,7 +58,7 @@ impl StateMachine for KvStateMachine {
     type Query = ReadRequest;
     type Answer = ReadAnswer;
 
-    fn open_tables(&self, transaction: &WriteTransaction) -> Result<(), StateMachineError> {
+    fn open_tables(&mut self, transaction: &WriteTransaction) -> Result<(), StateMachineError> {
         transaction.open_table(PAIRS).map_err(engine_error)?;
         Ok(())
     }

@@ -103,7 +103,7 @@ impl<M: StateMachine> ReplicaStore<M> {
         self.apply_copies = true;
     }
 
-    pub fn open(disk: SharedDisk, machine: M) -> Result<Self, StateMachineError> {
+    pub fn open(disk: SharedDisk, mut machine: M) -> Result<Self, StateMachineError> {
         prepare_database_file(disk.as_ref(), DATABASE_FILE)?;
         let database = Database::builder()
             .set_cache_size(DATABASE_CACHE_BYTES)

@@ -8,8 +8,8 @@
 //!
 //! What an implementation must keep:
 //! - determinism: applying the same commands in the same order from the same state gives the
-//!   same state and outcomes on every replica (no clock, no randomness, no local state that is
-//!   not in its tables);
+//!   same state and outcomes on every replica (no clock, no randomness; what it keeps in memory
+//!   it derives from its tables, loads in `open_tables`, and changes only beside them);
 //! - a partition's state lives under its id only: nothing a partition applies, installs or
 //!   replaces touches another partition's keys;
 //! - `apply` is all or nothing per command inside the transaction it is given (an error
@@ -51,7 +51,8 @@ pub fn engine_error(error: impl Into<redb::Error>) -> StateMachineError {
 }
 
 /// One kind of replicated state. Implementations: the key-value store
-/// (`crate::partition::kv_store::KvStateMachine`) and the simulator's counter.
+/// (`crate::partition::kv_store::KvStateMachine`), the cluster directory
+/// (`crate::directory::DirectoryStateMachine`) and the simulator's counter.
 pub trait StateMachine: fmt::Debug {
     /// A write, as its command carries it in the log. Its postcard encoding is the log
     /// format: only ever extended, never reordered.
@@ -63,8 +64,9 @@ pub trait StateMachine: fmt::Debug {
     /// A read's answer.
     type Answer: Clone + fmt::Debug + PartialEq;
 
-    /// Creates this kind's tables (in a new database, or checks an existing one has them).
-    fn open_tables(&self, transaction: &WriteTransaction) -> Result<(), StateMachineError>;
+    /// Creates this kind's tables (in a new database, or checks an existing one has them),
+    /// and loads whatever it keeps in memory from them.
+    fn open_tables(&mut self, transaction: &WriteTransaction) -> Result<(), StateMachineError>;
 
     /// Checks a write before it is proposed: what passes here always applies.
     fn validate(&self, operation: &Self::Operation) -> Result<(), String>;
