@@ -575,6 +575,13 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
                     workload.kind
                 ));
             }
+            // A range answer is checked whole, so it must fit one page.
+            let keys_max = borough::partition::kv_store::PAGE_PAIRS_MAX as u64;
+            if workload.keys_per_partition.max() > keys_max {
+                return Err(format!(
+                    "keys_per_partition may be at most {keys_max}: one page of a range"
+                ));
+            }
             continue;
         }
         if workload.kind != "events" {

@@ -10,20 +10,79 @@ use crate::partition::command::{BatchOperation, KvOperation, KEY_BYTES_MAX, VALU
 use crate::partition::state_machine::{engine_error, StateMachine, StateMachineError};
 use crate::partition::PartitionId;
 use redb::{ReadTransaction, TableDefinition, WriteTransaction};
+use std::ops::Bound;
 
 const PAIRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("partition_pairs");
 
 /// A key and its value.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
-/// A range read: `start` inclusive, `end` exclusive (either open), at most `limit` pairs, in
-/// key order or its reverse.
+/// The most pairs one page of a range holds.
+pub const PAGE_PAIRS_MAX: usize = 1000;
+/// A page stops once its keys and values pass this many bytes (it always holds at least
+/// one pair, so a range of large values still moves).
+pub const PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// One end of a range.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum KeyBound {
+    #[default]
+    Unbounded,
+    Included(Vec<u8>),
+    Excluded(Vec<u8>),
+}
+
+impl KeyBound {
+    fn key(&self) -> Option<&[u8]> {
+        match self {
+            KeyBound::Unbounded => None,
+            KeyBound::Included(key) | KeyBound::Excluded(key) => Some(key),
+        }
+    }
+}
+
+/// A range read: the keys between `start` and `end` (each included, excluded or open), at
+/// most `limit` pairs, in key order or its reverse. It is served in pages: a page that stops
+/// before the range and the limit are done says how to read on.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RangeQuery {
-    pub start: Option<Vec<u8>>,
-    pub end: Option<Vec<u8>>,
+    pub start: KeyBound,
+    pub end: KeyBound,
     pub limit: usize,
     pub reverse: bool,
+}
+
+impl Default for RangeQuery {
+    /// The whole partition, in key order.
+    fn default() -> Self {
+        Self {
+            start: KeyBound::Unbounded,
+            end: KeyBound::Unbounded,
+            limit: usize::MAX,
+            reverse: false,
+        }
+    }
+}
+
+impl RangeQuery {
+    /// Whether no key can be in the range (its start is past its end).
+    pub fn is_empty(&self) -> bool {
+        let (Some(start), Some(end)) = (self.start.key(), self.end.key()) else {
+            return false;
+        };
+        let both_included = matches!(self.start, KeyBound::Included(_))
+            && matches!(self.end, KeyBound::Included(_));
+        start > end || (start == end && !both_included)
+    }
+}
+
+/// One page of a range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub pairs: Vec<Pair>,
+    /// The query that reads the rest of the range, when this page stopped early: the same
+    /// range, past this page's last key, with what is left of the limit.
+    pub next: Option<RangeQuery>,
 }
 
 /// What a read asks for.
@@ -36,7 +95,7 @@ pub enum ReadRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReadAnswer {
     Value(Vec<u8>),
-    Pairs(Vec<Pair>),
+    Page(Page),
 }
 
 /// What a write did.
@@ -125,9 +184,14 @@ impl StateMachine for KvStateMachine {
                     None => Err(StateMachineError::KeyNotFound),
                 }
             }
-            ReadRequest::Range(range) => {
-                range_pairs(transaction, partition, range).map(ReadAnswer::Pairs)
-            }
+            ReadRequest::Range(range) => range_page(
+                transaction,
+                partition,
+                range,
+                PAGE_PAIRS_MAX,
+                PAGE_BYTES_MAX,
+            )
+            .map(ReadAnswer::Page),
         }
     }
 
@@ -136,15 +200,14 @@ impl StateMachine for KvStateMachine {
         transaction: &ReadTransaction,
         partition: PartitionId,
     ) -> Result<Vec<u8>, StateMachineError> {
-        let pairs = range_pairs(
+        let page = range_page(
             transaction,
             partition,
-            &RangeQuery {
-                limit: usize::MAX,
-                ..RangeQuery::default()
-            },
+            &RangeQuery::default(),
+            usize::MAX,
+            usize::MAX,
         )?;
-        Ok(postcard::to_stdvec(&pairs).expect("pairs serialise"))
+        Ok(postcard::to_stdvec(&page.pairs).expect("pairs serialise"))
     }
 
     fn check_image(image: &[u8]) -> Result<(), String> {
@@ -214,39 +277,71 @@ impl StateMachine for KvStateMachine {
     }
 }
 
-/// Pairs of `partition` in `query`'s range, in key order (or reversed).
-fn range_pairs(
+/// The table bound of one end of a range in `partition`.
+fn table_bound(partition: PartitionId, bound: &KeyBound, is_end: bool) -> Bound<(u64, &[u8])> {
+    let empty: &[u8] = &[];
+    match bound {
+        KeyBound::Included(key) => Bound::Included((partition.0, key.as_slice())),
+        KeyBound::Excluded(key) => Bound::Excluded((partition.0, key.as_slice())),
+        // An open end stops at the next partition's prefix.
+        KeyBound::Unbounded if is_end => Bound::Excluded((next_partition(partition), empty)),
+        KeyBound::Unbounded => Bound::Included((partition.0, empty)),
+    }
+}
+
+/// The first page of `query` over `partition`: at most `pairs_max` pairs, stopping once it
+/// holds `bytes_max` bytes, all read in one transaction.
+fn range_page(
     transaction: &ReadTransaction,
     partition: PartitionId,
     query: &RangeQuery,
-) -> Result<Vec<Pair>, StateMachineError> {
+    pairs_max: usize,
+    bytes_max: usize,
+) -> Result<Page, StateMachineError> {
+    let mut page = Page {
+        pairs: Vec::new(),
+        next: None,
+    };
+    if query.limit == 0 || query.is_empty() {
+        return Ok(page);
+    }
     let pairs = transaction.open_table(PAIRS).map_err(engine_error)?;
-    if query.limit == 0 {
-        return Ok(Vec::new());
-    }
-    let id = partition.0;
-    let start = query.start.clone().unwrap_or_default();
-    // An open end stops at the next partition's prefix.
-    let empty: &[u8] = &[];
-    let rows = match &query.end {
-        Some(end) => pairs.range((id, start.as_slice())..(id, end.as_slice())),
-        None => pairs.range((id, start.as_slice())..(next_partition(partition), empty)),
-    }
-    .map_err(engine_error)?;
-    let mut found = Vec::new();
-    let rows: Box<dyn Iterator<Item = _>> = if query.reverse {
+    let bounds = (
+        table_bound(partition, &query.start, false),
+        table_bound(partition, &query.end, true),
+    );
+    let rows = pairs.range::<(u64, &[u8])>(bounds).map_err(engine_error)?;
+    let mut rows: Box<dyn Iterator<Item = _>> = if query.reverse {
         Box::new(rows.rev())
     } else {
         Box::new(rows)
     };
-    for row in rows {
+    let page_pairs_max = query.limit.min(pairs_max);
+    let mut bytes = 0usize;
+    for row in rows.by_ref() {
         let (key, value) = row.map_err(engine_error)?;
-        found.push((key.value().1.to_vec(), value.value().to_vec()));
-        if found.len() >= query.limit {
+        let (key, value) = (key.value().1.to_vec(), value.value().to_vec());
+        bytes = bytes.saturating_add(key.len() + value.len());
+        page.pairs.push((key, value));
+        if page.pairs.len() >= page_pairs_max || bytes >= bytes_max {
             break;
         }
     }
-    Ok(found)
+    let limit_left = query.limit - page.pairs.len();
+    if limit_left > 0 && rows.next().is_some() {
+        if let Some((last, _)) = page.pairs.last() {
+            let past_last = KeyBound::Excluded(last.clone());
+            let mut next = query.clone();
+            if query.reverse {
+                next.end = past_last;
+            } else {
+                next.start = past_last;
+            }
+            next.limit = limit_left;
+            page.next = Some(next);
+        }
+    }
+    Ok(page)
 }
 
 /// The first key prefix after `partition`'s: partition ids stay below `u64::MAX` for this.
@@ -274,20 +369,34 @@ mod tests {
 
     trait KvReads {
         fn get(&self, id: PartitionId, key: &[u8]) -> Result<Vec<u8>, KvError>;
-        fn range(&self, id: PartitionId, query: &RangeQuery) -> Result<Vec<Pair>, KvError>;
+        fn range(&self, id: PartitionId, query: &RangeQuery) -> Result<Page, KvError>;
+
+        /// Every page of `query`, following each page's continuation.
+        fn range_all(&self, id: PartitionId, query: &RangeQuery) -> (Vec<Pair>, usize) {
+            let mut pairs = Vec::new();
+            let mut pages = 0;
+            let mut next = Some(query.clone());
+            while let Some(query) = next {
+                let page = self.range(id, &query).unwrap();
+                pages += 1;
+                pairs.extend(page.pairs);
+                next = page.next;
+            }
+            (pairs, pages)
+        }
     }
 
     impl KvReads for KvStore {
         fn get(&self, id: PartitionId, key: &[u8]) -> Result<Vec<u8>, KvError> {
             match self.read(id, &ReadRequest::Get { key: key.to_vec() })? {
                 ReadAnswer::Value(value) => Ok(value),
-                ReadAnswer::Pairs(_) => panic!("a get answered with pairs"),
+                ReadAnswer::Page(_) => panic!("a get answered with pairs"),
             }
         }
 
-        fn range(&self, id: PartitionId, query: &RangeQuery) -> Result<Vec<Pair>, KvError> {
+        fn range(&self, id: PartitionId, query: &RangeQuery) -> Result<Page, KvError> {
             match self.read(id, &ReadRequest::Range(query.clone()))? {
-                ReadAnswer::Pairs(pairs) => Ok(pairs),
+                ReadAnswer::Page(page) => Ok(page),
                 ReadAnswer::Value(_) => panic!("a range answered with a value"),
             }
         }
@@ -423,26 +532,46 @@ mod tests {
             .apply(PartitionId(8), &[put(2, "a", "other")], configuration)
             .unwrap();
         let keys = |query: RangeQuery| -> Vec<String> {
-            store
-                .range(P, &query)
-                .unwrap()
+            let page = store.range(P, &query).unwrap();
+            assert_eq!(page.next, None, "one page");
+            page.pairs
                 .into_iter()
                 .map(|(key, _)| String::from_utf8(key).unwrap())
                 .collect()
         };
-        let all = RangeQuery {
-            limit: 100,
-            ..RangeQuery::default()
-        };
+        let key = |text: &str| text.as_bytes().to_vec();
+        let all = RangeQuery::default();
         assert_eq!(keys(all.clone()), ["a", "b", "c", "d"]);
+        let between = |start: KeyBound, end: KeyBound| RangeQuery {
+            start,
+            end,
+            ..all.clone()
+        };
+        use KeyBound::{Excluded, Included, Unbounded};
         assert_eq!(
-            keys(RangeQuery {
-                start: Some(b"b".to_vec()),
-                end: Some(b"d".to_vec()),
-                ..all.clone()
-            }),
+            keys(between(Included(key("b")), Excluded(key("d")))),
             ["b", "c"]
         );
+        assert_eq!(
+            keys(between(Excluded(key("b")), Included(key("d")))),
+            ["c", "d"]
+        );
+        assert_eq!(keys(between(Included(key("b")), Included(key("b")))), ["b"]);
+        assert_eq!(keys(between(Excluded(key("bb")), Unbounded)), ["c", "d"]);
+        assert_eq!(
+            keys(between(Unbounded, Excluded(key("a")))),
+            Vec::<String>::new()
+        );
+        // A start past the end is an empty range, not an error.
+        for (start, end) in [
+            (Included(key("c")), Included(key("b"))),
+            (Excluded(key("b")), Included(key("b"))),
+            (Included(key("b")), Excluded(key("b"))),
+        ] {
+            let query = between(start, end);
+            assert!(query.is_empty());
+            assert_eq!(keys(query), Vec::<String>::new());
+        }
         assert_eq!(
             keys(RangeQuery {
                 reverse: true,
@@ -451,7 +580,82 @@ mod tests {
             }),
             ["d", "c", "b"]
         );
+        assert_eq!(
+            keys(RangeQuery {
+                reverse: true,
+                ..between(Excluded(key("a")), Excluded(key("d")))
+            }),
+            ["c", "b"]
+        );
         assert_eq!(keys(RangeQuery { limit: 0, ..all }), Vec::<String>::new());
+    }
+
+    #[test]
+    fn large_ranges_come_in_pages_that_end() {
+        let disk = TestDisk::new();
+        let mut store = store_with_partition(&disk);
+        let configuration = store.point(P).unwrap().configuration.clone();
+        let count = 2 * PAGE_PAIRS_MAX + 500;
+        let entries: Vec<Entry> = (0..count)
+            .map(|offset| {
+                let key = format!("k{offset:05}");
+                put(offset as u64 + 2, &key, "v")
+            })
+            .collect();
+        store.apply(P, &entries, configuration.clone()).unwrap();
+        let expected: Vec<Vec<u8>> = (0..count)
+            .map(|offset| format!("k{offset:05}").into_bytes())
+            .collect();
+        let keys =
+            |pairs: Vec<Pair>| -> Vec<Vec<u8>> { pairs.into_iter().map(|(key, _)| key).collect() };
+
+        let first = store.range(P, &RangeQuery::default()).unwrap();
+        assert_eq!(first.pairs.len(), PAGE_PAIRS_MAX);
+        assert_eq!(
+            first.next.as_ref().map(|next| next.start.clone()),
+            Some(KeyBound::Excluded(expected[PAGE_PAIRS_MAX - 1].clone()))
+        );
+        let (pairs, pages) = store.range_all(P, &RangeQuery::default());
+        assert_eq!((keys(pairs), pages), (expected.clone(), 3));
+        let reverse = RangeQuery {
+            reverse: true,
+            ..RangeQuery::default()
+        };
+        let (pairs, _) = store.range_all(P, &reverse);
+        let mut reversed = expected.clone();
+        reversed.reverse();
+        assert_eq!(keys(pairs), reversed);
+        // A limit across pages ends the range there, with no continuation after it.
+        let limited = RangeQuery {
+            limit: PAGE_PAIRS_MAX + 10,
+            ..RangeQuery::default()
+        };
+        let (pairs, pages) = store.range_all(P, &limited);
+        assert_eq!(
+            (keys(pairs), pages),
+            (expected[..PAGE_PAIRS_MAX + 10].to_vec(), 2)
+        );
+        // A range that ends exactly at a page's end has no empty page after it.
+        let exact = RangeQuery {
+            end: KeyBound::Excluded(expected[PAGE_PAIRS_MAX].clone()),
+            ..RangeQuery::default()
+        };
+        assert_eq!(store.range(P, &exact).unwrap().next, None);
+
+        // Large values fill a page by bytes first.
+        let big = "v".repeat(VALUE_BYTES_MAX);
+        let entries: Vec<Entry> = (0..6)
+            .map(|offset| put((count + offset) as u64 + 2, &format!("z{offset}"), &big))
+            .collect();
+        store.apply(P, &entries, configuration).unwrap();
+        let values = RangeQuery {
+            start: KeyBound::Included(b"z".to_vec()),
+            ..RangeQuery::default()
+        };
+        let page = store.range(P, &values).unwrap();
+        assert_eq!(page.pairs.len(), PAGE_BYTES_MAX / VALUE_BYTES_MAX);
+        let (pairs, pages) = store.range_all(P, &values);
+        assert_eq!((pairs.len(), pages), (6, 2));
     }
 
     #[test]

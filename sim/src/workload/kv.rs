@@ -17,7 +17,7 @@ use crate::world::{Event, World};
 use borough::ids::NodeId;
 use borough::partition::command::{BatchOperation, KvOperation};
 use borough::partition::host::{HostOutput, RequestError};
-use borough::partition::kv_store::{RangeQuery, ReadAnswer, ReadRequest};
+use borough::partition::kv_store::{KeyBound, RangeQuery, ReadAnswer, ReadRequest};
 use borough::partition::state_machine::StateMachineError;
 use borough::partition::PartitionId;
 use borough::seams::Rng;
@@ -257,8 +257,9 @@ fn draw_range(world: &mut World, keys_per_partition: u64) -> RangeQuery {
     let bound = |world: &mut World| {
         (!world.rng.chance(0.2)).then(|| key_name(world.draw(0, keys_per_partition - 1)))
     };
-    let start = bound(world);
-    let end = bound(world);
+    // Drawn as ever (start included, end excluded), so the scenarios' traces stay as pinned.
+    let start = bound(world).map_or(KeyBound::Unbounded, KeyBound::Included);
+    let end = bound(world).map_or(KeyBound::Unbounded, KeyBound::Excluded);
     RangeQuery {
         start,
         end,
@@ -267,14 +268,23 @@ fn draw_range(world: &mut World, keys_per_partition: u64) -> RangeQuery {
     }
 }
 
-/// The keys of the key space inside `query`'s bounds (`start` included, `end` not), in the
-/// query's order: what a correct answer draws from.
+/// The keys of the key space inside `query`'s bounds, in the query's order: what a correct
+/// answer draws from.
 fn keys_in_range(keys_per_partition: u64, query: &RangeQuery) -> Vec<Vec<u8>> {
     let mut keys: Vec<Vec<u8>> = (0..keys_per_partition)
         .map(key_name)
         .filter(|key| {
-            query.start.as_ref().is_none_or(|start| key >= start)
-                && query.end.as_ref().is_none_or(|end| key < end)
+            let after_start = match &query.start {
+                KeyBound::Unbounded => true,
+                KeyBound::Included(start) => key >= start,
+                KeyBound::Excluded(start) => key > start,
+            };
+            let before_end = match &query.end {
+                KeyBound::Unbounded => true,
+                KeyBound::Included(end) => key <= end,
+                KeyBound::Excluded(end) => key < end,
+            };
+            after_start && before_end
         })
         .collect();
     keys.sort();
@@ -402,8 +412,9 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput<SimOutcome
                 Err(RequestError::State(StateMachineError::KeyNotFound)) => {
                     Answer::Done(KvResponse::Value(None))
                 }
-                Ok(SimAnswer::Kv(ReadAnswer::Pairs(pairs))) => {
-                    Answer::Done(KvResponse::Pairs(pairs.clone()))
+                // The workload's limits keep every range to one page.
+                Ok(SimAnswer::Kv(ReadAnswer::Page(page))) => {
+                    Answer::Done(KvResponse::Pairs(page.pairs.clone()))
                 }
                 Ok(SimAnswer::Counter(_)) => return,
                 // No answer in time: for liveness, a read that never came back.

@@ -375,21 +375,15 @@ fn checkpoints_compact_the_log_and_recovery_still_sees_everything() {
         .hosts
         .get_mut(&leader)
         .unwrap()
-        .read(
-            partition,
-            ReadRequest::Range(RangeQuery {
-                limit: 1000,
-                ..RangeQuery::default()
-            }),
-        )
+        .read(partition, ReadRequest::Range(RangeQuery::default()))
         .unwrap();
     cluster.settle();
     cluster.tick(2);
     match cluster.answer(leader, request_id) {
         Some(HostOutput::ReadAnswered {
-            result: Ok(ReadAnswer::Pairs(pairs)),
+            result: Ok(ReadAnswer::Page(page)),
             ..
-        }) => assert_eq!(pairs.len(), 60),
+        }) => assert_eq!((page.pairs.len(), page.next), (60, None)),
         other => panic!("{other:?}"),
     }
 }
