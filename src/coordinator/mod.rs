@@ -3,7 +3,11 @@
 //! re-spreading failed replicas to unused peers until the replication factor holds.
 //! `event_coordinator` is one node's coordinator whole (its store, peers, writes, repairs);
 //! `replica_write` one write's state machine; `commit_level` the levels a client asks for.
+//!
+//! For Borough's named partitions: `cluster_machine` is the state machine a cluster node's
+//! partitions run (the directory in the system partition, the key-value store elsewhere).
 
+pub mod cluster_machine;
 mod commit_level;
 mod event_coordinator;
 mod replica_write;

@@ -327,7 +327,7 @@ fn range_page(
             break;
         }
     }
-    let limit_left = query.limit - page.pairs.len();
+    let limit_left = query.limit.saturating_sub(page.pairs.len());
     if limit_left > 0 && rows.next().is_some() {
         if let Some((last, _)) = page.pairs.last() {
             let past_last = KeyBound::Excluded(last.clone());
