@@ -5,8 +5,11 @@
 //! `replica_write` one write's state machine; `commit_level` the levels a client asks for.
 //!
 //! For Borough's named partitions: `cluster_machine` is the state machine a cluster node's
-//! partitions run (the directory in the system partition, the key-value store elsewhere).
+//! partitions run (the directory in the system partition, the key-value store elsewhere);
+//! `cluster` a node's membership (bootstrap, joins, the directory's group, creating the
+//! replicas the directory places on it).
 
+pub mod cluster;
 pub mod cluster_machine;
 mod commit_level;
 mod event_coordinator;

@@ -231,6 +231,11 @@ impl<M: StateMachine> ReplicaStore<M> {
         &self.machine
     }
 
+    /// The state machine, for what it keeps in memory (a queue of changes to take).
+    pub fn machine_mut(&mut self) -> &mut M {
+        &mut self.machine
+    }
+
     /// Every partition on this node and what it has applied.
     pub fn points(&self) -> &BTreeMap<PartitionId, AppliedPoint> {
         &self.points

@@ -368,6 +368,21 @@ impl RaftGroup {
         }
     }
 
+    /// On the leader, the highest index `peer` is known to hold (what deciding whether a
+    /// learner has caught up needs); `None` elsewhere or for a node not in the group.
+    pub fn matched_index(&self, peer: NodeId) -> Option<u64> {
+        if self.state.role != Role::Leader {
+            return None;
+        }
+        if peer == self.state.id {
+            return Some(self.state.log.last_index());
+        }
+        self.state
+            .progress
+            .get(&peer)
+            .map(|progress| progress.match_index)
+    }
+
     /// The hard state the driver was last asked to persist (durable once that Ready is
     /// advanced).
     pub fn durable_hard_state(&self) -> HardState {

@@ -429,6 +429,15 @@ impl<M: StateMachine> PartitionHost<M> {
         self.poisoned.is_some()
     }
 
+    /// The state machine every partition here runs (its in-memory view, no transaction).
+    pub fn machine(&self) -> &M {
+        self.store.machine()
+    }
+
+    pub fn machine_mut(&mut self) -> &mut M {
+        self.store.machine_mut()
+    }
+
     pub fn partitions(&self) -> impl Iterator<Item = PartitionId> + '_ {
         self.groups.keys().copied()
     }

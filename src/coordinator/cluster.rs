@@ -1,0 +1,514 @@
+//! Cluster membership on one node: bootstrapping a new cluster's directory, joining an
+//! existing one through any member, keeping the directory's own group on its voters and
+//! learners, and creating this node's replica of every partition the directory places here.
+//!
+//! It drives the node's partition host and never owns it: each call is given the host.
+//!
+//! Invariants:
+//! - every member of the cluster replicates the system partition (its directory), as a voter
+//!   or a learner, so every member has a copy of the directory that is a prefix of the
+//!   committed one; it acts only on that copy, never on a guess;
+//! - a partition's group is created here only from a committed directory entry that lists
+//!   this node, with the entry's replica set as its founding voters; all founders read the
+//!   same entry, so no two groups are ever created for one partition;
+//! - the directory's group changes one step at a time, on its leader only: a member that is
+//!   not in it is added as a learner, and learners that caught up are promoted (zones not
+//!   yet holding a voter first) until it has the settings' voters;
+//! - a join is answered only once its directory command applied (accepted or refused for a
+//!   reason that will not change); anything else is "retry", and the joiner asks again.
+
+use crate::coordinator::cluster_machine::{ClusterOperation, ClusterOutcome, ClusterStateMachine};
+use crate::directory::{
+    ClusterName, ClusterSettings, Directory, DirectoryChange, DirectoryOperation, DirectoryOutcome,
+    DirectoryStateMachine, Member, MemberState, SYSTEM_PARTITION,
+};
+use crate::ids::NodeId;
+use crate::partition::host::{HostOutput, PartitionHost, PartitionStart};
+use crate::partition::state_machine::StateMachine;
+use crate::raft::ConfigChange;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A state machine that holds the directory: what the cluster coordinator needs of the
+/// node's kinds.
+pub trait ClusterKinds: StateMachine {
+    fn directory_machine(&self) -> &DirectoryStateMachine;
+    fn directory_machine_mut(&mut self) -> &mut DirectoryStateMachine;
+    fn directory_operation(operation: DirectoryOperation) -> Self::Operation;
+    fn directory_outcome(outcome: &Self::Outcome) -> Option<&DirectoryOutcome>;
+}
+
+impl ClusterKinds for ClusterStateMachine {
+    fn directory_machine(&self) -> &DirectoryStateMachine {
+        self.directory()
+    }
+
+    fn directory_machine_mut(&mut self) -> &mut DirectoryStateMachine {
+        self.directory_mut()
+    }
+
+    fn directory_operation(operation: DirectoryOperation) -> ClusterOperation {
+        ClusterOperation::Directory(operation)
+    }
+
+    fn directory_outcome(outcome: &ClusterOutcome) -> Option<&DirectoryOutcome> {
+        match outcome {
+            ClusterOutcome::Directory(outcome) => Some(outcome),
+            ClusterOutcome::Kv(_) | ClusterOutcome::Misplaced => None,
+        }
+    }
+}
+
+/// How this node becomes a member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterStart {
+    /// It founds a new cluster with these settings (or restarts as a member of it).
+    Bootstrap(ClusterSettings),
+    /// It joins the cluster through `seed`, any member.
+    Join { seed: NodeId },
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This node as the directory records it.
+    pub member: Member,
+    pub cluster_name: ClusterName,
+    pub start: ClusterStart,
+    /// Ticks between two join requests while no answer came.
+    pub join_retry_ticks: u64,
+}
+
+/// What members say to each other about membership.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClusterMessage {
+    /// From a node that wants to be a member, to any member.
+    JoinRequest {
+        cluster_name: ClusterName,
+        member: Member,
+    },
+    JoinAnswer(JoinAnswer),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinAnswer {
+    Accepted,
+    /// Not now (no directory leader, no answer in time): ask again.
+    Retry(String),
+    /// Never: the node must not ask again as it is (another cluster, its id taken).
+    Refused(String),
+}
+
+/// Where this node stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipState {
+    /// Founding: waiting to lead its one-voter directory and bootstrap it.
+    Bootstrapping,
+    /// Asking to join; accepted once the directory it has applied lists it.
+    Joining,
+    Member,
+    /// The cluster refused it for good.
+    Refused(String),
+}
+
+#[derive(Debug)]
+pub struct ClusterCoordinator {
+    config: ClusterConfig,
+    tick: u64,
+    state: MembershipState,
+    /// The bootstrap command in flight, by request id.
+    bootstrap_request: Option<u64>,
+    /// When this node last asked to join.
+    join_asked_tick: Option<u64>,
+    /// Join commands this node proposed for others: request id to joiner.
+    joins_in_flight: BTreeMap<u64, NodeId>,
+    outbox: Vec<(NodeId, ClusterMessage)>,
+}
+
+fn directory_of<M: ClusterKinds>(host: &PartitionHost<M>) -> Option<&Directory> {
+    host.machine()
+        .directory_machine()
+        .directory(SYSTEM_PARTITION)
+}
+
+impl ClusterCoordinator {
+    /// Starts membership on a host that was just opened: its replica of the directory's group
+    /// (founding, or empty and waiting for the leader), and every replica a committed entry
+    /// places here that a crash kept it from creating.
+    pub fn open<M: ClusterKinds>(
+        config: ClusterConfig,
+        host: &mut PartitionHost<M>,
+    ) -> Result<Self, crate::partition::host::RequestError> {
+        let start = match &config.start {
+            ClusterStart::Bootstrap(_) => PartitionStart::Bootstrap {
+                voters: vec![config.member.id],
+            },
+            ClusterStart::Join { .. } => PartitionStart::Joining,
+        };
+        host.create_partition(SYSTEM_PARTITION, start)?;
+        let state = match &config.start {
+            ClusterStart::Bootstrap(_) => MembershipState::Bootstrapping,
+            ClusterStart::Join { .. } => MembershipState::Joining,
+        };
+        let mut coordinator = Self {
+            config,
+            tick: 0,
+            state,
+            bootstrap_request: None,
+            join_asked_tick: None,
+            joins_in_flight: BTreeMap::new(),
+            outbox: Vec::new(),
+        };
+        coordinator.create_every_placed_replica(host);
+        coordinator.update_state(host);
+        Ok(coordinator)
+    }
+
+    pub fn state(&self) -> &MembershipState {
+        &self.state
+    }
+
+    pub fn take_messages(&mut self) -> Vec<(NodeId, ClusterMessage)> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    fn me(&self) -> NodeId {
+        self.config.member.id
+    }
+
+    /// A member once the directory it applied lists it (and has not seen it leave).
+    fn update_state<M: ClusterKinds>(&mut self, host: &PartitionHost<M>) {
+        if matches!(self.state, MembershipState::Refused(_)) {
+            return;
+        }
+        let listed = directory_of(host)
+            .and_then(|directory| directory.member(self.me()))
+            .is_some_and(|member| member.instance == self.config.member.instance);
+        if listed {
+            self.state = MembershipState::Member;
+        }
+    }
+
+    pub fn tick<M: ClusterKinds>(&mut self, host: &mut PartitionHost<M>) {
+        self.tick += 1;
+        self.update_state(host);
+        match (&self.state, &self.config.start) {
+            (MembershipState::Bootstrapping, ClusterStart::Bootstrap(settings)) => {
+                let settings = settings.clone();
+                self.propose_bootstrap(host, settings);
+            }
+            (MembershipState::Joining, ClusterStart::Join { seed }) => {
+                let due = self
+                    .join_asked_tick
+                    .is_none_or(|asked| self.tick >= asked + self.config.join_retry_ticks);
+                if due {
+                    self.join_asked_tick = Some(self.tick);
+                    let request = ClusterMessage::JoinRequest {
+                        cluster_name: self.config.cluster_name.clone(),
+                        member: self.config.member.clone(),
+                    };
+                    self.outbox.push((*seed, request));
+                }
+            }
+            _ => {}
+        }
+        if self.state == MembershipState::Member {
+            self.drive_directory_group(host);
+        }
+    }
+
+    fn propose_bootstrap<M: ClusterKinds>(
+        &mut self,
+        host: &mut PartitionHost<M>,
+        settings: ClusterSettings,
+    ) {
+        let leads = host
+            .status(SYSTEM_PARTITION)
+            .is_some_and(|status| status.leader == Some(self.me()));
+        if self.bootstrap_request.is_some() || !leads {
+            return;
+        }
+        let operation = DirectoryOperation::Bootstrap {
+            settings,
+            first: self.config.member.clone(),
+        };
+        if let Ok(request_id) = host.write(SYSTEM_PARTITION, M::directory_operation(operation)) {
+            self.bootstrap_request = Some(request_id);
+        }
+    }
+
+    /// Handles a message from a peer.
+    pub fn receive<M: ClusterKinds>(
+        &mut self,
+        host: &mut PartitionHost<M>,
+        from: NodeId,
+        message: ClusterMessage,
+    ) {
+        match message {
+            ClusterMessage::JoinRequest {
+                cluster_name,
+                member,
+            } => self.on_join_request(host, from, cluster_name, member),
+            ClusterMessage::JoinAnswer(answer) => {
+                if self.state != MembershipState::Joining {
+                    return;
+                }
+                match answer {
+                    JoinAnswer::Accepted | JoinAnswer::Retry(_) => {}
+                    JoinAnswer::Refused(reason) => {
+                        tracing::error!(%reason, "the cluster refused this node");
+                        self.state = MembershipState::Refused(reason);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_join_request<M: ClusterKinds>(
+        &mut self,
+        host: &mut PartitionHost<M>,
+        from: NodeId,
+        cluster_name: ClusterName,
+        member: Member,
+    ) {
+        let answer = |answer| (from, ClusterMessage::JoinAnswer(answer));
+        if member.id != from {
+            let reason = format!(
+                "{from} asked to join as {}: a node joins as itself",
+                member.id
+            );
+            self.outbox.push(answer(JoinAnswer::Refused(reason)));
+            return;
+        }
+        let Some(ours) = directory_of(host).and_then(|directory| directory.settings()) else {
+            let reason = format!("{} is not a member of a cluster yet", self.me());
+            self.outbox.push(answer(JoinAnswer::Retry(reason)));
+            return;
+        };
+        if ours.cluster_name != cluster_name {
+            let reason = format!(
+                "this is cluster {:?}; a node of cluster {cluster_name:?} cannot join it",
+                ours.cluster_name.as_str()
+            );
+            self.outbox.push(answer(JoinAnswer::Refused(reason)));
+            return;
+        }
+        let operation = DirectoryOperation::Join {
+            cluster_name,
+            member,
+        };
+        match host.write(SYSTEM_PARTITION, M::directory_operation(operation)) {
+            Ok(request_id) => {
+                self.joins_in_flight.insert(request_id, from);
+            }
+            Err(error) => self
+                .outbox
+                .push(answer(JoinAnswer::Retry(error.to_string()))),
+        }
+    }
+
+    /// Takes the answers to this coordinator's own requests out of a host output; gives back
+    /// every other output.
+    pub fn on_output<M: ClusterKinds>(
+        &mut self,
+        output: HostOutput<M::Outcome, M::Answer>,
+    ) -> Option<HostOutput<M::Outcome, M::Answer>> {
+        let HostOutput::WriteAnswered { request_id, result } = &output else {
+            return Some(output);
+        };
+        if self.bootstrap_request == Some(*request_id) {
+            // Bootstrapped or not, the directory it applied says what to do next.
+            self.bootstrap_request = None;
+            return None;
+        }
+        let Some(joiner) = self.joins_in_flight.remove(request_id) else {
+            return Some(output);
+        };
+        let answer = match result {
+            Ok(outcome) => match M::directory_outcome(outcome) {
+                Some(DirectoryOutcome::Joined(_)) => JoinAnswer::Accepted,
+                Some(DirectoryOutcome::Refused(refusal)) => {
+                    JoinAnswer::Refused(refusal.to_string())
+                }
+                other => JoinAnswer::Retry(format!("unexpected directory outcome {other:?}")),
+            },
+            Err(error) => JoinAnswer::Retry(error.to_string()),
+        };
+        self.outbox
+            .push((joiner, ClusterMessage::JoinAnswer(answer)));
+        None
+    }
+
+    /// Acts on what the directory applied since the last call: creates this node's replica
+    /// of every partition newly placed here.
+    pub fn on_directory_changes<M: ClusterKinds>(&mut self, host: &mut PartitionHost<M>) {
+        let changes = host.machine_mut().directory_machine_mut().take_changes();
+        let mut names = BTreeSet::new();
+        let mut replaced = false;
+        for (partition, change) in changes {
+            if partition != SYSTEM_PARTITION {
+                continue;
+            }
+            match change {
+                DirectoryChange::Partition(name) => {
+                    names.insert(name);
+                }
+                DirectoryChange::Replaced => replaced = true,
+                DirectoryChange::Settings | DirectoryChange::Member(_) => {}
+            }
+        }
+        if replaced {
+            self.create_every_placed_replica(host);
+        } else {
+            for name in names {
+                let entry = directory_of(host).and_then(|directory| directory.partition(&name));
+                if let Some(entry) = entry.cloned() {
+                    self.create_replica(host, entry.id, &entry.replicas, entry.generation);
+                }
+            }
+        }
+        self.update_state(host);
+    }
+
+    fn create_every_placed_replica<M: ClusterKinds>(&mut self, host: &mut PartitionHost<M>) {
+        let Some(directory) = directory_of(host) else {
+            return;
+        };
+        let placed: Vec<_> = directory
+            .partitions()
+            .filter(|entry| entry.replicas.contains(&self.me()))
+            .map(|entry| (entry.id, entry.replicas.clone(), entry.generation))
+            .collect();
+        for (id, replicas, generation) in placed {
+            self.create_replica(host, id, &replicas, generation);
+        }
+    }
+
+    /// Creates this node's replica of a partition an entry places here (a no-op when it
+    /// exists). A first-generation set founds the group; a later one (a move) joins it empty,
+    /// for its leader to add.
+    fn create_replica<M: ClusterKinds>(
+        &mut self,
+        host: &mut PartitionHost<M>,
+        id: crate::partition::PartitionId,
+        replicas: &[NodeId],
+        generation: u64,
+    ) {
+        if !replicas.contains(&self.me()) || host.group(id).is_some() {
+            return;
+        }
+        let start = if generation == 1 {
+            PartitionStart::Bootstrap {
+                voters: replicas.to_vec(),
+            }
+        } else {
+            PartitionStart::Joining
+        };
+        if let Err(error) = host.create_partition(id, start) {
+            tracing::error!(partition = %id, %error, "could not create a placed replica");
+        }
+    }
+
+    /// On the directory's leader: one step towards every member in its group and the
+    /// settings' voters, zones spread.
+    fn drive_directory_group<M: ClusterKinds>(&mut self, host: &mut PartitionHost<M>) {
+        let Some(group) = host.group(SYSTEM_PARTITION) else {
+            return;
+        };
+        let status = group.status();
+        if status.leader != Some(self.me()) || status.configuration.is_joint() {
+            return;
+        }
+        let Some(directory) = directory_of(host) else {
+            return;
+        };
+        let Some(settings) = directory.settings() else {
+            return;
+        };
+        let configuration = &status.configuration;
+        let in_group =
+            |id: &NodeId| configuration.voters.contains(id) || configuration.learners.contains(id);
+        let members: Vec<&Member> = directory
+            .members()
+            .filter(|member| member.state != MemberState::Left)
+            .collect();
+        let change = match members.iter().find(|member| !in_group(&member.id)) {
+            Some(missing) => Some(ConfigChange::AddLearner(missing.id)),
+            None => self.next_voter_change(group, settings, &members),
+        };
+        if let Some(change) = change {
+            // Refused while an earlier change is pending: the next tick tries again.
+            let _ = host.change_membership(SYSTEM_PARTITION, change);
+        }
+    }
+}
+
+impl ClusterCoordinator {
+    /// The next step towards the settings' voters, spread over as many zones as the active
+    /// members have: promote a caught-up learner (of a zone without a voter first); with one
+    /// voter too many, demote one of a zone holding two; with enough voters but a zone left
+    /// out that a caught-up learner could fill, promote it (the extra voter goes next).
+    fn next_voter_change(
+        &self,
+        group: &crate::raft::RaftGroup,
+        settings: &ClusterSettings,
+        members: &[&Member],
+    ) -> Option<ConfigChange> {
+        let status = group.status();
+        let configuration = &status.configuration;
+        let active: Vec<&Member> = members
+            .iter()
+            .copied()
+            .filter(|member| member.state == MemberState::Active)
+            .collect();
+        let wanted = usize::from(settings.directory_voters).min(active.len());
+        let voters: Vec<&Member> = members
+            .iter()
+            .copied()
+            .filter(|member| configuration.voters.contains(&member.id))
+            .collect();
+        let voter_zones: BTreeSet<_> = voters.iter().map(|member| &member.location).collect();
+        let candidates: Vec<&Member> = active
+            .iter()
+            .copied()
+            .filter(|member| {
+                configuration.learners.contains(&member.id)
+                    && group.matched_index(member.id) >= Some(status.committed)
+            })
+            .collect();
+        let in_new_zone = candidates
+            .iter()
+            .find(|member| !voter_zones.contains(&member.location));
+        if voters.len() < wanted {
+            return in_new_zone
+                .or(candidates.first())
+                .map(|member| ConfigChange::Promote(member.id));
+        }
+        if voters.len() > wanted {
+            let crowded = voters.iter().find(|member| {
+                member.id != self.me()
+                    && voters
+                        .iter()
+                        .filter(|other| other.location == member.location)
+                        .count()
+                        > 1
+            });
+            let any_other = voters.iter().find(|member| member.id != self.me());
+            return crowded
+                .or(any_other)
+                .map(|member| ConfigChange::Demote(member.id));
+        }
+        let zones_possible = active
+            .iter()
+            .map(|member| &member.location)
+            .collect::<BTreeSet<_>>()
+            .len()
+            .min(wanted);
+        if voter_zones.len() < zones_possible {
+            return in_new_zone.map(|member| ConfigChange::Promote(member.id));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,435 @@
+//! Membership on a small in-memory cluster of real partition hosts: a bootstrap, joins
+//! through different members, the directory's group growing to three voters in three zones,
+//! a partition created from a learner and founded by exactly the replicas its entry names,
+//! refusals that say why, and a member that restarts.
+
+use super::*;
+use crate::coordinator::cluster_machine::{ClusterAnswer, ClusterQuery};
+use crate::directory::names::Address;
+use crate::directory::{DirectoryOutcome, PartitionName};
+use crate::ids::Location;
+use crate::partition::command::KvOperation;
+use crate::partition::host::{HostConfig, RequestError};
+use crate::partition::kv_store::{ReadAnswer, ReadRequest, WriteOutcome};
+use crate::partition::PartitionId;
+use crate::raft::Role;
+use crate::storage::test_disk::TestDisk;
+use std::sync::Arc;
+
+type Host = PartitionHost<ClusterStateMachine>;
+type Output = HostOutput<ClusterOutcome, ClusterAnswer>;
+
+struct Node {
+    host: Host,
+    coordinator: ClusterCoordinator,
+    disk: Arc<TestDisk>,
+    config: ClusterConfig,
+    outputs: Vec<Output>,
+}
+
+struct Cluster {
+    nodes: BTreeMap<NodeId, Node>,
+    /// Every membership message sent, in order.
+    sent: Vec<(NodeId, NodeId, ClusterMessage)>,
+}
+
+fn member(id: u32, zone: &str) -> Member {
+    Member {
+        id: NodeId(id),
+        instance: 100 + u64::from(id),
+        peer_address: Address::new(format!("10.0.0.{id}:7001")).unwrap(),
+        http_address: Address::new(format!("10.0.0.{id}:8080")).unwrap(),
+        location: Location::new("region", zone),
+        state: MemberState::Active,
+    }
+}
+
+fn cluster_name(name: &str) -> ClusterName {
+    ClusterName::new(name).unwrap()
+}
+
+fn open(config: ClusterConfig, disk: Arc<TestDisk>) -> Node {
+    let mut host = Host::open(
+        config.member.id,
+        disk.clone(),
+        HostConfig::default(),
+        u64::from(config.member.id.0),
+        ClusterStateMachine::default(),
+    )
+    .unwrap();
+    let coordinator = ClusterCoordinator::open(config.clone(), &mut host).unwrap();
+    Node {
+        host,
+        coordinator,
+        disk,
+        config,
+        outputs: Vec::new(),
+    }
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Cluster {
+            nodes: BTreeMap::new(),
+            sent: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, member: Member, name: &str, start: ClusterStart) {
+        let config = ClusterConfig {
+            member,
+            cluster_name: cluster_name(name),
+            start,
+            join_retry_ticks: 5,
+        };
+        let id = config.member.id;
+        self.nodes.insert(id, open(config, TestDisk::new()));
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let node = self.nodes.remove(&id).unwrap();
+        let disk = node.disk.crash();
+        self.nodes.insert(id, open(node.config, disk));
+    }
+
+    /// Processes every node and delivers what they send until quiet.
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            let mut envelopes = Vec::new();
+            let mut messages = Vec::new();
+            for (id, node) in self.nodes.iter_mut() {
+                node.host.process();
+                node.coordinator.on_directory_changes(&mut node.host);
+                for output in node.host.take_outputs() {
+                    if let Some(output) = node.coordinator.on_output::<ClusterStateMachine>(output)
+                    {
+                        node.outputs.push(output);
+                    }
+                }
+                envelopes.extend(
+                    node.host
+                        .take_envelopes()
+                        .into_iter()
+                        .map(|(to, e)| (*id, to, e)),
+                );
+                messages.extend(
+                    node.coordinator
+                        .take_messages()
+                        .into_iter()
+                        .map(|(to, message)| (*id, to, message)),
+                );
+            }
+            if envelopes.is_empty() && messages.is_empty() {
+                return;
+            }
+            for (from, to, envelope) in envelopes {
+                if let Some(node) = self.nodes.get_mut(&to) {
+                    node.host.receive(from, envelope);
+                }
+            }
+            self.sent.extend(messages.iter().cloned());
+            for (from, to, message) in messages {
+                if let Some(node) = self.nodes.get_mut(&to) {
+                    node.coordinator.receive(&mut node.host, from, message);
+                }
+            }
+        }
+        panic!("the cluster did not settle");
+    }
+
+    fn tick(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.host.tick();
+            node.coordinator.tick(&mut node.host);
+        }
+        self.settle();
+    }
+
+    /// Ticks until `done` holds, at most `ticks` times.
+    fn run_until(&mut self, ticks: u32, what: &str, done: impl Fn(&Cluster) -> bool) {
+        for _ in 0..ticks {
+            if done(self) {
+                return;
+            }
+            self.tick();
+        }
+        panic!("not within {ticks} ticks: {what}");
+    }
+
+    fn directory(&self, id: NodeId) -> Option<&Directory> {
+        directory_of(&self.nodes[&id].host)
+    }
+
+    fn system_configuration(&self) -> Option<crate::raft::Configuration> {
+        self.nodes.values().find_map(|node| {
+            let status = node.host.status(SYSTEM_PARTITION)?;
+            (status.role == Role::Leader).then_some(status.configuration)
+        })
+    }
+
+    fn leader(&self, partition: PartitionId) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .find(|(_, node)| {
+                node.host
+                    .status(partition)
+                    .is_some_and(|status| status.role == Role::Leader)
+            })
+            .map(|(id, _)| *id)
+    }
+
+    fn take_answer(&mut self, id: NodeId, request: u64) -> Option<Output> {
+        let outputs = &mut self.nodes.get_mut(&id).unwrap().outputs;
+        let position = outputs.iter().position(|output| match output {
+            HostOutput::WriteAnswered { request_id, .. }
+            | HostOutput::ReadAnswered { request_id, .. } => *request_id == request,
+            _ => false,
+        })?;
+        Some(outputs.remove(position))
+    }
+
+    /// Proposes `operation` on `partition` at `id` and runs until it is answered.
+    fn write(
+        &mut self,
+        id: NodeId,
+        partition: PartitionId,
+        operation: ClusterOperation,
+    ) -> Result<ClusterOutcome, RequestError> {
+        let request = self
+            .nodes
+            .get_mut(&id)
+            .unwrap()
+            .host
+            .write(partition, operation)?;
+        for _ in 0..200 {
+            if let Some(HostOutput::WriteAnswered { result, .. }) = self.take_answer(id, request) {
+                return result;
+            }
+            self.tick();
+        }
+        panic!("no answer to the write");
+    }
+}
+
+/// Node 1 founds "test" in zone a; 2 to 5 join through different members, in zones a, b, a
+/// and c: the first learners to catch up crowd zone a, and zone c comes last.
+fn five_node_cluster() -> Cluster {
+    let mut cluster = Cluster::new();
+    let zones = ["a", "a", "b", "a", "c"];
+    cluster.add(
+        member(1, zones[0]),
+        "test",
+        ClusterStart::Bootstrap(ClusterSettings::new(cluster_name("test"))),
+    );
+    cluster.run_until(100, "node 1 bootstraps", |cluster| {
+        cluster.nodes[&NodeId(1)].coordinator.state() == &MembershipState::Member
+    });
+    for (id, seed) in [(2, 1), (3, 1), (4, 2), (5, 3)] {
+        cluster.add(
+            member(id, zones[id as usize - 1]),
+            "test",
+            ClusterStart::Join { seed: NodeId(seed) },
+        );
+    }
+    cluster.run_until(
+        300,
+        "every node a member with the whole directory",
+        |cluster| {
+            cluster.nodes.iter().all(|(id, node)| {
+                node.coordinator.state() == &MembershipState::Member
+                    && cluster
+                        .directory(*id)
+                        .is_some_and(|directory| directory.members().count() == 5)
+            })
+        },
+    );
+    cluster.run_until(300, "three voters in three zones", |cluster| {
+        let directory = cluster.directory(NodeId(1)).unwrap();
+        cluster.system_configuration().is_some_and(|configuration| {
+            let zones: BTreeSet<&Location> = configuration
+                .voters
+                .iter()
+                .map(|id| &directory.member(*id).unwrap().location)
+                .collect();
+            configuration.voters.len() == 3 && zones.len() == 3 && !configuration.is_joint()
+        })
+    });
+    cluster
+}
+
+#[test]
+fn joins_grow_the_directory_group_to_three_voters_in_three_zones() {
+    let cluster = five_node_cluster();
+    let configuration = cluster.system_configuration().unwrap();
+    assert_eq!(configuration.learners.len(), 2, "{configuration:?}");
+    let directory = cluster.directory(NodeId(1)).unwrap();
+    let zones: BTreeSet<&str> = configuration
+        .voters
+        .iter()
+        .map(|id| directory.member(*id).unwrap().location.zone.as_str())
+        .collect();
+    assert_eq!(
+        zones.len(),
+        3,
+        "voters {:?} spread over zones",
+        configuration.voters
+    );
+    // Every member's copy agrees.
+    for id in cluster.nodes.keys() {
+        assert_eq!(cluster.directory(*id).unwrap().image(), directory.image());
+    }
+}
+
+#[test]
+fn a_partition_created_anywhere_is_founded_by_the_replicas_its_entry_names() {
+    let mut cluster = five_node_cluster();
+    // Node 4 is a learner of the directory's group: its proposal goes to the leader.
+    let name = PartitionName::new("user:42").unwrap();
+    let create =
+        ClusterOperation::Directory(DirectoryOperation::CreatePartition { name: name.clone() });
+    let entry = match cluster.write(NodeId(4), SYSTEM_PARTITION, create.clone()) {
+        Ok(ClusterOutcome::Directory(DirectoryOutcome::Partition {
+            entry,
+            created: true,
+        })) => entry,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(entry.replicas.len(), 3);
+    // A second creation, from another node, finds the same partition.
+    match cluster.write(NodeId(5), SYSTEM_PARTITION, create) {
+        Ok(ClusterOutcome::Directory(DirectoryOutcome::Partition {
+            entry: again,
+            created: false,
+        })) => {
+            assert_eq!(again, entry)
+        }
+        other => panic!("{other:?}"),
+    }
+    cluster.run_until(200, "the partition elects a leader", |cluster| {
+        cluster.leader(entry.id).is_some()
+    });
+    for (id, node) in &cluster.nodes {
+        let hosts = node.host.group(entry.id).is_some();
+        assert_eq!(
+            hosts,
+            entry.replicas.contains(id),
+            "{id} hosts {}",
+            entry.id
+        );
+    }
+    let replica = entry.replicas[0];
+    let put = ClusterOperation::Kv(KvOperation::Put {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+    });
+    assert_eq!(
+        cluster.write(replica, entry.id, put),
+        Ok(ClusterOutcome::Kv(WriteOutcome::Put))
+    );
+    let reader = entry.replicas[2];
+    let request = cluster
+        .nodes
+        .get_mut(&reader)
+        .unwrap()
+        .host
+        .read(
+            entry.id,
+            ClusterQuery::Kv(ReadRequest::Get { key: b"k".to_vec() }),
+        )
+        .unwrap();
+    cluster.run_until(50, "the read is answered", |cluster| {
+        cluster.nodes[&reader].outputs.iter().any(|output| {
+            matches!(output, HostOutput::ReadAnswered { request_id, .. } if *request_id == request)
+        })
+    });
+    match cluster.take_answer(reader, request) {
+        Some(HostOutput::ReadAnswered { result, .. }) => {
+            assert_eq!(
+                result,
+                Ok(ClusterAnswer::Kv(ReadAnswer::Value(b"v".to_vec())))
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A replica that restarts keeps its membership and its replica.
+    cluster.restart(reader);
+    assert!(cluster.nodes[&reader].host.group(entry.id).is_some());
+    cluster.run_until(100, "the restarted replica is a member again", |cluster| {
+        cluster.nodes[&reader].coordinator.state() == &MembershipState::Member
+    });
+}
+
+#[test]
+fn joins_that_can_never_succeed_are_refused_with_the_reason() {
+    let mut cluster = five_node_cluster();
+    cluster.add(
+        member(6, "c"),
+        "other",
+        ClusterStart::Join { seed: NodeId(2) },
+    );
+    cluster.run_until(50, "the node of another cluster is refused", |cluster| {
+        cluster.nodes[&NodeId(6)].coordinator.state() != &MembershipState::Joining
+    });
+    match cluster.nodes[&NodeId(6)].coordinator.state() {
+        MembershipState::Refused(reason) => assert!(
+            reason.contains("this is cluster \"test\"") && reason.contains("\"other\""),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The directory never listed the node of the other cluster.
+    assert!(cluster
+        .directory(NodeId(1))
+        .unwrap()
+        .member(NodeId(6))
+        .is_none());
+
+    // A second node given id 3 by mistake asks member 5 to join under it.
+    let mut impostor = member(3, "c");
+    impostor.instance = 7;
+    impostor.peer_address = Address::new("10.0.0.99:7001").unwrap();
+    let request = ClusterMessage::JoinRequest {
+        cluster_name: cluster_name("test"),
+        member: impostor,
+    };
+    let seed = cluster.nodes.get_mut(&NodeId(5)).unwrap();
+    seed.coordinator.receive(&mut seed.host, NodeId(3), request);
+    cluster.run_until(100, "the impostor is answered", |cluster| {
+        cluster.sent.iter().any(|(from, to, message)| {
+            *from == NodeId(5)
+                && *to == NodeId(3)
+                && matches!(message, ClusterMessage::JoinAnswer(_))
+        })
+    });
+    let answer = cluster
+        .sent
+        .iter()
+        .rev()
+        .find_map(|(from, to, message)| match message {
+            ClusterMessage::JoinAnswer(answer) if *from == NodeId(5) && *to == NodeId(3) => {
+                Some(answer.clone())
+            }
+            _ => None,
+        });
+    assert_eq!(
+        answer,
+        Some(JoinAnswer::Refused(
+            "node id n3 is taken by another node, the member at 10.0.0.3:7001".into()
+        ))
+    );
+    // A node may only join as itself.
+    let seed = cluster.nodes.get_mut(&NodeId(5)).unwrap();
+    let request = ClusterMessage::JoinRequest {
+        cluster_name: cluster_name("test"),
+        member: member(9, "c"),
+    };
+    seed.coordinator.receive(&mut seed.host, NodeId(8), request);
+    assert!(matches!(
+        seed.coordinator.take_messages().as_slice(),
+        [(
+            NodeId(8),
+            ClusterMessage::JoinAnswer(JoinAnswer::Refused(_))
+        )]
+    ));
+}
