@@ -13,6 +13,7 @@ use crate::partition::host::{HostConfig, RequestError};
 use crate::partition::kv_store::{ReadAnswer, ReadRequest, WriteOutcome};
 use crate::partition::PartitionId;
 use crate::raft::Role;
+use crate::random::{Rng, SeededRng};
 use crate::storage::test_disk::TestDisk;
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ struct Cluster {
     nodes: BTreeMap<NodeId, Node>,
     /// Every membership message sent, in order.
     sent: Vec<(NodeId, NodeId, ClusterMessage)>,
+    /// Drops each envelope and message with this chance, drawn from this stream.
+    loss: Option<(SeededRng, f64)>,
 }
 
 fn member(id: u32, zone: &str) -> Member {
@@ -72,6 +75,7 @@ impl Cluster {
         Cluster {
             nodes: BTreeMap::new(),
             sent: Vec::new(),
+            loss: None,
         }
     }
 
@@ -121,6 +125,10 @@ impl Cluster {
             }
             if envelopes.is_empty() && messages.is_empty() {
                 return;
+            }
+            if let Some((rng, chance)) = &mut self.loss {
+                envelopes.retain(|_| !rng.chance(*chance));
+                messages.retain(|_| !rng.chance(*chance));
             }
             for (from, to, envelope) in envelopes {
                 if let Some(node) = self.nodes.get_mut(&to) {
@@ -432,4 +440,87 @@ fn joins_that_can_never_succeed_are_refused_with_the_reason() {
             ClusterMessage::JoinAnswer(JoinAnswer::Refused(_))
         )]
     ));
+}
+
+/// Seeded runs of six nodes joining through random members while envelopes and messages are
+/// lost, nodes crash and restart, and partitions are created from random nodes. Once the
+/// network heals: every node is a member, every copy of the directory is the same, and every
+/// partition's group exists on exactly the replicas its entry names, founded with them as
+/// voters, with a leader.
+#[test]
+fn membership_and_placement_hold_under_loss_and_restarts() {
+    for seed in 0..6 {
+        let mut rng = SeededRng::split(seed, 0);
+        let mut cluster = Cluster::new();
+        cluster.loss = Some((SeededRng::split(seed, 1), 0.2));
+        let zone = |rng: &mut SeededRng| ["a", "b", "c"][rng.below(3) as usize];
+        cluster.add(
+            member(1, zone(&mut rng)),
+            "test",
+            ClusterStart::Bootstrap(ClusterSettings::new(cluster_name("test"))),
+        );
+        for id in 2..=6u32 {
+            let seed_node = NodeId(1 + rng.below(u64::from(id) - 1) as u32);
+            let zone = zone(&mut rng);
+            cluster.add(
+                member(id, zone),
+                "test",
+                ClusterStart::Join { seed: seed_node },
+            );
+        }
+        let mut created = 0;
+        for _ in 0..400 {
+            cluster.tick();
+            if rng.chance(0.02) {
+                let victim = NodeId(1 + rng.below(6) as u32);
+                cluster.restart(victim);
+            }
+            if rng.chance(0.1) {
+                let proposer = NodeId(1 + rng.below(6) as u32);
+                let name = PartitionName::new(format!("p{}", rng.below(12))).unwrap();
+                let create =
+                    ClusterOperation::Directory(DirectoryOperation::CreatePartition { name });
+                let host = &mut cluster.nodes.get_mut(&proposer).unwrap().host;
+                if host.write(SYSTEM_PARTITION, create).is_ok() {
+                    created += 1;
+                }
+            }
+        }
+        cluster.loss = None;
+        cluster.run_until(
+            1000,
+            "every node a member with the same directory",
+            |cluster| {
+                let first = cluster.directory(NodeId(1)).map(Directory::image);
+                cluster.nodes.iter().all(|(id, node)| {
+                    node.coordinator.state() == &MembershipState::Member
+                        && cluster.directory(*id).map(Directory::image) == first
+                        && first.as_ref().is_some_and(|image| image.members.len() == 6)
+                })
+            },
+        );
+        let directory = cluster.directory(NodeId(1)).unwrap().clone();
+        assert!(
+            created > 0 && directory.partition_count() > 0,
+            "seed {seed}"
+        );
+        for entry in directory.partitions() {
+            cluster.run_until(300, "the partition elects a leader", |cluster| {
+                cluster.leader(entry.id).is_some()
+            });
+            for (id, node) in &cluster.nodes {
+                let group = node.host.group(entry.id);
+                assert_eq!(
+                    group.is_some(),
+                    entry.replicas.contains(id),
+                    "seed {seed}: {id} and partition {}",
+                    entry.name
+                );
+                if let Some(group) = group {
+                    let voters: BTreeSet<NodeId> = entry.replicas.iter().copied().collect();
+                    assert_eq!(group.configuration().voters, voters, "seed {seed}");
+                }
+            }
+        }
+    }
 }
