@@ -4,8 +4,8 @@
 //!
 //! Invariants: a write touches only its own partition's range; a batch applies whole inside
 //! the command's transaction; a page of a range is one read transaction (one instant; a range
-//! of several pages is several reads, each linearizable on its own), never more than
-//! `PAGE_PAIRS_MAX` pairs and, past its first pair, never past `PAGE_BYTES_MAX` bytes; an
+//! of several pages is several reads, each linearizable on its own) of at most
+//! `PAGE_PAIRS_MAX` pairs, ending with the pair that brings it to `PAGE_BYTES_MAX` bytes; an
 //! image holds the partition's pairs in key order, each within a command's size limits.
 
 use crate::partition::command::{BatchOperation, KvOperation, KEY_BYTES_MAX, VALUE_BYTES_MAX};
