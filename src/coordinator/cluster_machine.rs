@@ -186,23 +186,14 @@ impl StateMachine for ClusterStateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::directory::names::Address;
-    use crate::directory::{ClusterName, ClusterSettings, Member, MemberState, PartitionName};
-    use crate::ids::{Location, NodeId};
+    use crate::directory::{ClusterName, ClusterSettings, Member, PartitionName};
     use redb::backends::InMemoryBackend;
     use redb::{Database, ReadableDatabase};
 
     fn bootstrap() -> ClusterOperation {
         ClusterOperation::Directory(DirectoryOperation::Bootstrap {
             settings: ClusterSettings::new(ClusterName::new("test").unwrap()),
-            first: Member {
-                id: NodeId(1),
-                instance: 1,
-                peer_address: Address::new("10.0.0.1:7001").unwrap(),
-                http_address: Address::new("10.0.0.1:8080").unwrap(),
-                location: Location::new("r", "z"),
-                state: MemberState::Active,
-            },
+            first: Member::for_test(1, "z"),
         })
     }
 

@@ -318,8 +318,8 @@ impl StateMachine for DirectoryStateMachine {
 mod tests {
     use super::*;
     use crate::directory::member::MemberState;
-    use crate::directory::names::{Address, ClusterName};
-    use crate::ids::{Location, NodeId};
+    use crate::directory::names::ClusterName;
+    use crate::ids::NodeId;
     use redb::backends::InMemoryBackend;
     use redb::{Database, ReadableDatabase};
 
@@ -341,14 +341,7 @@ mod tests {
     }
 
     fn member(id: u32) -> Member {
-        Member {
-            id: NodeId(id),
-            instance: u64::from(id),
-            peer_address: Address::new(format!("10.0.0.{id}:7001")).unwrap(),
-            http_address: Address::new(format!("10.0.0.{id}:8080")).unwrap(),
-            location: Location::new("region", format!("zone-{id}")),
-            state: MemberState::Active,
-        }
+        Member::for_test(id, &format!("zone-{id}"))
     }
 
     fn apply_all(

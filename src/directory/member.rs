@@ -50,6 +50,25 @@ pub struct Member {
     pub state: MemberState,
 }
 
+impl Member {
+    /// An active member for tests: `id` at 10.0.0.`id` (peer port 7001, HTTP port 8080), in
+    /// `zone` of "region", instance 1000 + `id`.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: u32, zone: &str) -> Member {
+        let address = |port: u16| {
+            Address::new(format!("10.0.0.{id}:{port}")).expect("a test address is valid")
+        };
+        Member {
+            id: NodeId(id),
+            instance: 1000 + u64::from(id),
+            peer_address: address(7001),
+            http_address: address(8080),
+            location: Location::new("region", zone),
+            state: MemberState::Active,
+        }
+    }
+}
+
 /// What every member of a cluster follows, fixed when the cluster is bootstrapped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSettings {

@@ -476,18 +476,10 @@ pub fn check_operation(operation: &DirectoryOperation) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::directory::names::Address;
-    use crate::ids::Location;
     use proptest::prelude::*;
 
     fn member(id: u32, zone: &str) -> Member {
-        Member {
-            id: NodeId(id),
-            instance: 1000 + u64::from(id),
-            peer_address: Address::new(format!("10.0.0.{id}:7001")).unwrap(),
-            http_address: Address::new(format!("10.0.0.{id}:8080")).unwrap(),
-            location: Location::new("region", zone),
-            state: MemberState::Active,
-        }
+        Member::for_test(id, zone)
     }
 
     fn cluster() -> ClusterName {

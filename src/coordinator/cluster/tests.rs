@@ -37,14 +37,7 @@ struct Cluster {
 }
 
 fn member(id: u32, zone: &str) -> Member {
-    Member {
-        id: NodeId(id),
-        instance: 100 + u64::from(id),
-        peer_address: Address::new(format!("10.0.0.{id}:7001")).unwrap(),
-        http_address: Address::new(format!("10.0.0.{id}:8080")).unwrap(),
-        location: Location::new("region", zone),
-        state: MemberState::Active,
-    }
+    Member::for_test(id, zone)
 }
 
 fn cluster_name(name: &str) -> ClusterName {
