@@ -22,14 +22,20 @@
 //! their repair, or speak in a Raft group. Members are trusted to run the protocol; their
 //! messages are checked for form, not for truth.
 
+use crate::coordinator::cluster::{
+    directory_of, ClusterConfig, ClusterCoordinator, ClusterKinds, MembershipState,
+};
+use crate::coordinator::router::{RoutedRequest, Router, RouterAnswer, RouterConfig};
 use crate::coordinator::{
     CommitLevel, CoordinatorConfig, CoordinatorCounters, CoordinatorOutput, EventCoordinator,
     PlantedBug, PutError,
 };
+use crate::directory::{Directory, PartitionName};
 use crate::events::{EventKey, EventStore, IntervalClosed, StoreError};
 use crate::ids::{Location, NodeId};
 use crate::partition::host::{HostConfig, HostOutput, PartitionHost, PartitionStart, RequestError};
 use crate::partition::kv_store::{KvStateMachine, ReadAnswer, WriteOutcome};
+use crate::partition::route::RouteMessage;
 use crate::partition::state_machine::StateMachine;
 use crate::partition::PartitionId;
 use crate::placement::PeerTable;
@@ -42,6 +48,11 @@ pub struct NodeConfig {
     pub coordinator: CoordinatorConfig,
     /// Raft partitions on this node; `None` runs the event store alone.
     pub partitions: Option<PartitionsConfig>,
+    /// Membership of a cluster of named partitions (needs `partitions`, and kinds with a
+    /// directory); `None` places partitions by hand (the simulator's numbered partitions).
+    pub cluster: Option<ClusterConfig>,
+    /// How requests for partition names are routed (with `cluster`).
+    pub router: RouterConfig,
 }
 
 /// How the node runs its Raft partitions.
@@ -66,6 +77,8 @@ impl NodeConfig {
         Self {
             coordinator: CoordinatorConfig::new(id, location),
             partitions: None,
+            cluster: None,
+            router: RouterConfig::default(),
         }
     }
 
@@ -97,6 +110,8 @@ pub enum NodeOutput<Outcome = WriteOutcome, Answer = ReadAnswer> {
     IntervalClosed(IntervalClosed),
     /// Answers and observations of the node's Raft partitions.
     Partition(HostOutput<Outcome, Answer>),
+    /// Answers to requests routed by partition name.
+    Routed(RouterAnswer<Outcome, Answer>),
 }
 
 /// The output type of a node whose partitions run state machine `M`.
@@ -130,11 +145,14 @@ pub struct NodeCounters {
 }
 
 /// A node; its partitions run state machine `M` (the key-value store by default).
-pub struct Node<M: StateMachine = KvStateMachine> {
+pub struct Node<M: ClusterKinds = KvStateMachine> {
     config: NodeConfig,
     seams: NodeSeams,
     events: EventCoordinator,
     partitions: Option<PartitionHost<M>>,
+    /// Membership and routing, in a cluster of named partitions.
+    cluster: Option<ClusterCoordinator>,
+    router: Router<M>,
     /// Set when the partition store was found damaged at open (see `partition::raft_log`).
     partitions_damaged: Option<String>,
     next_raft_tick_micros: u64,
@@ -145,7 +163,7 @@ pub struct Node<M: StateMachine = KvStateMachine> {
     messages_refused: u64,
 }
 
-impl<M: StateMachine> std::fmt::Debug for Node<M> {
+impl<M: ClusterKinds> std::fmt::Debug for Node<M> {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Node")
@@ -155,7 +173,7 @@ impl<M: StateMachine> std::fmt::Debug for Node<M> {
     }
 }
 
-impl<M: StateMachine + Default> Node<M> {
+impl<M: ClusterKinds + Default> Node<M> {
     /// Opens the node: recovers the event store, the key generator and the partitions from
     /// disk.
     pub fn open(config: NodeConfig, seams: NodeSeams) -> Result<Self, StoreError> {
@@ -194,11 +212,22 @@ impl<M: StateMachine + Default> Node<M> {
             (Some(settings), Some(_)) => now + settings.tick_micros,
             _ => u64::MAX / 2,
         };
+        let mut partitions = partitions;
+        let cluster = match (&config.cluster, &mut partitions) {
+            (Some(cluster), Some(host)) => Some(
+                ClusterCoordinator::open(cluster.clone(), host)
+                    .map_err(|error| StoreError::Corrupt(format!("cluster: {error}")))?,
+            ),
+            _ => None,
+        };
+        let router = Router::new(config.router.clone());
         Ok(Self {
             config,
             seams,
             events,
             partitions,
+            cluster,
+            router,
             partitions_damaged,
             next_raft_tick_micros,
             outputs: Vec::new(),
@@ -208,7 +237,7 @@ impl<M: StateMachine + Default> Node<M> {
     }
 }
 
-impl<M: StateMachine> Node<M> {
+impl<M: ClusterKinds> Node<M> {
     pub fn id(&self) -> NodeId {
         self.config.id()
     }
@@ -333,6 +362,9 @@ impl<M: StateMachine> Node<M> {
             Message::ReplicateResult { .. } => peers.is_member(from),
             // Raft traffic needs partitions here to take it.
             Message::Raft(_) => peers.is_member(from) && self.partitions.is_some(),
+            // A node asking to join is not a member yet.
+            Message::Cluster(_) => self.cluster.is_some(),
+            Message::Route(_) => self.cluster.is_some() && self.is_cluster_member(from),
         }
     }
 
@@ -349,6 +381,16 @@ impl<M: StateMachine> Node<M> {
                     host.receive(from, envelope);
                     self.pump_partitions();
                 }
+            }
+            Message::Cluster(message) => {
+                if let (Some(cluster), Some(host)) = (&mut self.cluster, &mut self.partitions) {
+                    cluster.receive(host, from, message);
+                    self.pump_partitions();
+                }
+            }
+            Message::Route(message) => {
+                self.take_route(from, message);
+                self.pump_partitions();
             }
             event_message => {
                 let now = self.now();
@@ -448,6 +490,10 @@ impl<M: StateMachine> Node<M> {
             let mut ticks = 0;
             while self.next_raft_tick_micros <= now && ticks < 3 {
                 host.tick();
+                if let Some(cluster) = &mut self.cluster {
+                    cluster.tick(host);
+                    self.router.tick(host);
+                }
                 self.next_raft_tick_micros += tick_micros;
                 ticks += 1;
             }
@@ -467,8 +513,121 @@ impl<M: StateMachine> Node<M> {
         for (to, envelope) in host.take_envelopes() {
             self.seams.network.send(to, Message::Raft(envelope));
         }
-        self.outputs
-            .extend(host.take_outputs().into_iter().map(NodeOutput::Partition));
+        let outputs = host.take_outputs();
+        match &mut self.cluster {
+            Some(cluster) => {
+                cluster.on_directory_changes(host);
+                for output in outputs {
+                    if let Some(output) = cluster.on_output::<M>(output) {
+                        self.outputs.push(NodeOutput::Partition(output));
+                    }
+                }
+                for (to, message) in cluster.take_messages() {
+                    self.seams.network.send(to, Message::Cluster(message));
+                }
+            }
+            None => self
+                .outputs
+                .extend(outputs.into_iter().map(NodeOutput::Partition)),
+        }
+        self.hand_on_routes();
+    }
+
+    /// Sends the routed requests and answers the host queued; those for this node are taken
+    /// here at once (a request routed to itself, and its answer).
+    fn hand_on_routes(&mut self) {
+        // Bounded: each pass answers what the last one served, and serving queues at most
+        // one answer per request.
+        for _ in 0..4 {
+            let Some(host) = &mut self.partitions else {
+                return;
+            };
+            let messages = host.take_route_messages();
+            if messages.is_empty() {
+                break;
+            }
+            let me = self.config.id();
+            for (to, message) in messages {
+                if to == me {
+                    self.take_route(me, message);
+                } else {
+                    self.seams.network.send(to, Message::Route(message));
+                }
+            }
+            if let Some(host) = &mut self.partitions {
+                host.prepare_round();
+                for (to, envelope) in host.take_envelopes() {
+                    self.seams.network.send(to, Message::Raft(envelope));
+                }
+            }
+        }
+        self.outputs.extend(
+            self.router
+                .take_answers()
+                .into_iter()
+                .map(NodeOutput::Routed),
+        );
+    }
+
+    /// A routed request (served by the host) or an answer (taken by the router).
+    fn take_route(&mut self, from: NodeId, message: RouteMessage) {
+        let Some(host) = &mut self.partitions else {
+            return;
+        };
+        match message {
+            RouteMessage::Answer { request_id, result } => {
+                self.router.receive_answer(host, from, request_id, result);
+            }
+            request => host.serve_route(from, request),
+        }
+    }
+
+    /// Whether `from` is a member of this node's cluster (in its directory, or its peer
+    /// table).
+    fn is_cluster_member(&self, from: NodeId) -> bool {
+        self.events.peers().is_member(from)
+            || self
+                .directory()
+                .and_then(|directory| directory.member(from))
+                .is_some()
+    }
+
+    // ---- the cluster ----
+
+    /// This node's copy of the cluster directory, once it applied any.
+    pub fn directory(&self) -> Option<&Directory> {
+        directory_of(self.partitions.as_ref()?)
+    }
+
+    /// Where this node stands in its cluster (`None` outside a cluster).
+    pub fn membership(&self) -> Option<&MembershipState> {
+        self.cluster.as_ref().map(ClusterCoordinator::state)
+    }
+
+    /// The leader this node's router last heard of for `partition`.
+    pub fn routed_leader(&self, partition: PartitionId) -> Option<NodeId> {
+        self.router.leader_of(partition)
+    }
+
+    /// A request for partition `name`, routed to its leader from here; the answer is a
+    /// `NodeOutput::Routed` with the returned id.
+    pub fn route_request(
+        &mut self,
+        name: PartitionName,
+        request: RoutedRequest<M::Operation, M::Query>,
+    ) -> Result<u64, RequestError> {
+        if self.cluster.is_none() {
+            return Err(RequestError::Invalid(
+                "this node runs no cluster of named partitions".into(),
+            ));
+        }
+        self.host()?;
+        let Some(host) = &mut self.partitions else {
+            return Err(RequestError::Invalid("this node runs no partitions".into()));
+        };
+        let request_id = self.router.submit(host, name, request);
+        self.pump_partitions();
+        Ok(request_id)
     }
 
     /// Fires every timer due on the node's clock: Raft ticks, replica timeouts, repairs,

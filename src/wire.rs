@@ -18,8 +18,10 @@
 //!   counts, Raft terms, indexes and entries), and trailing bytes are refused. A frame that
 //!   fails changes nothing; the transport counts it and closes the connection.
 
+use crate::directory::ClusterMessage;
 use crate::events::{check_event_json, EventKey, StoreError};
 use crate::partition::envelope::{RaftEnvelope, ENVELOPE_BYTES_MAX};
+use crate::partition::route::RouteMessage;
 use serde::{Deserialize, Serialize};
 
 /// The frame version this build speaks (2: a replica's refusal says why, by kind).
@@ -61,6 +63,10 @@ pub enum Message {
     Confirm { keys: Vec<EventKey> },
     /// Raft messages of one round from the sender's partitions to the receiver's.
     Raft(RaftEnvelope),
+    /// Membership: a join request or its answer.
+    Cluster(ClusterMessage),
+    /// A request routed to a partition's leader, or its answer.
+    Route(RouteMessage),
 }
 
 impl Message {
@@ -71,6 +77,8 @@ impl Message {
             Message::ReplicateResult { .. } => "replicate_result",
             Message::Confirm { .. } => "confirm",
             Message::Raft(_) => "raft",
+            Message::Cluster(_) => "cluster",
+            Message::Route(_) => "route",
         }
     }
 
@@ -101,6 +109,8 @@ impl Message {
             ))),
             Message::Confirm { .. } => Ok(()),
             Message::Raft(envelope) => envelope.check().map_err(invalid),
+            Message::Cluster(message) => message.check().map_err(invalid),
+            Message::Route(message) => message.check().map_err(invalid),
         }
     }
 }

@@ -7,6 +7,8 @@
 //! Each kind keeps its own tables; a partition's snapshot image carries both kinds' images
 //! (an untouched kind's image is empty), and each is checked by its own kind.
 
+use borough::coordinator::cluster::ClusterKinds;
+use borough::directory::{DirectoryOperation, DirectoryOutcome, DirectoryStateMachine};
 use borough::node::NodeOutput;
 use borough::partition::command::KvOperation;
 use borough::partition::kv_store::{KvStateMachine, ReadAnswer, ReadRequest, WriteOutcome};
@@ -36,21 +38,21 @@ pub enum SimOperation {
     Counter(CounterOperation),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SimOutcome {
     Kv(WriteOutcome),
     /// The counter's value once the add applied.
     Counter(u64),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SimQuery {
     Kv(ReadRequest),
     /// The counter's value.
     Counter,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SimAnswer {
     Kv(ReadAnswer),
     Counter(u64),
@@ -77,6 +79,25 @@ fn counter_value(
         .get(partition.0)
         .map_err(engine_error)?
         .map_or(0, |value| value.value()))
+}
+
+/// The simulator's numbered partitions are placed by the scenario: no directory.
+impl ClusterKinds for SimStateMachine {
+    fn directory_machine(&self) -> Option<&DirectoryStateMachine> {
+        None
+    }
+
+    fn directory_machine_mut(&mut self) -> Option<&mut DirectoryStateMachine> {
+        None
+    }
+
+    fn directory_operation(_: DirectoryOperation) -> Option<SimOperation> {
+        None
+    }
+
+    fn directory_outcome(_: &SimOutcome) -> Option<&DirectoryOutcome> {
+        None
+    }
 }
 
 impl StateMachine for SimStateMachine {

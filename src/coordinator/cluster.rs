@@ -19,36 +19,35 @@
 
 use crate::coordinator::cluster_machine::{ClusterOperation, ClusterOutcome, ClusterStateMachine};
 use crate::directory::{
-    ClusterName, ClusterSettings, Directory, DirectoryChange, DirectoryOperation, DirectoryOutcome,
-    DirectoryStateMachine, Member, MemberState, SYSTEM_PARTITION,
+    ClusterMessage, ClusterName, ClusterSettings, Directory, DirectoryChange, DirectoryOperation,
+    DirectoryOutcome, DirectoryStateMachine, JoinAnswer, Member, MemberState, SYSTEM_PARTITION,
 };
 use crate::ids::NodeId;
 use crate::partition::host::{HostOutput, PartitionHost, PartitionStart};
 use crate::partition::state_machine::StateMachine;
 use crate::raft::ConfigChange;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A state machine that holds the directory: what the cluster coordinator needs of the
-/// node's kinds.
+/// What the cluster coordinator and the router need of the kinds a node's partitions run:
+/// the directory (`None` for kinds without one, which never run a cluster).
 pub trait ClusterKinds: StateMachine {
-    fn directory_machine(&self) -> &DirectoryStateMachine;
-    fn directory_machine_mut(&mut self) -> &mut DirectoryStateMachine;
-    fn directory_operation(operation: DirectoryOperation) -> Self::Operation;
+    fn directory_machine(&self) -> Option<&DirectoryStateMachine>;
+    fn directory_machine_mut(&mut self) -> Option<&mut DirectoryStateMachine>;
+    fn directory_operation(operation: DirectoryOperation) -> Option<Self::Operation>;
     fn directory_outcome(outcome: &Self::Outcome) -> Option<&DirectoryOutcome>;
 }
 
 impl ClusterKinds for ClusterStateMachine {
-    fn directory_machine(&self) -> &DirectoryStateMachine {
-        self.directory()
+    fn directory_machine(&self) -> Option<&DirectoryStateMachine> {
+        Some(self.directory())
     }
 
-    fn directory_machine_mut(&mut self) -> &mut DirectoryStateMachine {
-        self.directory_mut()
+    fn directory_machine_mut(&mut self) -> Option<&mut DirectoryStateMachine> {
+        Some(self.directory_mut())
     }
 
-    fn directory_operation(operation: DirectoryOperation) -> ClusterOperation {
-        ClusterOperation::Directory(operation)
+    fn directory_operation(operation: DirectoryOperation) -> Option<ClusterOperation> {
+        Some(ClusterOperation::Directory(operation))
     }
 
     fn directory_outcome(outcome: &ClusterOutcome) -> Option<&DirectoryOutcome> {
@@ -56,6 +55,25 @@ impl ClusterKinds for ClusterStateMachine {
             ClusterOutcome::Directory(outcome) => Some(outcome),
             ClusterOutcome::Kv(_) | ClusterOutcome::Misplaced => None,
         }
+    }
+}
+
+/// The key-value store alone holds no directory.
+impl ClusterKinds for crate::partition::kv_store::KvStateMachine {
+    fn directory_machine(&self) -> Option<&DirectoryStateMachine> {
+        None
+    }
+
+    fn directory_machine_mut(&mut self) -> Option<&mut DirectoryStateMachine> {
+        None
+    }
+
+    fn directory_operation(_: DirectoryOperation) -> Option<Self::Operation> {
+        None
+    }
+
+    fn directory_outcome(_: &Self::Outcome) -> Option<&DirectoryOutcome> {
+        None
     }
 }
 
@@ -76,26 +94,6 @@ pub struct ClusterConfig {
     pub start: ClusterStart,
     /// Ticks between two join requests while no answer came.
     pub join_retry_ticks: u64,
-}
-
-/// What members say to each other about membership.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ClusterMessage {
-    /// From a node that wants to be a member, to any member.
-    JoinRequest {
-        cluster_name: ClusterName,
-        member: Member,
-    },
-    JoinAnswer(JoinAnswer),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JoinAnswer {
-    Accepted,
-    /// Not now (no directory leader, no answer in time): ask again.
-    Retry(String),
-    /// Never: the node must not ask again as it is (another cluster, its id taken).
-    Refused(String),
 }
 
 /// Where this node stands.
@@ -124,9 +122,10 @@ pub struct ClusterCoordinator {
     outbox: Vec<(NodeId, ClusterMessage)>,
 }
 
-fn directory_of<M: ClusterKinds>(host: &PartitionHost<M>) -> Option<&Directory> {
+/// This node's copy of the directory, once it applied any of it.
+pub fn directory_of<M: ClusterKinds>(host: &PartitionHost<M>) -> Option<&Directory> {
     host.machine()
-        .directory_machine()
+        .directory_machine()?
         .directory(SYSTEM_PARTITION)
 }
 
@@ -231,7 +230,10 @@ impl ClusterCoordinator {
             settings,
             first: self.config.member.clone(),
         };
-        if let Ok(request_id) = host.write(SYSTEM_PARTITION, M::directory_operation(operation)) {
+        let Some(operation) = M::directory_operation(operation) else {
+            return;
+        };
+        if let Ok(request_id) = host.write(SYSTEM_PARTITION, operation) {
             self.bootstrap_request = Some(request_id);
         }
     }
@@ -276,12 +278,12 @@ impl ClusterCoordinator {
                 "{from} asked to join as {}: a node joins as itself",
                 member.id
             );
-            self.outbox.push(answer(JoinAnswer::Refused(reason)));
+            self.outbox.push(answer(JoinAnswer::refused(reason)));
             return;
         }
         let Some(ours) = directory_of(host).and_then(|directory| directory.settings()) else {
             let reason = format!("{} is not a member of a cluster yet", self.me());
-            self.outbox.push(answer(JoinAnswer::Retry(reason)));
+            self.outbox.push(answer(JoinAnswer::retry(reason)));
             return;
         };
         if ours.cluster_name != cluster_name {
@@ -289,20 +291,23 @@ impl ClusterCoordinator {
                 "this is cluster {:?}; a node of cluster {cluster_name:?} cannot join it",
                 ours.cluster_name.as_str()
             );
-            self.outbox.push(answer(JoinAnswer::Refused(reason)));
+            self.outbox.push(answer(JoinAnswer::refused(reason)));
             return;
         }
         let operation = DirectoryOperation::Join {
             cluster_name,
             member,
         };
-        match host.write(SYSTEM_PARTITION, M::directory_operation(operation)) {
+        let Some(operation) = M::directory_operation(operation) else {
+            return;
+        };
+        match host.write(SYSTEM_PARTITION, operation) {
             Ok(request_id) => {
                 self.joins_in_flight.insert(request_id, from);
             }
             Err(error) => self
                 .outbox
-                .push(answer(JoinAnswer::Retry(error.to_string()))),
+                .push(answer(JoinAnswer::retry(error.to_string()))),
         }
     }
 
@@ -327,11 +332,11 @@ impl ClusterCoordinator {
             Ok(outcome) => match M::directory_outcome(outcome) {
                 Some(DirectoryOutcome::Joined(_)) => JoinAnswer::Accepted,
                 Some(DirectoryOutcome::Refused(refusal)) => {
-                    JoinAnswer::Refused(refusal.to_string())
+                    JoinAnswer::refused(refusal.to_string())
                 }
-                other => JoinAnswer::Retry(format!("unexpected directory outcome {other:?}")),
+                other => JoinAnswer::retry(format!("unexpected directory outcome {other:?}")),
             },
-            Err(error) => JoinAnswer::Retry(error.to_string()),
+            Err(error) => JoinAnswer::retry(error.to_string()),
         };
         self.outbox
             .push((joiner, ClusterMessage::JoinAnswer(answer)));
@@ -341,7 +346,10 @@ impl ClusterCoordinator {
     /// Acts on what the directory applied since the last call: creates this node's replica
     /// of every partition newly placed here.
     pub fn on_directory_changes<M: ClusterKinds>(&mut self, host: &mut PartitionHost<M>) {
-        let changes = host.machine_mut().directory_machine_mut().take_changes();
+        let Some(machine) = host.machine_mut().directory_machine_mut() else {
+            return;
+        };
+        let changes = machine.take_changes();
         let mut names = BTreeSet::new();
         let mut replaced = false;
         for (partition, change) in changes {

@@ -24,7 +24,7 @@ pub enum ClusterOperation {
     Directory(DirectoryOperation),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterOutcome {
     Kv(WriteOutcome),
     Directory(DirectoryOutcome),
@@ -32,13 +32,13 @@ pub enum ClusterOutcome {
     Misplaced,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterQuery {
     Kv(ReadRequest),
     Directory(DirectoryQuery),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterAnswer {
     Kv(ReadAnswer),
     Directory(DirectoryAnswer),

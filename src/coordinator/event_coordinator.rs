@@ -460,7 +460,7 @@ impl EventCoordinator {
                     let _ = self.store.stage_confirm(&keys);
                 }
             }
-            Message::Raft(_) => {}
+            Message::Raft(_) | Message::Cluster(_) | Message::Route(_) => {}
         }
     }
 

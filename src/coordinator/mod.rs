@@ -7,13 +7,15 @@
 //! For Borough's named partitions: `cluster_machine` is the state machine a cluster node's
 //! partitions run (the directory in the system partition, the key-value store elsewhere);
 //! `cluster` a node's membership (bootstrap, joins, the directory's group, creating the
-//! replicas the directory places on it).
+//! replicas the directory places on it); `router` the routing of any request for a partition
+//! name to the partition's leader.
 
 pub mod cluster;
 pub mod cluster_machine;
 mod commit_level;
 mod event_coordinator;
 mod replica_write;
+pub mod router;
 
 pub use commit_level::CommitLevel;
 pub use event_coordinator::{

@@ -32,13 +32,13 @@ struct Meta {
 }
 
 /// A read of the directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DirectoryQuery {
     Whole,
     Partition(PartitionName),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DirectoryAnswer {
     Whole(DirectoryImage),
     Partition(Option<PartitionEntry>),

@@ -63,7 +63,7 @@ pub enum DirectoryOperation {
 }
 
 /// What a directory command did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DirectoryOutcome {
     Bootstrapped,
     Joined(Member),
@@ -78,7 +78,7 @@ pub enum DirectoryOutcome {
 
 /// Why a directory command changed nothing. An outcome, not an error: every replica refuses
 /// the same command the same way.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum DirectoryRefusal {
     #[error("the cluster has no directory yet: it was never bootstrapped")]
     NotBootstrapped,

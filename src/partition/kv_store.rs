@@ -12,6 +12,7 @@ use crate::partition::command::{BatchOperation, KvOperation, KEY_BYTES_MAX, VALU
 use crate::partition::state_machine::{engine_error, StateMachine, StateMachineError};
 use crate::partition::PartitionId;
 use redb::{ReadTransaction, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
 use std::ops::Bound;
 
 const PAIRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("partition_pairs");
@@ -23,10 +24,10 @@ pub type Pair = (Vec<u8>, Vec<u8>);
 pub const PAGE_PAIRS_MAX: usize = 1000;
 /// A page stops once its keys and values pass this many bytes (it always holds at least
 /// one pair, so a range of large values still moves).
-pub const PAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+pub const PAGE_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// One end of a range.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyBound {
     #[default]
     Unbounded,
@@ -46,7 +47,7 @@ impl KeyBound {
 /// A range read: the keys between `start` and `end` (each included, excluded or open), at
 /// most `limit` pairs, in key order or its reverse. It is served in pages: a page that stops
 /// before the range and the limit are done says how to read on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeQuery {
     pub start: KeyBound,
     pub end: KeyBound,
@@ -79,7 +80,7 @@ impl RangeQuery {
 }
 
 /// One page of a range.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page {
     pub pairs: Vec<Pair>,
     /// The query that reads the rest of the range, when this page stopped early: the same
@@ -88,20 +89,20 @@ pub struct Page {
 }
 
 /// What a read asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadRequest {
     Get { key: Vec<u8> },
     Range(RangeQuery),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadAnswer {
     Value(Vec<u8>),
     Page(Page),
 }
 
 /// What a write did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOutcome {
     Put,
     /// Whether the key existed.
@@ -657,7 +658,7 @@ mod tests {
         let page = store.range(P, &values).unwrap();
         assert_eq!(page.pairs.len(), PAGE_BYTES_MAX / VALUE_BYTES_MAX);
         let (pairs, pages) = store.range_all(P, &values);
-        assert_eq!((pairs.len(), pages), (6, 2));
+        assert_eq!((pairs.len(), pages), (6, 6 / (PAGE_BYTES_MAX / VALUE_BYTES_MAX)));
     }
 
     #[test]

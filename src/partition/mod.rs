@@ -12,6 +12,7 @@ pub mod kv_store;
 mod pending;
 pub mod raft_log;
 pub mod replica_store;
+pub mod route;
 pub mod state_machine;
 
 use serde::{Deserialize, Serialize};

@@ -57,12 +57,13 @@ pub trait StateMachine: fmt::Debug {
     /// A write, as its command carries it in the log. Its postcard encoding is the log
     /// format: only ever extended, never reordered.
     type Operation: Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned;
-    /// What applying a write tells its proposer.
-    type Outcome: Clone + fmt::Debug + PartialEq;
+    /// What applying a write tells its proposer. Outcomes, queries and answers travel
+    /// between nodes as postcard when a request is routed (`crate::partition::route`).
+    type Outcome: Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned;
     /// A read.
-    type Query: Clone + fmt::Debug + PartialEq;
+    type Query: Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned;
     /// A read's answer.
-    type Answer: Clone + fmt::Debug + PartialEq;
+    type Answer: Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned;
 
     /// Creates this kind's tables (in a new database, or checks an existing one has them),
     /// and loads whatever it keeps in memory from them.

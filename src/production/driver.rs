@@ -493,6 +493,7 @@ impl NodeLoop {
                 }
                 // The shell does not run partitions yet (the config never enables them).
                 NodeOutput::Partition(_) => {}
+                NodeOutput::Routed(_) => {}
             }
         }
     }

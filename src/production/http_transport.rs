@@ -294,9 +294,9 @@ impl PeerSender for HttpTransport {
             Message::ReplicateResult { .. } => {
                 // Over HTTP a replica's answer is the response itself; nothing to send.
             }
-            Message::Raft(_) => {
-                // The AllData HTTP peer protocol carries events only; Raft runs over TCP.
-                tracing::warn!(peer = %to, "a Raft message cannot travel over the HTTP peer transport; dropped");
+            Message::Raft(_) | Message::Cluster(_) | Message::Route(_) => {
+                // The AllData HTTP peer protocol carries events only; partitions run over TCP.
+                tracing::warn!(peer = %to, kind = message.kind(), "a partition message cannot travel over the HTTP peer transport; dropped");
             }
         }
     }

@@ -281,7 +281,8 @@ fn impersonate(
                 .ok()
                 .map(|forged| (violating, forged))
         }
-        Message::Raft(_) => None,
+        // Membership and routed requests run only in clusters of named partitions.
+        Message::Raft(_) | Message::Cluster(_) | Message::Route(_) => None,
         Message::Replicate { write_id, key, .. } if world.rng.chance(0.5) => {
             let forged = Message::Replicate {
                 write_id,
@@ -323,6 +324,8 @@ fn huge_count(message: Message) -> Vec<u8> {
         // The count of keys, or of Raft messages.
         Message::Confirm { .. } => frame.push(2),
         Message::Raft(_) => frame.push(3),
+        Message::Cluster(_) => frame.push(4),
+        Message::Route(_) => frame.push(5),
     }
     frame.extend_from_slice(&HUGE);
     frame.extend_from_slice(&[1, 2, 3]);

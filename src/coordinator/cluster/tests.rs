@@ -1,16 +1,21 @@
 //! Membership on a small in-memory cluster of real partition hosts: a bootstrap, joins
 //! through different members, the directory's group growing to three voters in three zones,
 //! a partition created from a learner and founded by exactly the replicas its entry names,
-//! refusals that say why, and a member that restarts.
+//! refusals that say why, and a member that restarts; and requests routed by name from any
+//! node, through creation races, lost messages and a leader's crash.
 
 use super::*;
 use crate::coordinator::cluster_machine::{ClusterAnswer, ClusterQuery};
+use crate::coordinator::router::{
+    RouteError, RoutedOutcome, RoutedRequest, Router, RouterAnswer, RouterConfig,
+};
 use crate::directory::names::Address;
 use crate::directory::{DirectoryOutcome, PartitionName};
 use crate::ids::Location;
 use crate::partition::command::KvOperation;
 use crate::partition::host::{HostConfig, RequestError};
 use crate::partition::kv_store::{ReadAnswer, ReadRequest, WriteOutcome};
+use crate::partition::route::RouteMessage;
 use crate::partition::PartitionId;
 use crate::raft::Role;
 use crate::random::{Rng, SeededRng};
@@ -26,6 +31,8 @@ struct Node {
     disk: Arc<TestDisk>,
     config: ClusterConfig,
     outputs: Vec<Output>,
+    router: Router<ClusterStateMachine>,
+    routed: Vec<RouterAnswer<ClusterOutcome, ClusterAnswer>>,
 }
 
 struct Cluster {
@@ -60,6 +67,8 @@ fn open(config: ClusterConfig, disk: Arc<TestDisk>) -> Node {
         disk,
         config,
         outputs: Vec::new(),
+        router: Router::new(RouterConfig::default()),
+        routed: Vec::new(),
     }
 }
 
@@ -94,6 +103,7 @@ impl Cluster {
         for _ in 0..1000 {
             let mut envelopes = Vec::new();
             let mut messages = Vec::new();
+            let mut routes: Vec<(NodeId, NodeId, RouteMessage)> = Vec::new();
             for (id, node) in self.nodes.iter_mut() {
                 node.host.process();
                 node.coordinator.on_directory_changes(&mut node.host);
@@ -115,13 +125,32 @@ impl Cluster {
                         .into_iter()
                         .map(|(to, message)| (*id, to, message)),
                 );
+                routes.extend(
+                    node.host
+                        .take_route_messages()
+                        .into_iter()
+                        .map(|(to, message)| (*id, to, message)),
+                );
+                node.routed.extend(node.router.take_answers());
             }
-            if envelopes.is_empty() && messages.is_empty() {
+            if envelopes.is_empty() && messages.is_empty() && routes.is_empty() {
                 return;
             }
             if let Some((rng, chance)) = &mut self.loss {
                 envelopes.retain(|_| !rng.chance(*chance));
                 messages.retain(|_| !rng.chance(*chance));
+                routes.retain(|_| !rng.chance(*chance));
+            }
+            for (from, to, message) in routes {
+                if let Some(node) = self.nodes.get_mut(&to) {
+                    match message {
+                        RouteMessage::Answer { request_id, result } => {
+                            node.router
+                                .receive_answer(&mut node.host, from, request_id, result);
+                        }
+                        request => node.host.serve_route(from, request),
+                    }
+                }
             }
             for (from, to, envelope) in envelopes {
                 if let Some(node) = self.nodes.get_mut(&to) {
@@ -142,6 +171,7 @@ impl Cluster {
         for node in self.nodes.values_mut() {
             node.host.tick();
             node.coordinator.tick(&mut node.host);
+            node.router.tick(&mut node.host);
         }
         self.settle();
     }
@@ -515,5 +545,201 @@ fn membership_and_placement_hold_under_loss_and_restarts() {
                 }
             }
         }
+    }
+}
+
+type Routed = Result<RoutedOutcome<ClusterOutcome, ClusterAnswer>, RouteError>;
+
+impl Cluster {
+    /// Routes `request` for partition `name` from `id`; its id.
+    fn submit(
+        &mut self,
+        id: NodeId,
+        name: &str,
+        request: RoutedRequest<ClusterOperation, ClusterQuery>,
+    ) -> u64 {
+        let node = self.nodes.get_mut(&id).unwrap();
+        let name = PartitionName::new(name).unwrap();
+        node.router.submit(&mut node.host, name, request)
+    }
+
+    fn take_routed(&mut self, id: NodeId, request: u64) -> Option<Routed> {
+        let routed = &mut self.nodes.get_mut(&id).unwrap().routed;
+        let position = routed
+            .iter()
+            .position(|answer| answer.request_id == request)?;
+        Some(routed.remove(position).result)
+    }
+
+    /// Routes `request` from `id` and runs until it is answered.
+    fn route(
+        &mut self,
+        id: NodeId,
+        name: &str,
+        request: RoutedRequest<ClusterOperation, ClusterQuery>,
+    ) -> Routed {
+        let request = self.submit(id, name, request);
+        for _ in 0..2000 {
+            self.settle();
+            if let Some(result) = self.take_routed(id, request) {
+                return result;
+            }
+            self.tick();
+        }
+        panic!("no answer to the routed request");
+    }
+
+    fn entries(&self, id: NodeId) -> Vec<crate::directory::PartitionEntry> {
+        self.directory(id)
+            .map(|directory| directory.partitions().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn put(key: &str, value: &str) -> RoutedRequest<ClusterOperation, ClusterQuery> {
+    RoutedRequest::Write(ClusterOperation::Kv(KvOperation::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }))
+}
+
+fn get(key: &str) -> RoutedRequest<ClusterOperation, ClusterQuery> {
+    RoutedRequest::Read(ClusterQuery::Kv(ReadRequest::Get {
+        key: key.as_bytes().to_vec(),
+    }))
+}
+
+fn value(result: Routed) -> Vec<u8> {
+    match result {
+        Ok(RoutedOutcome::Read(ClusterAnswer::Kv(ReadAnswer::Value(value)))) => value,
+        other => panic!("not a value: {other:?}"),
+    }
+}
+
+#[test]
+fn any_node_routes_by_name_and_the_first_request_creates_the_partition() {
+    let mut cluster = five_node_cluster();
+    // The first request for a name creates it; any node reaches it, replica or not.
+    assert_eq!(
+        cluster.route(NodeId(4), "user:42", put("k", "v1")),
+        Ok(RoutedOutcome::Wrote(ClusterOutcome::Kv(WriteOutcome::Put)))
+    );
+    let entries = cluster.entries(NodeId(1));
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let outsider = (1..=5)
+        .map(NodeId)
+        .find(|id| !entries[0].replicas.contains(id))
+        .unwrap();
+    assert_eq!(value(cluster.route(outsider, "user:42", get("k"))), b"v1");
+    assert_eq!(
+        cluster.route(outsider, "user:42", put("k", "v2")),
+        Ok(RoutedOutcome::Wrote(ClusterOutcome::Kv(WriteOutcome::Put)))
+    );
+    for id in 1..=5 {
+        assert_eq!(value(cluster.route(NodeId(id), "user:42", get("k"))), b"v2");
+    }
+    // A missing key says so, in Borough's words.
+    match cluster.route(outsider, "user:42", get("missing")) {
+        Err(error) => assert_eq!(error.to_string(), "Key not found in database"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cluster.entries(NodeId(1)).len(), 1);
+}
+
+#[test]
+fn concurrent_first_requests_for_one_name_create_one_partition() {
+    let mut cluster = five_node_cluster();
+    let requests: Vec<(NodeId, u64)> = (1..=5)
+        .map(|id| {
+            let id = NodeId(id);
+            (
+                id,
+                cluster.submit(id, "race", put(&format!("k{}", id.0), "v")),
+            )
+        })
+        .collect();
+    for (id, request) in requests {
+        let mut answer = None;
+        for _ in 0..500 {
+            if let Some(result) = cluster.take_routed(id, request) {
+                answer = Some(result);
+                break;
+            }
+            cluster.tick();
+        }
+        assert_eq!(
+            answer,
+            Some(Ok(RoutedOutcome::Wrote(ClusterOutcome::Kv(
+                WriteOutcome::Put
+            )))),
+            "{id}"
+        );
+    }
+    let entries = cluster.entries(NodeId(1));
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let groups = cluster
+        .nodes
+        .values()
+        .filter(|node| node.host.group(entries[0].id).is_some())
+        .count();
+    assert_eq!(groups, 3);
+    for id in 1..=5 {
+        assert_eq!(
+            value(cluster.route(NodeId(1), "race", get(&format!("k{id}")))),
+            b"v"
+        );
+    }
+}
+
+#[test]
+fn routing_survives_lost_messages_and_a_leader_restart() {
+    let mut cluster = five_node_cluster();
+    assert!(cluster.route(NodeId(2), "p", put("k", "v0")).is_ok());
+    cluster.loss = Some((SeededRng::from_seed(7), 0.2));
+    let entry = cluster.entries(NodeId(1)).remove(0);
+    for round in 1..=20 {
+        let from = NodeId(1 + round % 5);
+        if round == 10 {
+            let leader = cluster.leader(entry.id).unwrap();
+            cluster.restart(leader);
+        }
+        match cluster.route(from, "p", put("k", &format!("v{round}"))) {
+            Ok(_) | Err(RouteError::Request(RequestError::OutcomeUnknown)) => {}
+            Err(error) => panic!("round {round}: {error}"),
+        }
+    }
+    cluster.loss = None;
+    assert_eq!(value(cluster.route(NodeId(3), "p", get("k"))), b"v20");
+}
+
+#[test]
+fn a_partition_without_a_quorum_fails_in_bounded_time_saying_why() {
+    let mut cluster = five_node_cluster();
+    assert!(cluster.route(NodeId(1), "lonely", put("k", "v")).is_ok());
+    let entry = cluster.entries(NodeId(1)).remove(0);
+    let outsider = (1..=5)
+        .map(NodeId)
+        .find(|id| !entry.replicas.contains(id))
+        .unwrap();
+    // Two of its three replicas go away; the directory keeps a quorum or not, the partition
+    // does not.
+    for replica in &entry.replicas[1..] {
+        cluster.nodes.remove(replica);
+    }
+    let request = cluster.submit(outsider, "lonely", put("k", "w"));
+    let mut answer = None;
+    for _ in 0..RouterConfig::default().request_timeout_ticks + 10 {
+        cluster.tick();
+        if let Some(result) = cluster.take_routed(outsider, request) {
+            answer = Some(result);
+            break;
+        }
+    }
+    match answer {
+        Some(Err(RouteError::NoLeader { name, detail })) => {
+            assert_eq!(name, "lonely");
+            assert!(detail.contains("of 3 replicas unreachable"), "{detail}");
+        }
+        other => panic!("{other:?}"),
     }
 }

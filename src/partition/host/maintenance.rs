@@ -32,11 +32,9 @@ impl<M: StateMachine> PartitionHost<M> {
         }
         for request_id in self.pending_reads.expired(now) {
             self.pending_reads.remove(request_id);
-            self.outputs.push(HostOutput::ReadAnswered {
-                request_id,
-                result: Err(RequestError::OutcomeUnknown),
-            });
+            self.answer_read(request_id, Err(RequestError::OutcomeUnknown));
         }
+        self.expire_served_writes();
         self.snapshots
             .retain(|_, snapshot| snapshot.last_used_tick + 200 > now);
     }

@@ -42,6 +42,8 @@ mod intake;
 mod maintenance;
 mod requests;
 mod round;
+mod routing;
+pub use routing::{decode_answer, error_of, refusal_of, SERVING_REQUESTS_MAX};
 #[cfg(test)]
 mod tests;
 
@@ -271,6 +273,13 @@ pub struct PartitionHost<M: StateMachine> {
     next_request_id: u64,
     pending_writes: PendingRequests<PendingWrite>,
     pending_reads: PendingRequests<PendingRead<M::Query>>,
+    /// Routed writes this node originated, until its router is done with them.
+    routed_writes: PendingRequests<routing::RoutedWrite>,
+    /// Routed writes this node proposed as leader for their origins.
+    serving_writes: BTreeMap<routing::ServingKey, routing::ServingWrite>,
+    /// Routed reads this node serves: its read's request id to the origin and its id.
+    serving_reads: BTreeMap<u64, (NodeId, u64)>,
+    route_outbox: Vec<(NodeId, crate::partition::route::RouteMessage)>,
     snapshots: BTreeMap<(PartitionId, u64), CachedSnapshot>,
     /// When each peer node was last heard from (any envelope, empty ones included).
     peer_heard_tick: BTreeMap<NodeId, u64>,
@@ -399,6 +408,10 @@ impl<M: StateMachine> PartitionHost<M> {
             next_request_id: 0,
             pending_writes: PendingRequests::default(),
             pending_reads: PendingRequests::default(),
+            routed_writes: PendingRequests::default(),
+            serving_writes: BTreeMap::new(),
+            serving_reads: BTreeMap::new(),
+            route_outbox: Vec::new(),
             snapshots: BTreeMap::new(),
             peer_heard_tick: BTreeMap::new(),
             snapshot_chunk_tick: BTreeMap::new(),

@@ -21,10 +21,12 @@ impl<M: StateMachine> PartitionHost<M> {
     /// new one). Every earlier write of the partition not waiting any more was answered, so
     /// its copies, and the write itself if it was given up on, must never apply now.
     pub(super) fn first_unanswered(&self, partition: PartitionId, request_id: u64) -> u64 {
-        self.pending_writes
-            .of_partition(partition)
-            .next()
-            .map_or(request_id, |(oldest, _)| oldest.min(request_id))
+        let local = self.pending_writes.of_partition(partition).next();
+        let routed = self.routed_writes.of_partition(partition).next();
+        [local.map(|(id, _)| id), routed.map(|(id, _)| id)]
+            .into_iter()
+            .flatten()
+            .fold(request_id, u64::min)
     }
 
     /// Proposes a write; its answer comes out of [`PartitionHost::take_outputs`] with the
@@ -160,6 +162,7 @@ impl<M: StateMachine> PartitionHost<M> {
         entries: &[crate::raft::Entry],
         applied: Vec<AppliedCommand<M::Outcome>>,
     ) {
+        self.answer_served_writes(partition, entries, &applied);
         for command in applied {
             if command.proposer != self.id.0 || command.proposer_session != self.session {
                 continue;
@@ -237,8 +240,7 @@ impl<M: StateMachine> PartitionHost<M> {
                 self.fail("a read found no key".into());
                 return;
             }
-            self.outputs
-                .push(HostOutput::ReadAnswered { request_id, result });
+            self.answer_read(request_id, result);
         }
     }
 
@@ -251,11 +253,9 @@ impl<M: StateMachine> PartitionHost<M> {
             });
         }
         for request_id in self.pending_reads.take_all() {
-            self.outputs.push(HostOutput::ReadAnswered {
-                request_id,
-                result: Err(RequestError::Poisoned(reason.clone())),
-            });
+            self.answer_read(request_id, Err(RequestError::Poisoned(reason.clone())));
         }
+        self.refuse_all_served(&RequestError::Poisoned(reason));
     }
 }
 
@@ -266,7 +266,7 @@ pub(super) fn read_context(session: u64, request_id: u64) -> u64 {
     session.wrapping_add(request_id)
 }
 
-fn propose_refusal(partition: PartitionId, error: ProposeError) -> RequestError {
+pub(super) fn propose_refusal(partition: PartitionId, error: ProposeError) -> RequestError {
     match error {
         ProposeError::NoLeader => RequestError::NotLeader {
             partition,
