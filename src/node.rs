@@ -604,6 +604,14 @@ impl<M: ClusterKinds> Node<M> {
         self.cluster.as_ref().map(ClusterCoordinator::state)
     }
 
+    /// The member to ask to join through (a node started to join, once the shell learned
+    /// the seed's id from its address).
+    pub fn join_through(&mut self, seed: NodeId) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.set_seed(seed);
+        }
+    }
+
     /// The leader this node's router last heard of for `partition`.
     pub fn routed_leader(&self, partition: PartitionId) -> Option<NodeId> {
         self.router.leader_of(partition)

@@ -82,8 +82,9 @@ impl ClusterKinds for crate::partition::kv_store::KvStateMachine {
 pub enum ClusterStart {
     /// It founds a new cluster with these settings (or restarts as a member of it).
     Bootstrap(ClusterSettings),
-    /// It joins the cluster through `seed`, any member.
-    Join { seed: NodeId },
+    /// It joins the cluster through `seed`, any member (once known: the production shell
+    /// learns the seed's id from its peer address, see [`ClusterCoordinator::set_seed`]).
+    Join { seed: Option<NodeId> },
 }
 
 #[derive(Clone, Debug)]
@@ -166,6 +167,13 @@ impl ClusterCoordinator {
         &self.state
     }
 
+    /// The member a joining node asks (a joining node without one waits for it).
+    pub fn set_seed(&mut self, seed: NodeId) {
+        if let ClusterStart::Join { seed: current } = &mut self.config.start {
+            *current = Some(seed);
+        }
+    }
+
     pub fn take_messages(&mut self) -> Vec<(NodeId, ClusterMessage)> {
         std::mem::take(&mut self.outbox)
     }
@@ -195,7 +203,8 @@ impl ClusterCoordinator {
                 let settings = settings.clone();
                 self.propose_bootstrap(host, settings);
             }
-            (MembershipState::Joining, ClusterStart::Join { seed }) => {
+            (MembershipState::Joining, ClusterStart::Join { seed: Some(seed) }) => {
+                let seed = *seed;
                 let due = self
                     .join_asked_tick
                     .is_none_or(|asked| self.tick >= asked + self.config.join_retry_ticks);
@@ -205,7 +214,7 @@ impl ClusterCoordinator {
                         cluster_name: self.config.cluster_name.clone(),
                         member: self.config.member.clone(),
                     };
-                    self.outbox.push((*seed, request));
+                    self.outbox.push((seed, request));
                 }
             }
             _ => {}

@@ -91,14 +91,20 @@ pub struct Page {
 /// What a read asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadRequest {
-    Get { key: Vec<u8> },
+    Get {
+        key: Vec<u8>,
+    },
     Range(RangeQuery),
+    /// How many keys the partition holds, and their bytes with their values' (a pass over
+    /// the partition: an operator's question, not a hot path).
+    Size,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReadAnswer {
     Value(Vec<u8>),
     Page(Page),
+    Size { keys: u64, bytes: u64 },
 }
 
 /// What a write did.
@@ -195,6 +201,10 @@ impl StateMachine for KvStateMachine {
                 PAGE_BYTES_MAX,
             )
             .map(ReadAnswer::Page),
+            ReadRequest::Size => {
+                let (keys, bytes) = partition_size(transaction, partition)?;
+                Ok(ReadAnswer::Size { keys, bytes })
+            }
         }
     }
 
@@ -266,18 +276,27 @@ impl StateMachine for KvStateMachine {
         transaction: &ReadTransaction,
         partition: PartitionId,
     ) -> Result<u64, StateMachineError> {
-        let pairs = transaction.open_table(PAIRS).map_err(engine_error)?;
-        let empty: &[u8] = &[];
-        let mut bytes = 0u64;
-        for row in pairs
-            .range((partition.0, empty)..(next_partition(partition), empty))
-            .map_err(engine_error)?
-        {
-            let (key, value) = row.map_err(engine_error)?;
-            bytes += (key.value().1.len() + value.value().len()) as u64;
-        }
-        Ok(bytes)
+        partition_size(transaction, partition).map(|(_, bytes)| bytes)
     }
+}
+
+/// The keys of `partition`, and the bytes of its keys and values.
+fn partition_size(
+    transaction: &ReadTransaction,
+    partition: PartitionId,
+) -> Result<(u64, u64), StateMachineError> {
+    let pairs = transaction.open_table(PAIRS).map_err(engine_error)?;
+    let empty: &[u8] = &[];
+    let (mut keys, mut bytes) = (0u64, 0u64);
+    for row in pairs
+        .range((partition.0, empty)..(next_partition(partition), empty))
+        .map_err(engine_error)?
+    {
+        let (key, value) = row.map_err(engine_error)?;
+        keys += 1;
+        bytes += (key.value().1.len() + value.value().len()) as u64;
+    }
+    Ok((keys, bytes))
 }
 
 /// The table bound of one end of a range in `partition`.
@@ -393,14 +412,14 @@ mod tests {
         fn get(&self, id: PartitionId, key: &[u8]) -> Result<Vec<u8>, KvError> {
             match self.read(id, &ReadRequest::Get { key: key.to_vec() })? {
                 ReadAnswer::Value(value) => Ok(value),
-                ReadAnswer::Page(_) => panic!("a get answered with pairs"),
+                other => panic!("a get answered with {other:?}"),
             }
         }
 
         fn range(&self, id: PartitionId, query: &RangeQuery) -> Result<Page, KvError> {
             match self.read(id, &ReadRequest::Range(query.clone()))? {
                 ReadAnswer::Page(page) => Ok(page),
-                ReadAnswer::Value(_) => panic!("a range answered with a value"),
+                other => panic!("a range answered with {other:?}"),
             }
         }
     }
@@ -658,7 +677,10 @@ mod tests {
         let page = store.range(P, &values).unwrap();
         assert_eq!(page.pairs.len(), PAGE_BYTES_MAX / VALUE_BYTES_MAX);
         let (pairs, pages) = store.range_all(P, &values);
-        assert_eq!((pairs.len(), pages), (6, 6 / (PAGE_BYTES_MAX / VALUE_BYTES_MAX)));
+        assert_eq!(
+            (pairs.len(), pages),
+            (6, 6 / (PAGE_BYTES_MAX / VALUE_BYTES_MAX))
+        );
     }
 
     #[test]

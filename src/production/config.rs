@@ -7,6 +7,7 @@
 //! starts, so a bad config changes nothing.
 
 use crate::coordinator::CommitLevel;
+use crate::directory::{ClusterName, ClusterSettings};
 use crate::ids::{Location, NodeId};
 use crate::placement::ReplicationStrategy;
 use serde::Deserialize;
@@ -123,6 +124,10 @@ pub struct ConfigFile {
     pub http_idle_timeout_ms: Option<u64>,
     pub http_request_timeout_ms: Option<u64>,
     pub peer_connections_max: Option<usize>,
+    pub cluster_name: Option<String>,
+    pub join: Option<SocketAddr>,
+    pub replicas: Option<u8>,
+    pub directory_voters: Option<u8>,
 }
 
 /// The flags of `borough start`; each overrides the config file's value of the same name.
@@ -209,6 +214,22 @@ pub struct StartFlags {
     /// [default: 256].
     #[arg(long, value_name = "N")]
     pub peer_connections_max: Option<usize>,
+    /// The cluster's name [default: borough]: a node of another cluster cannot join it.
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
+    /// Join the cluster of the member whose peer port (its --listen) is HOST:PORT. Without
+    /// it, a new data dir founds a cluster of its own (a working single-node cluster). Give
+    /// the same flags again at a restart.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub join: Option<SocketAddr>,
+    /// Replicas of each named partition, 1 to 7, set when the cluster is founded [default:
+    /// 3; fewer while the cluster has fewer members].
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u8>,
+    /// Voters of the cluster directory's own group, 1, 3 or 5, set when the cluster is
+    /// founded [default: 3, in distinct zones when there are enough].
+    #[arg(long, value_name = "N")]
+    pub directory_voters: Option<u8>,
 }
 
 /// Everything a node needs to start, checked.
@@ -235,6 +256,10 @@ pub struct ShellConfig {
     pub body_bytes_max: usize,
     pub http_limits: crate::production::http_server::HttpLimits,
     pub peer_connections_max: usize,
+    /// What this node founds a cluster with (the name also checks a join).
+    pub cluster: ClusterSettings,
+    /// The peer address of a member to join through.
+    pub join: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -486,6 +511,34 @@ impl ShellConfig {
                 "peer_connections_max {peer_connections_max} must be in 1..=65536"
             )));
         }
+        let cluster_name = flags
+            .cluster_name
+            .clone()
+            .or(file.cluster_name)
+            .unwrap_or_else(|| "borough".to_string());
+        let cluster_name = ClusterName::new(cluster_name)
+            .map_err(|invalid| value(format!("cluster name: {invalid}")))?;
+        let mut cluster = ClusterSettings::new(cluster_name);
+        if let Some(replicas) = flags.replicas.or(file.replicas) {
+            cluster.replicas = replicas;
+        }
+        if let Some(voters) = flags.directory_voters.or(file.directory_voters) {
+            cluster.directory_voters = voters;
+        }
+        cluster.check().map_err(value)?;
+        let join = flags.join.or(file.join);
+        let transport = flags.transport.or(file.transport).unwrap_or_default();
+        if join.is_some() && transport == TransportKind::Http {
+            return Err(value(
+                "--join needs the tcp transport: named partitions replicate over it".to_string(),
+            ));
+        }
+        if join.is_some_and(|join| join == advertise || join == listen) {
+            return Err(value(format!(
+                "--join {} is this node's own peer address; give a member's",
+                join.unwrap_or(listen)
+            )));
+        }
         if http_limits.idle_timeout <= http_limits.request_timeout {
             return Err(value(
                 "http_idle_timeout_ms must be longer than http_request_timeout_ms (a request \
@@ -509,7 +562,7 @@ impl ShellConfig {
             replication_factor,
             strategy,
             commit_level,
-            transport: flags.transport.or(file.transport).unwrap_or_default(),
+            transport,
             http_peer,
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             replica_timeout_ms,
@@ -521,6 +574,8 @@ impl ShellConfig {
             body_bytes_max,
             http_limits,
             peer_connections_max,
+            cluster,
+            join,
         })
     }
 }

@@ -7,10 +7,15 @@
 //! full, client calls are refused as overloaded and peer readers stop reading their sockets,
 //! which pushes back on the senders through TCP. Memory stays bounded either way.
 
+use crate::coordinator::cluster_machine::{
+    ClusterAnswer, ClusterOperation, ClusterOutcome, ClusterQuery, ClusterStateMachine,
+};
+use crate::coordinator::router::{RouteError, RoutedOutcome, RoutedRequest};
 use crate::coordinator::{CommitLevel, PutError};
+use crate::directory::{MemberState, PartitionName};
 use crate::events::{EventKey, StoreError};
 use crate::ids::{Location, NodeId};
-use crate::node::{Node, NodeConfig, NodeCounters, NodeOutput, NodeSeams};
+use crate::node::{NodeConfig, NodeCounters, NodeOutput, NodeSeams};
 use crate::production::{os_seeded_rng, FileDisk, SystemClock};
 use crate::seams::{Clock, Network};
 use crate::wire::{Message, ReplicaRefusal};
@@ -29,9 +34,80 @@ const BATCH_INPUTS_MAX: usize = 4096;
 /// its answers go back to the waiting HTTP request instead of the network.
 pub const HTTP_PEER: NodeId = NodeId::UNATTRIBUTED;
 
+/// The node the shell runs: its partitions hold the cluster directory and key-value data.
+pub type Node = crate::node::Node<ClusterStateMachine>;
+
+/// What a routed request of the shell came to.
+pub type RoutedResult = Result<RoutedOutcome<ClusterOutcome, ClusterAnswer>, RouteError>;
+
 /// Sends the node's messages to its peers (the TCP or the HTTP transport).
 pub trait PeerSender: Send + Sync {
     fn send(&self, to: NodeId, message: Message);
+
+    /// A member of the cluster directory listens at `peer_address`: dial it (a transport
+    /// that only knows configured peers ignores this).
+    fn learn_member(&self, _id: NodeId, _peer_address: std::net::SocketAddr) {}
+}
+
+/// The cluster as this node's copy of the directory has it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterView {
+    pub node: u32,
+    /// Joining, member, refused (with why), or `none` without a cluster.
+    pub membership: String,
+    pub cluster_name: Option<String>,
+    pub replicas_per_partition: Option<u8>,
+    pub directory_leader: Option<u32>,
+    pub directory_voters: Vec<u32>,
+    pub members: Vec<MemberView>,
+    /// How many partitions the directory lists; at most `PARTITIONS_LISTED_MAX` are listed.
+    pub partition_count: usize,
+    pub partitions: Vec<PartitionView>,
+}
+
+/// Partitions `ClusterView` lists at most.
+pub const PARTITIONS_LISTED_MAX: usize = 1000;
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MemberView {
+    pub id: u32,
+    pub peer_address: String,
+    pub http_address: String,
+    pub zone: String,
+    pub region: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionView {
+    /// The name's bytes: shown as text when they are UTF-8.
+    #[serde(skip)]
+    pub name: Vec<u8>,
+    pub replicas: Vec<u32>,
+    pub generation: u64,
+    /// The leader as this node last saw it (its own replica's view, or its router's).
+    pub leader: Option<u32>,
+}
+
+/// A partition as the directory places it, and this node's replica of it, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionPlacement {
+    pub generation: u64,
+    /// Each replica with its member record (`None` if the directory lost it).
+    pub replicas: Vec<(NodeId, Option<MemberView>)>,
+    pub local: Option<ReplicaView>,
+    pub routed_leader: Option<NodeId>,
+}
+
+/// One replica's own view of its group.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaView {
+    pub node: u32,
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<u32>,
+    pub commit_index: u64,
+    pub applied_index: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +190,23 @@ pub enum NodeInput {
     },
     Status {
         reply: Reply<NodeStatus>,
+    },
+    /// A request for a named partition, routed to its leader.
+    Routed {
+        name: PartitionName,
+        request: RoutedRequest<ClusterOperation, ClusterQuery>,
+        reply: Reply<RoutedResult>,
+    },
+    /// The member to join through, once its id is known.
+    JoinThrough {
+        seed: NodeId,
+    },
+    Cluster {
+        reply: Reply<ClusterView>,
+    },
+    Placement {
+        name: PartitionName,
+        reply: Reply<Option<PartitionPlacement>>,
     },
 }
 
@@ -220,6 +313,33 @@ impl NodeHandle {
     pub async fn status(&self) -> Result<NodeStatus, DriverError> {
         self.call(|reply| NodeInput::Status { reply }).await
     }
+
+    /// Routes a request for partition `name` to its leader and waits for its answer (the
+    /// router bounds the wait).
+    pub async fn routed(
+        &self,
+        name: PartitionName,
+        request: RoutedRequest<ClusterOperation, ClusterQuery>,
+    ) -> Result<RoutedResult, DriverError> {
+        self.call(|reply| NodeInput::Routed {
+            name,
+            request,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn cluster(&self) -> Result<ClusterView, DriverError> {
+        self.call(|reply| NodeInput::Cluster { reply }).await
+    }
+
+    pub async fn placement(
+        &self,
+        name: PartitionName,
+    ) -> Result<Option<PartitionPlacement>, DriverError> {
+        self.call(|reply| NodeInput::Placement { name, reply })
+            .await
+    }
 }
 
 /// The node's `Network` seam in production: peers through the transport, and answers to
@@ -268,6 +388,7 @@ pub fn spawn_node(
                 .build()
                 .expect("a current-thread runtime with timers builds");
             let clock = SystemClock::new();
+            let peers_for_loop = Arc::clone(&peers);
             let http_replies = Rc::new(RefCell::new(BTreeMap::new()));
             let opened_node = FileDisk::open(&data_dir)
                 .map_err(StoreError::Disk)
@@ -300,6 +421,10 @@ pub fn spawn_node(
             };
             let loop_state = NodeLoop {
                 node,
+                peers: peers_for_loop,
+                learned_members: BTreeMap::new(),
+                members_synced_micros: 0,
+                pending_routed: BTreeMap::new(),
                 clock,
                 http_replies,
                 pending_puts: BTreeMap::new(),
@@ -330,8 +455,16 @@ pub fn spawn_node(
     }
 }
 
+/// How often the loop hands the directory's member addresses to the transport.
+const MEMBER_SYNC_MICROS: u64 = 1_000_000;
+
 struct NodeLoop {
     node: Node,
+    peers: Arc<dyn PeerSender>,
+    /// Member addresses handed to the transport, so each is handed once.
+    learned_members: BTreeMap<NodeId, std::net::SocketAddr>,
+    members_synced_micros: u64,
+    pending_routed: BTreeMap<u64, Reply<RoutedResult>>,
     clock: SystemClock,
     http_replies: HttpReplies,
     pending_puts: BTreeMap<u64, Reply<Result<EventKey, PutError>>>,
@@ -377,6 +510,11 @@ impl NodeLoop {
                 self.node.flush();
             }
             self.deliver_outputs();
+            let now = self.clock.now_micros();
+            if now >= self.members_synced_micros + MEMBER_SYNC_MICROS {
+                self.members_synced_micros = now;
+                self.sync_members();
+            }
         }
         tracing::info!(node = %self.node.id(), "node loop stopped");
     }
@@ -454,6 +592,25 @@ impl NodeLoop {
                     tracing::warn!(peer = %id, "peer forgotten: no longer a member");
                 }
             }
+            NodeInput::Routed {
+                name,
+                request,
+                reply,
+            } => match self.node.route_request(name, request) {
+                Ok(request_id) => {
+                    self.pending_routed.insert(request_id, reply);
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(RouteError::Request(error)));
+                }
+            },
+            NodeInput::JoinThrough { seed } => self.node.join_through(seed),
+            NodeInput::Cluster { reply } => {
+                let _ = reply.send(self.cluster_view());
+            }
+            NodeInput::Placement { name, reply } => {
+                let _ = reply.send(self.placement(&name));
+            }
             NodeInput::Status { reply } => {
                 let members = self
                     .node
@@ -474,6 +631,127 @@ impl NodeLoop {
         }
     }
 
+    /// Hands the transport every member address the directory lists that it was not given.
+    fn sync_members(&mut self) {
+        let Some(directory) = self.node.directory() else {
+            return;
+        };
+        let me = self.node.id();
+        let mut new = Vec::new();
+        for member in directory.members() {
+            if member.id == me || member.state == MemberState::Left {
+                continue;
+            }
+            let Ok(address) = member.peer_address.as_str().parse::<std::net::SocketAddr>() else {
+                continue;
+            };
+            if self.learned_members.get(&member.id) != Some(&address) {
+                new.push((member.id, address));
+            }
+        }
+        for (id, address) in new {
+            tracing::info!(peer = %id, %address, "directory member handed to the transport");
+            self.learned_members.insert(id, address);
+            self.peers.learn_member(id, address);
+        }
+    }
+
+    fn member_view(member: &crate::directory::Member) -> MemberView {
+        MemberView {
+            id: member.id.0,
+            peer_address: member.peer_address.to_string(),
+            http_address: member.http_address.to_string(),
+            zone: member.location.zone.to_string(),
+            region: member.location.region.to_string(),
+            state: member.state.name(),
+        }
+    }
+
+    /// The leader of `partition` as this node knows it: its own replica's view, else its
+    /// router's.
+    fn leader_of(&self, partition: crate::partition::PartitionId) -> Option<NodeId> {
+        self.node
+            .partitions()
+            .and_then(|host| host.status(partition))
+            .and_then(|status| status.leader)
+            .or_else(|| self.node.routed_leader(partition))
+    }
+
+    fn cluster_view(&self) -> ClusterView {
+        use crate::coordinator::cluster::MembershipState;
+        let membership = match self.node.membership() {
+            None => "none".to_string(),
+            Some(MembershipState::Bootstrapping) => "founding".to_string(),
+            Some(MembershipState::Joining) => "joining".to_string(),
+            Some(MembershipState::Member) => "member".to_string(),
+            Some(MembershipState::Refused(reason)) => format!("refused: {reason}"),
+        };
+        let system = self
+            .node
+            .partitions()
+            .and_then(|host| host.status(crate::directory::SYSTEM_PARTITION));
+        let directory = self.node.directory();
+        let settings = directory.and_then(|directory| directory.settings());
+        ClusterView {
+            node: self.node.id().0,
+            membership,
+            cluster_name: settings.map(|settings| settings.cluster_name.as_str().to_string()),
+            replicas_per_partition: settings.map(|settings| settings.replicas),
+            directory_leader: system
+                .as_ref()
+                .and_then(|status| status.leader)
+                .map(|id| id.0),
+            directory_voters: system
+                .map(|status| status.configuration.voters.iter().map(|id| id.0).collect())
+                .unwrap_or_default(),
+            members: directory
+                .map(|directory| directory.members().map(Self::member_view).collect())
+                .unwrap_or_default(),
+            partition_count: directory.map_or(0, |directory| directory.partition_count()),
+            partitions: directory
+                .map(|directory| {
+                    directory
+                        .partitions()
+                        .take(PARTITIONS_LISTED_MAX)
+                        .map(|entry| PartitionView {
+                            name: entry.name.as_bytes().to_vec(),
+                            replicas: entry.replicas.iter().map(|id| id.0).collect(),
+                            generation: entry.generation,
+                            leader: self.leader_of(entry.id).map(|id| id.0),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    fn placement(&self, name: &PartitionName) -> Option<PartitionPlacement> {
+        let directory = self.node.directory()?;
+        let entry = directory.partition(name)?;
+        let local = self
+            .node
+            .partitions()
+            .and_then(|host| host.status(entry.id))
+            .map(|status| ReplicaView {
+                node: self.node.id().0,
+                role: format!("{:?}", status.role).to_lowercase(),
+                term: status.term,
+                leader: status.leader.map(|id| id.0),
+                commit_index: status.committed,
+                applied_index: status.applied,
+            });
+        Some(PartitionPlacement {
+            generation: entry.generation,
+            replicas: entry
+                .replicas
+                .iter()
+                .map(|id| (*id, directory.member(*id).map(Self::member_view)))
+                .collect(),
+            local,
+            routed_leader: self.leader_of(entry.id),
+        })
+    }
+
     fn deliver_outputs(&mut self) {
         for output in self.node.take_outputs() {
             match output {
@@ -492,8 +770,13 @@ impl NodeLoop {
                     );
                 }
                 // The shell does not run partitions yet (the config never enables them).
+                // Answers to local partition requests: the shell only routes by name.
                 NodeOutput::Partition(_) => {}
-                NodeOutput::Routed(_) => {}
+                NodeOutput::Routed(answer) => {
+                    if let Some(reply) = self.pending_routed.remove(&answer.request_id) {
+                        let _ = reply.send(answer.result);
+                    }
+                }
             }
         }
     }

@@ -1,7 +1,8 @@
 //! The client HTTP API (axum) and, for the HTTP peer transport, the AllData peer endpoints.
 //!
 //! Client routes: `POST /events[?commit=]`, `GET /events/{key}`, `GET /events?from=&to=&limit=`
-//! (merged across the cluster, or `scope=local`), `GET /health`, `GET /metrics`. Peer routes:
+//! (merged across the cluster, or `scope=local`), `GET /health`, `GET /metrics`, and the
+//! named partitions' and the cluster's (`kv_api`). Peer routes:
 //! `POST {path}` (`{"key", "event"}`, 201 once durable), `POST /peer/confirm`,
 //! `POST /peer/hello`.
 //!
@@ -80,6 +81,7 @@ pub fn client_router(state: ApiState) -> Router {
         .route("/events/{key}", get(get_event))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(crate::production::kv_api::kv_routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         // One byte over the limit is enough to know the body is too large.

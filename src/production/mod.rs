@@ -10,6 +10,7 @@ pub mod http_api;
 pub mod http_client;
 pub mod http_server;
 pub mod http_transport;
+pub mod kv_api;
 pub mod membership;
 pub mod metrics;
 mod os_rng;

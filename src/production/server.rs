@@ -5,8 +5,10 @@
 //! data. Shutdown (Ctrl-C or SIGTERM) stops taking requests; every acknowledged write is
 //! already durable, so nothing more has to be flushed.
 
+use crate::coordinator::cluster::{ClusterConfig, ClusterStart};
+use crate::directory::{Address, Member, MemberState};
 use crate::ids::NodeId;
-use crate::node::NodeConfig;
+use crate::node::{NodeConfig, PartitionsConfig};
 use crate::production::config::{ShellConfig, TransportKind};
 use crate::production::driver::{spawn_node, PeerSender};
 use crate::production::http_api::{client_router, peer_router, ApiState};
@@ -96,6 +98,28 @@ pub async fn serve(
     node_config.coordinator.default_commit_level = config.commit_level;
     node_config.coordinator.replica_timeout_micros = config.replica_timeout_ms * 1_000;
     node_config.coordinator.store.max_event_bytes = config.body_bytes_max;
+    let instance = node_instance(&config.data_dir)?;
+    let address = |address: std::net::SocketAddr| {
+        Address::new(address.to_string()).map_err(|invalid| format!("address {address}: {invalid}"))
+    };
+    node_config.partitions = Some(PartitionsConfig::default());
+    node_config.cluster = Some(ClusterConfig {
+        member: Member {
+            id: config.node_id,
+            instance,
+            peer_address: address(advertise)?,
+            http_address: address(advertise_http)?,
+            location: config.location.clone(),
+            state: MemberState::Active,
+        },
+        cluster_name: config.cluster.cluster_name.clone(),
+        start: match config.join {
+            Some(_) => ClusterStart::Join { seed: None },
+            None => ClusterStart::Bootstrap(config.cluster.clone()),
+        },
+        // One join request a second while no answer comes.
+        join_retry_ticks: 100,
+    });
 
     enum Transport {
         Tcp(Arc<TcpTransport<TokioNet>>),
@@ -147,6 +171,9 @@ pub async fn serve(
     match transport {
         Transport::Tcp(tcp) => {
             tcp.start(node.clone());
+            if let Some(join) = config.join {
+                tokio::spawn(find_seed(Arc::clone(&tcp), node.clone(), join));
+            }
             tokio::spawn(accept_peers(
                 tcp,
                 peer_listener,
@@ -191,6 +218,56 @@ pub async fn serve(
     tracing::info!(node = %config.node_id, "shut down");
     drop(data_dir_lock);
     Ok(())
+}
+
+/// Learns the id of the member at `join` (it dials back after a hello), and tells the node
+/// to join through it.
+async fn find_seed(
+    tcp: Arc<TcpTransport<TokioNet>>,
+    node: crate::production::driver::NodeHandle,
+    join: std::net::SocketAddr,
+) {
+    loop {
+        if let Some(seed) = tcp.peer_at(join) {
+            tracing::info!(%seed, address = %join, "joining the cluster through this member");
+            let _ = node
+                .submit(crate::production::driver::NodeInput::JoinThrough { seed })
+                .await;
+            return;
+        }
+        tcp.introduce(join);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// This data dir's instance number: drawn when it is first used, kept in `instance`, so
+/// the cluster tells a restarted member from another node started under its id.
+fn node_instance(data_dir: &std::path::Path) -> Result<u64, String> {
+    let path = data_dir.join("instance");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|error| {
+            format!(
+                "{} is damaged ({error}); it holds this node's instance number",
+                path.display()
+            )
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            use crate::seams::Rng;
+            let instance = crate::production::os_seeded_rng().next_u64();
+            let temporary = data_dir.join("instance.new");
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&temporary)?;
+                file.write_all(format!("{instance}\n").as_bytes())?;
+                file.sync_all()?;
+                std::fs::rename(&temporary, &path)?;
+                std::fs::File::open(data_dir)?.sync_all()
+            };
+            write().map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+            Ok(instance)
+        }
+        Err(error) => Err(format!("cannot read {}: {error}", path.display())),
+    }
 }
 
 /// How long a put waits for its commit level before the client is answered 504 with the key:

@@ -83,6 +83,8 @@ pub struct TcpTransport<N: PeerNet> {
     node: OnceLock<NodeHandle>,
     runtime: tokio::runtime::Handle,
     heartbeat_interval: Duration,
+    /// Itself, for the calls that start connection tasks from a plain reference.
+    this: std::sync::Weak<Self>,
 }
 
 impl<N: PeerNet> std::fmt::Debug for TcpTransport<N> {
@@ -103,7 +105,7 @@ impl<N: PeerNet> TcpTransport<N> {
         metrics: Arc<Metrics>,
         heartbeat_interval: Duration,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|this| Self {
             net: Arc::new(net),
             local,
             membership,
@@ -112,6 +114,7 @@ impl<N: PeerNet> TcpTransport<N> {
             node: OnceLock::new(),
             runtime: tokio::runtime::Handle::current(),
             heartbeat_interval,
+            this: this.clone(),
         })
     }
 
@@ -134,6 +137,40 @@ impl<N: PeerNet> TcpTransport<N> {
                 }
             }
         });
+    }
+
+    /// Says hello to whoever listens at `address` (a member to join through, whose id is not
+    /// known yet): it dials back with its own hello, which tells this node who it is.
+    pub fn introduce(self: &Arc<Self>, address: SocketAddr) {
+        let transport = Arc::clone(self);
+        self.runtime.spawn(async move {
+            let stream =
+                tokio::time::timeout(CONNECT_TIMEOUT, transport.net.connect(address)).await;
+            let Ok(Ok(mut stream)) = stream else {
+                tracing::info!(%address, "the member to join through does not answer yet");
+                return;
+            };
+            let hello = Frame::Hello(PeerHello {
+                sender: transport.local.clone(),
+                known_peers: Vec::new(),
+            });
+            let Ok(hello) = encode_frame(&hello) else {
+                return;
+            };
+            if write_with_timeout(&mut stream, &hello).await.is_ok() {
+                // Held open a moment, so the hello is read before the connection ends.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// The id of the peer that listens at `address`, once it said hello.
+    pub fn peer_at(&self, address: SocketAddr) -> Option<NodeId> {
+        self.membership
+            .views()
+            .into_iter()
+            .find(|view| view.peer_address == address)
+            .map(|view| view.id)
     }
 
     fn lock_outbound(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, OutboundQueue>> {
@@ -366,6 +403,18 @@ async fn write_with_timeout<S: AsyncWrite + Unpin>(
 }
 
 impl<N: PeerNet> PeerSender for TcpTransport<N> {
+    fn learn_member(&self, id: NodeId, peer_address: SocketAddr) {
+        if self.membership.peer_address(id).is_none()
+            && self
+                .membership
+                .learn_configured(id, peer_address, Instant::now())
+        {
+            if let Some(transport) = self.this.upgrade() {
+                transport.connect_to(id);
+            }
+        }
+    }
+
     fn send(&self, to: NodeId, message: Message) {
         let queue = self.lock_outbound().get(&to).cloned();
         let Some(queue) = queue else {

@@ -416,7 +416,8 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput<SimOutcome
                 Ok(SimAnswer::Kv(ReadAnswer::Page(page))) => {
                     Answer::Done(KvResponse::Pairs(page.pairs.clone()))
                 }
-                Ok(SimAnswer::Counter(_)) => return,
+                // The workload never asks for sizes.
+                Ok(SimAnswer::Counter(_) | SimAnswer::Kv(ReadAnswer::Size { .. })) => return,
                 // No answer in time: for liveness, a read that never came back.
                 Err(RequestError::OutcomeUnknown) => Answer::Unknown,
                 Err(_) => Answer::NotApplied,

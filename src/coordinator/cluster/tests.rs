@@ -259,7 +259,9 @@ fn five_node_cluster() -> Cluster {
         cluster.add(
             member(id, zones[id as usize - 1]),
             "test",
-            ClusterStart::Join { seed: NodeId(seed) },
+            ClusterStart::Join {
+                seed: Some(NodeId(seed)),
+            },
         );
     }
     cluster.run_until(
@@ -397,7 +399,9 @@ fn joins_that_can_never_succeed_are_refused_with_the_reason() {
     cluster.add(
         member(6, "c"),
         "other",
-        ClusterStart::Join { seed: NodeId(2) },
+        ClusterStart::Join {
+            seed: Some(NodeId(2)),
+        },
     );
     cluster.run_until(50, "the node of another cluster is refused", |cluster| {
         cluster.nodes[&NodeId(6)].coordinator.state() != &MembershipState::Joining
@@ -488,7 +492,9 @@ fn membership_and_placement_hold_under_loss_and_restarts() {
             cluster.add(
                 member(id, zone),
                 "test",
-                ClusterStart::Join { seed: seed_node },
+                ClusterStart::Join {
+                    seed: Some(seed_node),
+                },
             );
         }
         let mut created = 0;
