@@ -1,5 +1,6 @@
-//! The `borough` binary: `borough start` runs a node; `borough event put|get|scan` and
-//! `borough status` are a client of a node's HTTP API; `borough bench` is its load generator.
+//! The `borough` binary: `borough start` runs a node; `borough event put|get|scan`,
+//! `borough kv get|put|del|batch|scan|info`, `borough cluster status` and `borough status`
+//! are clients of a node's HTTP API; `borough bench` is its load generator.
 //!
 //! With no config at all, `borough start` runs one node with its data under
 //! `./borough-data`, its client API on 127.0.0.1:7480 and its peer port on 127.0.0.1:7481.
@@ -24,7 +25,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(35);
 #[command(
     name = "borough",
     version,
-    about = "Borough: a replicated event store node and its client"
+    about = "Borough: a partitioned, Raft-replicated database node and its client"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,6 +40,16 @@ enum Command {
     Event {
         #[command(subcommand)]
         command: EventCommand,
+    },
+    /// Read and write keys of named partitions through any node.
+    Kv {
+        #[command(subcommand)]
+        command: cli::kv::KvCommand,
+    },
+    /// The cluster: its members, zones and partitions.
+    Cluster {
+        #[command(subcommand)]
+        command: cli::kv::ClusterCommand,
     },
     /// Drive a cluster (or a throwaway local 3-node one) with a closed-loop HTTP write load and
     /// print events/s and latency percentiles per commit level; `--etcd` drives etcd instead.
@@ -103,6 +114,8 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Start(flags) => start(&runtime, *flags),
         Command::Event { command } => runtime.block_on(event(command)),
+        Command::Kv { command } => runtime.block_on(cli::kv::kv(command)),
+        Command::Cluster { command } => runtime.block_on(cli::kv::cluster(command)),
         Command::Bench(flags) => runtime.block_on(run_bench(flags)).map(|_| ()),
         Command::Status { node } => runtime.block_on(status(node)),
     };

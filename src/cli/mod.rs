@@ -2,3 +2,4 @@
 //! needs. Like the production shell, they may touch the OS (processes, sockets, wall time).
 
 pub mod bench;
+pub mod kv;

@@ -297,7 +297,7 @@ impl ClusterCoordinator {
         };
         if ours.cluster_name != cluster_name {
             let reason = format!(
-                "this is cluster {:?}; a node of cluster {cluster_name:?} cannot join it",
+                "this is cluster \"{}\"; a node of cluster \"{cluster_name}\" cannot join it",
                 ours.cluster_name.as_str()
             );
             self.outbox.push(answer(JoinAnswer::refused(reason)));

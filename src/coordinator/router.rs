@@ -45,7 +45,7 @@ impl Default for RouterConfig {
         Self {
             attempts_max: 12,
             request_timeout_ticks: 500,
-            attempt_timeout_ticks: 100,
+            attempt_timeout_ticks: 30,
             retry_pause_ticks: 10,
             requests_max: 16_384,
         }

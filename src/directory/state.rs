@@ -82,9 +82,9 @@ pub enum DirectoryOutcome {
 pub enum DirectoryRefusal {
     #[error("the cluster has no directory yet: it was never bootstrapped")]
     NotBootstrapped,
-    #[error("the cluster {0:?} is bootstrapped already")]
+    #[error("the cluster \"{0}\" is bootstrapped already")]
     AlreadyBootstrapped(ClusterName),
-    #[error("this is cluster {ours:?}; a node of cluster {theirs:?} cannot join it")]
+    #[error("this is cluster \"{ours}\"; a node of cluster \"{theirs}\" cannot join it")]
     WrongCluster {
         ours: ClusterName,
         theirs: ClusterName,

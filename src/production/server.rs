@@ -220,23 +220,50 @@ pub async fn serve(
     Ok(())
 }
 
-/// Learns the id of the member at `join` (it dials back after a hello), and tells the node
-/// to join through it.
+/// Learns the id of the member at `join` (it dials back after a hello), tells the node to
+/// join through it, and ends the process if the cluster refuses it for good (another
+/// cluster's name, its id taken): a node that can never be a member should not look alive.
 async fn find_seed(
     tcp: Arc<TcpTransport<TokioNet>>,
     node: crate::production::driver::NodeHandle,
     join: std::net::SocketAddr,
 ) {
+    let mut attempts: u64 = 0;
     loop {
         if let Some(seed) = tcp.peer_at(join) {
             tracing::info!(%seed, address = %join, "joining the cluster through this member");
             let _ = node
                 .submit(crate::production::driver::NodeInput::JoinThrough { seed })
                 .await;
-            return;
+            break;
+        }
+        if attempts > 0 && attempts.is_multiple_of(10) {
+            tracing::warn!(
+                address = %join,
+                seconds = attempts,
+                "no member has answered from the --join address yet: is it a member's peer \
+                 address (its --listen)? A node whose id another member holds is not answered \
+                 (the member's log says so)"
+            );
         }
         tcp.introduce(join);
+        attempts += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Ok(view) = node.cluster().await else {
+            return;
+        };
+        if view.membership == "member" {
+            tracing::info!(cluster = ?view.cluster_name, "this node is a member of the cluster");
+            return;
+        }
+        if let Some(reason) = view.membership.strip_prefix("refused: ") {
+            tracing::error!(%reason, "the cluster refused this node; stopping");
+            eprintln!("borough: the cluster at {join} refused this node: {reason}");
+            std::process::exit(2);
+        }
     }
 }
 
