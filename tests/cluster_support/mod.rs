@@ -347,10 +347,30 @@ impl Cluster {
         extra_arguments: &[&str],
         open_files_max: Option<u32>,
     ) -> Cluster {
+        Cluster::start_checked(size, extra_arguments, open_files_max, false)
+    }
+
+    /// As [`Cluster::start`], and a cluster of named partitions: node 1 founds it, every
+    /// other node joins through node 1 (`--join`); waits until every node is a member that
+    /// lists them all, and the directory has its voters.
+    pub fn start_joined(size: usize) -> Cluster {
+        Cluster::start_checked(size, &[], None, true)
+    }
+
+    fn start_checked(
+        size: usize,
+        extra_arguments: &[&str],
+        open_files_max: Option<u32>,
+        join: bool,
+    ) -> Cluster {
         let mut last_failure = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut cluster = Cluster::spawn(size, extra_arguments, open_files_max);
-            match cluster.wait_until_healthy(STARTUP_TIMEOUT) {
+            let mut cluster = Cluster::spawn(size, extra_arguments, open_files_max, join);
+            let mut ready = cluster.wait_until_healthy(STARTUP_TIMEOUT);
+            if join && ready.is_ok() {
+                ready = cluster.wait_until_members(STARTUP_TIMEOUT);
+            }
+            match ready {
                 Ok(()) => return cluster,
                 Err(failure) => {
                     let port_taken = cluster
@@ -368,7 +388,12 @@ impl Cluster {
         panic!("the {size}-node cluster did not become healthy: {last_failure}");
     }
 
-    fn spawn(size: usize, extra_arguments: &[&str], open_files_max: Option<u32>) -> Cluster {
+    fn spawn(
+        size: usize,
+        extra_arguments: &[&str],
+        open_files_max: Option<u32>,
+        join: bool,
+    ) -> Cluster {
         let ports = free_ports(2 * size);
         let address = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let mut nodes: Vec<ClusterNode> = (0..size)
@@ -414,6 +439,10 @@ impl Cluster {
                     arguments.push("--peer".to_string());
                     arguments.push(format!("{peer_id}@{peer_address}"));
                 }
+            }
+            if join && node.id != 1 {
+                arguments.push("--join".to_string());
+                arguments.push(peers[0].1.to_string());
             }
             node.arguments = arguments;
         }
@@ -488,6 +517,34 @@ impl Cluster {
                     "node {} sees peers {peers_up:?} up, expected {expected:?}",
                     cluster.nodes[index].id
                 ))
+            }
+        })
+    }
+
+    /// Waits until every running node's `/cluster` says it is a member, lists every node as
+    /// an active member, and shows a directory leader with min(3, size) voters.
+    pub fn wait_until_members(&mut self, timeout: Duration) -> Result<(), String> {
+        let size = self.nodes.len();
+        self.wait_until_views(timeout, |cluster, index| {
+            let node = &cluster.nodes[index];
+            let response =
+                http_request(node.http_address, "GET", "/cluster", None, REQUEST_TIMEOUT)?;
+            let view = response.json()?;
+            let members = view["members"].as_array().map_or(0, |members| {
+                members
+                    .iter()
+                    .filter(|member| member["state"] == "active")
+                    .count()
+            });
+            let voters = view["directory_voters"].as_array().map_or(0, Vec::len);
+            if view["membership"] == "member"
+                && members == size
+                && voters == size.min(3)
+                && !view["directory_leader"].is_null()
+            {
+                Ok(())
+            } else {
+                Err(format!("node {} /cluster: {view}", node.id))
             }
         })
     }
