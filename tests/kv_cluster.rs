@@ -388,6 +388,9 @@ fn five_nodes_stay_linearizable_through_a_leader_kill() {
     linearizable_through_a_leader_kill(5);
 }
 
+/// A method, a path, a body, the status expected, and words the error must hold.
+type BadRequest = (String, String, Option<Vec<u8>>, u16, &'static str);
+
 #[test]
 fn bad_input_gets_a_4xx_that_names_the_problem_and_changes_nothing() {
     let cluster = Cluster::start_joined(1);
@@ -398,7 +401,7 @@ fn bad_input_gets_a_4xx_that_names_the_problem_and_changes_nothing() {
     let long_name = "n".repeat(300);
     let long_key = "k".repeat(5000);
     let nested = "[".repeat(10_000);
-    let cases: Vec<(String, String, Option<Vec<u8>>, u16, &str)> = vec![
+    let cases: Vec<BadRequest> = vec![
         (
             "PUT".into(),
             format!("/partitions/{long_name}/keys/k"),
