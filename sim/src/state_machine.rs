@@ -6,6 +6,11 @@
 //!
 //! Each kind keeps its own tables; a partition's snapshot image carries both kinds' images
 //! (an untouched kind's image is empty), and each is checked by its own kind.
+//!
+//! In a scenario of named partitions the system partition also runs the cluster directory
+//! (production's `DirectoryStateMachine`). Its tables are opened only in databases that have
+//! them and its image rides behind the others only where a directory exists, so scenarios
+//! without one store and send exactly the bytes they always did.
 
 use borough::coordinator::cluster::ClusterKinds;
 use borough::directory::{DirectoryOperation, DirectoryOutcome, DirectoryStateMachine};
@@ -36,6 +41,7 @@ pub enum CounterOperation {
 pub enum SimOperation {
     Kv(KvOperation),
     Counter(CounterOperation),
+    Directory(DirectoryOperation),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +49,7 @@ pub enum SimOutcome {
     Kv(WriteOutcome),
     /// The counter's value once the add applied.
     Counter(u64),
+    Directory(DirectoryOutcome),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,9 +73,10 @@ struct SimImage {
     counter: u64,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct SimStateMachine {
     kv: KvStateMachine,
+    directory: DirectoryStateMachine,
 }
 
 fn counter_value(
@@ -81,23 +89,39 @@ fn counter_value(
         .map_or(0, |value| value.value()))
 }
 
-/// The simulator's numbered partitions are placed by the scenario: no directory.
+/// Numbered partitions are placed by the scenario; named ones through the directory.
 impl ClusterKinds for SimStateMachine {
     fn directory_machine(&self) -> Option<&DirectoryStateMachine> {
-        None
+        Some(&self.directory)
     }
 
     fn directory_machine_mut(&mut self) -> Option<&mut DirectoryStateMachine> {
-        None
+        Some(&mut self.directory)
     }
 
-    fn directory_operation(_: DirectoryOperation) -> Option<SimOperation> {
-        None
+    fn directory_operation(operation: DirectoryOperation) -> Option<SimOperation> {
+        Some(SimOperation::Directory(operation))
     }
 
-    fn directory_outcome(_: &SimOutcome) -> Option<&DirectoryOutcome> {
-        None
+    fn directory_outcome(outcome: &SimOutcome) -> Option<&DirectoryOutcome> {
+        match outcome {
+            SimOutcome::Directory(outcome) => Some(outcome),
+            _ => None,
+        }
     }
+}
+
+/// Splits an image into the kv and counter part and the directory's image, if it carries
+/// one behind them.
+fn split_image(image: &[u8]) -> Result<(SimImage, Option<Vec<u8>>), String> {
+    let (base, rest): (SimImage, &[u8]) =
+        postcard::take_from_bytes(image).map_err(|error| error.to_string())?;
+    if rest.is_empty() {
+        return Ok((base, None));
+    }
+    let directory: Vec<u8> =
+        postcard::from_bytes(rest).map_err(|error| format!("the directory's image: {error}"))?;
+    Ok((base, Some(directory)))
 }
 
 impl StateMachine for SimStateMachine {
@@ -109,6 +133,9 @@ impl StateMachine for SimStateMachine {
     fn open_tables(&mut self, transaction: &WriteTransaction) -> Result<(), StateMachineError> {
         self.kv.open_tables(transaction)?;
         transaction.open_table(COUNTERS).map_err(engine_error)?;
+        if DirectoryStateMachine::tables_exist(transaction)? {
+            self.directory.open_tables(transaction)?;
+        }
         Ok(())
     }
 
@@ -116,6 +143,7 @@ impl StateMachine for SimStateMachine {
         match operation {
             SimOperation::Kv(operation) => self.kv.validate(operation),
             SimOperation::Counter(CounterOperation::Add { .. }) => Ok(()),
+            SimOperation::Directory(operation) => self.directory.validate(operation),
         }
     }
 
@@ -137,6 +165,10 @@ impl StateMachine for SimStateMachine {
                 counters.insert(partition.0, value).map_err(engine_error)?;
                 Ok(SimOutcome::Counter(value))
             }
+            SimOperation::Directory(operation) => self
+                .directory
+                .apply(transaction, partition, index, operation)
+                .map(SimOutcome::Directory),
         }
     }
 
@@ -166,12 +198,21 @@ impl StateMachine for SimStateMachine {
         let kv = self.kv.take_snapshot(transaction, partition)?;
         let counters = transaction.open_table(COUNTERS).map_err(engine_error)?;
         let counter = counter_value(&counters, partition)?;
-        Ok(postcard::to_stdvec(&SimImage { kv, counter }).expect("images serialise"))
+        let mut image = postcard::to_stdvec(&SimImage { kv, counter }).expect("images serialise");
+        if self.directory.directory(partition).is_some() {
+            let directory = self.directory.take_snapshot(transaction, partition)?;
+            image = postcard::to_extend(&directory, image).expect("images serialise");
+        }
+        Ok(image)
     }
 
     fn check_image(image: &[u8]) -> Result<(), String> {
-        let image: SimImage = postcard::from_bytes(image).map_err(|error| error.to_string())?;
-        KvStateMachine::check_image(&image.kv)
+        let (image, directory) = split_image(image)?;
+        KvStateMachine::check_image(&image.kv)?;
+        match directory {
+            Some(directory) => DirectoryStateMachine::check_image(&directory),
+            None => Ok(()),
+        }
     }
 
     fn install_snapshot(
@@ -180,8 +221,21 @@ impl StateMachine for SimStateMachine {
         partition: PartitionId,
         image: &[u8],
     ) -> Result<(), StateMachineError> {
-        let image: SimImage = postcard::from_bytes(image)
+        let (image, directory) = split_image(image)
             .map_err(|error| StateMachineError::Corrupt(format!("simulated image: {error}")))?;
+        match directory {
+            Some(directory) => {
+                self.directory
+                    .install_snapshot(transaction, partition, &directory)?
+            }
+            // An image without a directory replaces one that had it with none.
+            None if self.directory.directory(partition).is_some() => {
+                let empty = self.directory_image_of_nothing();
+                self.directory
+                    .install_snapshot(transaction, partition, &empty)?;
+            }
+            None => {}
+        }
         self.kv
             .install_snapshot(transaction, partition, &image.kv)?;
         let mut counters = transaction.open_table(COUNTERS).map_err(engine_error)?;
@@ -218,6 +272,16 @@ impl StateMachine for SimStateMachine {
         } else {
             0
         };
-        Ok(self.kv.size_bytes(transaction, partition)? + counter_bytes)
+        Ok(self.kv.size_bytes(transaction, partition)?
+            + counter_bytes
+            + self.directory.size_bytes(transaction, partition)?)
+    }
+}
+
+impl SimStateMachine {
+    /// The image of an empty directory.
+    fn directory_image_of_nothing(&self) -> Vec<u8> {
+        postcard::to_stdvec(&borough::directory::DirectoryImage::default())
+            .expect("images serialise")
     }
 }

@@ -15,7 +15,7 @@ use crate::directory::state::{
 };
 use crate::partition::state_machine::{engine_error, StateMachine, StateMachineError};
 use crate::partition::PartitionId;
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -51,6 +51,16 @@ pub struct DirectoryStateMachine {
 }
 
 impl DirectoryStateMachine {
+    /// Whether a database holds the directory's tables (a kind that runs a directory only in
+    /// some deployments opens them only where they exist, so its other databases stay as
+    /// they were).
+    pub fn tables_exist(transaction: &WriteTransaction) -> Result<bool, StateMachineError> {
+        Ok(transaction
+            .list_tables()
+            .map_err(engine_error)?
+            .any(|table| table.name() == META.name()))
+    }
+
     /// The directory `partition` applied, if it ever applied a directory command.
     pub fn directory(&self, partition: PartitionId) -> Option<&Directory> {
         self.directories.get(&partition)

@@ -398,7 +398,7 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput<SimOutcome
             match result {
                 Ok(SimOutcome::Kv(_)) => Answer::Done(KvResponse::Written),
                 // Not this workload's request.
-                Ok(SimOutcome::Counter(_)) => return,
+                Ok(SimOutcome::Counter(_) | SimOutcome::Directory(_)) => return,
                 Err(RequestError::NotLeader { .. }) => Answer::NotApplied,
                 Err(_) => Answer::Unknown,
             },
