@@ -575,8 +575,13 @@ impl<M: ClusterKinds> Node<M> {
             return;
         };
         match message {
-            RouteMessage::Answer { request_id, result } => {
-                self.router.receive_answer(host, from, request_id, result);
+            RouteMessage::Answer {
+                proposer_session,
+                request_id,
+                result,
+            } => {
+                self.router
+                    .receive_answer(host, from, proposer_session, request_id, result);
             }
             request => host.serve_route(from, request),
         }

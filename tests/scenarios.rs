@@ -131,6 +131,9 @@ fast_scenarios! {
     raft_canary_poison_on_missing_key => "raft/raft-canary-poison-on-missing-key",
     raft_canary_stamp_local_requests_with_term =>
         "raft/raft-canary-stamp-local-requests-with-term",
+    named_no_faults => "named/named-no-faults",
+    named_faults => "named/named-faults",
+    named_canary_read_without_quorum => "named/named-canary-read-without-quorum",
 }
 
 /// Every pinned regression in `scenarios/regressions/`, whatever its tier.
@@ -186,6 +189,7 @@ fn pinned_run_summaries() {
         ("swarm", 3),
         ("raft/raft-swarm", 1),
         ("raft/raft-counter", 1),
+        ("named/named-faults", 1),
     ] {
         let scenario = Scenario::load(&scenario_path(name)).expect("scenario parses");
         let summary = run_seed(&scenario, seed);
@@ -286,6 +290,7 @@ fn kv_histories_hold_batches_and_range_reads() {
         "raft/raft-no-faults",
         "raft/raft-partitions",
         "raft/raft-swarm",
+        "named/named-no-faults",
     ] {
         let scenario = Scenario::load(&scenario_path(name)).expect("scenario parses");
         let summary = run_seed(&scenario, 1);

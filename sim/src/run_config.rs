@@ -61,9 +61,28 @@ pub struct PartitionsRun {
     pub split_batches: bool,
     pub skip_log_sync: bool,
     pub poison_on_missing_key: bool,
+    /// Named partitions through the cluster directory (see `scenario::PartitionsSection`).
+    pub named: bool,
 }
 
 impl PartitionsRun {
+    /// The ids the run's partitions may have: `0..count` placed by the scenario, or with
+    /// names the directory's system partition 0 and ids 1..=count it gives names as they
+    /// are created (an id not created yet has no group anywhere).
+    pub fn partition_ids(&self) -> std::ops::Range<u64> {
+        if self.named {
+            0..self.count + 1
+        } else {
+            0..self.count
+        }
+    }
+
+    /// The name clients use for partition number `number`.
+    pub fn name(number: u64) -> borough::directory::PartitionName {
+        borough::directory::PartitionName::new(format!("partition {number}"))
+            .expect("a short name is valid")
+    }
+
     /// The voters of `partition`: `replicas` consecutive nodes of the zone-interleaved node
     /// order (one node of each zone in turn), from a start that rotates with the partition,
     /// so replicas spread over zones first and leaders and load spread over the cluster.
@@ -253,6 +272,7 @@ impl RunConfig {
                     split_batches: canary == Some(RaftCanary::SplitBatches),
                     skip_log_sync: canary == Some(RaftCanary::SkipLogSync),
                     poison_on_missing_key: canary == Some(RaftCanary::PoisonOnMissingKey),
+                    named: section.named,
                 }
             })
             .map(|mut partitions| {
@@ -363,8 +383,55 @@ impl RunConfig {
                 },
                 tick_micros: partitions.tick_micros,
             });
+            if partitions.named {
+                config.cluster = Some(self.cluster_config(id, &config, partitions));
+                // The router ends each request before its client gives up, so outcomes are
+                // known where they can be.
+                config.router.request_timeout_ticks = (client_timeout_micros
+                    / partitions.tick_micros)
+                    .saturating_sub(2)
+                    .max(1);
+            }
         }
         config
+    }
+
+    /// Membership of a run of named partitions: the first node founds the cluster, every
+    /// other node joins through it. A member's instance is fixed by its id, as a data dir's
+    /// is: a restarted node is the same member.
+    fn cluster_config(
+        &self,
+        id: NodeId,
+        config: &NodeConfig,
+        partitions: &PartitionsRun,
+    ) -> borough::coordinator::cluster::ClusterConfig {
+        use borough::coordinator::cluster::{ClusterConfig, ClusterStart};
+        use borough::directory::{Address, ClusterName, ClusterSettings, Member, MemberState};
+        let cluster_name = ClusterName::new("sim").expect("a short name is valid");
+        let address = |port: u16| {
+            Address::new(format!("node-{}.sim:{port}", id.0)).expect("a short address is valid")
+        };
+        let founder = self.nodes.first().map(|(founder, _)| *founder);
+        let start = if founder == Some(id) {
+            let mut settings = ClusterSettings::new(cluster_name.clone());
+            settings.replicas = u8::try_from(partitions.replicas).unwrap_or(u8::MAX);
+            ClusterStart::Bootstrap(settings)
+        } else {
+            ClusterStart::Join { seed: founder }
+        };
+        ClusterConfig {
+            member: Member {
+                id,
+                instance: 1_000_000 + u64::from(id.0),
+                peer_address: address(7481),
+                http_address: address(7480),
+                location: config.coordinator.location.clone(),
+                state: MemberState::Active,
+            },
+            cluster_name,
+            start,
+            join_retry_ticks: 20,
+        }
     }
 
     /// One line that says what was drawn, printed at the start of a run.
@@ -419,6 +486,7 @@ mod tests {
             split_batches: false,
             skip_log_sync: false,
             poison_on_missing_key: false,
+            named: false,
         };
         for partition in 0..partitions.count {
             let voters = partitions.voters(partition, &nodes);

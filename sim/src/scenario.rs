@@ -276,6 +276,13 @@ pub struct PartitionsSection {
     /// `split_batches`, `skip_log_sync` or `poison_on_missing_key`.
     #[serde(default)]
     pub planted_bug: Option<String>,
+    /// Named partitions, as the cluster binary runs them: node 1 founds a cluster, every
+    /// other node joins through it, the directory (a system Raft group) places each name on
+    /// `replicas` nodes when its first request creates it, and kv clients reach partitions
+    /// "partition 0" .. "partition {count - 1}" through any node, which routes to the
+    /// leader. Numbered partitions placed by the scenario otherwise.
+    #[serde(default)]
+    pub named: bool,
 }
 
 fn default_partition_replicas() -> Drawn<u64> {
@@ -565,6 +572,26 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
             return Err(
                 "partitions.election_timeout_ticks must exceed heartbeat_interval_ticks".into(),
             );
+        }
+    }
+    let named = file
+        .partitions
+        .as_ref()
+        .is_some_and(|section| section.named);
+    if named {
+        if file
+            .workload
+            .iter()
+            .any(|workload| workload.kind == "counter")
+        {
+            return Err("named partitions run the key-value store: no counter workload".into());
+        }
+        if file
+            .fault
+            .iter()
+            .any(|fault| fault.kind == FaultKind::MembershipChange)
+        {
+            return Err("named partitions are placed by the directory: no membership fault".into());
         }
     }
     for workload in &file.workload {

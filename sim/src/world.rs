@@ -318,7 +318,7 @@ impl World {
             next_sequence: 0,
             config,
         };
-        if let Some(partitions) = world.config.partitions.clone() {
+        if let Some(partitions) = world.config.partitions.clone().filter(|run| !run.named) {
             for partition in 0..partitions.count {
                 let voters = partitions.voters(partition, &world.config.nodes);
                 world.partition_hosts.insert(partition, voters);
@@ -787,8 +787,9 @@ impl World {
                     crate::workload::kv::on_answer(self, id, &output);
                     crate::workload::counter::on_answer(self, id, &output);
                 }
-                // The simulator's partitions are numbered and placed by the scenario.
-                NodeOutput::Routed(_) => {}
+                NodeOutput::Routed(answer) => {
+                    crate::workload::kv::on_routed_answer(self, id, answer)
+                }
             }
         }
         crate::checkers::raft::after_node_step(self, index);
@@ -901,7 +902,8 @@ impl World {
                 for (peer, location) in &self.config.nodes {
                     node.add_peer(*peer, location.clone());
                 }
-                if let Some(partitions) = &self.config.partitions {
+                // Named partitions are created by the directory, not by the scenario.
+                if let Some(partitions) = self.config.partitions.as_ref().filter(|run| !run.named) {
                     for partition in 0..partitions.count {
                         let voters = partitions.voters(partition, &self.config.nodes);
                         if voters.contains(&id) {

@@ -13,6 +13,9 @@
 //!   change, or failed after [`RouterConfig::attempts_max`] attempts or
 //!   [`RouterConfig::request_timeout_ticks`], with an error that says what was heard from
 //!   each replica;
+//! - a failed write is reported as not applied only when every node it reached refused it
+//!   before proposing it (or saw its entry replaced): an unanswered attempt, an unknown
+//!   outcome or a poisoned node leaves it "may have applied";
 //! - the router acts on the directory this node applied, or on an entry the directory's
 //!   leader answered with; it never guesses a replica set;
 //! - at most [`RouterConfig::requests_max`] requests wait at once; one more is refused.
@@ -85,6 +88,11 @@ pub enum RouteError {
 pub struct RouterAnswer<Outcome, Answer> {
     pub request_id: u64,
     pub result: Result<RoutedOutcome<Outcome, Answer>, RouteError>,
+    /// A failed write that certainly did not take effect: every node it reached refused it
+    /// before proposing it (or saw its entry replaced), so retrying it cannot double it.
+    /// `false` when it may have taken effect (an attempt went unanswered, or its outcome is
+    /// unknown).
+    pub not_applied: bool,
 }
 
 /// Where a request is going.
@@ -120,6 +128,9 @@ struct Request<Operation, Query> {
     hint: Option<NodeId>,
     /// What each replica said last, for the error a failure carries.
     heard: BTreeMap<NodeId, String>,
+    /// Some attempt may have been proposed: it went unanswered, or its answer did not say
+    /// it was refused before proposing.
+    maybe_proposed: bool,
     /// For a creation: the client request waiting for it.
     creating_for: Option<u64>,
 }
@@ -208,6 +219,7 @@ impl<M: ClusterKinds> Router<M> {
             self.answers.push(RouterAnswer {
                 request_id,
                 result: Err(RouteError::Overloaded(self.requests.len())),
+                not_applied: true,
             });
             return request_id;
         }
@@ -222,6 +234,7 @@ impl<M: ClusterKinds> Router<M> {
                 deadline_tick: self.tick + self.config.request_timeout_ticks,
                 hint: None,
                 heard: BTreeMap::new(),
+                maybe_proposed: false,
                 creating_for: None,
             },
         );
@@ -253,6 +266,7 @@ impl<M: ClusterKinds> Router<M> {
             if let Some(request) = self.requests.get_mut(&request_id) {
                 if let Phase::Sent { target, .. } = request.phase {
                     request.heard.insert(target, "no answer".into());
+                    request.maybe_proposed = true;
                     request.phase = Phase::Paused { until_tick: now };
                 }
             }
@@ -385,6 +399,7 @@ impl<M: ClusterKinds> Router<M> {
                 deadline_tick: self.tick + self.config.request_timeout_ticks,
                 hint: None,
                 heard: BTreeMap::new(),
+                maybe_proposed: false,
                 creating_for: Some(waiting),
             },
         );
@@ -460,9 +475,15 @@ impl<M: ClusterKinds> Router<M> {
         &mut self,
         host: &mut PartitionHost<M>,
         from: NodeId,
+        session: u64,
         route_id: u64,
         result: Result<ByteAnswer, RouteRefusal>,
     ) {
+        if session != host.session() {
+            // An answer to a request of an earlier run of this node: its number may now
+            // name another request.
+            return;
+        }
         let Some(&request_id) = self.by_route.get(&route_id) else {
             return;
         };
@@ -492,6 +513,8 @@ impl<M: ClusterKinds> Router<M> {
                     Err(reason) => {
                         tracing::warn!(%from, %reason, "a routed answer refused");
                         request.heard.insert(from, reason);
+                        // It said something was done, in a form this node cannot read.
+                        request.maybe_proposed = true;
                         if current {
                             request.phase = Phase::Paused {
                                 until_tick: self.tick + self.config.retry_pause_ticks,
@@ -503,6 +526,11 @@ impl<M: ClusterKinds> Router<M> {
             Err(refusal) if retryable(&refusal.kind) => {
                 if !current {
                     return;
+                }
+                // A node that cannot serve now refused before proposing, but a poisoned
+                // one may have proposed first (the entry can still commit elsewhere).
+                if refusal.kind == RouteRefusalKind::Unavailable {
+                    request.maybe_proposed = true;
                 }
                 request.heard.insert(from, refusal.message.clone());
                 match refusal.kind {
@@ -524,6 +552,9 @@ impl<M: ClusterKinds> Router<M> {
                 }
             }
             Err(refusal) => {
+                if refusal.kind == RouteRefusalKind::OutcomeUnknown {
+                    request.maybe_proposed = true;
+                }
                 let error = error_of(partition, &refusal);
                 self.finish(host, request_id, Err(RouteError::Request(error)));
             }
@@ -593,7 +624,12 @@ impl<M: ClusterKinds> Router<M> {
             }
         }
         let Some(waiting) = request.creating_for else {
-            self.answers.push(RouterAnswer { request_id, result });
+            let not_applied = result.is_err() && !request.maybe_proposed;
+            self.answers.push(RouterAnswer {
+                request_id,
+                result,
+                not_applied,
+            });
             return;
         };
         self.creating.retain(|_, creator| *creator != request_id);

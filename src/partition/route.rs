@@ -5,6 +5,8 @@
 //! them into its kind's types (and validates an operation) before anything acts on them.
 //!
 //! Invariants:
+//! - every request carries its origin's session, and its answer echoes it: an origin takes
+//!   only answers to its own run's requests (request numbers start over at every run);
 //! - a routed write carries the identity of its origin's request (session, request id and
 //!   mark, see `replica_store`), and the serving leader proposes it in the origin's name
 //!   only (the transport vouches for the sender): a retry through another leader is a copy
@@ -39,12 +41,16 @@ pub enum RouteMessage {
     /// Read at the partition's read index, as its leader.
     Read {
         partition: PartitionId,
+        proposer_session: u64,
         request_id: u64,
         #[serde(with = "serde_bytes")]
         query: Vec<u8>,
     },
-    /// The answer to `Write` or `Read` number `request_id`: the outcome's or answer's bytes.
+    /// The answer to `Write` or `Read` number `request_id` of session `proposer_session`:
+    /// the outcome's or answer's bytes. The session tells an answer to a request of an
+    /// earlier run of the origin (its request numbers start over) from one of this run.
     Answer {
+        proposer_session: u64,
         request_id: u64,
         result: Result<ByteAnswer, RouteRefusal>,
     },
@@ -164,11 +170,13 @@ mod tests {
         assert!(write.check().unwrap_err().contains("mark"));
         let read = RouteMessage::Read {
             partition: PartitionId(1),
+            proposer_session: 1,
             request_id: 1,
             query: vec![0; COMMAND_BYTES_MAX + 1],
         };
         assert!(read.check().is_err());
         let answer = RouteMessage::Answer {
+            proposer_session: 1,
             request_id: 1,
             result: Ok(ByteAnswer(vec![0; ANSWER_BYTES_MAX + 1])),
         };
@@ -176,6 +184,7 @@ mod tests {
         let refusal = RouteRefusal::new(RouteRefusalKind::Busy, "é".repeat(1000));
         assert!(refusal.message.len() <= REFUSAL_TEXT_BYTES_MAX);
         assert!(RouteMessage::Answer {
+            proposer_session: 1,
             request_id: 1,
             result: Err(refusal)
         }

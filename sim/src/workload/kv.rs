@@ -11,9 +11,10 @@
 //! dropped; one that got no answer at all is still counted, for liveness.
 
 use crate::checkers::atomicity::{KeyWrite, KvCall as CheckedCall, KvRequest, KvResponse};
-use crate::run_config::WorkloadConfig;
+use crate::run_config::{PartitionsRun, WorkloadConfig};
 use crate::state_machine::{SimAnswer, SimOperation, SimOutcome, SimQuery};
 use crate::world::{Event, World};
+use borough::coordinator::router::{RouteError, RoutedOutcome, RoutedRequest, RouterAnswer};
 use borough::ids::NodeId;
 use borough::partition::command::{BatchOperation, KvOperation};
 use borough::partition::host::{HostOutput, RequestError};
@@ -42,6 +43,9 @@ pub struct KvHistory {
     /// When each read that never got an answer was called: left out of the history (it
     /// constrains nothing) but not out of liveness.
     pub unanswered_reads: Vec<u64>,
+    /// Routed answers that came out of the very step that took their call (a router can end
+    /// a request at once), kept until the call is on record.
+    early_routed: BTreeMap<(NodeId, u64), RouterAnswer<SimOutcome, SimAnswer>>,
 }
 
 impl KvHistory {
@@ -124,7 +128,12 @@ pub fn client_operation(world: &mut World, index: usize) {
     // changes moved replicas), as a router reading the committed configuration would: a
     // replica whose addition never committed (its leader was deposed first) is no member,
     // and nobody will ever lead it.
-    let hosts = routed_hosts(world, partition);
+    // With named partitions any node takes any request and routes it to the leader.
+    let hosts = if partitions.named {
+        world.config.nodes.iter().map(|(id, _)| *id).collect()
+    } else {
+        routed_hosts(world, partition)
+    };
     let pick = world.rng.in_range(0, hosts.len() as u64 - 1) as usize;
     let target_id = hosts[pick];
     let target = world.index_of(target_id);
@@ -343,14 +352,31 @@ pub fn start_call(world: &mut World, call: KvCall) {
         ..
     } = call;
     let mut started = None;
+    let named = world
+        .config
+        .partitions
+        .as_ref()
+        .is_some_and(|partitions| partitions.named);
     world.with_node(target, |node| {
-        started = Some(match operation {
-            Operation::Write(operation) => {
+        started = Some(match (operation, named) {
+            (Operation::Write(operation), false) => {
                 node.partition_write(PartitionId(partition), SimOperation::Kv(operation))
             }
-            Operation::Read(read) => {
+            (Operation::Read(read), false) => {
                 node.partition_read(PartitionId(partition), SimQuery::Kv(read))
             }
+            (Operation::Write(operation), true) => node
+                .route_request(
+                    PartitionsRun::name(partition),
+                    RoutedRequest::Write(SimOperation::Kv(operation)),
+                )
+                .map(|request_id| request_id | ROUTED),
+            (Operation::Read(read), true) => node
+                .route_request(
+                    PartitionsRun::name(partition),
+                    RoutedRequest::Read(SimQuery::Kv(read)),
+                )
+                .map(|request_id| request_id | ROUTED),
         });
     });
     let request_id = match started {
@@ -388,6 +414,15 @@ pub fn start_call(world: &mut World, call: KvCall) {
         .insert((target_id, request_id), history_id);
     let timeout_at = (call_micros + timeout_micros).max(world.now_micros());
     world.schedule(timeout_at, Event::KvTimeout { history_id });
+    if let Some(answer) = world
+        .kv_history
+        .early_routed
+        .remove(&(target_id, request_id))
+    {
+        on_routed_answer(world, target_id, answer);
+    }
+    // Early answers are taken by the call that follows them at once; any other is stale.
+    world.kv_history.early_routed.clear();
 }
 
 /// A node answered one of its clients.
@@ -425,9 +460,67 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput<SimOutcome
         ),
         HostOutput::Applied { .. } | HostOutput::RoleChanged { .. } => return,
     };
+    record_answer(world, (node, request_id), outcome);
+}
+
+/// Marks the request ids of routed calls in the pending map: the router numbers its
+/// requests apart from the partition host.
+const ROUTED: u64 = 1 << 63;
+
+/// A node's router answered one of its clients (named partitions).
+pub fn on_routed_answer(
+    world: &mut World,
+    node: NodeId,
+    answer: RouterAnswer<SimOutcome, SimAnswer>,
+) {
+    let key = (node, answer.request_id | ROUTED);
+    let history = &world.kv_history;
+    let Some(record) = history
+        .pending
+        .get(&key)
+        .and_then(|history_id| history.records.get(history_id))
+    else {
+        world.kv_history.early_routed.insert(key, answer);
+        return;
+    };
+    let is_read = matches!(
+        record.call.request,
+        KvRequest::Get { .. } | KvRequest::Range { .. }
+    );
+    let not_applied = answer.not_applied;
+    let outcome = match answer.result {
+        Ok(RoutedOutcome::Wrote(SimOutcome::Kv(_))) if !is_read => {
+            Answer::Done(KvResponse::Written)
+        }
+        Ok(RoutedOutcome::Read(SimAnswer::Kv(ReadAnswer::Value(value)))) if is_read => {
+            Answer::Done(KvResponse::Value(Some(value)))
+        }
+        Ok(RoutedOutcome::Read(SimAnswer::Kv(ReadAnswer::Page(page)))) if is_read => {
+            Answer::Done(KvResponse::Pairs(page.pairs))
+        }
+        Err(RouteError::Request(RequestError::State(StateMachineError::KeyNotFound)))
+            if is_read =>
+        {
+            Answer::Done(KvResponse::Value(None))
+        }
+        // A write every node refused before proposing it never took effect.
+        Err(_) if !is_read && not_applied => Answer::NotApplied,
+        // Anything else ends the call without an outcome: a write may or may not have
+        // applied (its router gave up, or its answer was lost), a read constrains nothing
+        // (and counts, after the heal, as one the cluster did not serve).
+        other => {
+            tracing::debug!(?other, "routed call ended without an outcome");
+            Answer::Unknown
+        }
+    };
+    record_answer(world, key, outcome);
+}
+
+/// What a call's answer means for the history.
+fn record_answer(world: &mut World, pending_key: (NodeId, u64), outcome: Answer) {
     let now = world.now_micros();
     let history = &mut world.kv_history;
-    let Some(history_id) = history.pending.remove(&(node, request_id)) else {
+    let Some(history_id) = history.pending.remove(&pending_key) else {
         return;
     };
     let Some(record) = history.records.get_mut(&history_id) else {

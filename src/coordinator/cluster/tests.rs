@@ -144,9 +144,18 @@ impl Cluster {
             for (from, to, message) in routes {
                 if let Some(node) = self.nodes.get_mut(&to) {
                     match message {
-                        RouteMessage::Answer { request_id, result } => {
-                            node.router
-                                .receive_answer(&mut node.host, from, request_id, result);
+                        RouteMessage::Answer {
+                            proposer_session,
+                            request_id,
+                            result,
+                        } => {
+                            node.router.receive_answer(
+                                &mut node.host,
+                                from,
+                                proposer_session,
+                                request_id,
+                                result,
+                            );
                         }
                         request => node.host.serve_route(from, request),
                     }

@@ -277,8 +277,9 @@ pub struct PartitionHost<M: StateMachine> {
     routed_writes: PendingRequests<routing::RoutedWrite>,
     /// Routed writes this node proposed as leader for their origins.
     serving_writes: BTreeMap<routing::ServingKey, routing::ServingWrite>,
-    /// Routed reads this node serves: its read's request id to the origin and its id.
-    serving_reads: BTreeMap<u64, (NodeId, u64)>,
+    /// Routed reads this node serves: its read's request id to the origin, its session and
+    /// its request id.
+    serving_reads: BTreeMap<u64, (NodeId, u64, u64)>,
     route_outbox: Vec<(NodeId, crate::partition::route::RouteMessage)>,
     snapshots: BTreeMap<(PartitionId, u64), CachedSnapshot>,
     /// When each peer node was last heard from (any envelope, empty ones included).

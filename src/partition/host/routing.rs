@@ -156,6 +156,7 @@ impl<M: StateMachine> PartitionHost<M> {
             request_id,
             RouteMessage::Read {
                 partition,
+                proposer_session: self.session,
                 request_id,
                 query,
             },
@@ -177,15 +178,33 @@ impl<M: StateMachine> PartitionHost<M> {
     fn answer_route(
         &mut self,
         to: NodeId,
+        proposer_session: u64,
         request_id: u64,
         result: Result<ByteAnswer, RouteRefusal>,
     ) {
-        self.route_outbox
-            .push((to, RouteMessage::Answer { request_id, result }));
+        self.route_outbox.push((
+            to,
+            RouteMessage::Answer {
+                proposer_session,
+                request_id,
+                result,
+            },
+        ));
     }
 
-    fn refuse_route(&mut self, to: NodeId, request_id: u64, error: &RequestError) {
-        self.answer_route(to, request_id, Err(refusal_of(error)));
+    fn refuse_route(
+        &mut self,
+        to: NodeId,
+        proposer_session: u64,
+        request_id: u64,
+        error: &RequestError,
+    ) {
+        self.answer_route(to, proposer_session, request_id, Err(refusal_of(error)));
+    }
+
+    /// This run's session: what the answers to its routed requests echo.
+    pub fn session(&self) -> u64 {
+        self.session
     }
 
     /// Whether this node leads `partition` now; the refusal to send when it does not.
@@ -221,16 +240,18 @@ impl<M: StateMachine> PartitionHost<M> {
                     operation: (),
                 };
                 if let Err(error) = self.serve_write(partition, command, &operation) {
-                    self.refuse_route(from, request_id, &error);
+                    self.refuse_route(from, proposer_session, request_id, &error);
                 }
             }
             RouteMessage::Read {
                 partition,
+                proposer_session,
                 request_id,
                 query,
             } => {
-                if let Err(error) = self.serve_read(from, partition, request_id, &query) {
-                    self.refuse_route(from, request_id, &error);
+                let origin = (from, proposer_session, request_id);
+                if let Err(error) = self.serve_read(origin, partition, &query) {
+                    self.refuse_route(from, proposer_session, request_id, &error);
                 }
             }
             RouteMessage::Answer { .. } => {}
@@ -299,9 +320,8 @@ impl<M: StateMachine> PartitionHost<M> {
 
     fn serve_read(
         &mut self,
-        from: NodeId,
+        origin: (NodeId, u64, u64),
         partition: PartitionId,
-        origin_request_id: u64,
         query: &[u8],
     ) -> Result<(), RequestError> {
         let query: M::Query = postcard::from_bytes(query).map_err(|error| {
@@ -313,8 +333,7 @@ impl<M: StateMachine> PartitionHost<M> {
             return Err(RequestError::Busy(partition));
         }
         let request_id = self.read(partition, query)?;
-        self.serving_reads
-            .insert(request_id, (from, origin_request_id));
+        self.serving_reads.insert(request_id, origin);
         Ok(())
     }
 
@@ -345,7 +364,7 @@ impl<M: StateMachine> PartitionHost<M> {
                     Err(refusal_of(&RequestError::OutcomeUnknown))
                 }
             };
-            self.answer_route(key.1, command.request_id, result);
+            self.answer_route(key.1, key.2, command.request_id, result);
         }
         let range =
             (partition, NodeId(0), 0, 0)..=(partition, NodeId(u32::MAX), u64::MAX, u64::MAX);
@@ -363,19 +382,24 @@ impl<M: StateMachine> PartitionHost<M> {
         let leader = self.groups.get(&partition).and_then(RaftGroup::leader);
         for key in lost {
             self.serving_writes.remove(&key);
-            self.refuse_route(key.1, key.3, &RequestError::NotLeader { partition, leader });
+            self.refuse_route(
+                key.1,
+                key.2,
+                key.3,
+                &RequestError::NotLeader { partition, leader },
+            );
         }
     }
 
     /// A read's answer: to the origin that routed it, or to this node's client.
     pub(super) fn answer_read(&mut self, request_id: u64, result: Result<M::Answer, RequestError>) {
         match self.serving_reads.remove(&request_id) {
-            Some((origin, origin_request_id)) => {
+            Some((origin, session, origin_request_id)) => {
                 let result = match &result {
                     Ok(answer) => encode_answer(answer),
                     Err(error) => Err(refusal_of(error)),
                 };
-                self.answer_route(origin, origin_request_id, result);
+                self.answer_route(origin, session, origin_request_id, result);
             }
             None => self
                 .outputs
@@ -395,7 +419,7 @@ impl<M: StateMachine> PartitionHost<M> {
             .collect();
         for key in expired {
             self.serving_writes.remove(&key);
-            self.refuse_route(key.1, key.3, &RequestError::OutcomeUnknown);
+            self.refuse_route(key.1, key.2, key.3, &RequestError::OutcomeUnknown);
         }
     }
 
@@ -404,13 +428,13 @@ impl<M: StateMachine> PartitionHost<M> {
         let writes: Vec<ServingKey> = self.serving_writes.keys().copied().collect();
         self.serving_writes.clear();
         for key in writes {
-            self.refuse_route(key.1, key.3, error);
+            self.refuse_route(key.1, key.2, key.3, error);
         }
-        let reads: Vec<(NodeId, u64)> = std::mem::take(&mut self.serving_reads)
+        let reads: Vec<(NodeId, u64, u64)> = std::mem::take(&mut self.serving_reads)
             .into_values()
             .collect();
-        for (origin, request_id) in reads {
-            self.refuse_route(origin, request_id, error);
+        for (origin, session, request_id) in reads {
+            self.refuse_route(origin, session, request_id, error);
         }
     }
 
