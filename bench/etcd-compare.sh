@@ -5,7 +5,11 @@
 # ratios borough/etcd of events/s and of p99 latency.
 #
 # Usage: bench/etcd-compare.sh [CONCURRENCY [VALUE_BYTES]]
+#        WORKLOAD=kv bench/etcd-compare.sh: named partitions instead of events: QUORUM puts and
+#        linearizable gets of keys spread over PARTITIONS (1000) partitions, at concurrency 1,
+#        64 and 256, etcd and Borough alternately, against etcd's put and linearizable range.
 # Environment: CONCURRENCY (64), VALUE_BYTES (256), DURATION_S (10), WARMUP_S (1),
+#   WORKLOAD (events), PARTITIONS (1000),
 #   BOROUGH (target/release/borough; built with cargo if missing),
 #   ETCD_BASE_PORT (23790: members take client ports BASE, BASE+1, BASE+2 and peer ports
 #   BASE+10, BASE+11, BASE+12).
@@ -129,6 +133,40 @@ ratio() {
     awk -v numerator="$1" -v denominator="$2" \
         'BEGIN { if (denominator > 0) printf "%.2f", numerator / denominator; else print "n/a" }'
 }
+
+if [ "${WORKLOAD:-events}" = "kv" ]; then
+    PARTITIONS="${PARTITIONS:-1000}"
+    summary=()
+    for concurrency in 1 64 256; do
+        common_flags=(--workload kv --partitions "$PARTITIONS" --concurrency "$concurrency"
+            --value-bytes "$VALUE_BYTES" --duration-s "$DURATION_S" --warmup-s "$WARMUP_S")
+        etcd_lines="$("$BOROUGH" bench "${common_flags[@]}" "${etcd_flags[@]}" | grep 'events_per_s=')"
+        echo "$etcd_lines"
+        borough_lines="$("$BOROUGH" bench "${common_flags[@]}" | grep 'events_per_s=')"
+        echo "$borough_lines"
+        for operation in kv-put kv-get; do
+            etcd_line="$(grep "operation=$operation" <<<"$etcd_lines")"
+            borough_line="$(grep "operation=$operation" <<<"$borough_lines")"
+            etcd_rate="$(field "$etcd_line" events_per_s)"
+            borough_rate="$(field "$borough_line" events_per_s)"
+            etcd_p99="$(field "$etcd_line" p99_ms)"
+            borough_p99="$(field "$borough_line" p99_ms)"
+            summary+=("$(printf '%-7s %-11s %14s %14s %8s %11s %11s %8s %7s %7s' \
+                "$operation" "$concurrency" "$borough_rate" "$etcd_rate" \
+                "$(ratio "$borough_rate" "$etcd_rate")" "$borough_p99" "$etcd_p99" \
+                "$(ratio "$borough_p99" "$etcd_p99")" \
+                "$(field "$borough_line" errors)" "$(field "$etcd_line" errors)")")
+        done
+    done
+    echo
+    echo "Named partitions: QUORUM puts and linearizable gets of ${VALUE_BYTES}-byte values over" \
+        "$PARTITIONS partitions, 3 nodes on one machine ($(nproc) cores), ${DURATION_S} s measured per run"
+    printf '%-7s %-11s %14s %14s %8s %11s %11s %8s %7s %7s\n' \
+        op concurrency borough_op/s etcd_op/s ratio borough_p99 etcd_p99 ratio b_errors e_errors
+    printf '%s\n' "${summary[@]}"
+    echo "(ratio = borough / etcd; higher op/s is better, lower p99 ms is better)"
+    exit 0
+fi
 
 summary=()
 for concurrency in 1 "$CONCURRENCY"; do

@@ -8,6 +8,12 @@
 //! the targets. A request counts when it completes inside the measured window (after the
 //! warm-up); a non-success status or a transport error counts as an error, and only successful
 //! requests enter the latency figures.
+//!
+//! `--workload kv` measures named partitions instead: QUORUM puts (`PUT
+//! /partitions/p{N}/keys/k{task}`), then linearizable gets of keys that exist, spread over
+//! `--partitions` partitions; against etcd the same keys through `/v3/kv/put` and
+//! `/v3/kv/range` (linearizable by default). Before measuring, one key of every partition is
+//! written (which creates the partitions) and is what the gets read.
 
 use borough::production::http_client::{HttpClient, HttpResponse};
 use hyper::StatusCode;
@@ -79,6 +85,20 @@ pub struct BenchFlags {
     /// (e.g. http://127.0.0.1:23790); repeat for each member.
     #[arg(long = "etcd", value_name = "URL", conflicts_with = "targets")]
     pub etcd_targets: Vec<String>,
+    /// events: event writes at each commit level; kv: puts, then linearizable gets, of
+    /// named partitions.
+    #[arg(long, value_enum, default_value = "events")]
+    pub workload: BenchWorkload,
+    /// Named partitions the kv workload spreads its keys over.
+    #[arg(long, default_value_t = 1000)]
+    pub partitions: u64,
+}
+
+/// What `borough bench` measures.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchWorkload {
+    Events,
+    Kv,
 }
 
 /// Which system a run measured.
@@ -101,6 +121,8 @@ impl fmt::Display for BenchSystem {
 #[derive(Clone, Debug)]
 pub struct BenchRun {
     pub system: BenchSystem,
+    /// `event-put`, `kv-put` or `kv-get`.
+    pub operation: &'static str,
     /// ONE, QUORUM or ALL; for etcd the level the run was labelled with (etcd's Raft commit is
     /// a majority commit, i.e. QUORUM).
     pub commit_level: String,
@@ -121,9 +143,10 @@ impl BenchRun {
     /// The one-line summary `borough bench` prints, `name=value` pairs separated by spaces.
     pub fn line(&self) -> String {
         format!(
-            "system={} commit={} concurrency={} value_bytes={} events_per_s={:.1} p50_ms={:.2} \
+            "system={} operation={} commit={} concurrency={} value_bytes={} events_per_s={:.1} p50_ms={:.2} \
              p90_ms={:.2} p99_ms={:.2} max_ms={:.2} errors={} requests={}",
             self.system,
+            self.operation,
             self.commit_level,
             self.concurrency,
             self.value_bytes,
@@ -157,10 +180,16 @@ pub async fn run_bench(flags: BenchFlags) -> Result<BenchReport, String> {
     if flags.duration_s == 0 {
         return Err("--duration-s must be at least 1".to_string());
     }
+    if flags.partitions == 0 {
+        return Err("--partitions must be at least 1".to_string());
+    }
     let client = HttpClient::new();
     if !flags.etcd_targets.is_empty() {
         let targets = normalise_urls(&flags.etcd_targets);
         check_etcd_targets(&client, &targets).await?;
+        if flags.workload == BenchWorkload::Kv {
+            return run_kv(&client, &flags, &targets, true).await;
+        }
         // etcd has one commit rule; with `every` it is measured once, labelled QUORUM.
         let label = match flags.commit_level {
             BenchCommitLevel::Every => "QUORUM",
@@ -188,6 +217,11 @@ pub async fn run_bench(flags: BenchFlags) -> Result<BenchReport, String> {
         check_borough_targets(&client, &targets).await?;
         targets
     };
+    if flags.workload == BenchWorkload::Kv {
+        let report = run_kv(&client, &flags, &targets, false).await;
+        drop(local_cluster);
+        return report;
+    }
 
     let mut report = BenchReport::default();
     for level in flags.commit_level.levels() {
@@ -199,11 +233,166 @@ pub async fn run_bench(flags: BenchFlags) -> Result<BenchReport, String> {
     Ok(report)
 }
 
+/// The kv workload: writes one key of every partition, then measures puts and gets.
+async fn run_kv(
+    client: &HttpClient,
+    flags: &BenchFlags,
+    targets: &[String],
+    etcd: bool,
+) -> Result<BenchReport, String> {
+    prepare_partitions(client, flags, targets, etcd).await?;
+    let mut report = BenchReport::default();
+    let (put, get) = if etcd {
+        (Workload::EtcdKvPut, Workload::EtcdKvGet)
+    } else {
+        (Workload::KvPut, Workload::KvGet)
+    };
+    for (workload, label) in [(put, "QUORUM"), (get, "LINEARIZABLE")] {
+        let run = measure(client, flags, workload, targets, label).await?;
+        println!("{}", run.line());
+        report.runs.push(run);
+    }
+    Ok(report)
+}
+
+/// Writes key `k0` of every partition (creating the partitions), 64 at a time, retrying each
+/// for a while: a new cluster may still be forming.
+async fn prepare_partitions(
+    client: &HttpClient,
+    flags: &BenchFlags,
+    targets: &[String],
+    etcd: bool,
+) -> Result<(), String> {
+    eprintln!(
+        "bench: writing one key of each of {} partitions first",
+        flags.partitions
+    );
+    let value = vec![b'a'; flags.value_bytes];
+    let mut tasks = JoinSet::new();
+    let workers: u64 = 64;
+    for worker in 0..workers {
+        let client = client.clone();
+        let targets = targets.to_vec();
+        let value = value.clone();
+        let partitions = flags.partitions;
+        tasks.spawn(async move {
+            let workload = if etcd {
+                Workload::EtcdKvPut
+            } else {
+                Workload::KvPut
+            };
+            let mut partition = worker;
+            while partition < partitions {
+                let target = &targets[(partition as usize) % targets.len()];
+                let (method, url, body) = kv_request(workload, target, partition, 0, &value);
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    let outcome = client
+                        .request(
+                            method.clone(),
+                            &url,
+                            Some("application/json"),
+                            body.clone(),
+                            REQUEST_TIMEOUT,
+                        )
+                        .await;
+                    match outcome {
+                        Ok(response) if is_success(workload, &response) => break,
+                        _ if attempts < 100 => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Ok(response) => {
+                            return Err(format!(
+                                "preparing {url}: {}: {}",
+                                response.status,
+                                response.body_text()
+                            ))
+                        }
+                        Err(error) => return Err(format!("preparing {url}: {error}")),
+                    }
+                }
+                partition += workers;
+            }
+            Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|error| format!("a prepare task failed: {error}"))??;
+    }
+    Ok(())
+}
+
+/// The request of a kv workload: key `k{key}` of partition `p{partition}`.
+fn kv_request(
+    workload: Workload,
+    target: &str,
+    partition: u64,
+    key: usize,
+    value: &[u8],
+) -> (hyper::Method, String, Vec<u8>) {
+    match workload {
+        Workload::KvPut => (
+            hyper::Method::PUT,
+            format!("{target}/partitions/p{partition}/keys/k{key}"),
+            value.to_vec(),
+        ),
+        Workload::KvGet => (
+            hyper::Method::GET,
+            format!("{target}/partitions/p{partition}/keys/k0"),
+            Vec::new(),
+        ),
+        Workload::EtcdKvPut => {
+            let mut body = br#"{"key":""#.to_vec();
+            body.extend_from_slice(&base64_encode(format!("p{partition}/k{key}").as_bytes()));
+            body.extend_from_slice(br#"","value":""#);
+            body.extend_from_slice(&base64_encode(value));
+            body.extend_from_slice(br#""}"#);
+            (hyper::Method::POST, format!("{target}/v3/kv/put"), body)
+        }
+        Workload::EtcdKvGet => {
+            let mut body = br#"{"key":""#.to_vec();
+            body.extend_from_slice(&base64_encode(format!("p{partition}/k0").as_bytes()));
+            body.extend_from_slice(br#""}"#);
+            (hyper::Method::POST, format!("{target}/v3/kv/range"), body)
+        }
+        Workload::Borough | Workload::Etcd => {
+            unreachable!("event workloads do not name partitions")
+        }
+    }
+}
+
 /// What one request looks like.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Workload {
     Borough,
     Etcd,
+    KvPut,
+    KvGet,
+    EtcdKvPut,
+    EtcdKvGet,
+}
+
+impl Workload {
+    fn is_kv(self) -> bool {
+        matches!(
+            self,
+            Workload::KvPut | Workload::KvGet | Workload::EtcdKvPut | Workload::EtcdKvGet
+        )
+    }
+
+    fn operation(self) -> &'static str {
+        match self {
+            Workload::Borough | Workload::Etcd => "event-put",
+            Workload::KvPut | Workload::EtcdKvPut => "kv-put",
+            Workload::KvGet | Workload::EtcdKvGet => "kv-get",
+        }
+    }
+
+    fn system(self) -> BenchSystem {
+        match self {
+            Workload::Borough | Workload::KvPut | Workload::KvGet => BenchSystem::Borough,
+            Workload::Etcd | Workload::EtcdKvPut | Workload::EtcdKvGet => BenchSystem::Etcd,
+        }
+    }
 }
 
 /// What one load task brings back.
@@ -223,10 +412,7 @@ async fn measure(
 ) -> Result<BenchRun, String> {
     eprintln!(
         "bench: {} commit={commit_level} concurrency={} value_bytes={}: {} s warm-up, {} s measured",
-        match workload {
-            Workload::Borough => "borough",
-            Workload::Etcd => "etcd",
-        },
+        format!("{} {}", workload.system(), workload.operation()),
         flags.concurrency,
         flags.value_bytes,
         flags.warmup_s,
@@ -237,12 +423,16 @@ async fn measure(
         .map(|target| match workload {
             Workload::Borough => format!("{target}/events?commit={commit_level}"),
             Workload::Etcd => format!("{target}/v3/kv/put"),
+            // Kv requests name their partition and key: the target's base is kept.
+            _ => target.clone(),
         })
         .collect();
     let value = match workload {
         Workload::Borough => json_body_of_length(flags.value_bytes),
         Workload::Etcd => base64_encode(&vec![b'a'; flags.value_bytes]),
+        _ => vec![b'a'; flags.value_bytes],
     };
+    let partitions = flags.partitions;
     let start = Instant::now();
     let measure_start = start + Duration::from_secs(flags.warmup_s);
     let measure_end = measure_start + Duration::from_secs(flags.duration_s);
@@ -261,13 +451,32 @@ async fn measure(
                 if sent_at >= measure_end {
                     break;
                 }
-                let body = match workload {
-                    Workload::Borough => value.clone(),
-                    Workload::Etcd => etcd_put_body(task_index, request_index, &value),
+                let outcome = if workload.is_kv() {
+                    // Spread over the partitions: task by task, request by request.
+                    let partition = (task_index as u64)
+                        .wrapping_mul(7919)
+                        .wrapping_add(request_index)
+                        % partitions;
+                    let (method, url, body) =
+                        kv_request(workload, &urls[target_index], partition, task_index, &value);
+                    client
+                        .request(
+                            method,
+                            &url,
+                            Some("application/json"),
+                            body,
+                            REQUEST_TIMEOUT,
+                        )
+                        .await
+                } else {
+                    let body = match workload {
+                        Workload::Etcd => etcd_put_body(task_index, request_index, &value),
+                        _ => value.clone(),
+                    };
+                    client
+                        .post_json(&urls[target_index], body, REQUEST_TIMEOUT)
+                        .await
                 };
-                let outcome = client
-                    .post_json(&urls[target_index], body, REQUEST_TIMEOUT)
-                    .await;
                 let done_at = Instant::now();
                 target_index = (target_index + 1) % urls.len();
                 request_index += 1;
@@ -324,10 +533,8 @@ async fn measure(
     let measured_s = flags.duration_s as f64;
     let successes = latencies_micros.len() as u64;
     Ok(BenchRun {
-        system: match workload {
-            Workload::Borough => BenchSystem::Borough,
-            Workload::Etcd => BenchSystem::Etcd,
-        },
+        system: workload.system(),
+        operation: workload.operation(),
         commit_level: commit_level.to_string(),
         concurrency: flags.concurrency,
         value_bytes: flags.value_bytes,
@@ -344,7 +551,10 @@ async fn measure(
 fn is_success(workload: Workload, response: &HttpResponse) -> bool {
     match workload {
         Workload::Borough => response.status == StatusCode::CREATED,
-        Workload::Etcd => response.status == StatusCode::OK,
+        Workload::KvPut => response.status == StatusCode::NO_CONTENT,
+        Workload::Etcd | Workload::KvGet | Workload::EtcdKvPut | Workload::EtcdKvGet => {
+            response.status == StatusCode::OK
+        }
     }
 }
 
@@ -517,6 +727,10 @@ impl LocalCluster {
                         .arg("--peer")
                         .arg(format!("{}@{other_address}", other_index + 1));
                 }
+            }
+            // Named partitions: node 1 founds the cluster, the others join it.
+            if index > 0 {
+                command.arg("--join").arg(peer_addresses[0].to_string());
             }
             // Per-request info logs would cost the nodes CPU the benchmark wants.
             #[allow(clippy::disallowed_methods)] // the benchmark passes the operator's RUST_LOG on
