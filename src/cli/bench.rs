@@ -411,8 +411,9 @@ async fn measure(
     commit_level: &str,
 ) -> Result<BenchRun, String> {
     eprintln!(
-        "bench: {} commit={commit_level} concurrency={} value_bytes={}: {} s warm-up, {} s measured",
-        format!("{} {}", workload.system(), workload.operation()),
+        "bench: {} {} commit={commit_level} concurrency={} value_bytes={}: {} s warm-up, {} s measured",
+        workload.system(),
+        workload.operation(),
         flags.concurrency,
         flags.value_bytes,
         flags.warmup_s,
