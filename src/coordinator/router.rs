@@ -305,11 +305,11 @@ impl<M: ClusterKinds> Router<M> {
     ) -> Option<(PartitionId, Vec<NodeId>)> {
         match target {
             Target::Directory => {
+                // A node still joining has no configuration of the directory's group yet:
+                // it waits for one rather than trying nobody.
                 let status = host.status(SYSTEM_PARTITION)?;
-                Some((
-                    SYSTEM_PARTITION,
-                    status.configuration.voters.iter().copied().collect(),
-                ))
+                let voters: Vec<NodeId> = status.configuration.voters.iter().copied().collect();
+                (!voters.is_empty()).then_some((SYSTEM_PARTITION, voters))
             }
             Target::Named(name) => {
                 let entry = directory_of(host)?.partition(name)?;
@@ -576,6 +576,18 @@ impl<M: ClusterKinds> Router<M> {
                     .map(|(_, replicas)| replicas)
             })
             .unwrap_or_default();
+        if replicas.is_empty() {
+            let detail = "this node knows no replica of it yet (it may still be joining the \
+                          cluster, or its directory has not reached it)"
+                .to_string();
+            return match &request.target {
+                Target::Named(name) => RouteError::NoLeader {
+                    name: name.to_string(),
+                    detail,
+                },
+                Target::Directory => RouteError::NoDirectory(detail),
+            };
+        }
         let unreachable = replicas
             .iter()
             .filter(|node| {
