@@ -1,7 +1,9 @@
 //! A Borough node: the composition of its event coordinator (`crate::coordinator`: the
-//! AllData event store, its peers and replica writes) and its partition host
-//! (`crate::partition`: the Raft groups of its partitions), driven as one sans-IO state
-//! machine. The same `Node` runs under the production shell and inside the simulator.
+//! AllData event store, its peers and replica writes), its partition host
+//! (`crate::partition`: the Raft groups of its partitions) and, in a cluster of named
+//! partitions, its membership (`coordinator::cluster`) and router (`coordinator::router`),
+//! driven as one sans-IO state machine. The same `Node` runs under the production shell and
+//! inside the simulator.
 //!
 //! The driver's loop, in both worlds:
 //! 1. hand the node its inputs: `put_event`, `handle_message`, `handle_deadlines` (when
@@ -11,15 +13,19 @@
 //! 3. collect `take_outputs` (client answers, interval-closed notices, partition answers).
 //!
 //! The node itself only routes: it reads the clock and hands the time and its random stream
-//! to the coordinator, routes each peer message to the coordinator or the partition host,
-//! ticks the host, and sends and collects what both produced, in the order they produced it.
+//! to the coordinator, routes each peer message to the coordinator, the partition host, the
+//! membership or the router, ticks the host (and membership and router with it), and sends
+//! and collects what they produced, in the order they produced it. A request a node routes
+//! to itself, and its answer, are taken at once without the network.
 //!
 //! Whom it listens to: messages arrive decoded and checked by the wire codec; the node takes
 //! them only from members of its peer table (Raft traffic, replicas, confirmations) or, for
 //! the event protocol, from [`NodeId::UNATTRIBUTED`] (the driver's name for the AllData HTTP
 //! peer endpoints, which, like the original's, trust whoever reaches the peer port). Anything
 //! else is refused and counted in `messages_refused`: an outsider must not write events, stop
-//! their repair, or speak in a Raft group. Members are trusted to run the protocol; their
+//! their repair, or speak in a Raft group. A join request is taken from anyone who reaches
+//! the peer port (a node asking to join is no member yet); routed requests only from members
+//! of the peer table or the directory. Members are trusted to run the protocol; their
 //! messages are checked for form, not for truth.
 
 use crate::coordinator::cluster::{

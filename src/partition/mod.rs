@@ -2,7 +2,8 @@
 //! [`state_machine::StateMachine`] (the ordered key-value store, `kv_store`, is the first).
 //! `command` is what the log carries, `replica_store` the state of every partition of a node
 //! in one embedded database (applied points and at-most-once sessions for every kind alike),
-//! `raft_log` the node-wide Raft log, `envelope` a round's messages to a peer, and `host` the
+//! `raft_log` the node-wide Raft log, `envelope` a round's messages to a peer, `route` a
+//! request routed to a partition's leader by another node and its answer, and `host` the
 //! driver of every group in rounds.
 
 pub mod command;

@@ -4,8 +4,9 @@
 //! peer batched), and one pass of applies into the state machines.
 //!
 //! This file owns the host's state, its opening and recovery, partition creation and the
-//! outputs; `requests` the client requests and their answers, `intake` the messages peers
-//! send, `round` the round and its sync, `maintenance` ticks, the watch of peers and the
+//! outputs; `requests` the client requests and their answers, `routing` requests routed
+//! from other nodes (and this node's own routed writes), `intake` the messages peers send,
+//! `round` the round and its sync, `maintenance` ticks, the watch of peers and the
 //! checkpoints.
 //!
 //! Invariants:
