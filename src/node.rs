@@ -580,17 +580,7 @@ impl<M: ClusterKinds> Node<M> {
         let Some(host) = &mut self.partitions else {
             return;
         };
-        match message {
-            RouteMessage::Answer {
-                proposer_session,
-                request_id,
-                result,
-            } => {
-                self.router
-                    .receive_answer(host, from, proposer_session, request_id, result);
-            }
-            request => host.serve_route(from, request),
-        }
+        self.router.take_route(host, from, message);
     }
 
     /// Whether `from` is a member of this node's cluster (in its directory, or its peer

@@ -470,6 +470,19 @@ impl<M: ClusterKinds> Router<M> {
         host.send_route(target, route.message.clone());
     }
 
+    /// A routed message from `from` (this node included): an answer is the router's, a
+    /// request is served by the host.
+    pub fn take_route(&mut self, host: &mut PartitionHost<M>, from: NodeId, message: RouteMessage) {
+        match message {
+            RouteMessage::Answer {
+                proposer_session,
+                request_id,
+                result,
+            } => self.receive_answer(host, from, proposer_session, request_id, result),
+            request => host.serve_route(from, request),
+        }
+    }
+
     /// An answer to routed request `route_id` from `from`.
     pub fn receive_answer(
         &mut self,
@@ -576,18 +589,24 @@ impl<M: ClusterKinds> Router<M> {
                     .map(|(_, replicas)| replicas)
             })
             .unwrap_or_default();
-        if replicas.is_empty() {
-            let detail = "this node knows no replica of it yet (it may still be joining the \
-                          cluster, or its directory has not reached it)"
-                .to_string();
-            return match &request.target {
-                Target::Named(name) => RouteError::NoLeader {
-                    name: name.to_string(),
-                    detail,
-                },
-                Target::Directory => RouteError::NoDirectory(detail),
-            };
+        let detail = if replicas.is_empty() {
+            "this node knows no replica of it yet (it may still be joining the cluster, or its \
+             directory has not reached it)"
+                .to_string()
+        } else {
+            Self::replies_detail(request, &replicas)
+        };
+        match &request.target {
+            Target::Named(name) => RouteError::NoLeader {
+                name: name.to_string(),
+                detail,
+            },
+            Target::Directory => RouteError::NoDirectory(detail),
         }
+    }
+
+    /// How many of `replicas` never answered, and what each one that did said.
+    fn replies_detail(request: &Request<M::Operation, M::Query>, replicas: &[NodeId]) -> String {
         let unreachable = replicas
             .iter()
             .filter(|node| {
@@ -610,13 +629,7 @@ impl<M: ClusterKinds> Router<M> {
         if !said.is_empty() {
             detail.push_str(&format!(" ({})", said.join("; ")));
         }
-        match &request.target {
-            Target::Named(name) => RouteError::NoLeader {
-                name: name.to_string(),
-                detail,
-            },
-            Target::Directory => RouteError::NoDirectory(detail),
-        }
+        detail
     }
 
     /// Ends a request: answers its client (or the request that waited for its creation).

@@ -143,22 +143,7 @@ impl Cluster {
             }
             for (from, to, message) in routes {
                 if let Some(node) = self.nodes.get_mut(&to) {
-                    match message {
-                        RouteMessage::Answer {
-                            proposer_session,
-                            request_id,
-                            result,
-                        } => {
-                            node.router.receive_answer(
-                                &mut node.host,
-                                from,
-                                proposer_session,
-                                request_id,
-                                result,
-                            );
-                        }
-                        request => node.host.serve_route(from, request),
-                    }
+                    node.router.take_route(&mut node.host, from, message);
                 }
             }
             for (from, to, envelope) in envelopes {
