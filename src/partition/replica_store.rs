@@ -6,8 +6,8 @@
 //! Invariants:
 //! - the applied point and the session windows are written in the same transaction as the
 //!   writes they cover, so the state and the point it claims never disagree;
-//! - commits that apply entries are not synced (`Durability::None`); a checkpoint syncs them
-//!   all at once, and only a checkpointed applied index may let the Raft log drop entries;
+//! - commits that apply entries are not synced (`Durability::None`), and one commit applies a
+//!   whole round of partitions (`apply_all`); a checkpoint syncs them all at once, and only a checkpointed applied index may let the Raft log drop entries;
 //! - an installed snapshot replaces the partition's state, sessions and point in one synced
 //!   commit;
 //! - any write failure poisons the store: it refuses further writes until the node restarts;
@@ -82,6 +82,14 @@ pub struct AppliedCommand<O> {
     /// Superseded because its proposer's session is older than this one, which the partition
     /// remembers for that proposer.
     pub retired_by: Option<u64>,
+}
+
+/// One partition's committed entries to apply, and the configuration in force at the last.
+#[derive(Debug)]
+pub struct CommittedRun<'entries> {
+    pub partition: PartitionId,
+    pub entries: &'entries [Entry],
+    pub configuration: Configuration,
 }
 
 #[derive(Debug)]
@@ -287,36 +295,92 @@ impl<M: StateMachine> ReplicaStore<M> {
         entries: &[Entry],
         configuration: Configuration,
     ) -> Result<Vec<AppliedCommand<M::Outcome>>, StateMachineError> {
-        self.check_writable()?;
-        let Some(last) = entries.last() else {
-            return Ok(Vec::new());
-        };
-        let Some(point) = self.points.get(&id) else {
-            return Err(StateMachineError::UnknownPartition(id));
-        };
-        assert_eq!(
-            entries[0].index,
-            point.index + 1,
-            "partition {id} applies in order"
-        );
-        let next_point = AppliedPoint {
-            index: last.index,
-            term: last.term,
+        let mut applied = self.apply_all(&[CommittedRun {
+            partition: id,
+            entries,
             configuration,
-        };
-        let result = self.apply_transaction(id, entries, &next_point);
+        }])?;
+        Ok(applied.pop().unwrap_or_default())
+    }
+
+    /// Applies the committed entries of several partitions in one (unsynced) transaction:
+    /// a round's worth of applies costs one commit of the database, not one per partition.
+    /// Each run moves its partition's applied point to its last entry. Returns what applying
+    /// did, one list per run, in the runs' order. A partition may appear in one run only.
+    pub fn apply_all(
+        &mut self,
+        runs: &[CommittedRun<'_>],
+    ) -> Result<Vec<Vec<AppliedCommand<M::Outcome>>>, StateMachineError> {
+        self.check_writable()?;
+        let mut next_points = Vec::with_capacity(runs.len());
+        for run in runs {
+            let Some(point) = self.points.get(&run.partition) else {
+                return Err(StateMachineError::UnknownPartition(run.partition));
+            };
+            let next_point = match (run.entries.first(), run.entries.last()) {
+                (Some(first), Some(last)) => {
+                    assert_eq!(
+                        first.index,
+                        point.index + 1,
+                        "partition {} applies in order",
+                        run.partition
+                    );
+                    Some(AppliedPoint {
+                        index: last.index,
+                        term: last.term,
+                        configuration: run.configuration.clone(),
+                    })
+                }
+                _ => None,
+            };
+            next_points.push(next_point);
+        }
+        debug_assert!(
+            runs.iter()
+                .map(|run| run.partition)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                == runs.len(),
+            "one run per partition"
+        );
+        if next_points.iter().all(Option::is_none) {
+            return Ok(runs.iter().map(|_| Vec::new()).collect());
+        }
+        let result = self.apply_transaction(runs, &next_points);
         let applied = self.poison_on_error(result)?;
-        self.points.insert(id, next_point);
+        for (run, next_point) in runs.iter().zip(next_points) {
+            if let Some(next_point) = next_point {
+                self.points.insert(run.partition, next_point);
+            }
+        }
         Ok(applied)
     }
 
     fn apply_transaction(
         &mut self,
+        runs: &[CommittedRun<'_>],
+        next_points: &[Option<AppliedPoint>],
+    ) -> Result<Vec<Vec<AppliedCommand<M::Outcome>>>, StateMachineError> {
+        let transaction = self.write_transaction(Durability::None)?;
+        let mut applied_runs = Vec::with_capacity(runs.len());
+        for (run, next_point) in runs.iter().zip(next_points) {
+            let Some(next_point) = next_point else {
+                applied_runs.push(Vec::new());
+                continue;
+            };
+            applied_runs.push(self.apply_entries(&transaction, run.partition, run.entries)?);
+            put_point(&transaction, run.partition, next_point)?;
+        }
+        transaction.commit().map_err(engine_error)?;
+        Ok(applied_runs)
+    }
+
+    fn apply_entries(
+        &mut self,
+        transaction: &redb::WriteTransaction,
         id: PartitionId,
         entries: &[Entry],
-        point: &AppliedPoint,
     ) -> Result<Vec<AppliedCommand<M::Outcome>>, StateMachineError> {
-        let transaction = self.write_transaction(Durability::None)?;
         let mut applied = Vec::new();
         for entry in entries {
             let EntryKind::Command(bytes) = &entry.kind else {
@@ -340,14 +404,14 @@ impl<M: StateMachine> ReplicaStore<M> {
             };
             // A mark above its own request would let a forged command fence off others.
             let first_unanswered = command.first_unanswered.min(command.request_id);
-            let admission = self.admit(&transaction, id, &command, first_unanswered)?;
+            let admission = self.admit(transaction, id, &command, first_unanswered)?;
             let retired_by = match admission {
                 Admission::OlderSession { newer } => Some(newer),
                 Admission::TakesEffect | Admission::Copy => None,
             };
             let outcome = if admission == Admission::TakesEffect {
                 CommandOutcome::TookEffect(self.machine.apply(
-                    &transaction,
+                    transaction,
                     id,
                     entry.index,
                     &command.operation,
@@ -366,8 +430,6 @@ impl<M: StateMachine> ReplicaStore<M> {
                 retired_by,
             });
         }
-        put_point(&transaction, id, point)?;
-        transaction.commit().map_err(engine_error)?;
         Ok(applied)
     }
 

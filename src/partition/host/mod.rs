@@ -28,7 +28,7 @@ use crate::partition::envelope::RaftEnvelope;
 use crate::partition::pending::{Pending, PendingRequests};
 use crate::partition::raft_log::{LiveLog, RaftLogError, RaftLogStore, RecoveredLog};
 use crate::partition::replica_store::{
-    AppliedCommand, AppliedPoint, CommandOutcome, ReplicaStore, INCARNATION_BASE_MAX,
+    AppliedCommand, AppliedPoint, CommandOutcome, CommittedRun, ReplicaStore, INCARNATION_BASE_MAX,
 };
 use crate::partition::state_machine::{StateMachine, StateMachineError};
 use crate::partition::PartitionId;

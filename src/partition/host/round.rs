@@ -154,13 +154,34 @@ impl<M: StateMachine> PartitionHost<M> {
                 self.counters.snapshots_installed += 1;
             }
         }
-        // What waited for durability; then applies and reads; then advance.
+        // Every group's committed entries in one commit of the state machine's database.
+        let runs: Vec<CommittedRun<'_>> = readies
+            .iter()
+            .filter_map(|(partition, ready)| {
+                let last = ready.committed_entries.last()?;
+                Some(CommittedRun {
+                    partition: *partition,
+                    entries: &ready.committed_entries,
+                    configuration: self.groups[partition].configuration_at(last.index),
+                })
+            })
+            .collect();
+        let mut applied_runs: BTreeMap<PartitionId, Vec<AppliedCommand<M::Outcome>>> = self
+            .store
+            .apply_all(&runs)
+            .map_err(|error| error.to_string())?
+            .into_iter()
+            .zip(runs.iter().map(|run| run.partition))
+            .map(|(applied, partition)| (partition, applied))
+            .collect();
+        drop(runs);
+        // What waited for durability; then answers and reads; then advance.
         for (partition, mut ready) in readies {
             for message in std::mem::take(&mut ready.messages_after_persist) {
                 self.queue(partition, message);
             }
-            if !ready.committed_entries.is_empty() {
-                self.apply_committed(partition, &ready.committed_entries)?;
+            if let Some(applied) = applied_runs.remove(&partition) {
+                self.after_apply(partition, &ready.committed_entries, applied)?;
             }
             self.note_read_indexes(partition, ready.read_states);
             if let (Some(role_state), true) = (ready.role_state, self.config.report_applied) {
@@ -179,17 +200,14 @@ impl<M: StateMachine> PartitionHost<M> {
         Ok(())
     }
 
-    /// Applies a group's committed entries to the state machine, reports them (for the
-    /// simulator's checkers) and answers the writes this node proposed.
-    fn apply_committed(&mut self, partition: PartitionId, entries: &[Entry]) -> Result<(), String> {
-        let Some(last) = entries.last() else {
-            return Ok(());
-        };
-        let configuration = self.groups[&partition].configuration_at(last.index);
-        let applied = self
-            .store
-            .apply(partition, entries, configuration)
-            .map_err(|error| error.to_string())?;
+    /// After a group's committed entries applied: reports them (for the simulator's
+    /// checkers) and answers the writes this node proposed.
+    fn after_apply(
+        &mut self,
+        partition: PartitionId,
+        entries: &[Entry],
+        applied: Vec<AppliedCommand<M::Outcome>>,
+    ) -> Result<(), String> {
         self.counters.entries_applied += entries.len() as u64;
         self.applied_since_checkpoint += entries.len() as u64;
         if self.config.report_applied {
