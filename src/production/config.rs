@@ -17,6 +17,10 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_HTTP_ADDRESS: &str = "127.0.0.1:7480";
 pub const DEFAULT_PEER_ADDRESS: &str = "127.0.0.1:7481";
 pub const DEFAULT_DATA_DIR: &str = "borough-data";
+/// The page cache of the partitions' database unless configured: room for a working set of a
+/// few hundred thousand small keys.
+pub const DEFAULT_PARTITION_CACHE_MIB: u64 = 256;
+pub const PARTITION_CACHE_MIB_MAX: u64 = 1 << 20;
 
 /// How replicas travel between nodes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -128,6 +132,7 @@ pub struct ConfigFile {
     pub join: Option<SocketAddr>,
     pub replicas: Option<u8>,
     pub directory_voters: Option<u8>,
+    pub partition_cache_mib: Option<u64>,
 }
 
 /// The flags of `borough start`; each overrides the config file's value of the same name.
@@ -230,6 +235,10 @@ pub struct StartFlags {
     /// founded [default: 3, in distinct zones when there are enough].
     #[arg(long, value_name = "N")]
     pub directory_voters: Option<u8>,
+    /// Memory for the page cache of the partitions' database, in MiB [default: 256, from 1
+    /// to 1048576]. Below the partitions' working set, applies read pages from the disk.
+    #[arg(long, value_name = "MIB")]
+    pub partition_cache_mib: Option<u64>,
 }
 
 /// Everything a node needs to start, checked.
@@ -252,6 +261,7 @@ pub struct ShellConfig {
     pub replica_timeout_ms: u64,
     /// A peer silent this long is skipped by placement until it is heard again.
     pub peer_down_after_ms: u64,
+    pub partition_cache_mib: u64,
     /// Largest client request body (and so event) accepted.
     pub body_bytes_max: usize,
     pub http_limits: crate::production::http_server::HttpLimits,
@@ -546,6 +556,16 @@ impl ShellConfig {
                     .to_string(),
             ));
         }
+        let partition_cache_mib = flags
+            .partition_cache_mib
+            .or(file.partition_cache_mib)
+            .unwrap_or(DEFAULT_PARTITION_CACHE_MIB);
+        if !(1..=PARTITION_CACHE_MIB_MAX).contains(&partition_cache_mib) {
+            return Err(value(format!(
+                "partition_cache_mib {partition_cache_mib} is out of range (1 to \
+                 {PARTITION_CACHE_MIB_MAX})"
+            )));
+        }
         Ok(ShellConfig {
             node_id,
             http,
@@ -571,6 +591,7 @@ impl ShellConfig {
                 .or(file.peer_down_after_ms)
                 .unwrap_or(3_000)
                 .clamp(100, 3_600_000),
+            partition_cache_mib,
             body_bytes_max,
             http_limits,
             peer_connections_max,
@@ -593,6 +614,26 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("borough-data"));
         assert_eq!(config.replication_factor, 1);
         assert_eq!(config.commit_level, CommitLevel::Quorum);
+    }
+
+    #[test]
+    fn the_partition_cache_defaults_and_refuses_impossible_sizes() {
+        let config = ShellConfig::resolve(&StartFlags::default()).unwrap();
+        assert_eq!(config.partition_cache_mib, DEFAULT_PARTITION_CACHE_MIB);
+        let file: ConfigFile = toml::from_str("partition_cache_mib = 64").unwrap();
+        let config = ShellConfig::merge(file, &StartFlags::default()).unwrap();
+        assert_eq!(config.partition_cache_mib, 64);
+        for mib in [0, PARTITION_CACHE_MIB_MAX + 1] {
+            let flags = StartFlags {
+                partition_cache_mib: Some(mib),
+                ..StartFlags::default()
+            };
+            let refusal = ShellConfig::resolve(&flags).unwrap_err().to_string();
+            assert!(
+                refusal.contains(&format!("partition_cache_mib {mib} is out of range")),
+                "{refusal}"
+            );
+        }
     }
 
     #[test]

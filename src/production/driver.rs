@@ -487,20 +487,27 @@ impl NodeLoop {
     }
 
     async fn run(mut self, mut inbox: mpsc::Receiver<NodeInput>) {
-        loop {
-            let now = self.clock.now_micros();
-            let wait_micros = self.node.next_deadline_micros().saturating_sub(now);
-            tokio::select! {
-                input = inbox.recv() => match input {
-                    Some(input) => self.handle(input),
-                    None => break,
-                },
-                _ = tokio::time::sleep(Duration::from_micros(wait_micros)) => {}
+        'turns: loop {
+            // A round prepared by the last flush (its replication already sent) waits for
+            // its sync no longer than the inputs already queued: they join it, and then it
+            // syncs. Waiting for the next input or tick instead held a follower's
+            // acknowledgement, and so the write, up to a tick when nothing else arrived.
+            if !self.node.has_staged_writes() {
+                let now = self.clock.now_micros();
+                let wait_micros = self.node.next_deadline_micros().saturating_sub(now);
+                tokio::select! {
+                    input = inbox.recv() => match input {
+                        Some(input) => self.handle(input),
+                        None => break 'turns,
+                    },
+                    _ = tokio::time::sleep(Duration::from_micros(wait_micros)) => {}
+                }
             }
             for _ in 1..BATCH_INPUTS_MAX {
                 match inbox.try_recv() {
                     Ok(input) => self.handle(input),
-                    Err(_) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break 'turns,
                 }
             }
             if self.clock.now_micros() >= self.node.next_deadline_micros() {

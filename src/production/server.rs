@@ -102,7 +102,10 @@ pub async fn serve(
     let address = |address: std::net::SocketAddr| {
         Address::new(address.to_string()).map_err(|invalid| format!("address {address}: {invalid}"))
     };
-    node_config.partitions = Some(PartitionsConfig::default());
+    let mut partitions = PartitionsConfig::default();
+    partitions.host.store_cache_bytes = usize::try_from(config.partition_cache_mib << 20)
+        .map_err(|_| "partition_cache_mib is larger than this machine can address".to_string())?;
+    node_config.partitions = Some(partitions);
     node_config.cluster = Some(ClusterConfig {
         member: Member {
             id: config.node_id,

@@ -67,6 +67,8 @@ pub struct HostConfig {
     pub log_checkpoint_segments: u64,
     /// Ticks a request waits for its answer before it is answered "outcome unknown".
     pub request_timeout_ticks: u64,
+    /// The page cache of the replicas' database (`partitions.redb`).
+    pub store_cache_bytes: usize,
     /// Report every applied entry and role change in the outputs, for the simulator's
     /// checkers.
     pub report_applied: bool,
@@ -105,6 +107,7 @@ impl Default for HostConfig {
             log_catch_up_entries: 1024,
             log_checkpoint_segments: 4,
             request_timeout_ticks: 50,
+            store_cache_bytes: crate::partition::replica_store::DEFAULT_CACHE_BYTES,
             report_applied: false,
             acknowledge_before_sync: false,
             apply_command_copies: false,
@@ -365,7 +368,9 @@ impl<M: StateMachine> PartitionHost<M> {
             }
             error => RequestError::from(error),
         };
-        let mut store = ReplicaStore::open(disk.clone(), machine).map_err(damaged)?;
+        let mut store =
+            ReplicaStore::open_with_cache(disk.clone(), machine, config.store_cache_bytes)
+                .map_err(damaged)?;
         let fresh_base = SeededRng::split(rng_seed, u64::MAX - 1).below(INCARNATION_BASE_MAX);
         let session = store.begin_incarnation(fresh_base).map_err(damaged)?;
         if config.apply_command_copies {
