@@ -27,6 +27,14 @@ use tokio::net::TcpListener;
 /// Inputs the node thread queues before client calls are refused as overloaded.
 const NODE_INBOX_CAPACITY: usize = 16 * 1024;
 
+/// Applied entries between checkpoints of the partitions' database. A checkpoint writes every
+/// page the applies dirtied since the last one (the engine buffers them until a durable
+/// commit), so its cost grows with the pages touched, which a put load over 1,000
+/// partitions saturates within a few thousand entries: at 4,096 a node stalled 12-58 ms
+/// every 0.7 s, and the stalls set the p99; at 32,768 they come 8 times less often, at about
+/// the same length. The price is a longer Raft log (about 10 MiB per node of 256-byte puts).
+const CHECKPOINT_APPLIED_ENTRIES: u64 = 32_768;
+
 /// Runs the node until `shutdown` completes.
 pub async fn serve(
     config: ShellConfig,
@@ -103,6 +111,7 @@ pub async fn serve(
         Address::new(address.to_string()).map_err(|invalid| format!("address {address}: {invalid}"))
     };
     let mut partitions = PartitionsConfig::default();
+    partitions.host.checkpoint_applied_entries = CHECKPOINT_APPLIED_ENTRIES;
     partitions.host.store_cache_bytes = usize::try_from(config.partition_cache_mib << 20)
         .map_err(|_| "partition_cache_mib is larger than this machine can address".to_string())?;
     node_config.partitions = Some(partitions);
