@@ -675,6 +675,43 @@ impl<M: ClusterKinds> Node<M> {
         self.hand_on_event_work();
     }
 
+    /// [`Node::flush`] for a driver that syncs on another thread: the partitions' prepared
+    /// round is written and the file to sync is returned instead of synced here; the driver
+    /// reports the sync with [`Node::round_synced`], and meanwhile takes inputs (the round
+    /// waits; nothing it holds back leaves before the report). Event writes still sync here.
+    pub fn flush_detached(&mut self) -> Option<String> {
+        let mut to_sync = None;
+        if let Some(host) = &mut self.partitions {
+            if host.has_prepared_round() && !host.is_awaiting_sync() {
+                to_sync = host.write_round();
+                if to_sync.is_none() {
+                    self.partition_rounds += 1;
+                }
+            }
+            self.pump_partitions();
+        }
+        let now = self.now();
+        self.events.flush(now);
+        self.hand_on_event_work();
+        to_sync
+    }
+
+    /// The result of the sync [`Node::flush_detached`] asked for: completes the round.
+    pub fn round_synced(&mut self, result: Result<(), crate::seams::DiskError>) {
+        if let Some(host) = &mut self.partitions {
+            host.round_synced(result);
+            self.partition_rounds += 1;
+            self.pump_partitions();
+        }
+    }
+
+    /// Whether a round's sync is out with the driver ([`Node::flush_detached`]).
+    pub fn is_awaiting_sync(&self) -> bool {
+        self.partitions
+            .as_ref()
+            .is_some_and(PartitionHost::is_awaiting_sync)
+    }
+
     /// The earliest local time at which `handle_deadlines` has work.
     pub fn next_deadline_micros(&self) -> u64 {
         self.events

@@ -316,24 +316,51 @@ impl RaftLogStore {
 
     /// Makes everything staged durable with one append and one sync.
     pub fn commit(&mut self) -> Result<(), RaftLogError> {
+        if let Some(file) = self.write_staged()? {
+            let result = self.log.sync_file(&file);
+            self.synced(result)?;
+        }
+        Ok(())
+    }
+
+    /// Appends everything staged as one write and returns the file whose sync makes it
+    /// durable; the caller syncs it (on another thread, say) and reports the result with
+    /// [`RaftLogStore::synced`] before it counts on the records. `None`: nothing to sync.
+    pub fn write_staged(&mut self) -> Result<Option<String>, RaftLogError> {
         if let Some(reason) = &self.poisoned {
             return Err(RaftLogError::Poisoned(reason.clone()));
         }
         if self.staged.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let staged = std::mem::take(&mut self.staged);
-        match self.log.append(&staged) {
-            Ok(_) => {
+        match self.log.write(&staged) {
+            Ok((_, to_sync)) => {
+                if to_sync.is_none() {
+                    self.syncs += 1;
+                }
+                Ok(to_sync)
+            }
+            Err(error) => Err(self.poison(error)),
+        }
+    }
+
+    /// The outcome of syncing the file [`RaftLogStore::write_staged`] named. A failed sync
+    /// poisons the log: what it wrote may or may not be on the disk.
+    pub fn synced(&mut self, result: Result<(), DiskError>) -> Result<(), RaftLogError> {
+        match result {
+            Ok(()) => {
                 self.syncs += 1;
                 Ok(())
             }
-            Err(error) => {
-                tracing::error!(%error, "Raft log poisoned: refusing writes until restart");
-                self.poisoned = Some(error.to_string());
-                Err(error.into())
-            }
+            Err(error) => Err(self.poison(error)),
         }
+    }
+
+    fn poison(&mut self, error: DiskError) -> RaftLogError {
+        tracing::error!(%error, "Raft log poisoned: refusing writes until restart");
+        self.poisoned.get_or_insert(error.to_string());
+        error.into()
     }
 
     /// Plants the canary bug `skip_log_sync` (see `SegmentedLog::plant_skip_sync`).

@@ -16,8 +16,9 @@ use crate::directory::{MemberState, PartitionName};
 use crate::events::{EventKey, StoreError};
 use crate::ids::{Location, NodeId};
 use crate::node::{NodeConfig, NodeCounters, NodeOutput, NodeSeams};
+use crate::production::file_disk::sync_duplicate;
 use crate::production::{os_seeded_rng, FileDisk, SystemClock};
-use crate::seams::{Clock, Network};
+use crate::seams::{Clock, DiskError, Network};
 use crate::wire::{Message, ReplicaRefusal};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -390,37 +391,40 @@ pub fn spawn_node(
             let clock = SystemClock::new();
             let peers_for_loop = Arc::clone(&peers);
             let http_replies = Rc::new(RefCell::new(BTreeMap::new()));
-            let opened_node = FileDisk::open(&data_dir)
-                .map_err(StoreError::Disk)
-                .and_then(|disk| {
-                    Node::open(
-                        config,
-                        NodeSeams {
-                            clock: Box::new(clock.clone()),
-                            network: Box::new(ShellNetwork {
-                                peers,
-                                http_replies: http_replies.clone(),
-                            }),
-                            disk: Arc::new(disk),
-                            rng: Box::new(os_seeded_rng()),
-                        },
-                    )
-                });
-            let node = match opened_node {
-                Ok(mut node) => {
+            let opened_disk = FileDisk::open(&data_dir).map(Arc::new);
+            let disk_for_loop = opened_disk.as_ref().ok().map(Arc::clone);
+            let opened_node = opened_disk.map_err(StoreError::Disk).and_then(|disk| {
+                Node::open(
+                    config,
+                    NodeSeams {
+                        clock: Box::new(clock.clone()),
+                        network: Box::new(ShellNetwork {
+                            peers,
+                            http_replies: http_replies.clone(),
+                        }),
+                        disk,
+                        rng: Box::new(os_seeded_rng()),
+                    },
+                )
+            });
+            let (node, disk) = match (opened_node, disk_for_loop) {
+                (Ok(mut node), Some(disk)) => {
                     for member in members {
                         node.add_unplaced_peer(member);
                     }
                     let _ = opened_sender.send(Ok(()));
-                    node
+                    (node, disk)
                 }
-                Err(error) => {
+                (Err(error), _) => {
                     let _ = opened_sender.send(Err(error));
                     return;
                 }
+                (Ok(_), None) => unreachable!("a node opens only on an opened disk"),
             };
             let loop_state = NodeLoop {
                 node,
+                disk,
+                sync_out: None,
                 peers: peers_for_loop,
                 learned_members: BTreeMap::new(),
                 members_synced_micros: 0,
@@ -460,6 +464,10 @@ const MEMBER_SYNC_MICROS: u64 = 1_000_000;
 
 struct NodeLoop {
     node: Node,
+    /// The node's disk, to sync a round's log on a blocking thread.
+    disk: Arc<FileDisk>,
+    /// The sync of the round the node wrote, running on a blocking thread.
+    sync_out: Option<tokio::task::JoinHandle<Result<(), DiskError>>>,
     peers: Arc<dyn PeerSender>,
     /// Member addresses handed to the transport, so each is handed once.
     learned_members: BTreeMap<NodeId, std::net::SocketAddr>,
@@ -488,17 +496,31 @@ impl NodeLoop {
 
     async fn run(mut self, mut inbox: mpsc::Receiver<NodeInput>) {
         'turns: loop {
-            // A round prepared by the last flush (its replication already sent) waits for
-            // its sync no longer than the inputs already queued: they join it, and then it
-            // syncs. Waiting for the next input or tick instead held a follower's
-            // acknowledgement, and so the write, up to a tick when nothing else arrived.
-            if !self.node.has_staged_writes() {
+            // A prepared round (its replication already sent) is written and synced after
+            // the inputs already queued, not after the next input or tick: waiting held a
+            // follower's acknowledgement, and so the write, up to a tick. While its sync runs
+            // on a blocking thread the loop goes on taking inputs; the round completes when
+            // the sync reports.
+            let ready_to_flush = self.node.has_staged_writes() && self.sync_out.is_none();
+            if !ready_to_flush {
                 let now = self.clock.now_micros();
                 let wait_micros = self.node.next_deadline_micros().saturating_sub(now);
                 tokio::select! {
                     input = inbox.recv() => match input {
                         Some(input) => self.handle(input),
                         None => break 'turns,
+                    },
+                    synced = async {
+                        match self.sync_out.as_mut() {
+                            Some(sync) => sync.await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        self.sync_out = None;
+                        let result = synced.unwrap_or_else(|_| {
+                            Err(DiskError::SyncFailed("the sync thread stopped".to_string()))
+                        });
+                        self.node.round_synced(result);
                     },
                     _ = tokio::time::sleep(Duration::from_micros(wait_micros)) => {}
                 }
@@ -513,8 +535,10 @@ impl NodeLoop {
             if self.clock.now_micros() >= self.node.next_deadline_micros() {
                 self.node.handle_deadlines();
             }
-            if self.node.has_staged_writes() {
-                self.node.flush();
+            if self.node.has_staged_writes() && self.sync_out.is_none() {
+                if let Some(file) = self.node.flush_detached() {
+                    self.start_sync(file);
+                }
             }
             self.deliver_outputs();
             let now = self.clock.now_micros();
@@ -523,7 +547,22 @@ impl NodeLoop {
                 self.sync_members();
             }
         }
+        // A sync still out finishes on its thread; the round it covers is never answered.
         tracing::info!(node = %self.node.id(), "node loop stopped");
+    }
+
+    /// Syncs `file` (the round the node just wrote) on a blocking thread.
+    fn start_sync(&mut self, file: String) {
+        let handle = match self.disk.duplicate_handle(&file) {
+            Ok(handle) => handle,
+            Err(error) => {
+                self.node.round_synced(Err(error));
+                return;
+            }
+        };
+        self.sync_out = Some(tokio::task::spawn_blocking(move || {
+            sync_duplicate(&file, &handle)
+        }));
     }
 
     fn handle(&mut self, input: NodeInput) {

@@ -58,12 +58,24 @@ impl FileDisk {
         action(file).map_err(|error| map_error(name, error))
     }
 
+    /// A duplicate of `name`'s handle, to sync it without holding the disk's lock (on
+    /// another thread, say); sync it with [`sync_duplicate`].
+    pub fn duplicate_handle(&self, name: &str) -> Result<File, DiskError> {
+        self.with_handle(name, |file| file.try_clone())
+    }
+
     fn forget(&self, name: &str) {
         self.handles
             .lock()
             .expect("disk lock poisoned")
             .remove(name);
     }
+}
+
+/// Makes the data of `file` (a duplicate handle of `name`) durable.
+pub fn sync_duplicate(name: &str, file: &File) -> Result<(), DiskError> {
+    file.sync_data()
+        .map_err(|_| DiskError::SyncFailed(name.to_string()))
 }
 
 fn map_error(name: &str, error: std::io::Error) -> DiskError {
@@ -131,11 +143,9 @@ impl Disk for FileDisk {
     }
 
     fn sync(&self, name: &str) -> Result<(), DiskError> {
-        self.with_handle(name, |file| file.sync_data())
-            .map_err(|error| match error {
-                DiskError::Io { name, .. } => DiskError::SyncFailed(name),
-                other => other,
-            })
+        // Outside the lock: the engine's reads and writes of other files go on meanwhile.
+        let file = self.duplicate_handle(name)?;
+        sync_duplicate(name, &file)
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<(), DiskError> {

@@ -259,6 +259,18 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
     /// batch would push a non-empty segment past `segment_bytes_max`. Returns the bytes
     /// appended. An error leaves the log in an unknown state: the caller must stop using it.
     pub fn append(&mut self, records: &[R]) -> Result<u64, DiskError> {
+        let (batch_bytes, to_sync) = self.write(records)?;
+        if let Some(file) = to_sync {
+            self.disk.sync(&file)?;
+        }
+        Ok(batch_bytes)
+    }
+
+    /// Appends `records` as one write, as [`SegmentedLog::append`] does, but leaves the sync
+    /// to the caller: returns the bytes appended and the file to sync before anything may
+    /// count on them (`None` only under the canary `skip_log_sync`). Every earlier write is
+    /// in a segment that was synced before this one was started, or in this file.
+    pub fn write(&mut self, records: &[R]) -> Result<(u64, Option<String>), DiskError> {
         assert!(!records.is_empty(), "an empty batch has nothing to commit");
         let mut bytes = std::mem::take(&mut self.batch_buffer);
         bytes.clear();
@@ -273,11 +285,14 @@ impl<R: Serialize + DeserializeOwned> SegmentedLog<R> {
         }
         let offset = self.disk.append(&self.segment_file, &bytes)?;
         self.batch_buffer = bytes;
-        if self.sync_appends {
-            self.disk.sync(&self.segment_file)?;
-        }
         self.segment_len_bytes = offset + batch_bytes;
-        Ok(batch_bytes)
+        let to_sync = self.sync_appends.then(|| self.segment_file.clone());
+        Ok((batch_bytes, to_sync))
+    }
+
+    /// Syncs a segment file [`SegmentedLog::write`] named.
+    pub fn sync_file(&self, file: &str) -> Result<(), DiskError> {
+        self.disk.sync(file)
     }
 
     /// Plants the canary bug `skip_log_sync`: appends are written but never synced, so a

@@ -36,7 +36,7 @@ use crate::raft::{
     Configuration, Entry, EntryKind, GroupStatus, Message, ProposeError, RaftConfig, RaftGroup,
     Ready, RecoveredState, RoleState, SnapshotMeta, BOOTSTRAP_INDEX,
 };
-use crate::seams::{Rng, SeededRng, SharedDisk};
+use crate::seams::{DiskError, Rng, SeededRng, SharedDisk};
 use std::collections::BTreeMap;
 
 mod intake;
@@ -299,6 +299,9 @@ pub struct PartitionHost<M: StateMachine> {
     touched: std::collections::BTreeSet<PartitionId>,
     /// A round waiting for its sync.
     prepared: Option<Vec<(PartitionId, Ready)>>,
+    /// The prepared round's log records are written and their sync is the driver's
+    /// ([`PartitionHost::write_round`]); only its report completes the round.
+    awaiting_sync: bool,
     tick: u64,
     applied_since_checkpoint: u64,
     log_checkpoint_segment: u64,
@@ -426,6 +429,7 @@ impl<M: StateMachine> PartitionHost<M> {
             peers_stale: true,
             touched,
             prepared: None,
+            awaiting_sync: false,
             tick: 0,
             applied_since_checkpoint: 0,
             log_checkpoint_segment,

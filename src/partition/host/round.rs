@@ -110,11 +110,67 @@ impl<M: StateMachine> PartitionHost<M> {
     }
 
     /// Finishes the prepared round: one sync for every group's writes, then what waited for
-    /// it (snapshots installed, acknowledgements sent, entries applied, reads served).
+    /// it (snapshots installed, acknowledgements sent, entries applied, reads served). Does
+    /// nothing while the round's sync is the driver's ([`PartitionHost::write_round`]).
     pub fn complete_round(&mut self) {
+        if self.awaiting_sync {
+            return;
+        }
         let Some(readies) = self.prepared.take() else {
             return;
         };
+        self.finish(readies);
+    }
+
+    /// Writes the prepared round's log records and hands their sync to the caller, so a
+    /// driver with threads can go on taking inputs while the disk works: returns the file to
+    /// sync, then [`PartitionHost::round_synced`] completes the round. Returns `None` when
+    /// no sync is needed: the round completed here (nothing to write), or nothing is
+    /// prepared, or its sync is already out.
+    pub fn write_round(&mut self) -> Option<String> {
+        if self.awaiting_sync || self.prepared.is_none() || self.poisoned.is_some() {
+            return None;
+        }
+        match self.raft_log.write_staged() {
+            Ok(Some(file)) => {
+                self.awaiting_sync = true;
+                Some(file)
+            }
+            Ok(None) => {
+                self.complete_round();
+                None
+            }
+            Err(error) => {
+                self.fail(error.to_string());
+                None
+            }
+        }
+    }
+
+    /// Whether a round's sync is out with the driver.
+    pub fn is_awaiting_sync(&self) -> bool {
+        self.awaiting_sync
+    }
+
+    /// The result of the sync [`PartitionHost::write_round`] asked for: completes the round,
+    /// or poisons the host when the sync failed. (A host that failed meanwhile dropped the
+    /// round: nothing waits for it.)
+    pub fn round_synced(&mut self, result: Result<(), DiskError>) {
+        if !self.awaiting_sync {
+            return;
+        }
+        self.awaiting_sync = false;
+        if let Err(error) = self.raft_log.synced(result) {
+            self.fail(error.to_string());
+            return;
+        }
+        let Some(readies) = self.prepared.take() else {
+            return;
+        };
+        self.finish(readies);
+    }
+
+    fn finish(&mut self, readies: Vec<(PartitionId, Ready)>) {
         if self.poisoned.is_some() {
             return;
         }
@@ -137,7 +193,7 @@ impl<M: StateMachine> PartitionHost<M> {
         &mut self,
         mut readies: Vec<(PartitionId, Ready)>,
     ) -> Result<(), String> {
-        // One sync for every group.
+        // One sync for every group (done already when the driver synced the round).
         self.raft_log.commit().map_err(|error| error.to_string())?;
         // Snapshots into the state machines, after the log names them.
         for (partition, ready) in readies.iter_mut() {

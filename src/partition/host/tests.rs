@@ -686,3 +686,63 @@ fn a_forwarded_proposal_in_another_proposers_name_is_refused() {
     // The victim's own writes still apply.
     assert_eq!(cluster.put(partition, "after", "y"), Ok(WriteOutcome::Put));
 }
+
+/// A driver that syncs on another thread: between `write_round` and `round_synced` nothing
+/// the round holds back is answered, even when something asks the host to complete rounds;
+/// the report completes it, and a failed sync poisons the host and fails the write.
+#[test]
+fn a_round_synced_by_the_driver_answers_only_after_the_sync_reports() {
+    let write = |host: &mut PartitionHost, key: &str| {
+        host.write(
+            PartitionId(0),
+            KvOperation::Put {
+                key: key.as_bytes().to_vec(),
+                value: b"1".to_vec(),
+            },
+        )
+        .unwrap()
+    };
+    let mut cluster = Cluster::new(1, 1, HostConfig::default());
+    cluster.elect_all(1);
+    let host = cluster.hosts.get_mut(&NodeId(1)).unwrap();
+    host.take_outputs();
+
+    let request_id = write(host, "a");
+    assert!(host.prepare_round());
+    let file = host.write_round().expect("the round's log needs a sync");
+    assert!(file.starts_with("raft-"), "{file}");
+    assert!(host.is_awaiting_sync());
+    // Neither a second write nor a completion attempt may finish the round early.
+    assert_eq!(host.write_round(), None);
+    host.complete_round();
+    host.process();
+    assert!(
+        host.take_outputs().is_empty(),
+        "answered before the sync reported"
+    );
+    host.round_synced(Ok(()));
+    assert!(!host.is_awaiting_sync());
+    host.process();
+    let outputs = host.take_outputs();
+    assert!(
+        outputs.iter().any(|output| matches!(
+            output,
+            HostOutput::WriteAnswered { request_id: id, result: Ok(_) } if *id == request_id
+        )),
+        "{outputs:?}"
+    );
+
+    let request_id = write(host, "b");
+    assert!(host.prepare_round());
+    assert!(host.write_round().is_some());
+    host.round_synced(Err(crate::seams::DiskError::SyncFailed(file)));
+    assert!(host.is_poisoned());
+    let outputs = host.take_outputs();
+    assert!(
+        outputs.iter().any(|output| matches!(
+            output,
+            HostOutput::WriteAnswered { request_id: id, result: Err(RequestError::Poisoned(_)) } if *id == request_id
+        )),
+        "{outputs:?}"
+    );
+}
