@@ -3,9 +3,12 @@
 //! The node thread owns the node and its disk; everything else talks to it through a bounded
 //! inbox ([`NodeHandle`]). Each turn it takes every input that is waiting (up to a batch), fires
 //! due timers, then flushes once, so all writes that arrived together share one commit and one
-//! fsync (group commit). While a flush syncs, new inputs wait in the inbox; when the inbox is
-//! full, client calls are refused as overloaded and peer readers stop reading their sockets,
-//! which pushes back on the senders through TCP. Memory stays bounded either way.
+//! fsync (group commit). The partitions' Raft log syncs on a blocking thread while the loop
+//! takes inputs (one round's sync out at a time; the round completes, and its acknowledgements
+//! and answers leave, only when the sync reports); event writes sync on the loop, and new
+//! inputs wait in the inbox meanwhile. When the inbox is full, client calls are refused as
+//! overloaded and peer readers stop reading their sockets, which pushes back on the senders
+//! through TCP. Memory stays bounded either way.
 
 use crate::coordinator::cluster_machine::{
     ClusterAnswer, ClusterOperation, ClusterOutcome, ClusterQuery, ClusterStateMachine,
