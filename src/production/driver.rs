@@ -462,6 +462,9 @@ pub fn spawn_node(
     }
 }
 
+/// Turns the loop may flush in a row without waiting for an input, a sync or a deadline.
+const TURNS_WITHOUT_WAIT_MAX: u32 = 8;
+
 /// How often the loop hands the directory's member addresses to the transport.
 const MEMBER_SYNC_MICROS: u64 = 1_000_000;
 
@@ -498,14 +501,22 @@ impl NodeLoop {
     }
 
     async fn run(mut self, mut inbox: mpsc::Receiver<NodeInput>) {
+        // Turns in a row that flushed without waiting: a flush that leaves staged writes
+        // behind with no sync out (a poisoned store) must not spin.
+        let mut turns_without_wait = 0;
         'turns: loop {
             // A prepared round (its replication already sent) is written and synced after
             // the inputs already queued, not after the next input or tick: waiting held a
             // follower's acknowledgement, and so the write, up to a tick. While its sync runs
             // on a blocking thread the loop goes on taking inputs; the round completes when
             // the sync reports.
-            let ready_to_flush = self.node.has_staged_writes() && self.sync_out.is_none();
-            if !ready_to_flush {
+            let ready_to_flush = self.node.has_staged_writes()
+                && self.sync_out.is_none()
+                && turns_without_wait < TURNS_WITHOUT_WAIT_MAX;
+            if ready_to_flush {
+                turns_without_wait += 1;
+            } else {
+                turns_without_wait = 0;
                 let now = self.clock.now_micros();
                 let wait_micros = self.node.next_deadline_micros().saturating_sub(now);
                 tokio::select! {

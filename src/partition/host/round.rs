@@ -128,7 +128,13 @@ impl<M: StateMachine> PartitionHost<M> {
     /// no sync is needed: the round completed here (nothing to write), or nothing is
     /// prepared, or its sync is already out.
     pub fn write_round(&mut self) -> Option<String> {
-        if self.awaiting_sync || self.prepared.is_none() || self.poisoned.is_some() {
+        if self.poisoned.is_some() {
+            // Nothing of a poisoned host's round may complete; dropping it also keeps a
+            // driver from taking it for work forever.
+            self.prepared = None;
+            return None;
+        }
+        if self.awaiting_sync || self.prepared.is_none() {
             return None;
         }
         match self.raft_log.write_staged() {
