@@ -85,16 +85,26 @@ impl<M: StateMachine> PartitionHost<M> {
     }
 
     /// Checkpoints the state machines and the log when due, and drops what they cover.
+    /// The catch-up tail each partition keeps behind its checkpoint: the configured one, or
+    /// an equal share of the node's total when many partitions share it.
+    pub(super) fn catch_up_entries(&self) -> u64 {
+        let partitions = (self.groups.len() as u64).max(1);
+        let share =
+            (self.config.log_catch_up_entries_total / partitions).max(LOG_CATCH_UP_ENTRIES_MIN);
+        self.config.log_catch_up_entries.min(share)
+    }
+
     pub(super) fn maintain(&mut self) -> Result<(), String> {
         if self.applied_since_checkpoint >= self.config.checkpoint_applied_entries {
             self.store.checkpoint().map_err(|error| error.to_string())?;
             self.applied_since_checkpoint = 0;
             self.counters.state_machine_checkpoints += 1;
+            let catch_up_entries = self.catch_up_entries();
             for (partition, group) in self.groups.iter_mut() {
                 let index = self
                     .store
                     .checkpointed_index(*partition)
-                    .saturating_sub(self.config.log_catch_up_entries);
+                    .saturating_sub(catch_up_entries);
                 if index > group.log().snapshot_index() {
                     group.compact(index);
                     self.touched.insert(*partition);

@@ -48,6 +48,10 @@ pub use routing::{decode_answer, error_of, refusal_of, SERVING_REQUESTS_MAX};
 #[cfg(test)]
 mod tests;
 
+/// The least catch-up tail a partition keeps, however many share the node's
+/// (`HostConfig::log_catch_up_entries_total`).
+const LOG_CATCH_UP_ENTRIES_MIN: u64 = 16;
+
 /// Election timeouts between full recomputations of the peer set.
 const PEER_REFRESH_ELECTION_TIMEOUTS: u64 = 64;
 
@@ -63,6 +67,11 @@ pub struct HostConfig {
     /// load, frequent checkpoints) would send it the next snapshot, and the next, for good.
     /// The cost is memory: up to this many entries per partition beyond the checkpoint.
     pub log_catch_up_entries: u64,
+    /// The catch-up tails of all the node's partitions together, in entries: with many
+    /// partitions each keeps an equal share (at least `LOG_CATCH_UP_ENTRIES_MIN`, at most
+    /// `log_catch_up_entries`). Without it 1,000 busy partitions kept 1,024 entries each in
+    /// memory, and every checkpoint of the Raft log rewrote them all (100 MiB, a 1 s stall).
+    pub log_catch_up_entries_total: u64,
     /// Segments the Raft log may grow by before its live state is rewritten.
     pub log_checkpoint_segments: u64,
     /// Ticks a request waits for its answer before it is answered "outcome unknown".
@@ -105,6 +114,7 @@ impl Default for HostConfig {
             log_segment_bytes_max: 16 * 1024 * 1024,
             checkpoint_applied_entries: 4096,
             log_catch_up_entries: 1024,
+            log_catch_up_entries_total: 16 * 1024,
             log_checkpoint_segments: 4,
             request_timeout_ticks: 50,
             store_cache_bytes: crate::partition::replica_store::DEFAULT_CACHE_BYTES,
