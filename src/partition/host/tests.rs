@@ -318,6 +318,28 @@ fn one_partition_with_puts(config: HostConfig, value: &str) -> (Cluster, Partiti
     (cluster, partition)
 }
 
+/// Many partitions share the node's catch-up budget: each keeps an equal share of
+/// `log_catch_up_entries_total`, never less than the floor nor more than its own tail.
+#[test]
+fn partitions_share_the_catch_up_budget() {
+    let config = |total| HostConfig {
+        log_catch_up_entries: 100,
+        log_catch_up_entries_total: total,
+        ..HostConfig::default()
+    };
+    let tail = |partitions, total| {
+        let cluster = Cluster::new(1, partitions, config(total));
+        cluster.hosts[&NodeId(1)].catch_up_entries()
+    };
+    assert_eq!(
+        tail(2, 10_000),
+        100,
+        "a few partitions keep their whole tail"
+    );
+    assert_eq!(tail(40, 2_000), 50, "many share the budget");
+    assert_eq!(tail(40, 40), 16, "never below the floor");
+}
+
 /// Compaction keeps `log_catch_up_entries` behind the checkpoint: a follower that installs
 /// the snapshot finds the entries after it still in the leader's log.
 #[test]
