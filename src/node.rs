@@ -705,13 +705,6 @@ impl<M: ClusterKinds> Node<M> {
         }
     }
 
-    /// Whether a round's sync is out with the driver ([`Node::flush_detached`]).
-    pub fn is_awaiting_sync(&self) -> bool {
-        self.partitions
-            .as_ref()
-            .is_some_and(PartitionHost::is_awaiting_sync)
-    }
-
     /// The earliest local time at which `handle_deadlines` has work.
     pub fn next_deadline_micros(&self) -> u64 {
         self.events

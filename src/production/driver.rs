@@ -394,35 +394,37 @@ pub fn spawn_node(
             let clock = SystemClock::new();
             let peers_for_loop = Arc::clone(&peers);
             let http_replies = Rc::new(RefCell::new(BTreeMap::new()));
-            let opened_disk = FileDisk::open(&data_dir).map(Arc::new);
-            let disk_for_loop = opened_disk.as_ref().ok().map(Arc::clone);
-            let opened_node = opened_disk.map_err(StoreError::Disk).and_then(|disk| {
-                Node::open(
-                    config,
-                    NodeSeams {
-                        clock: Box::new(clock.clone()),
-                        network: Box::new(ShellNetwork {
-                            peers,
-                            http_replies: http_replies.clone(),
-                        }),
-                        disk,
-                        rng: Box::new(os_seeded_rng()),
-                    },
-                )
-            });
-            let (node, disk) = match (opened_node, disk_for_loop) {
-                (Ok(mut node), Some(disk)) => {
+            let disk = match FileDisk::open(&data_dir) {
+                Ok(disk) => Arc::new(disk),
+                Err(error) => {
+                    let _ = opened_sender.send(Err(StoreError::Disk(error)));
+                    return;
+                }
+            };
+            let opened_node = Node::open(
+                config,
+                NodeSeams {
+                    clock: Box::new(clock.clone()),
+                    network: Box::new(ShellNetwork {
+                        peers,
+                        http_replies: http_replies.clone(),
+                    }),
+                    disk: Arc::clone(&disk) as crate::seams::SharedDisk,
+                    rng: Box::new(os_seeded_rng()),
+                },
+            );
+            let node = match opened_node {
+                Ok(mut node) => {
                     for member in members {
                         node.add_unplaced_peer(member);
                     }
                     let _ = opened_sender.send(Ok(()));
-                    (node, disk)
+                    node
                 }
-                (Err(error), _) => {
+                Err(error) => {
                     let _ = opened_sender.send(Err(error));
                     return;
                 }
-                (Ok(_), None) => unreachable!("a node opens only on an opened disk"),
             };
             let loop_state = NodeLoop {
                 node,
