@@ -134,6 +134,22 @@ ratio() {
         'BEGIN { if (denominator > 0) printf "%.2f", numerator / denominator; else print "n/a" }'
 }
 
+# One row of the summary: two label columns, then rates, ratio, p99s, ratio and errors of
+# the Borough line and the etcd line.
+summary_row() {
+    local first="$1" second="$2" borough_line="$3" etcd_line="$4" first_width="$5"
+    local etcd_rate borough_rate etcd_p99 borough_p99
+    etcd_rate="$(field "$etcd_line" events_per_s)"
+    borough_rate="$(field "$borough_line" events_per_s)"
+    etcd_p99="$(field "$etcd_line" p99_ms)"
+    borough_p99="$(field "$borough_line" p99_ms)"
+    printf "%-${first_width}s %-11s %14s %14s %8s %11s %11s %8s %7s %7s" \
+        "$first" "$second" "$borough_rate" "$etcd_rate" \
+        "$(ratio "$borough_rate" "$etcd_rate")" "$borough_p99" "$etcd_p99" \
+        "$(ratio "$borough_p99" "$etcd_p99")" \
+        "$(field "$borough_line" errors)" "$(field "$etcd_line" errors)"
+}
+
 if [ "${WORKLOAD:-events}" = "kv" ]; then
     PARTITIONS="${PARTITIONS:-1000}"
     summary=()
@@ -147,15 +163,7 @@ if [ "${WORKLOAD:-events}" = "kv" ]; then
         for operation in kv-put kv-get; do
             etcd_line="$(grep "operation=$operation" <<<"$etcd_lines")"
             borough_line="$(grep "operation=$operation" <<<"$borough_lines")"
-            etcd_rate="$(field "$etcd_line" events_per_s)"
-            borough_rate="$(field "$borough_line" events_per_s)"
-            etcd_p99="$(field "$etcd_line" p99_ms)"
-            borough_p99="$(field "$borough_line" p99_ms)"
-            summary+=("$(printf '%-7s %-11s %14s %14s %8s %11s %11s %8s %7s %7s' \
-                "$operation" "$concurrency" "$borough_rate" "$etcd_rate" \
-                "$(ratio "$borough_rate" "$etcd_rate")" "$borough_p99" "$etcd_p99" \
-                "$(ratio "$borough_p99" "$etcd_p99")" \
-                "$(field "$borough_line" errors)" "$(field "$etcd_line" errors)")")
+            summary+=("$(summary_row "$operation" "$concurrency" "$borough_line" "$etcd_line" 7)")
         done
     done
     echo
@@ -176,15 +184,7 @@ for concurrency in 1 "$CONCURRENCY"; do
     echo "$etcd_line"
     borough_line="$("$BOROUGH" bench "${common_flags[@]}" | grep 'events_per_s=' | tail -n 1)"
     echo "$borough_line"
-    etcd_rate="$(field "$etcd_line" events_per_s)"
-    borough_rate="$(field "$borough_line" events_per_s)"
-    etcd_p99="$(field "$etcd_line" p99_ms)"
-    borough_p99="$(field "$borough_line" p99_ms)"
-    summary+=("$(printf '%-11s %-11s %14s %14s %8s %11s %11s %8s %7s %7s' \
-        "$concurrency" "$VALUE_BYTES" "$borough_rate" "$etcd_rate" \
-        "$(ratio "$borough_rate" "$etcd_rate")" "$borough_p99" "$etcd_p99" \
-        "$(ratio "$borough_p99" "$etcd_p99")" \
-        "$(field "$borough_line" errors)" "$(field "$etcd_line" errors)")")
+    summary+=("$(summary_row "$concurrency" "$VALUE_BYTES" "$borough_line" "$etcd_line" 11)")
     if [ "$concurrency" = "$CONCURRENCY" ]; then
         break
     fi
