@@ -28,7 +28,9 @@ use borough::production::driver::{NodeHandle, NodeInput, PeerSender};
 use borough::production::membership::Membership;
 use borough::production::metrics::Metrics;
 use borough::production::peer_frame::{encode_frame, PeerHello, PeerInfo, FRAME_BYTES_MAX};
-use borough::production::tcp_transport::{PeerNet, TcpTransport, OUTBOUND_QUEUE_FRAMES};
+use borough::production::tcp_transport::{
+    PeerNet, TcpTransport, COALESCED_WRITE_BYTES_MAX, OUTBOUND_QUEUE_FRAMES,
+};
 use borough::wire::Frame;
 use borough::wire::Message;
 use std::net::SocketAddr;
@@ -670,11 +672,14 @@ fn a_peer_that_never_reads_costs_a_bounded_queue_and_a_redial() {
                 "sending never waits for the peer"
             );
             // What A holds for B: the queue, plus per connection what the socket took (at most
-            // its window) and the frame a stalled write is stuck on. The rest was dropped.
+            // its window, in writes here) and the write a stall is stuck on, each write at
+            // most the frames one coalesced write carries. The rest was dropped.
             let connections = reconnects(&metrics) as usize + 1;
+            let frames_per_write = COALESCED_WRITE_BYTES_MAX / EVENT_BYTES + 1;
             let held = (sent - metrics.dropped_frames()) as usize;
             assert!(
-                held <= OUTBOUND_QUEUE_FRAMES + connections * (TCP_CAPACITY_SEGMENTS + 1),
+                held <= OUTBOUND_QUEUE_FRAMES
+                    + connections * (TCP_CAPACITY_SEGMENTS + 1) * frames_per_write,
                 "round {round}: {held} frames accepted for a peer that never reads"
             );
             assert!(

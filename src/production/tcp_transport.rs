@@ -10,8 +10,11 @@
 //!   every new connection starts with a hello, so the receiver knows who is talking;
 //! - inbound frames over the size limit, malformed or of an unknown version close the
 //!   connection and are counted, the first frame included; an inbound connection silent for
-//!   longer than the down-after time is closed; a reader hands messages to the node with backpressure (it stops reading its
-//!   socket while the node's inbox is full);
+//!   longer than the down-after time is closed; a reader hands messages to the node with
+//!   backpressure (it stops reading its socket while the node's inbox is full);
+//! - frames queued together leave in one write (up to [`COALESCED_WRITE_BYTES_MAX`]) and are
+//!   read through a buffer: under load a write or read call carries many frames, not one
+//!   frame in two reads. Frames stay whole and in order either way.
 //! - the socket types come from a [`PeerNet`], so the same code runs over tokio's TCP in
 //!   production and over turmoil's simulated TCP in tests.
 
@@ -44,6 +47,12 @@ struct OutboundQueue {
     frames: mpsc::Sender<Vec<u8>>,
     queued_bytes: Arc<AtomicUsize>,
 }
+/// Bytes of queued frames one socket write may carry.
+pub const COALESCED_WRITE_BYTES_MAX: usize = 256 * 1024;
+
+/// The inbound reader's buffer.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -270,9 +279,17 @@ impl<N: PeerNet> TcpTransport<N> {
         loop {
             let bytes = tokio::select! {
                 frame = queue.recv() => match frame {
-                    Some(frame) => {
-                        queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-                        frame
+                    Some(mut frames) => {
+                        queued_bytes.fetch_sub(frames.len(), Ordering::Relaxed);
+                        // What queued meanwhile goes in the same write.
+                        while frames.len() < COALESCED_WRITE_BYTES_MAX {
+                            let Ok(frame) = queue.try_recv() else {
+                                break;
+                            };
+                            queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+                            frames.extend_from_slice(&frame);
+                        }
+                        frames
                     }
                     None => return None,
                 },
@@ -290,10 +307,11 @@ impl<N: PeerNet> TcpTransport<N> {
     }
 
     /// Reads one inbound connection until it ends. The first frame must be a hello.
-    pub async fn serve_inbound<S: AsyncRead + Unpin>(self: Arc<Self>, mut stream: S) {
+    pub async fn serve_inbound<S: AsyncRead + Unpin>(self: Arc<Self>, stream: S) {
         let Some(node) = self.node.get().cloned() else {
             return;
         };
+        let mut stream = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, stream);
         let sender = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream)).await {
             Ok(Ok(Some(Frame::Hello(PeerHello {
                 sender,
