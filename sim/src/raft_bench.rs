@@ -69,7 +69,7 @@ pub fn scenario(groups: u64, writes_per_s: u64, seconds: u64) -> Scenario {
         )
     };
     let text = format!(
-        "[scenario]\ntier = \"slow\"\nseeds = 1\nexpect = \"pass\"\nsafety_duration_ms = {}\nliveness_duration_ms = 2000\n\n[cluster]\nregions = 1\nzones_per_region = 3\nnodes_per_zone = 1\n\n[knobs]\n\n[partitions]\ncount = {groups}\nreplicas = 3\n\n{rate_section}",
+        "[scenario]\ntier = \"slow\"\nseeds = 1\nexpect = \"pass\"\nsafety_duration_ms = {}\nliveness_duration_ms = 4000\n\n[checks]\nliveness_bound_ms = 1000\n\n[cluster]\nregions = 1\nzones_per_region = 3\nnodes_per_zone = 1\n\n[knobs]\n\n[partitions]\ncount = {groups}\nreplicas = 3\n\n{rate_section}",
         seconds * 1000
     );
     Scenario::parse(Path::new("raft-bench.toml"), &text).expect("the bench scenario is valid")
@@ -387,5 +387,21 @@ pub fn measure_quiet_memory(
         node_heap_bytes: measured.node_heap_bytes,
         disk_bytes: measured.disk_bytes,
         resident_grown_bytes: measured.resident_grown_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The scenario the benchmark builds passes the scenario checks (it once stopped parsing
+    /// when those grew, and nothing but a manual run noticed).
+    #[test]
+    fn the_bench_scenario_is_valid_under_load_and_idle() {
+        for (groups, writes_per_s, seconds) in [(1, 2000, 10), (10_000, 2000, 10), (100, 0, 5)] {
+            let scenario = super::scenario(groups, writes_per_s, seconds);
+            let partitions = scenario.file.partitions.expect("a partitions section");
+            assert!(
+                matches!(partitions.count, crate::scenario::Drawn::Fixed(count) if count == groups)
+            );
+        }
     }
 }
