@@ -250,18 +250,15 @@ fn check_commit_safety(
 /// onto an entry of its own term. An entry of an earlier term on a majority may still be
 /// overwritten (Figure 8); it is committed only by an entry of the leader's term after it.
 pub fn after_node_step(world: &mut World, index: usize) {
-    let Some(partitions) = world
-        .config
-        .partitions
-        .as_ref()
-        .map(|run| run.partition_ids())
-    else {
+    if world.config.partitions.is_none() {
         return;
-    };
+    }
     let id = world.nodes[index].id;
     let mut offences = Vec::new();
     if let Some(host) = world.nodes[index].node().and_then(|node| node.partitions()) {
-        for partition in partitions.map(PartitionId) {
+        // Only the groups it leads: a pass over every group after every step cost the
+        // simulator two thirds of its time at 10,000 groups.
+        for &partition in host.leading() {
             let Some(group) = host.group(partition) else {
                 continue;
             };

@@ -34,10 +34,10 @@ use crate::partition::state_machine::{StateMachine, StateMachineError};
 use crate::partition::PartitionId;
 use crate::raft::{
     Configuration, Entry, EntryKind, GroupStatus, Message, ProposeError, RaftConfig, RaftGroup,
-    Ready, RecoveredState, RoleState, SnapshotMeta, BOOTSTRAP_INDEX,
+    Ready, RecoveredState, Role, RoleState, SnapshotMeta, BOOTSTRAP_INDEX,
 };
 use crate::seams::{DiskError, Rng, SeededRng, SharedDisk};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 mod intake;
 mod maintenance;
@@ -280,6 +280,8 @@ pub struct PartitionHost<M: StateMachine> {
     /// an earlier run never matches a read of this one.
     read_salt: u64,
     groups: BTreeMap<PartitionId, RaftGroup>,
+    /// The groups whose last Ready said this node leads them.
+    leading: BTreeSet<PartitionId>,
     store: ReplicaStore<M>,
     raft_log: RaftLogStore,
     outbox: BTreeMap<NodeId, RaftEnvelope>,
@@ -423,6 +425,7 @@ impl<M: StateMachine> PartitionHost<M> {
             groups,
             store,
             raft_log,
+            leading: BTreeSet::new(),
             outbox: BTreeMap::new(),
             outputs: Vec::new(),
             next_request_id: 0,
@@ -478,6 +481,14 @@ impl<M: StateMachine> PartitionHost<M> {
 
     pub fn status(&self, partition: PartitionId) -> Option<GroupStatus> {
         self.groups.get(&partition).map(RaftGroup::status)
+    }
+
+    /// The groups this node leads as of their last Ready: a pass over leaders costs their
+    /// number, not the host's. A group that won an election since its last Ready is not in
+    /// yet, and one that lost it is not out yet; its leader cannot commit anything before
+    /// that Ready, since its followers have not heard from it.
+    pub fn leading(&self) -> &BTreeSet<PartitionId> {
+        &self.leading
     }
 
     pub fn group(&self, partition: PartitionId) -> Option<&RaftGroup> {

@@ -77,6 +77,13 @@ impl<M: StateMachine> PartitionHost<M> {
         }
         for (partition, ready) in readies.iter_mut() {
             let partition = *partition;
+            if let Some(role_state) = ready.role_state {
+                if role_state.role == Role::Leader {
+                    self.leading.insert(partition);
+                } else {
+                    self.leading.remove(&partition);
+                }
+            }
             for message in std::mem::take(&mut ready.messages) {
                 self.queue(partition, message);
             }

@@ -281,6 +281,39 @@ fn one_round_of_many_partitions_costs_one_sync_and_one_envelope_per_peer() {
     }
 }
 
+/// Each host knows the groups it leads without a pass over all of them, and a transfer
+/// moves the group from one set to the other.
+#[test]
+fn hosts_track_the_groups_they_lead() {
+    let partitions = 6;
+    let mut cluster = Cluster::new(3, partitions, HostConfig::default());
+    cluster.elect_all(partitions);
+    let leading = |cluster: &Cluster, node: NodeId| cluster.hosts[&node].leading().clone();
+    for partition in (0..partitions).map(PartitionId) {
+        let leader = cluster.leader(partition).unwrap();
+        for node in (1..=3).map(NodeId) {
+            assert_eq!(
+                leading(&cluster, node).contains(&partition),
+                node == leader,
+                "{partition} on {node}"
+            );
+        }
+    }
+    let partition = PartitionId(0);
+    let leader = cluster.leader(partition).unwrap();
+    let next = NodeId(leader.0 % 3 + 1);
+    cluster
+        .hosts
+        .get_mut(&leader)
+        .unwrap()
+        .transfer_leadership(partition, next)
+        .unwrap();
+    cluster.tick(5);
+    assert_eq!(cluster.leader(partition), Some(next));
+    assert!(leading(&cluster, next).contains(&partition));
+    assert!(!leading(&cluster, leader).contains(&partition));
+}
+
 /// The commit index is written without a sync of its own: a write costs each node one sync
 /// (its entry), and the leader answers it without a second.
 #[test]
