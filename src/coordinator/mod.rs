@@ -8,12 +8,14 @@
 //! partitions run (the directory in the system partition, the key-value store elsewhere);
 //! `cluster` a node's membership (bootstrap, joins, the directory's group, creating the
 //! replicas the directory places on it); `router` the routing of any request for a partition
-//! name to the partition's leader.
+//! name to the partition's leader; `moves` the next step of a partition's move towards the
+//! replica set the ring gives it.
 
 pub mod cluster;
 pub mod cluster_machine;
 mod commit_level;
 mod event_coordinator;
+pub mod moves;
 mod replica_write;
 pub mod router;
 
