@@ -10,8 +10,7 @@
 //!    hard state that only moved the commit index (`hard_state_must_sync` false) may be
 //!    written without waiting for a sync: a commit index is a fact the group can learn again
 //!    (from the leader, and from the applied index at recovery), never a promise, so losing
-//!    it to a crash costs time, not safety, while syncing it cost every write a second sync
-//!    (the driver still syncs it soon: a quiet leader does not send it again);
+//!    it to a crash is harmless, while syncing it cost every write a second sync;
 //! 4. send `messages_after_persist` (votes and acknowledgements that promise durability);
 //! 5. apply `committed_entries` in order, then serve each of `read_states` once the applied
 //!    index reaches its index;
