@@ -4,8 +4,7 @@
 //!
 //! Invariant: the Ready contract of `raft::ready` is kept for every group in a round:
 //! replication messages may leave at once, everything else only after the round's sync (a
-//! round whose only change is commit indexes needs none: they are deferred to the next write,
-//! or to the round after the next tick);
+//! round whose only change is commit indexes needs none: they are deferred to the next write);
 //! committed entries apply after it; a received snapshot is named in the log (synced) before
 //! the state machine installs it, so a crash in between recovers to the old state.
 
