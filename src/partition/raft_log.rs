@@ -9,10 +9,9 @@
 //! - nothing staged is durable before `commit` returns `Ok`; a failed commit poisons the log,
 //!   since after a failed sync nobody knows what is on disk;
 //! - a hard state that only moved a commit index is not staged but deferred: it needs no sync
-//!   before the round goes on (`raft::ready`), so it rides with the next write, superseded by
-//!   any newer hard state of its partition and dropped with the partition; the host stages
-//!   what is still deferred at its next tick. Until then a crash may lose it, which recovery
-//!   tolerates (a group's commit index is at least its applied index);
+//!   of its own (`raft::ready`), so it rides with the next write, superseded by any newer hard
+//!   state of its partition and dropped with the partition; until then a crash may lose it,
+//!   which recovery tolerates (a group's commit index is at least its applied index);
 //! - a checkpoint writes every partition's live state (hard state, base, entries) into a fresh
 //!   segment and syncs it before the older segments are removed, so a crash at any point
 //!   replays to the same state;
@@ -309,20 +308,6 @@ impl RaftLogStore {
         self.deferred_commits.len()
     }
 
-    /// Stages the deferred commit records, so this round writes and syncs them even when
-    /// nothing else does (a replica must not lose, to a crash, a commit index that no quiet
-    /// leader will send it again).
-    pub fn stage_deferred_commits(&mut self) {
-        let records: Vec<RaftLogRecord> = std::mem::take(&mut self.deferred_commits)
-            .into_iter()
-            .map(|(partition, hard_state)| RaftLogRecord::HardState {
-                partition: partition.0,
-                hard_state,
-            })
-            .collect();
-        self.staged.splice(0..0, records);
-    }
-
     pub fn stage_entries(&mut self, partition: PartitionId, entries: Vec<Entry>) {
         push_entry_records(
             &mut self.staged,
@@ -572,25 +557,12 @@ mod tests {
         log.defer_commit(two, hard_state(1));
         log.stage_removed(two);
         log.commit().unwrap();
-        let disk = disk.crash();
-        let (mut log, recovered) = open(&disk);
+        let (_, recovered) = open(&disk.crash());
         assert_eq!(recovered[&one].hard_state.term, 3);
         assert!(
             !recovered.contains_key(&two),
             "a deferred commit must not bring a removed partition back"
         );
-        // Staged on purpose (the host does it at its next tick): written and synced alone.
-        let newest = HardState {
-            term: 3,
-            vote: None,
-            commit: 3,
-        };
-        log.defer_commit(one, newest);
-        log.stage_deferred_commits();
-        assert!(log.has_staged());
-        log.commit().unwrap();
-        let (_, recovered) = open(&disk.crash());
-        assert_eq!(recovered[&one].hard_state, newest);
     }
 
     #[test]

@@ -15,11 +15,6 @@ impl<M: StateMachine> PartitionHost<M> {
             return;
         }
         self.tick += 1;
-        // A commit index no write carried since the last tick is written and synced in the
-        // next round: a quiet leader never sends it again, and a replica that lost it to a
-        // crash (a learner never campaigns) would stay behind for good. Found by the liveness
-        // checker, named-faults seeds 262 and 404.
-        self.deferred_commits_due = self.raft_log.deferred_commit_count() > 0;
         for (partition, group) in self.groups.iter_mut() {
             if !group.is_quiet() {
                 group.tick();

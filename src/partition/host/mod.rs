@@ -282,8 +282,6 @@ pub struct PartitionHost<M: StateMachine> {
     groups: BTreeMap<PartitionId, RaftGroup>,
     /// The groups whose last Ready said this node leads them.
     leading: BTreeSet<PartitionId>,
-    /// Deferred commit records waited a tick: the next round writes and syncs them.
-    deferred_commits_due: bool,
     store: ReplicaStore<M>,
     raft_log: RaftLogStore,
     outbox: BTreeMap<NodeId, RaftEnvelope>,
@@ -428,7 +426,6 @@ impl<M: StateMachine> PartitionHost<M> {
             store,
             raft_log,
             leading: BTreeSet::new(),
-            deferred_commits_due: false,
             outbox: BTreeMap::new(),
             outputs: Vec::new(),
             next_request_id: 0,

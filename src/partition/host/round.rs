@@ -62,7 +62,7 @@ impl<M: StateMachine> PartitionHost<M> {
                 }
             }
         }
-        if readies.is_empty() && !self.deferred_commits_due {
+        if readies.is_empty() {
             return false;
         }
         self.counters.rounds += 1;
@@ -113,9 +113,6 @@ impl<M: StateMachine> PartitionHost<M> {
                 Some(hard_state) => self.raft_log.defer_commit(partition, hard_state),
                 None => {}
             }
-        }
-        if std::mem::take(&mut self.deferred_commits_due) {
-            self.raft_log.stage_deferred_commits();
         }
         self.prepared = Some(readies);
         if self.raft_log.has_staged() {
