@@ -8,10 +8,6 @@
 //!   record drops every entry before it (a snapshot install, or a checkpoint's restart point);
 //! - nothing staged is durable before `commit` returns `Ok`; a failed commit poisons the log,
 //!   since after a failed sync nobody knows what is on disk;
-//! - a hard state that only moved a commit index is not staged but deferred: it needs no sync
-//!   of its own (`raft::ready`), so it rides with the next write, superseded by any newer hard
-//!   state of its partition and dropped with the partition; until then a crash may lose it,
-//!   which recovery tolerates (a group's commit index is at least its applied index);
 //! - a checkpoint writes every partition's live state (hard state, base, entries) into a fresh
 //!   segment and syncs it before the older segments are removed, so a crash at any point
 //!   replays to the same state;
@@ -183,9 +179,6 @@ pub struct LiveLog<'a> {
 pub struct RaftLogStore {
     log: SegmentedLog<RaftLogRecord>,
     staged: Vec<RaftLogRecord>,
-    /// Per partition, its newest hard state that only moved the commit index: written ahead
-    /// of the next staged records, never synced for its own sake.
-    deferred_commits: BTreeMap<PartitionId, HardState>,
     poisoned: Option<String>,
     syncs: u64,
 }
@@ -272,7 +265,6 @@ impl RaftLogStore {
             RaftLogStore {
                 log,
                 staged: Vec::new(),
-                deferred_commits: BTreeMap::new(),
                 poisoned: None,
                 syncs: 0,
             },
@@ -290,22 +282,10 @@ impl RaftLogStore {
     }
 
     pub fn stage_hard_state(&mut self, partition: PartitionId, hard_state: HardState) {
-        self.deferred_commits.remove(&partition);
         self.staged.push(RaftLogRecord::HardState {
             partition: partition.0,
             hard_state,
         });
-    }
-
-    /// A hard state of `partition` that differs from its last one only in the commit index:
-    /// written with the next write, without a sync of its own (see the module's invariants).
-    pub fn defer_commit(&mut self, partition: PartitionId, hard_state: HardState) {
-        self.deferred_commits.insert(partition, hard_state);
-    }
-
-    /// Deferred commit records not yet written.
-    pub fn deferred_commit_count(&self) -> usize {
-        self.deferred_commits.len()
     }
 
     pub fn stage_entries(&mut self, partition: PartitionId, entries: Vec<Entry>) {
@@ -325,8 +305,6 @@ impl RaftLogStore {
     }
 
     pub fn stage_removed(&mut self, partition: PartitionId) {
-        // Replayed after the removal, it would bring the partition back.
-        self.deferred_commits.remove(&partition);
         self.staged.push(RaftLogRecord::Removed {
             partition: partition.0,
         });
@@ -355,16 +333,8 @@ impl RaftLogStore {
         if self.staged.is_empty() {
             return Ok(None);
         }
-        // Deferred commits go first: each is older than anything staged for its partition.
-        let mut records: Vec<RaftLogRecord> = std::mem::take(&mut self.deferred_commits)
-            .into_iter()
-            .map(|(partition, hard_state)| RaftLogRecord::HardState {
-                partition: partition.0,
-                hard_state,
-            })
-            .collect();
-        records.append(&mut self.staged);
-        match self.log.write(&records) {
+        let staged = std::mem::take(&mut self.staged);
+        match self.log.write(&staged) {
             Ok((_, to_sync)) => {
                 if to_sync.is_none() {
                     self.syncs += 1;
@@ -416,8 +386,6 @@ impl RaftLogStore {
         if let Some(reason) = &self.poisoned {
             return Err(RaftLogError::Poisoned(reason.clone()));
         }
-        // The live hard states written here are at least as new.
-        self.deferred_commits.clear();
         let result = (|| {
             let segment = self.log.rotate()?;
             let mut records = Vec::new();
@@ -508,61 +476,6 @@ mod tests {
         );
         assert_eq!(recovered[&two].base, Some((9, 2)));
         assert!(recovered[&two].entries.is_empty());
-    }
-
-    #[test]
-    fn a_deferred_commit_needs_no_sync_and_rides_with_the_next_write() {
-        let disk = TestDisk::new();
-        let (mut log, _) = open(&disk);
-        let one = PartitionId(1);
-        let two = PartitionId(2);
-        let hard_state = |commit| HardState {
-            term: 2,
-            vote: Some(NodeId(1)),
-            commit,
-        };
-        log.stage_hard_state(one, hard_state(0));
-        log.stage_entries(one, vec![entry(1, 2), entry(2, 2)]);
-        log.stage_hard_state(two, hard_state(0));
-        log.commit().unwrap();
-        let syncs = log.syncs();
-        log.defer_commit(one, hard_state(1));
-        log.defer_commit(one, hard_state(2));
-        assert!(!log.has_staged(), "a commit alone is nothing to sync");
-        log.commit().unwrap();
-        assert_eq!(log.syncs(), syncs, "no write, no sync");
-        // A crash now loses it: the older commit comes back.
-        let disk = disk.crash();
-        let (mut log, recovered) = open(&disk);
-        assert_eq!(recovered[&one].hard_state, hard_state(0));
-        // The next write carries the newest one.
-        log.defer_commit(one, hard_state(1));
-        log.defer_commit(one, hard_state(2));
-        log.stage_entries(two, vec![entry(1, 2)]);
-        log.commit().unwrap();
-        assert_eq!(log.deferred_commit_count(), 0);
-        let disk = disk.crash();
-        let (mut log, recovered) = open(&disk);
-        assert_eq!(recovered[&one].hard_state, hard_state(2));
-        // A staged hard state supersedes a deferred one, and a removal drops it.
-        log.defer_commit(one, hard_state(2));
-        log.stage_hard_state(
-            one,
-            HardState {
-                term: 3,
-                vote: None,
-                commit: 2,
-            },
-        );
-        log.defer_commit(two, hard_state(1));
-        log.stage_removed(two);
-        log.commit().unwrap();
-        let (_, recovered) = open(&disk.crash());
-        assert_eq!(recovered[&one].hard_state.term, 3);
-        assert!(
-            !recovered.contains_key(&two),
-            "a deferred commit must not bring a removed partition back"
-        );
     }
 
     #[test]

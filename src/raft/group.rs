@@ -1258,7 +1258,6 @@ impl RaftGroup {
         });
         Ready {
             hard_state: hard_state_changed.then_some(hard_state),
-            hard_state_must_sync: term_or_vote_changed,
             snapshot,
             entries,
             messages,

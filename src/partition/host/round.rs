@@ -3,8 +3,7 @@
 //! the sync: snapshots installed, acknowledgements sent, entries applied, reads served.
 //!
 //! Invariant: the Ready contract of `raft::ready` is kept for every group in a round:
-//! replication messages may leave at once, everything else only after the round's sync (a
-//! round whose only change is commit indexes needs none: they are deferred to the next write);
+//! replication messages may leave at once, everything else only after the round's sync;
 //! committed entries apply after it; a received snapshot is named in the log (synced) before
 //! the state machine installs it, so a crash in between recovers to the old state.
 
@@ -104,14 +103,8 @@ impl<M: StateMachine> PartitionHost<M> {
             }
             self.raft_log
                 .stage_entries(partition, std::mem::take(&mut ready.entries));
-            match ready.hard_state {
-                Some(hard_state) if ready.hard_state_must_sync => {
-                    self.raft_log.stage_hard_state(partition, hard_state)
-                }
-                // Only the commit index moved: no sync of its own, so a round that carries
-                // nothing else (a leader's commit, a follower's heartbeat) applies at once.
-                Some(hard_state) => self.raft_log.defer_commit(partition, hard_state),
-                None => {}
+            if let Some(hard_state) = ready.hard_state {
+                self.raft_log.stage_hard_state(partition, hard_state);
             }
         }
         self.prepared = Some(readies);

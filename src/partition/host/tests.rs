@@ -314,42 +314,6 @@ fn hosts_track_the_groups_they_lead() {
     assert!(!leading(&cluster, leader).contains(&partition));
 }
 
-/// The commit index is written without a sync of its own: a write costs each node one sync
-/// (its entry), and the leader answers it without a second.
-#[test]
-fn a_write_costs_each_node_one_sync() {
-    let mut cluster = Cluster::new(3, 1, HostConfig::default());
-    cluster.elect_all(1);
-    let partition = PartitionId(0);
-    cluster.put(partition, "warm", "up").unwrap();
-    cluster.tick(3);
-    let syncs = |cluster: &Cluster| -> Vec<u64> {
-        cluster
-            .hosts
-            .values()
-            .map(|host| host.counters().log_syncs)
-            .collect()
-    };
-    let before = syncs(&cluster);
-    for index in 0..5 {
-        cluster
-            .put(partition, &format!("key-{index}"), "value")
-            .unwrap();
-    }
-    // Followers learn the last commit with the next heartbeat: still no sync.
-    cluster.tick(3);
-    let after = syncs(&cluster);
-    for (node, (before, after)) in before.iter().zip(&after).enumerate() {
-        assert_eq!(after - before, 5, "node {}: one sync per write", node + 1);
-    }
-    for index in 0..5 {
-        assert_eq!(
-            cluster.get_via(NodeId(3), partition, &format!("key-{index}")),
-            Ok(ReadAnswer::Value(b"value".to_vec()))
-        );
-    }
-}
-
 #[test]
 fn acknowledged_writes_survive_crashes_of_every_node() {
     let mut cluster = Cluster::new(3, 2, HostConfig::default());
