@@ -84,7 +84,6 @@ impl<M: StateMachine> PartitionHost<M> {
         }
     }
 
-    /// Checkpoints the state machines and the log when due, and drops what they cover.
     /// The catch-up tail each partition keeps behind its checkpoint: the configured one, or
     /// an equal share of the node's total when many partitions share it.
     pub(super) fn catch_up_entries(&self) -> u64 {
@@ -94,6 +93,7 @@ impl<M: StateMachine> PartitionHost<M> {
         self.config.log_catch_up_entries.min(share)
     }
 
+    /// Checkpoints the state machines and the log when due, and drops what they cover.
     pub(super) fn maintain(&mut self) -> Result<(), String> {
         if self.applied_since_checkpoint >= self.config.checkpoint_applied_entries {
             self.store.checkpoint().map_err(|error| error.to_string())?;
