@@ -41,6 +41,28 @@ pub struct PartitionEntry {
     pub replicas: Vec<NodeId>,
     /// Grows with every change of `replicas`; a request routed with an older one is stale.
     pub generation: u64,
+    /// The replica set the partition is moving away from (the union of every set since it
+    /// last settled, when a move was re-aimed before it finished); empty once its group runs
+    /// on `replicas` alone. Until then the nodes here may still hold (and lead) it.
+    pub previous: Vec<NodeId>,
+}
+
+impl PartitionEntry {
+    /// Whether a move is under way: the group may still include `previous`.
+    pub fn is_moving(&self) -> bool {
+        !self.previous.is_empty()
+    }
+
+    /// Every node that may hold a replica now: the replicas, then the ones it is leaving.
+    pub fn holders(&self) -> Vec<NodeId> {
+        let mut holders = self.replicas.clone();
+        for node in &self.previous {
+            if !holders.contains(node) {
+                holders.push(*node);
+            }
+        }
+        holders
+    }
 }
 
 /// A directory command. The variant order is the log format: only ever appended to.
@@ -60,6 +82,21 @@ pub enum DirectoryOperation {
     CreatePartition { name: PartitionName },
     /// Moves a member to `state` (active and leaving both ways; left for good).
     SetMemberState { id: NodeId, state: MemberState },
+    /// Aims partition `name` at a new replica set (the placement driver does, on the
+    /// directory's leader). Applies only at `generation`, so a stale driver's command
+    /// changes nothing.
+    MovePartition {
+        name: PartitionName,
+        generation: u64,
+        replicas: Vec<NodeId>,
+    },
+    /// Records that partition `name`'s group runs on its replica set of `generation` alone
+    /// (its leader says so once that configuration committed): the nodes it left may delete
+    /// their replicas.
+    FinishMove {
+        name: PartitionName,
+        generation: u64,
+    },
 }
 
 /// What a directory command did.
@@ -103,6 +140,14 @@ pub enum DirectoryRefusal {
     TooManyMembers,
     #[error("the cluster holds its limit of {PARTITIONS_MAX} partitions")]
     TooManyPartitions,
+    #[error("partition {0} does not exist")]
+    UnknownPartition(PartitionName),
+    #[error("partition {name} is at generation {current}, not {given}")]
+    StaleGeneration {
+        name: PartitionName,
+        current: u64,
+        given: u64,
+    },
     #[error("invalid directory command: {0}")]
     Invalid(String),
 }
@@ -177,6 +222,11 @@ impl DirectoryImage {
             if entry.generation == 0 {
                 return Err(format!("partition {} has generation 0", entry.name));
             }
+            let previous: BTreeSet<&NodeId> = entry.previous.iter().collect();
+            let previous_known = entry.previous.iter().all(|node| members.contains(node));
+            if previous.len() != entry.previous.len() || !previous_known {
+                return Err(format!("partition {} has a bad previous set", entry.name));
+            }
         }
         if self.next_partition_id < FIRST_PARTITION_ID || self.next_partition_id == u64::MAX {
             return Err(format!(
@@ -196,8 +246,8 @@ pub struct Directory {
     partitions: BTreeMap<PartitionName, PartitionEntry>,
     names_by_id: BTreeMap<PartitionId, PartitionName>,
     next_partition_id: u64,
-    /// The ring of the active members, rebuilt when they change.
-    ring: Option<Ring>,
+    /// The ring of the active members, rebuilt whenever a member changes.
+    ring: Ring,
 }
 
 impl Default for Directory {
@@ -208,7 +258,7 @@ impl Default for Directory {
             partitions: BTreeMap::new(),
             names_by_id: BTreeMap::new(),
             next_partition_id: FIRST_PARTITION_ID,
-            ring: None,
+            ring: Ring::new(std::iter::empty(), 1),
         }
     }
 }
@@ -228,6 +278,7 @@ impl Directory {
             directory.names_by_id.insert(entry.id, entry.name.clone());
             directory.partitions.insert(entry.name.clone(), entry);
         }
+        directory.rebuild_ring();
         directory
     }
 
@@ -272,28 +323,34 @@ impl Directory {
         self.partitions.len()
     }
 
-    /// The replica set the ring gives `name` over the active members now.
-    pub fn ring_replicas(&mut self, name: &PartitionName) -> Vec<NodeId> {
+    /// The replica set the ring gives `name` over the active members now, its owner first.
+    pub fn ring_replicas(&self, name: &PartitionName) -> Vec<NodeId> {
         let replicas = self
             .settings
             .as_ref()
             .map_or(0, |settings| settings.replicas);
-        self.ring().replica_set(name.as_bytes(), replicas.into())
+        self.ring.replica_set(name.as_bytes(), replicas.into())
     }
 
-    fn ring(&mut self) -> &Ring {
+    /// Partitions whose move has not finished.
+    pub fn moving_count(&self) -> usize {
+        self.partitions
+            .values()
+            .filter(|entry| entry.is_moving())
+            .count()
+    }
+
+    fn rebuild_ring(&mut self) {
         let virtual_nodes = self
             .settings
             .as_ref()
             .map_or(1, |settings| settings.virtual_nodes);
-        let members = &self.members;
-        self.ring.get_or_insert_with(|| {
-            let active = members
-                .values()
-                .filter(|member| member.state == MemberState::Active)
-                .map(|member| (member.id, member.location.clone()));
-            Ring::new(active, virtual_nodes)
-        })
+        let active = self
+            .members
+            .values()
+            .filter(|member| member.state == MemberState::Active)
+            .map(|member| (member.id, member.location.clone()));
+        self.ring = Ring::new(active, virtual_nodes);
     }
 
     /// Applies one committed command: its outcome, and what it changed.
@@ -312,7 +369,109 @@ impl Directory {
             } => self.join(cluster_name, member),
             DirectoryOperation::CreatePartition { name } => self.create_partition(name),
             DirectoryOperation::SetMemberState { id, state } => self.set_member_state(*id, *state),
+            DirectoryOperation::MovePartition {
+                name,
+                generation,
+                replicas,
+            } => self.move_partition(name, *generation, replicas),
+            DirectoryOperation::FinishMove { name, generation } => {
+                self.finish_move(name, *generation)
+            }
         }
+    }
+
+    /// The entry of `name` at `generation`, or why a command for it is refused.
+    fn entry_at(
+        &mut self,
+        name: &PartitionName,
+        generation: u64,
+    ) -> Result<&mut PartitionEntry, DirectoryRefusal> {
+        if self.settings.is_none() {
+            return Err(DirectoryRefusal::NotBootstrapped);
+        }
+        let Some(entry) = self.partitions.get_mut(name) else {
+            return Err(DirectoryRefusal::UnknownPartition(name.clone()));
+        };
+        if entry.generation != generation {
+            return Err(DirectoryRefusal::StaleGeneration {
+                name: name.clone(),
+                current: entry.generation,
+                given: generation,
+            });
+        }
+        Ok(entry)
+    }
+
+    fn move_partition(
+        &mut self,
+        name: &PartitionName,
+        generation: u64,
+        replicas: &[NodeId],
+    ) -> (DirectoryOutcome, Vec<DirectoryChange>) {
+        // Only active members take new replicas (one that is already a replica may stay).
+        let entry_replicas = self
+            .partitions
+            .get(name)
+            .map(|entry| entry.replicas.clone())
+            .unwrap_or_default();
+        let unfit = replicas.iter().find(|node| {
+            let active = self
+                .members
+                .get(node)
+                .is_some_and(|member| member.state == MemberState::Active);
+            !active && !entry_replicas.contains(node)
+        });
+        if let Some(node) = unfit {
+            return refused(DirectoryRefusal::Invalid(format!(
+                "{node} is not an active member and cannot take a replica"
+            )));
+        }
+        let entry = match self.entry_at(name, generation) {
+            Ok(entry) => entry,
+            Err(refusal) => return refused(refusal),
+        };
+        if entry.replicas == replicas {
+            let outcome = DirectoryOutcome::Partition {
+                entry: entry.clone(),
+                created: false,
+            };
+            return (outcome, Vec::new());
+        }
+        for node in std::mem::take(&mut entry.replicas) {
+            if !entry.previous.contains(&node) {
+                entry.previous.push(node);
+            }
+        }
+        entry.replicas = replicas.to_vec();
+        entry.generation += 1;
+        let outcome = DirectoryOutcome::Partition {
+            entry: entry.clone(),
+            created: false,
+        };
+        (outcome, vec![DirectoryChange::Partition(name.clone())])
+    }
+
+    fn finish_move(
+        &mut self,
+        name: &PartitionName,
+        generation: u64,
+    ) -> (DirectoryOutcome, Vec<DirectoryChange>) {
+        let entry = match self.entry_at(name, generation) {
+            Ok(entry) => entry,
+            Err(refusal) => return refused(refusal),
+        };
+        let changed = entry.is_moving();
+        entry.previous.clear();
+        let outcome = DirectoryOutcome::Partition {
+            entry: entry.clone(),
+            created: false,
+        };
+        let changes = if changed {
+            vec![DirectoryChange::Partition(name.clone())]
+        } else {
+            Vec::new()
+        };
+        (outcome, changes)
     }
 
     fn bootstrap(
@@ -332,7 +491,7 @@ impl Directory {
         };
         let id = first.id;
         self.members.insert(id, first);
-        self.ring = None;
+        self.rebuild_ring();
         (
             DirectoryOutcome::Bootstrapped,
             vec![DirectoryChange::Settings, DirectoryChange::Member(id)],
@@ -386,7 +545,7 @@ impl Directory {
         };
         if self.members.get(&member.id) != Some(&joined) {
             self.members.insert(member.id, joined.clone());
-            self.ring = None;
+            self.rebuild_ring();
         }
         (
             DirectoryOutcome::Joined(joined),
@@ -420,6 +579,7 @@ impl Directory {
             id: PartitionId(self.next_partition_id),
             replicas,
             generation: 1,
+            previous: Vec::new(),
         };
         self.next_partition_id += 1;
         self.names_by_id.insert(entry.id, name.clone());
@@ -453,7 +613,7 @@ impl Directory {
         if !changed {
             return (outcome, Vec::new());
         }
-        self.ring = None;
+        self.rebuild_ring();
         (outcome, vec![DirectoryChange::Member(id)])
     }
 }
@@ -466,9 +626,23 @@ fn refused(refusal: DirectoryRefusal) -> (DirectoryOutcome, Vec<DirectoryChange>
 pub fn check_operation(operation: &DirectoryOperation) -> Result<(), String> {
     match operation {
         DirectoryOperation::Bootstrap { settings, .. } => settings.check(),
+        DirectoryOperation::MovePartition { replicas, .. } => {
+            let distinct: BTreeSet<&NodeId> = replicas.iter().collect();
+            if replicas.is_empty() || distinct.len() != replicas.len() {
+                return Err("a replica set is non-empty and names each node once".into());
+            }
+            if replicas.len() > usize::from(u8::MAX) {
+                return Err(format!(
+                    "{} replicas is more than a set holds",
+                    replicas.len()
+                ));
+            }
+            Ok(())
+        }
         DirectoryOperation::Join { .. }
         | DirectoryOperation::CreatePartition { .. }
-        | DirectoryOperation::SetMemberState { .. } => Ok(()),
+        | DirectoryOperation::SetMemberState { .. }
+        | DirectoryOperation::FinishMove { .. } => Ok(()),
     }
 }
 
@@ -752,7 +926,106 @@ mod tests {
                 id: NodeId(id),
                 state: [MemberState::Active, MemberState::Leaving, MemberState::Left][state],
             }),
+            (
+                0u8..20,
+                1u64..4,
+                proptest::collection::btree_set(1u32..8, 0..4)
+            )
+                .prop_map(|(index, generation, replicas)| {
+                    DirectoryOperation::MovePartition {
+                        name: name(&format!("p{index}")),
+                        generation,
+                        replicas: replicas.into_iter().map(NodeId).collect(),
+                    }
+                }),
+            (0u8..20, 1u64..4).prop_map(|(index, generation)| DirectoryOperation::FinishMove {
+                name: name(&format!("p{index}")),
+                generation,
+            }),
         ]
+    }
+
+    #[test]
+    fn a_move_is_fenced_by_generation_and_remembers_where_it_came_from() {
+        let members = [
+            member(1, "a"),
+            member(2, "b"),
+            member(3, "c"),
+            member(4, "a"),
+        ];
+        let mut directory = bootstrapped(&members);
+        let (entry, _) = create(&mut directory, "p");
+        assert_eq!(entry.generation, 1);
+        assert!(!entry.is_moving());
+        let target = vec![NodeId(4), entry.replicas[1]];
+        let aim = |generation, replicas: &Vec<NodeId>| DirectoryOperation::MovePartition {
+            name: name("p"),
+            generation,
+            replicas: replicas.clone(),
+        };
+        // A driver that read an older generation changes nothing.
+        assert_eq!(
+            refusal(&mut directory, aim(0, &target)),
+            DirectoryRefusal::StaleGeneration {
+                name: name("p"),
+                current: 1,
+                given: 0
+            }
+        );
+        let (outcome, changes) = directory.apply(&aim(1, &target));
+        let DirectoryOutcome::Partition { entry: moved, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(changes, vec![DirectoryChange::Partition(name("p"))]);
+        assert_eq!(moved.generation, 2);
+        assert_eq!(moved.replicas, target);
+        assert_eq!(moved.previous, entry.replicas);
+        assert!(moved.holders().contains(&NodeId(4)));
+        assert!(entry
+            .replicas
+            .iter()
+            .all(|node| moved.holders().contains(node)));
+        // Re-aimed before it finished: the previous set keeps every node that may hold it.
+        let again = vec![NodeId(3)];
+        let (outcome, _) = directory.apply(&aim(2, &again));
+        let DirectoryOutcome::Partition { entry: reaimed, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(reaimed.generation, 3);
+        for node in entry.replicas.iter().chain(&target) {
+            assert!(reaimed.holders().contains(node), "{node} forgotten");
+        }
+        // Finishing an older generation's move changes nothing; the current one settles it.
+        let finish = |generation| DirectoryOperation::FinishMove {
+            name: name("p"),
+            generation,
+        };
+        assert!(matches!(
+            refusal(&mut directory, finish(2)),
+            DirectoryRefusal::StaleGeneration { current: 3, .. }
+        ));
+        directory.apply(&finish(3));
+        let settled = directory.partition(&name("p")).unwrap();
+        assert!(!settled.is_moving());
+        assert_eq!(settled.holders(), again);
+        assert_eq!(directory.moving_count(), 0);
+        // Only active members take a replica.
+        directory.apply(&DirectoryOperation::SetMemberState {
+            id: NodeId(2),
+            state: MemberState::Leaving,
+        });
+        assert!(matches!(
+            refusal(&mut directory, aim(3, &vec![NodeId(2)])),
+            DirectoryRefusal::Invalid(_)
+        ));
+        assert!(matches!(
+            refusal(&mut directory, aim(3, &vec![NodeId(9)])),
+            DirectoryRefusal::Invalid(_)
+        ));
+        assert!(matches!(
+            refusal(&mut directory, aim(3, &vec![])),
+            DirectoryRefusal::Invalid(_)
+        ));
     }
 
     proptest! {
