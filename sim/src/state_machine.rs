@@ -249,6 +249,20 @@ impl StateMachine for SimStateMachine {
         Ok(())
     }
 
+    fn remove_partition(
+        &mut self,
+        transaction: &WriteTransaction,
+        partition: PartitionId,
+    ) -> Result<(), StateMachineError> {
+        if self.directory.directory(partition).is_some() {
+            self.directory.remove_partition(transaction, partition)?;
+        }
+        self.kv.remove_partition(transaction, partition)?;
+        let mut counters = transaction.open_table(COUNTERS).map_err(engine_error)?;
+        counters.remove(partition.0).map_err(engine_error)?;
+        Ok(())
+    }
+
     fn split_for_canary(&self, operation: SimOperation) -> Vec<SimOperation> {
         match operation {
             SimOperation::Kv(operation) => self

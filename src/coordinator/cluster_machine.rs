@@ -161,6 +161,15 @@ impl StateMachine for ClusterStateMachine {
             .install_snapshot(transaction, partition, &image.directory)
     }
 
+    fn remove_partition(
+        &mut self,
+        transaction: &WriteTransaction,
+        partition: PartitionId,
+    ) -> Result<(), StateMachineError> {
+        self.kv.remove_partition(transaction, partition)?;
+        self.directory.remove_partition(transaction, partition)
+    }
+
     fn split_for_canary(&self, operation: ClusterOperation) -> Vec<ClusterOperation> {
         match operation {
             ClusterOperation::Kv(operation) => self

@@ -312,6 +312,16 @@ impl StateMachine for DirectoryStateMachine {
         Ok(())
     }
 
+    fn remove_partition(
+        &mut self,
+        transaction: &WriteTransaction,
+        partition: PartitionId,
+    ) -> Result<(), StateMachineError> {
+        Self::clear(transaction, partition)?;
+        self.directories.remove(&partition);
+        Ok(())
+    }
+
     fn size_bytes(
         &self,
         _transaction: &ReadTransaction,

@@ -261,6 +261,21 @@ impl StateMachine for KvStateMachine {
         Ok(())
     }
 
+    fn remove_partition(
+        &mut self,
+        transaction: &WriteTransaction,
+        partition: PartitionId,
+    ) -> Result<(), StateMachineError> {
+        let mut pairs = transaction.open_table(PAIRS).map_err(engine_error)?;
+        let empty: &[u8] = &[];
+        pairs
+            .retain_in(
+                (partition.0, empty)..(next_partition(partition), empty),
+                |_, _| false,
+            )
+            .map_err(engine_error)
+    }
+
     fn split_for_canary(&self, operation: KvOperation) -> Vec<KvOperation> {
         match operation {
             KvOperation::Batch(operations) => operations

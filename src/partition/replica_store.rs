@@ -41,6 +41,17 @@ const POINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("partition_poin
 /// (partition, proposer node) to its [`ProposerSession`], encoded.
 const SESSIONS: TableDefinition<(u64, u32), &[u8]> =
     TableDefinition::new("partition_proposer_sessions");
+/// Partitions whose replica left this node, with its last term and vote (a [`RemovedVote`],
+/// encoded): a replica created here again starts from them, so this node never votes twice
+/// in one term.
+const REMOVED_VOTES: TableDefinition<u64, &[u8]> = TableDefinition::new("partition_removed_votes");
+
+/// The last term and vote of a replica that left this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedVote {
+    pub term: u64,
+    pub vote: Option<crate::ids::NodeId>,
+}
 /// This node's own facts: its proposer incarnation.
 const NODE: TableDefinition<&str, u64> = TableDefinition::new("partition_node");
 const INCARNATION: &str = "incarnation";
@@ -136,6 +147,9 @@ impl<M: StateMachine> ReplicaStore<M> {
         transaction.open_table(POINTS).map_err(engine_error)?;
         transaction.open_table(SESSIONS).map_err(engine_error)?;
         transaction.open_table(NODE).map_err(engine_error)?;
+        transaction
+            .open_table(REMOVED_VOTES)
+            .map_err(engine_error)?;
         machine.open_tables(&transaction)?;
         transaction.commit().map_err(engine_error)?;
         let mut points = BTreeMap::new();
@@ -286,6 +300,60 @@ impl<M: StateMachine> ReplicaStore<M> {
         self.checkpointed.insert(id, point.index);
         self.points.insert(id, point);
         Ok(())
+    }
+
+    /// Deletes partition `id` from this node (its state, sessions and point) in one synced
+    /// commit, and remembers its replica's last term and vote.
+    pub fn remove_partition(
+        &mut self,
+        id: PartitionId,
+        last_vote: RemovedVote,
+    ) -> Result<(), StateMachineError> {
+        self.check_writable()?;
+        let result = self.remove_transaction(id, last_vote);
+        self.poison_on_error(result)?;
+        self.points.remove(&id);
+        self.checkpointed.remove(&id);
+        Ok(())
+    }
+
+    fn remove_transaction(
+        &mut self,
+        id: PartitionId,
+        last_vote: RemovedVote,
+    ) -> Result<(), StateMachineError> {
+        let transaction = self.write_transaction(Durability::Immediate)?;
+        self.machine.remove_partition(&transaction, id)?;
+        {
+            let mut sessions = transaction.open_table(SESSIONS).map_err(engine_error)?;
+            sessions
+                .retain_in((id.0, 0)..=(id.0, u32::MAX), |_, _| false)
+                .map_err(engine_error)?;
+            let mut points = transaction.open_table(POINTS).map_err(engine_error)?;
+            points.remove(id.0).map_err(engine_error)?;
+            let mut removed = transaction
+                .open_table(REMOVED_VOTES)
+                .map_err(engine_error)?;
+            let encoded = postcard::to_stdvec(&last_vote).expect("votes serialise");
+            removed
+                .insert(id.0, encoded.as_slice())
+                .map_err(engine_error)?;
+        }
+        transaction.commit().map_err(engine_error)
+    }
+
+    /// The last term and vote of a removed replica of `id` here, if one was ever removed.
+    pub fn removed_vote(&self, id: PartitionId) -> Result<Option<RemovedVote>, StateMachineError> {
+        let transaction = self.database.begin_read().map_err(engine_error)?;
+        let removed = transaction
+            .open_table(REMOVED_VOTES)
+            .map_err(engine_error)?;
+        let Some(encoded) = removed.get(id.0).map_err(engine_error)? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(encoded.value())
+            .map(Some)
+            .map_err(|error| StateMachineError::Corrupt(format!("removed replica's vote: {error}")))
     }
 
     fn write_point(

@@ -109,6 +109,13 @@ pub trait StateMachine: fmt::Debug {
         image: &[u8],
     ) -> Result<(), StateMachineError>;
 
+    /// Deletes everything the partition holds here: its replica left this node.
+    fn remove_partition(
+        &mut self,
+        transaction: &WriteTransaction,
+        partition: PartitionId,
+    ) -> Result<(), StateMachineError>;
+
     /// For the canary bug `split_batches` only: the pieces a write would be if it were not
     /// atomic (a batch's operations one by one). A kind without batches keeps it whole.
     fn split_for_canary(&self, operation: Self::Operation) -> Vec<Self::Operation> {

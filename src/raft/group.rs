@@ -342,6 +342,11 @@ impl RaftGroup {
         self.state.leader
     }
 
+    /// The vote this node cast in its current term.
+    pub fn vote(&self) -> Option<NodeId> {
+        self.state.vote
+    }
+
     pub fn configuration(&self) -> &Configuration {
         &self
             .state

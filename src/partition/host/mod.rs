@@ -28,7 +28,8 @@ use crate::partition::envelope::RaftEnvelope;
 use crate::partition::pending::{Pending, PendingRequests};
 use crate::partition::raft_log::{LiveLog, RaftLogError, RaftLogStore, RecoveredLog};
 use crate::partition::replica_store::{
-    AppliedCommand, AppliedPoint, CommandOutcome, CommittedRun, ReplicaStore, INCARNATION_BASE_MAX,
+    AppliedCommand, AppliedPoint, CommandOutcome, CommittedRun, RemovedVote, ReplicaStore,
+    INCARNATION_BASE_MAX,
 };
 use crate::partition::state_machine::{StateMachine, StateMachineError};
 use crate::partition::PartitionId;
@@ -263,6 +264,8 @@ pub struct HostCounters {
     /// Messages refused: sent in another node's name, addressed to another node, or
     /// refused by a group (an append that contradicts what it committed).
     pub messages_refused: u64,
+    /// Replicas deleted from this node after their group removed them.
+    pub replicas_removed: u64,
 }
 
 /// The output type of a host running state machine `M`.
@@ -319,6 +322,17 @@ pub struct PartitionHost<M: StateMachine> {
     log_checkpoint_segment: u64,
     poisoned: Option<String>,
     counters: HostCounters,
+}
+
+/// A replica created again on a node it left starts from its earlier replica's last term
+/// and vote (unless its own log is further on): the node may have voted in that term, and
+/// must not vote twice. Starting at the same term, not past it, keeps the leader that adds
+/// it back from stepping down.
+fn keep_removed_vote(log: &mut RecoveredLog, removed: RemovedVote) {
+    if log.hard_state.term < removed.term {
+        log.hard_state.term = removed.term;
+        log.hard_state.vote = removed.vote;
+    }
 }
 
 /// What recovery makes of a partition's state machine point and its log.
@@ -404,8 +418,18 @@ impl<M: StateMachine> PartitionHost<M> {
             raft_log.plant_skip_sync();
         }
         let mut groups = BTreeMap::new();
+        let mut removed_votes = BTreeMap::new();
+        for partition in store.points().keys() {
+            if let Some(vote) = store.removed_vote(*partition).map_err(damaged)? {
+                removed_votes.insert(*partition, vote);
+            }
+        }
         for (partition, point) in store.points() {
-            let state = recovered_state(point, recovered.remove(partition));
+            let mut log = recovered.remove(partition);
+            if let Some(vote) = removed_votes.get(partition) {
+                keep_removed_vote(log.get_or_insert_with(RecoveredLog::default), *vote);
+            }
+            let state = recovered_state(point, log);
             let group = RaftGroup::recover(
                 id,
                 config.raft.clone(),
@@ -546,13 +570,21 @@ impl<M: StateMachine> PartitionHost<M> {
             },
             PartitionStart::Joining => AppliedPoint::default(),
         };
+        let removed_vote = match self.store.removed_vote(partition) {
+            Ok(vote) => vote,
+            Err(error) => return Err(self.poison(error.to_string())),
+        };
         if let Err(error) = self.store.create_partition(partition, point.clone()) {
             return Err(self.poison(error.to_string()));
+        }
+        let mut log = RecoveredLog::default();
+        if let Some(vote) = removed_vote {
+            keep_removed_vote(&mut log, vote);
         }
         let group = RaftGroup::recover(
             self.id,
             self.config.raft.clone(),
-            recovered_state(&point, None),
+            recovered_state(&point, Some(log)),
             group_rng(self.rng_seed, self.id, partition),
         );
         self.groups.insert(partition, group);
@@ -570,6 +602,60 @@ impl<M: StateMachine> PartitionHost<M> {
             .collect();
         self.peers.extend(members);
         Ok(())
+    }
+
+    /// Deletes this node's replica of `partition`: the Raft log forgets it (synced), then
+    /// its state, sessions and point go in one synced commit, remembering the last term it
+    /// knew. Requests waiting on it fail. `Ok(false)`: a round is out, ask again after it.
+    /// Only for a replica its group no longer includes: the caller knows that from a
+    /// committed configuration without it.
+    pub fn remove_partition(&mut self, partition: PartitionId) -> Result<bool, RequestError> {
+        self.check_usable()?;
+        let Some(group) = self.groups.get(&partition) else {
+            return Ok(true);
+        };
+        if self.prepared.is_some() || self.awaiting_sync {
+            return Ok(false);
+        }
+        let last_vote = RemovedVote {
+            term: group.term(),
+            vote: group.vote(),
+        };
+        self.raft_log.stage_removed(partition);
+        if let Err(error) = self.raft_log.commit() {
+            return Err(self.poison(error.to_string()));
+        }
+        if let Err(error) = self.store.remove_partition(partition, last_vote) {
+            return Err(self.poison(error.to_string()));
+        }
+        self.groups.remove(&partition);
+        self.leading.remove(&partition);
+        self.touched.remove(&partition);
+        self.snapshot_chunk_tick.remove(&partition);
+        self.snapshots.retain(|(id, _), _| *id != partition);
+        self.peers_stale = true;
+        let writes: Vec<u64> = self
+            .pending_writes
+            .of_partition(partition)
+            .map(|(request_id, _)| request_id)
+            .collect();
+        for request_id in writes {
+            self.pending_writes.remove(request_id);
+            self.outputs.push(HostOutput::WriteAnswered {
+                request_id,
+                result: Err(RequestError::UnknownPartition(partition)),
+            });
+        }
+        let reads: Vec<u64> = self
+            .pending_reads
+            .of_partition(partition)
+            .map(|(request_id, _)| request_id)
+            .collect();
+        for request_id in reads {
+            self.answer_read(request_id, Err(RequestError::UnknownPartition(partition)));
+        }
+        self.counters.replicas_removed += 1;
+        Ok(true)
     }
 
     fn refresh_peers(&mut self) {

@@ -801,3 +801,67 @@ fn a_round_synced_by_the_driver_answers_only_after_the_sync_reports() {
         "{outputs:?}"
     );
 }
+
+#[test]
+fn a_removed_replica_is_deleted_for_good_and_comes_back_past_its_terms() {
+    let mut cluster = Cluster::new(3, 2, HostConfig::default());
+    cluster.elect_all(2);
+    let partition = PartitionId(1);
+    cluster.put(partition, "kept", "v").unwrap();
+    cluster.put(PartitionId(0), "other", "w").unwrap();
+    // Node 3 leaves the group of partition 1 (a non-leader: make sure of it).
+    let leader = cluster.leader(partition).unwrap();
+    let leaving = [NodeId(1), NodeId(2), NodeId(3)]
+        .into_iter()
+        .find(|node| *node != leader)
+        .unwrap();
+    let host = cluster.hosts.get_mut(&leader).unwrap();
+    host.change_membership(partition, ConfigChange::Demote(leaving))
+        .unwrap();
+    cluster.tick(5);
+    let host = cluster.hosts.get_mut(&leader).unwrap();
+    host.change_membership(partition, ConfigChange::Remove(leaving))
+        .unwrap();
+    cluster.tick(5);
+    let term = cluster.hosts[&leaving].status(partition).unwrap().term;
+    assert!(term > 0);
+    let host = cluster.hosts.get_mut(&leaving).unwrap();
+    assert_eq!(host.remove_partition(partition), Ok(true));
+    assert!(host.status(partition).is_none());
+    assert_eq!(host.counters().replicas_removed, 1);
+    // Gone across a crash, while the node's other partition is untouched.
+    cluster.crash_and_restart(leaving);
+    let host = &cluster.hosts[&leaving];
+    assert!(host.status(partition).is_none());
+    assert!(host.partitions().all(|id| id != partition));
+    cluster.tick(5);
+    assert_eq!(
+        cluster.get_via(leaving, PartitionId(0), "other"),
+        Ok(ReadAnswer::Value(b"w".to_vec()))
+    );
+    // Created again here, it starts empty from the term and vote its old replica had, and
+    // keeps them across a crash before it wrote anything.
+    let host = cluster.hosts.get_mut(&leaving).unwrap();
+    host.create_partition(partition, PartitionStart::Joining)
+        .unwrap();
+    assert_eq!(host.status(partition).unwrap().term, term);
+    let vote = host.group(partition).unwrap().vote();
+    assert_eq!(host.status(partition).unwrap().applied, 0);
+    cluster.crash_and_restart(leaving);
+    let group = cluster.hosts[&leaving].group(partition).unwrap();
+    assert_eq!((group.term(), group.vote()), (term, vote));
+    // Added back, it catches up and serves the data again.
+    let leader = cluster.leader(partition).unwrap();
+    let host = cluster.hosts.get_mut(&leader).unwrap();
+    host.change_membership(partition, ConfigChange::AddLearner(leaving))
+        .unwrap();
+    cluster.tick(10);
+    let host = cluster.hosts.get_mut(&leader).unwrap();
+    host.change_membership(partition, ConfigChange::Promote(leaving))
+        .unwrap();
+    cluster.tick(10);
+    assert_eq!(
+        cluster.get_via(leaving, partition, "kept"),
+        Ok(ReadAnswer::Value(b"v".to_vec()))
+    );
+}
