@@ -167,6 +167,9 @@ pub struct Node<M: ClusterKinds = KvStateMachine> {
     partition_rounds: u64,
     /// Messages refused at intake (the partition host counts its own refusals).
     messages_refused: u64,
+    /// Routed requests the node made for itself (the placement driver's directory
+    /// commands): their answers are not a client's.
+    own_routed_requests: std::collections::BTreeSet<u64>,
 }
 
 impl<M: ClusterKinds> std::fmt::Debug for Node<M> {
@@ -239,6 +242,7 @@ impl<M: ClusterKinds + Default> Node<M> {
             outputs: Vec::new(),
             partition_rounds: 0,
             messages_refused: 0,
+            own_routed_requests: std::collections::BTreeSet::new(),
         })
     }
 }
@@ -531,6 +535,12 @@ impl<M: ClusterKinds> Node<M> {
                 for (to, message) in cluster.take_messages() {
                     self.seams.network.send(to, Message::Cluster(message));
                 }
+                for operation in cluster.take_directory_requests() {
+                    if let Some(operation) = M::directory_operation(operation) {
+                        let request_id = self.router.submit_directory(host, operation);
+                        self.own_routed_requests.insert(request_id);
+                    }
+                }
             }
             None => self
                 .outputs
@@ -567,12 +577,11 @@ impl<M: ClusterKinds> Node<M> {
                 }
             }
         }
-        self.outputs.extend(
-            self.router
-                .take_answers()
-                .into_iter()
-                .map(NodeOutput::Routed),
-        );
+        for answer in self.router.take_answers() {
+            if !self.own_routed_requests.remove(&answer.request_id) {
+                self.outputs.push(NodeOutput::Routed(answer));
+            }
+        }
     }
 
     /// A routed request (served by the host) or an answer (taken by the router).
@@ -611,6 +620,27 @@ impl<M: ClusterKinds> Node<M> {
         if let Some(cluster) = &mut self.cluster {
             cluster.set_seed(seed);
         }
+    }
+
+    /// Drains this node from its cluster: its replicas move away, then the directory marks
+    /// it left (see [`Node::membership`]).
+    pub fn leave(&mut self) -> Result<(), RequestError> {
+        match &mut self.cluster {
+            Some(cluster) => {
+                cluster.leave();
+                Ok(())
+            }
+            None => Err(RequestError::Invalid(
+                "this node runs no cluster of named partitions".into(),
+            )),
+        }
+    }
+
+    /// What the placement driver on this node did.
+    pub fn placement_counters(&self) -> Option<crate::coordinator::placement::PlacementCounters> {
+        self.cluster
+            .as_ref()
+            .map(ClusterCoordinator::placement_counters)
     }
 
     /// The leader this node's router last heard of for `partition`.

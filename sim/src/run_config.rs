@@ -431,6 +431,7 @@ impl RunConfig {
             cluster_name,
             start,
             join_retry_ticks: 20,
+            placement: borough::coordinator::placement::PlacementConfig::default(),
         }
     }
 

@@ -18,6 +18,7 @@
 //!   reason that will not change); anything else is "retry", and the joiner asks again.
 
 use crate::coordinator::cluster_machine::{ClusterOperation, ClusterOutcome, ClusterStateMachine};
+use crate::coordinator::placement::{Placement, PlacementConfig, PlacementCounters};
 use crate::directory::{
     ClusterMessage, ClusterName, ClusterSettings, Directory, DirectoryChange, DirectoryOperation,
     DirectoryOutcome, DirectoryStateMachine, JoinAnswer, Member, MemberState, SYSTEM_PARTITION,
@@ -95,6 +96,7 @@ pub struct ClusterConfig {
     pub start: ClusterStart,
     /// Ticks between two join requests while no answer came.
     pub join_retry_ticks: u64,
+    pub placement: PlacementConfig,
 }
 
 /// Where this node stands.
@@ -105,6 +107,10 @@ pub enum MembershipState {
     /// Asking to join; accepted once the directory it has applied lists it.
     Joining,
     Member,
+    /// It asked to leave: its replicas are moving away.
+    Leaving,
+    /// It left the cluster (drained, or declared dead): nothing depends on it any more.
+    Left,
     /// The cluster refused it for good.
     Refused(String),
 }
@@ -121,6 +127,14 @@ pub struct ClusterCoordinator {
     /// Join commands this node proposed for others: request id to joiner.
     joins_in_flight: BTreeMap<u64, NodeId>,
     outbox: Vec<(NodeId, ClusterMessage)>,
+    placement: Placement,
+    /// This node was asked to leave.
+    leave_asked: bool,
+    /// When this node, leading the directory, first saw each departed member still in its
+    /// group.
+    departed_seen_tick: BTreeMap<NodeId, u64>,
+    /// When this node last handed the directory's leadership on (it was leaving).
+    transfer_asked_tick: Option<u64>,
 }
 
 /// This node's copy of the directory, once it applied any of it.
@@ -149,6 +163,7 @@ impl ClusterCoordinator {
             ClusterStart::Bootstrap(_) => MembershipState::Bootstrapping,
             ClusterStart::Join { .. } => MembershipState::Joining,
         };
+        let placement = Placement::new(config.placement.clone());
         let mut coordinator = Self {
             config,
             tick: 0,
@@ -157,6 +172,10 @@ impl ClusterCoordinator {
             join_asked_tick: None,
             joins_in_flight: BTreeMap::new(),
             outbox: Vec::new(),
+            placement,
+            leave_asked: false,
+            departed_seen_tick: BTreeMap::new(),
+            transfer_asked_tick: None,
         };
         coordinator.create_every_placed_replica(host);
         coordinator.update_state(host);
@@ -178,20 +197,42 @@ impl ClusterCoordinator {
         std::mem::take(&mut self.outbox)
     }
 
+    /// Directory commands for the node to route to the directory's leader.
+    pub fn take_directory_requests(&mut self) -> Vec<DirectoryOperation> {
+        self.placement.take_directory_requests()
+    }
+
+    pub fn placement_counters(&self) -> PlacementCounters {
+        self.placement.counters()
+    }
+
+    /// Drains this node: asks the directory to mark it leaving (again every few seconds
+    /// until it does); its replicas then move away, and the directory marks it left.
+    pub fn leave(&mut self) {
+        self.leave_asked = true;
+    }
+
     fn me(&self) -> NodeId {
         self.config.member.id
     }
 
-    /// A member once the directory it applied lists it (and has not seen it leave).
+    /// A member once the directory it applied lists it; leaving and left as it says.
     fn update_state<M: ClusterKinds>(&mut self, host: &PartitionHost<M>) {
-        if matches!(self.state, MembershipState::Refused(_)) {
+        if matches!(
+            self.state,
+            MembershipState::Refused(_) | MembershipState::Left
+        ) {
             return;
         }
         let listed = directory_of(host)
             .and_then(|directory| directory.member(self.me()))
-            .is_some_and(|member| member.instance == self.config.member.instance);
-        if listed {
-            self.state = MembershipState::Member;
+            .filter(|member| member.instance == self.config.member.instance);
+        if let Some(member) = listed {
+            self.state = match member.state {
+                MemberState::Active => MembershipState::Member,
+                MemberState::Leaving => MembershipState::Leaving,
+                MemberState::Left => MembershipState::Left,
+            };
         }
     }
 
@@ -219,8 +260,15 @@ impl ClusterCoordinator {
             }
             _ => {}
         }
-        if self.state == MembershipState::Member {
+        if matches!(
+            self.state,
+            MembershipState::Member | MembershipState::Leaving
+        ) {
+            if self.leave_asked && self.state == MembershipState::Member {
+                self.placement.ask_to_leave(self.me());
+            }
             self.drive_directory_group(host);
+            self.placement.tick(host, self.me());
         }
     }
 
@@ -329,6 +377,9 @@ impl ClusterCoordinator {
         let HostOutput::WriteAnswered { request_id, result } = &output else {
             return Some(output);
         };
+        if self.placement.take_answer(*request_id) {
+            return None;
+        }
         if self.bootstrap_request == Some(*request_id) {
             // Bootstrapped or not, the directory it applied says what to do next.
             self.bootstrap_request = None;
@@ -448,14 +499,82 @@ impl ClusterCoordinator {
             .members()
             .filter(|member| member.state != MemberState::Left)
             .collect();
-        let change = match members.iter().find(|member| !in_group(&member.id)) {
-            Some(missing) => Some(ConfigChange::AddLearner(missing.id)),
-            None => self.next_voter_change(group, settings, &members),
+        // A member that left stays in the group a grace period, so it learns it left.
+        let grace = self.config.placement.retry_ticks;
+        let now = self.tick;
+        let mut departed = None;
+        for node in configuration.voters.iter().chain(&configuration.learners) {
+            let gone = directory
+                .member(*node)
+                .is_none_or(|member| member.state == MemberState::Left);
+            if !gone {
+                continue;
+            }
+            let seen = *self.departed_seen_tick.entry(*node).or_insert(now);
+            if now >= seen + grace && departed.is_none() {
+                departed = Some(*node);
+            }
+        }
+        let leaving_leader = members
+            .iter()
+            .any(|member| member.id == self.me() && member.state != MemberState::Active);
+        let successor = leaving_leader
+            .then(|| {
+                members.iter().find(|member| {
+                    member.id != self.me()
+                        && member.state == MemberState::Active
+                        && configuration.voters.contains(&member.id)
+                        && group.matched_index(member.id) >= Some(status.committed)
+                })
+            })
+            .flatten()
+            .map(|member| member.id);
+        let change = if let Some(node) = departed {
+            if node == self.me() {
+                None // the leader leaves last; a member that left does not lead for long
+            } else if configuration.voters.contains(&node) {
+                Some(ConfigChange::Demote(node))
+            } else {
+                Some(ConfigChange::Remove(node))
+            }
+        } else {
+            match members.iter().find(|member| !in_group(&member.id)) {
+                Some(missing) => Some(ConfigChange::AddLearner(missing.id)),
+                // A leaving leader changes no votes but one: with nobody to hand the
+                // directory on to, it promotes an active learner that caught up.
+                None if leaving_leader => match successor {
+                    Some(_) => None,
+                    None => members
+                        .iter()
+                        .find(|member| {
+                            member.state == MemberState::Active
+                                && configuration.learners.contains(&member.id)
+                                && group.matched_index(member.id) >= Some(status.committed)
+                        })
+                        .map(|member| ConfigChange::Promote(member.id)),
+                },
+                None => self.next_voter_change(group, settings, &members),
+            }
         };
         if let Some(change) = change {
             // Refused while an earlier change is pending: the next tick tries again.
             let _ = host.change_membership(SYSTEM_PARTITION, change);
+        } else if let Some(successor) = successor {
+            // A leaving leader hands the directory on before it is demoted.
+            let due = self
+                .transfer_asked_tick
+                .is_none_or(|asked| now >= asked + grace);
+            if due
+                && host
+                    .transfer_leadership(SYSTEM_PARTITION, successor)
+                    .is_ok()
+            {
+                self.transfer_asked_tick = Some(now);
+            }
         }
+        self.departed_seen_tick.retain(|node, _| {
+            configuration.voters.contains(node) || configuration.learners.contains(node)
+        });
     }
 }
 
@@ -496,6 +615,18 @@ impl ClusterCoordinator {
             .iter()
             .find(|member| !voter_zones.contains(&member.location));
         if voters.len() < wanted {
+            return in_new_zone
+                .or(candidates.first())
+                .map(|member| ConfigChange::Promote(member.id));
+        }
+        let leaving_voter = voters
+            .iter()
+            .find(|member| member.state != MemberState::Active && member.id != self.me());
+        if let Some(member) = leaving_voter {
+            // A leaving member's vote goes once another member took its place.
+            if voters.len() > wanted {
+                return Some(ConfigChange::Demote(member.id));
+            }
             return in_new_zone
                 .or(candidates.first())
                 .map(|member| ConfigChange::Promote(member.id));

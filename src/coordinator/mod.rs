@@ -16,6 +16,7 @@ pub mod cluster_machine;
 mod commit_level;
 mod event_coordinator;
 pub mod moves;
+pub mod placement;
 mod replica_write;
 pub mod router;
 

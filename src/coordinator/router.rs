@@ -242,6 +242,42 @@ impl<M: ClusterKinds> Router<M> {
         request_id
     }
 
+    /// Takes a write for the directory itself (the system partition), sent to its leader;
+    /// its answer comes out of [`Self::take_answers`] with the returned id.
+    pub fn submit_directory(
+        &mut self,
+        host: &mut PartitionHost<M>,
+        operation: M::Operation,
+    ) -> u64 {
+        self.next_request_id += 1;
+        let request_id = self.next_request_id;
+        if self.requests.len() >= self.config.requests_max {
+            self.answers.push(RouterAnswer {
+                request_id,
+                result: Err(RouteError::Overloaded(self.requests.len())),
+                not_applied: true,
+            });
+            return request_id;
+        }
+        self.requests.insert(
+            request_id,
+            Request {
+                target: Target::Directory,
+                request: RoutedRequest::Write(operation),
+                route: None,
+                phase: Phase::Resolving { retry_tick: 0 },
+                attempts: 0,
+                deadline_tick: self.tick + self.config.request_timeout_ticks,
+                hint: None,
+                heard: BTreeMap::new(),
+                maybe_proposed: false,
+                creating_for: None,
+            },
+        );
+        self.advance(host, request_id);
+        request_id
+    }
+
     /// One tick: attempts that waited too long move on, pauses end, requests past their
     /// deadline fail.
     pub fn tick(&mut self, host: &mut PartitionHost<M>) {
@@ -312,8 +348,9 @@ impl<M: ClusterKinds> Router<M> {
                 (!voters.is_empty()).then_some((SYSTEM_PARTITION, voters))
             }
             Target::Named(name) => {
+                // During a move the replicas it is leaving may still lead it.
                 let entry = directory_of(host)?.partition(name)?;
-                Some((entry.id, entry.replicas.clone()))
+                Some((entry.id, entry.holders()))
             }
         }
     }
@@ -416,7 +453,14 @@ impl<M: ClusterKinds> Router<M> {
         request: &Request<M::Operation, M::Query>,
     ) -> Option<NodeId> {
         let route = request.route.as_ref()?;
-        let in_set = |node: &NodeId| route.replicas.contains(node);
+        // The directory may have moved the partition since the route was set: its holders
+        // now count too.
+        let current = self
+            .placement(host, &request.target)
+            .filter(|(partition, _)| *partition == route.partition)
+            .map(|(_, holders)| holders)
+            .unwrap_or_default();
+        let in_set = |node: &NodeId| route.replicas.contains(node) || current.contains(node);
         if let Some(hint) = request.hint.filter(in_set) {
             return Some(hint);
         }

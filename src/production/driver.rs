@@ -746,6 +746,8 @@ impl NodeLoop {
             Some(MembershipState::Bootstrapping) => "founding".to_string(),
             Some(MembershipState::Joining) => "joining".to_string(),
             Some(MembershipState::Member) => "member".to_string(),
+            Some(MembershipState::Leaving) => "leaving".to_string(),
+            Some(MembershipState::Left) => "left".to_string(),
             Some(MembershipState::Refused(reason)) => format!("refused: {reason}"),
         };
         let system = self

@@ -6,6 +6,7 @@
 //! already durable, so nothing more has to be flushed.
 
 use crate::coordinator::cluster::{ClusterConfig, ClusterStart};
+use crate::coordinator::placement::PlacementConfig;
 use crate::directory::{Address, Member, MemberState};
 use crate::ids::NodeId;
 use crate::node::{NodeConfig, PartitionsConfig};
@@ -131,6 +132,7 @@ pub async fn serve(
         },
         // One join request a second while no answer comes.
         join_retry_ticks: 100,
+        placement: PlacementConfig::default(),
     });
 
     enum Transport {

@@ -388,6 +388,12 @@ impl RaftGroup {
             .map(|progress| progress.match_index)
     }
 
+    /// Whether the latest configuration change is committed (then, on a leader, the next
+    /// one may be proposed once an entry of its term is committed too).
+    pub fn configuration_committed(&self) -> bool {
+        self.last_configuration_index() <= self.state.log.committed()
+    }
+
     /// The hard state the driver was last asked to persist (durable once that Ready is
     /// advanced).
     pub fn durable_hard_state(&self) -> HardState {

@@ -33,6 +33,8 @@ struct Node {
     outputs: Vec<Output>,
     router: Router<ClusterStateMachine>,
     routed: Vec<RouterAnswer<ClusterOutcome, ClusterAnswer>>,
+    /// The placement driver's own routed requests.
+    own_requests: BTreeSet<u64>,
 }
 
 struct Cluster {
@@ -69,6 +71,7 @@ fn open(config: ClusterConfig, disk: Arc<TestDisk>) -> Node {
         outputs: Vec::new(),
         router: Router::new(RouterConfig::default()),
         routed: Vec::new(),
+        own_requests: BTreeSet::new(),
     }
 }
 
@@ -87,6 +90,7 @@ impl Cluster {
             cluster_name: cluster_name(name),
             start,
             join_retry_ticks: 5,
+            placement: crate::coordinator::placement::PlacementConfig::default(),
         };
         let id = config.member.id;
         self.nodes.insert(id, open(config, TestDisk::new()));
@@ -131,7 +135,22 @@ impl Cluster {
                         .into_iter()
                         .map(|(to, message)| (*id, to, message)),
                 );
-                node.routed.extend(node.router.take_answers());
+                for operation in node.coordinator.take_directory_requests() {
+                    let operation = ClusterOperation::Directory(operation);
+                    let request = node.router.submit_directory(&mut node.host, operation);
+                    node.own_requests.insert(request);
+                }
+                routes.extend(
+                    node.host
+                        .take_route_messages()
+                        .into_iter()
+                        .map(|(to, message)| (*id, to, message)),
+                );
+                for answer in node.router.take_answers() {
+                    if !node.own_requests.remove(&answer.request_id) {
+                        node.routed.push(answer);
+                    }
+                }
             }
             if envelopes.is_empty() && messages.is_empty() && routes.is_empty() {
                 return;
@@ -527,6 +546,21 @@ fn membership_and_placement_hold_under_loss_and_restarts() {
             created > 0 && directory.partition_count() > 0,
             "seed {seed}"
         );
+        // The placement driver moves every partition onto the ring's set of the final
+        // members, and the replicas left behind are deleted.
+        cluster.run_until(3000, "every partition on the ring's replicas", |cluster| {
+            let Some(directory) = cluster.directory(NodeId(1)) else {
+                return false;
+            };
+            directory.partitions().all(|entry| {
+                !entry.is_moving()
+                    && entry.replicas == directory.ring_replicas(&entry.name)
+                    && cluster.nodes.iter().all(|(id, node)| {
+                        node.host.group(entry.id).is_some() == entry.replicas.contains(id)
+                    })
+            })
+        });
+        let directory = cluster.directory(NodeId(1)).unwrap().clone();
         for entry in directory.partitions() {
             cluster.run_until(300, "the partition elects a leader", |cluster| {
                 cluster.leader(entry.id).is_some()
@@ -721,9 +755,12 @@ fn a_partition_without_a_quorum_fails_in_bounded_time_saying_why() {
         .map(NodeId)
         .find(|id| !entry.replicas.contains(id))
         .unwrap();
-    // Two of its three replicas go away; the directory keeps a quorum or not, the partition
-    // does not.
-    for replica in &entry.replicas[1..] {
+    // Two of its three replicas go away, its leader among them (the ring's owner leads,
+    // once leadership is balanced); the directory keeps a quorum or not, the partition does
+    // not.
+    let leader = cluster.leader(entry.id).unwrap();
+    let survivor = *entry.replicas.iter().find(|id| **id != leader).unwrap();
+    for replica in entry.replicas.iter().filter(|id| **id != survivor) {
         cluster.nodes.remove(replica);
     }
     let request = cluster.submit(outsider, "lonely", put("k", "w"));
