@@ -636,6 +636,14 @@ impl<M: ClusterKinds> Node<M> {
         }
     }
 
+    /// Whether this node left its cluster and nothing depends on it any more: it may stop.
+    pub fn is_drained(&self) -> bool {
+        match (&self.cluster, &self.partitions) {
+            (Some(cluster), Some(host)) => cluster.is_drained(host),
+            _ => false,
+        }
+    }
+
     /// What the placement driver on this node did.
     pub fn placement_counters(&self) -> Option<crate::coordinator::placement::PlacementCounters> {
         self.cluster

@@ -269,7 +269,19 @@ impl ClusterCoordinator {
             }
             self.drive_directory_group(host);
             self.placement.tick(host, self.me());
+        } else if self.state == MembershipState::Left {
+            // Whatever a crash kept from being deleted before the node left.
+            self.placement.delete_left_behind(host, self.me());
         }
+    }
+
+    /// Whether this node left its cluster and holds no replica but its copy of the
+    /// directory: nothing depends on it, and it may stop.
+    pub fn is_drained<M: ClusterKinds>(&self, host: &PartitionHost<M>) -> bool {
+        self.state == MembershipState::Left
+            && host
+                .partitions()
+                .all(|partition| partition == SYSTEM_PARTITION)
     }
 
     fn propose_bootstrap<M: ClusterKinds>(

@@ -55,6 +55,9 @@ pub struct PlacementConfig {
     pub retry_ticks: u64,
     /// Entries a learner may trail the leader's commit index by and count as caught up.
     pub caught_up_lag_entries: u64,
+    /// Ticks a member may go unheard by the directory's leader before it is declared dead
+    /// (marked left): its replicas are then rebuilt elsewhere from the survivors.
+    pub dead_after_ticks: u64,
     pub planted_bug: Option<PlacementPlantedBug>,
 }
 
@@ -66,6 +69,8 @@ impl Default for PlacementConfig {
             transfer_interval_ticks: 100,
             retry_ticks: 100,
             caught_up_lag_entries: 8,
+            // Five minutes of 10 ms ticks.
+            dead_after_ticks: 30_000,
             planted_bug: None,
         }
     }
@@ -79,6 +84,7 @@ pub struct PlacementCounters {
     pub configuration_changes: u64,
     pub leadership_transfers: u64,
     pub replicas_deleted: u64,
+    pub members_declared_dead: u64,
 }
 
 #[derive(Debug)]
@@ -92,6 +98,9 @@ pub struct Placement {
     asked_tick: BTreeMap<String, u64>,
     /// Directory commands for the router to take to the directory's leader.
     directory_requests: Vec<DirectoryOperation>,
+    /// The host tick this node was first seen leading the directory (in its current
+    /// leadership): a member unheard since counts from there.
+    leading_since_tick: Option<u64>,
     counters: PlacementCounters,
 }
 
@@ -104,6 +113,7 @@ impl Placement {
             last_transfer_tick: BTreeMap::new(),
             asked_tick: BTreeMap::new(),
             directory_requests: Vec::new(),
+            leading_since_tick: None,
             counters: PlacementCounters::default(),
         }
     }
@@ -170,12 +180,39 @@ impl Placement {
         };
         if status.leader != Some(host.id()) {
             self.proposed.clear();
+            self.leading_since_tick = None;
             return;
         }
+        let now = host.ticks();
+        let leading_since = *self.leading_since_tick.get_or_insert(now);
         let Some(directory) = directory_of(host) else {
             return;
         };
         let mut operations = Vec::new();
+        // Members unheard for `dead_after_ticks` are declared dead, one per pass (never this
+        // node, and never so many that the directory's voters lose their quorum: its group
+        // would not commit the change anyway).
+        let dead = directory.members().find(|member| {
+            member.id != host.id()
+                && member.state != MemberState::Left
+                && host
+                    .peer_heard_tick(member.id)
+                    .unwrap_or(0)
+                    .max(leading_since)
+                    .saturating_add(self.config.dead_after_ticks)
+                    <= now
+        });
+        if let Some(member) = dead {
+            tracing::warn!(member = %member.id, "a member went unheard too long: declared dead");
+            self.counters.members_declared_dead += 1;
+            operations.push((
+                None,
+                DirectoryOperation::SetMemberState {
+                    id: member.id,
+                    state: MemberState::Left,
+                },
+            ));
+        }
         let mut moving = directory.moving_count() + self.proposed.len();
         let in_flight: BTreeSet<&PartitionName> = self.proposed.values().collect();
         for entry in directory.partitions() {
@@ -317,7 +354,7 @@ impl Placement {
     }
 
     /// Deletes this node's replicas of partitions that settled without it.
-    fn delete_left_behind<M: ClusterKinds>(&mut self, host: &mut PartitionHost<M>, me: NodeId) {
+    pub fn delete_left_behind<M: ClusterKinds>(&mut self, host: &mut PartitionHost<M>, me: NodeId) {
         let Some(directory) = directory_of(host) else {
             return;
         };

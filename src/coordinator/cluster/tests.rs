@@ -780,3 +780,164 @@ fn a_partition_without_a_quorum_fails_in_bounded_time_saying_why() {
         other => panic!("{other:?}"),
     }
 }
+
+impl Cluster {
+    /// Whether every partition settled on the ring's replica set of the current members,
+    /// with its group on exactly those nodes, voting, and no replica left elsewhere.
+    fn placement_settled(&self, observer: NodeId) -> bool {
+        let Some(directory) = self.directory(observer) else {
+            return false;
+        };
+        directory.partitions().all(|entry| {
+            let voters: BTreeSet<NodeId> = entry.replicas.iter().copied().collect();
+            !entry.is_moving()
+                && entry.replicas == directory.ring_replicas(&entry.name)
+                && self
+                    .nodes
+                    .iter()
+                    .all(|(id, node)| match node.host.group(entry.id) {
+                        Some(group) => {
+                            entry.replicas.contains(id) && group.configuration().voters == voters
+                        }
+                        None => !entry.replicas.contains(id),
+                    })
+        })
+    }
+}
+
+/// Load on every partition while nodes join one by one, then drain one by one: every
+/// request succeeds, partitions end on the ring's replicas, drained nodes end left with no
+/// replica, and every acknowledged write reads back.
+#[test]
+fn nodes_join_and_drain_under_load_and_every_request_succeeds() {
+    let zones = ["a", "b", "c"];
+    let mut cluster = Cluster::new();
+    let mut rng = SeededRng::split(11, 0);
+    cluster.add(
+        member(1, zones[0]),
+        "test",
+        ClusterStart::Bootstrap(ClusterSettings::new(cluster_name("test"))),
+    );
+    cluster.run_until(100, "node 1 bootstraps", |cluster| {
+        cluster.nodes[&NodeId(1)].coordinator.state() == &MembershipState::Member
+    });
+    let names: Vec<String> = (0..12).map(|index| format!("p{index}")).collect();
+    let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
+    for name in &names {
+        assert!(cluster.route(NodeId(1), name, put("k", "v0")).is_ok());
+        acknowledged.insert(name.clone(), "v0".into());
+    }
+    let mut in_flight: Vec<(NodeId, u64, String, String)> = Vec::new();
+    let mut written = 0u64;
+    let mut answered_so_far = 0u64;
+    // One tick of load: a put from a random member, and every answer checked.
+    let mut load = |cluster: &mut Cluster, rng: &mut SeededRng, sources: &[NodeId]| {
+        written += 1;
+        let from = sources[rng.below(sources.len() as u64) as usize];
+        let name = names[rng.below(names.len() as u64) as usize].clone();
+        let value = format!("v{written}");
+        let request = cluster.submit(from, &name, put("k", &value));
+        in_flight.push((from, request, name, value));
+        cluster.tick();
+        let mut still = Vec::new();
+        for (from, request, name, value) in in_flight.drain(..) {
+            match cluster.take_routed(from, request) {
+                Some(Ok(_)) => {
+                    answered_so_far += 1;
+                    acknowledged.insert(name, value);
+                }
+                Some(Err(error)) => panic!("a put to {name} from {from} failed: {error}"),
+                None => still.push((from, request, name, value)),
+            }
+        }
+        in_flight = still;
+        (answered_so_far, in_flight.len())
+    };
+    let mut members = vec![NodeId(1)];
+    for id in 2..=5u32 {
+        cluster.add(
+            member(id, zones[(id as usize - 1) % 3]),
+            "test",
+            ClusterStart::Join {
+                seed: Some(NodeId(1)),
+            },
+        );
+        members.push(NodeId(id));
+        for _ in 0..400 {
+            load(&mut cluster, &mut rng, &[NodeId(1)]);
+        }
+        cluster.run_until(3000, "placement settles after a join", |cluster| {
+            cluster.placement_settled(NodeId(1))
+        });
+    }
+    // Every node leads some partitions: the ring's owners lead.
+    let directory = cluster.directory(NodeId(1)).unwrap().clone();
+    let mut leaders = BTreeSet::new();
+    for entry in directory.partitions() {
+        cluster.run_until(300, "the ring's owner leads", |cluster| {
+            cluster.leader(entry.id) == Some(entry.replicas[0])
+        });
+        leaders.insert(entry.replicas[0]);
+    }
+    assert!(leaders.len() >= 3, "{leaders:?}");
+    // Drain three nodes, one by one, under load from the others.
+    for leaving in [NodeId(5), NodeId(2), NodeId(1)] {
+        members.retain(|id| *id != leaving);
+        cluster.nodes.get_mut(&leaving).unwrap().coordinator.leave();
+        let sources = members.clone();
+        let mut left = false;
+        for _ in 0..4000 {
+            load(&mut cluster, &mut rng, &sources);
+            if cluster.nodes[&leaving].coordinator.state() == &MembershipState::Left {
+                left = true;
+                break;
+            }
+        }
+        assert!(left, "{leaving} never left");
+        let observer = members[0];
+        cluster.run_until(3000, "placement settles after a drain", |cluster| {
+            cluster.placement_settled(observer)
+        });
+        assert!(
+            cluster.nodes[&leaving]
+                .host
+                .partitions()
+                .all(|id| id == SYSTEM_PARTITION),
+            "{leaving} still holds replicas"
+        );
+        cluster.run_until(1000, "the directory's group lets the node go", |cluster| {
+            cluster
+                .system_configuration()
+                .is_some_and(|configuration| !configuration.is_member(leaving))
+        });
+        cluster.nodes.remove(&leaving);
+    }
+    let mut answered = 0;
+    for _ in 0..2000 {
+        let (so_far, waiting) = load(&mut cluster, &mut rng, &members.clone());
+        answered = so_far;
+        if waiting == 0 {
+            break;
+        }
+    }
+    assert!(answered > 1000, "{answered} answered");
+    let moves: u64 = cluster
+        .nodes
+        .values()
+        .map(|node| node.coordinator.placement_counters().moves_admitted)
+        .sum();
+    let deleted: u64 = cluster
+        .nodes
+        .values()
+        .map(|node| node.coordinator.placement_counters().replicas_deleted)
+        .sum();
+    eprintln!("{answered} puts answered, {moves} moves admitted, {deleted} replicas deleted on the survivors");
+    let reader = members[0];
+    for (name, expected) in &acknowledged {
+        assert_eq!(
+            value(cluster.route(reader, name, get("k"))),
+            expected.as_bytes(),
+            "{name}"
+        );
+    }
+}

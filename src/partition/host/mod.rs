@@ -511,6 +511,16 @@ impl<M: StateMachine> PartitionHost<M> {
     /// number, not the host's. A group that won an election since its last Ready is not in
     /// yet, and one that lost it is not out yet; its leader cannot commit anything before
     /// that Ready, since its followers have not heard from it.
+    /// The host's tick when it last heard from `peer` (any envelope, empty ones included).
+    pub fn peer_heard_tick(&self, peer: NodeId) -> Option<u64> {
+        self.peer_heard_tick.get(&peer).copied()
+    }
+
+    /// Ticks since the host opened.
+    pub fn ticks(&self) -> u64 {
+        self.tick
+    }
+
     pub fn leading(&self) -> &BTreeSet<PartitionId> {
         &self.leading
     }
