@@ -5,8 +5,8 @@
 
 use crate::checkers::Checker;
 use crate::scenario::{
-    parse_planted_bug, parse_raft_planted_bug, ChecksSection, Drawn, Expectation, FaultSection,
-    RaftCanary, Scenario,
+    parse_placement_planted_bug, parse_planted_bug, parse_raft_planted_bug, ChecksSection, Drawn,
+    Expectation, FaultSection, RaftCanary, Scenario,
 };
 use borough::coordinator::CommitLevel;
 use borough::coordinator::PlantedBug;
@@ -143,6 +143,23 @@ pub struct RunConfig {
     /// A canary's run stops at the first violation from the checker it names: the catch is
     /// what it exists to show, and what follows a broken rule only costs time.
     pub stop_when_caught_by: Option<Checker>,
+    /// Whole nodes joining and leaving (see `faults::nodes`).
+    pub membership: Option<MembershipRun>,
+}
+
+/// A run's plan of whole nodes joining and leaving, drawn from `[membership]`.
+#[derive(Clone, Debug)]
+pub struct MembershipRun {
+    pub initial_nodes: usize,
+    /// Growth, then shrinkage: `None` for the nemesis.
+    pub grow_to: Option<usize>,
+    pub shrink_to: usize,
+    pub nemesis: bool,
+    pub step_every_micros: Drawn<u64>,
+    pub dead_after_micros: u64,
+    pub members_min: usize,
+    pub moves_max: usize,
+    pub planted_bug: Option<borough::coordinator::placement::PlacementPlantedBug>,
 }
 
 impl RunConfig {
@@ -303,6 +320,33 @@ impl RunConfig {
                 }
                 partitions
             });
+        // Drawn after everything else, so scenarios without it keep every earlier draw.
+        let membership = file.membership.as_ref().map(|section| {
+            let node_count = nodes.len();
+            let initial_nodes =
+                (section.initial_nodes.draw(&mut rng) as usize).clamp(1, node_count);
+            let grow_to = section
+                .grow_to
+                .map(|grow_to| (grow_to.draw(&mut rng) as usize).clamp(initial_nodes, node_count));
+            let shrink_to = section
+                .shrink_to
+                .map_or(1, |shrink_to| shrink_to.draw(&mut rng) as usize)
+                .max(1);
+            MembershipRun {
+                initial_nodes,
+                grow_to,
+                shrink_to,
+                nemesis: section.nemesis,
+                step_every_micros: millis_to_micros(section.step_every_ms),
+                dead_after_micros: section.dead_after_ms.draw(&mut rng) * 1000,
+                members_min: section.members_min.max(1) as usize,
+                moves_max: section.moves_max.draw(&mut rng).max(1) as usize,
+                planted_bug: section
+                    .planted_bug
+                    .as_deref()
+                    .map(|name| parse_placement_planted_bug(name).expect("validated on load")),
+            }
+        });
         Self {
             scenario: scenario.name.clone(),
             seed,
@@ -332,6 +376,7 @@ impl RunConfig {
                 Expectation::Fail => file.scenario.caught_by,
                 Expectation::Pass => None,
             },
+            membership,
         }
     }
 
@@ -431,8 +476,23 @@ impl RunConfig {
             cluster_name,
             start,
             join_retry_ticks: 20,
-            placement: borough::coordinator::placement::PlacementConfig::default(),
+            placement: self.placement_config(partitions),
         }
+    }
+
+    /// The placement driver's knobs: the membership plan's, else the defaults.
+    fn placement_config(
+        &self,
+        partitions: &PartitionsRun,
+    ) -> borough::coordinator::placement::PlacementConfig {
+        let mut placement = borough::coordinator::placement::PlacementConfig::default();
+        if let Some(membership) = &self.membership {
+            placement.dead_after_ticks =
+                (membership.dead_after_micros / partitions.tick_micros.max(1)).max(1);
+            placement.moves_max = membership.moves_max;
+            placement.planted_bug = membership.planted_bug;
+        }
+        placement
     }
 
     /// One line that says what was drawn, printed at the start of a run.

@@ -445,6 +445,12 @@ pub struct ChecksSection {
     /// Every put issued this long after healing must succeed.
     #[serde(default = "default_liveness_bound")]
     pub liveness_bound_ms: u64,
+    /// Every kv request must succeed (a definite answer), however the cluster moves.
+    #[serde(default)]
+    pub every_request_succeeds: bool,
+    /// And none may take longer than this.
+    #[serde(default)]
+    pub request_ms_max: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -462,6 +468,8 @@ impl Default for ChecksSection {
             replication_factor_restored: true,
             placement: true,
             liveness_bound_ms: default_liveness_bound(),
+            every_request_succeeds: false,
+            request_ms_max: None,
         }
     }
 }
@@ -480,6 +488,49 @@ pub struct ScenarioFile {
     pub fault: Vec<FaultSection>,
     #[serde(default)]
     pub checks: ChecksSection,
+    #[serde(default)]
+    pub membership: Option<MembershipSection>,
+}
+
+/// Whole nodes joining and leaving a cluster of named partitions (see `faults::nodes`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipSection {
+    /// Nodes running at the start (node 1 founds the cluster); the others wait as spares.
+    pub initial_nodes: Drawn<u64>,
+    /// Growth: a spare joins at each step while fewer than this many run...
+    #[serde(default)]
+    pub grow_to: Option<Drawn<u64>>,
+    /// ...then members drain, one at a time, until this many remain (node 1 stays).
+    #[serde(default)]
+    pub shrink_to: Option<Drawn<u64>>,
+    /// The nemesis instead: each step joins a spare, drains a member, or kills one for good.
+    #[serde(default)]
+    pub nemesis: bool,
+    /// Time between two steps.
+    pub step_every_ms: Drawn<u64>,
+    /// How long a member may go unheard before the directory declares it dead.
+    #[serde(default = "default_dead_after")]
+    pub dead_after_ms: Drawn<u64>,
+    /// The fewest active members the nemesis leaves (it drains or kills only above it).
+    #[serde(default = "default_members_min")]
+    pub members_min: u64,
+    /// Partitions moving at once (the placement driver's `moves_max`).
+    #[serde(default = "default_moves_max")]
+    pub moves_max: Drawn<u64>,
+    /// A placement bug planted on purpose: `promote_before_caught_up`.
+    #[serde(default)]
+    pub planted_bug: Option<String>,
+}
+
+fn default_dead_after() -> Drawn<u64> {
+    Drawn::Fixed(3000)
+}
+fn default_members_min() -> u64 {
+    3
+}
+fn default_moves_max() -> Drawn<u64> {
+    Drawn::Fixed(8)
 }
 
 /// A parsed, validated scenario and where it came from.
@@ -578,6 +629,22 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
         .partitions
         .as_ref()
         .is_some_and(|section| section.named);
+    if let Some(membership) = &file.membership {
+        if !named {
+            return Err(
+                "[membership] moves whole nodes of a cluster: it needs named partitions".into(),
+            );
+        }
+        if let Some(bug) = &membership.planted_bug {
+            parse_placement_planted_bug(bug)?;
+        }
+        if membership.initial_nodes.max() == 0 || membership.step_every_ms.max() == 0 {
+            return Err("membership.initial_nodes and step_every_ms must be at least 1".into());
+        }
+        if !membership.nemesis && membership.grow_to.is_none() {
+            return Err("[membership] is either a growth (grow_to) or the nemesis".into());
+        }
+    }
     if named {
         if file
             .workload
@@ -734,6 +801,18 @@ pub enum RaftCanary {
     SkipLogSync,
     /// A read that finds no key poisons the host.
     PoisonOnMissingKey,
+}
+
+pub fn parse_placement_planted_bug(
+    name: &str,
+) -> Result<borough::coordinator::placement::PlacementPlantedBug, String> {
+    use borough::coordinator::placement::PlacementPlantedBug;
+    match name {
+        "promote_before_caught_up" => Ok(PlacementPlantedBug::PromoteBeforeCaughtUp),
+        other => Err(format!(
+            "unknown membership.planted_bug {other:?}: expected \"promote_before_caught_up\""
+        )),
+    }
 }
 
 pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {

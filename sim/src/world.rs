@@ -91,6 +91,10 @@ pub enum Event {
     Heal,
     StopWorkload,
     End,
+    /// The next step of the membership plan (`faults::nodes`).
+    NodesStep,
+    /// A look at the draining nodes.
+    NodesWatch,
 }
 
 /// Timer firings of one node in one simulated second above which it is spinning.
@@ -220,6 +224,11 @@ pub struct World {
     /// The run stopped at its canary's catch, before the end and the final checks.
     pub stopped_when_caught: bool,
     pub fault_state: crate::faults::FaultState,
+    /// Whole nodes joining and leaving (`faults::nodes`).
+    pub nodes_state: crate::faults::nodes::NodesState,
+    /// Per (leader, partition, term), the last log index the promotion checker looked at.
+    pub placement_watch: BTreeMap<(NodeId, borough::partition::PartitionId, u64), u64>,
+    pub placement_reports: usize,
     pub steps: u64,
     pub messages_delivered: u64,
     pub interval_closures: Vec<(NodeId, u64)>,
@@ -296,6 +305,9 @@ impl World {
             damage_reported: BTreeSet::new(),
             stopped_when_caught: false,
             fault_state: crate::faults::FaultState::default(),
+            nodes_state: Default::default(),
+            placement_watch: BTreeMap::new(),
+            placement_reports: 0,
             steps: 0,
             messages_delivered: 0,
             interval_closures: Vec::new(),
@@ -325,6 +337,7 @@ impl World {
             }
         }
         crate::faults::start(&mut world);
+        crate::faults::nodes::start(&mut world);
         for index in 0..world.nodes.len() {
             world.start_node(index);
         }
@@ -518,6 +531,8 @@ impl World {
             Event::Heal => crate::faults::heal(self),
             Event::StopWorkload => self.workload_stopped = true,
             Event::End => self.ended = true,
+            Event::NodesStep => crate::faults::nodes::step(self),
+            Event::NodesWatch => crate::faults::nodes::watch(self),
         }
     }
 
@@ -793,6 +808,7 @@ impl World {
             }
         }
         crate::checkers::raft::after_node_step(self, index);
+        crate::checkers::placement::after_node_step(self, index);
         if poisoned && !self.nodes[index].restart_scheduled && !self.config.has_disk_faults() {
             // Only a failing disk may poison a store: nothing a peer or client says can.
             self.violations.push(Violation {
@@ -869,8 +885,12 @@ impl World {
         self.counter_history.node_crashed(id);
     }
 
-    /// Boots (or reboots) a node from its durable disk image.
+    /// Boots (or reboots) a node from its durable disk image (never a spare not yet joined
+    /// or a node gone for good).
     pub fn start_node(&mut self, index: usize) {
+        if !self.nodes_state.may_start(self.nodes[index].id) {
+            return;
+        }
         let seed = self.config.seed;
         let sim_node = &mut self.nodes[index];
         sim_node.incarnation += 1;

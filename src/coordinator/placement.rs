@@ -101,6 +101,9 @@ pub struct Placement {
     /// The host tick this node was first seen leading the directory (in its current
     /// leadership): a member unheard since counts from there.
     leading_since_tick: Option<u64>,
+    /// When this node (leading the directory) first saw each member in it: a member that
+    /// just joined counts from there.
+    member_seen_tick: BTreeMap<NodeId, u64>,
     counters: PlacementCounters,
 }
 
@@ -114,6 +117,7 @@ impl Placement {
             asked_tick: BTreeMap::new(),
             directory_requests: Vec::new(),
             leading_since_tick: None,
+            member_seen_tick: BTreeMap::new(),
             counters: PlacementCounters::default(),
         }
     }
@@ -181,6 +185,7 @@ impl Placement {
         if status.leader != Some(host.id()) {
             self.proposed.clear();
             self.leading_since_tick = None;
+            self.member_seen_tick.clear();
             return;
         }
         let now = host.ticks();
@@ -192,6 +197,10 @@ impl Placement {
         // Members unheard for `dead_after_ticks` are declared dead, one per pass (never this
         // node, and never so many that the directory's voters lose their quorum: its group
         // would not commit the change anyway).
+        for member in directory.members() {
+            self.member_seen_tick.entry(member.id).or_insert(now);
+        }
+        let seen = &self.member_seen_tick;
         let dead = directory.members().find(|member| {
             member.id != host.id()
                 && member.state != MemberState::Left
@@ -199,6 +208,7 @@ impl Placement {
                     .peer_heard_tick(member.id)
                     .unwrap_or(0)
                     .max(leading_since)
+                    .max(seen.get(&member.id).copied().unwrap_or(now))
                     .saturating_add(self.config.dead_after_ticks)
                     <= now
         });

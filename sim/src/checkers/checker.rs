@@ -29,6 +29,10 @@ pub enum Checker {
     RaftLiveness,
     Linearizability,
     Atomicity,
+    // Moving partitions between nodes.
+    PlacementConverged,
+    CaughtUpPromotions,
+    RequestsSucceed,
     // The whole node.
     Recovery,
     Codec,
@@ -43,7 +47,7 @@ pub enum Checker {
 
 impl Checker {
     /// Every checker, in declaration order.
-    pub const ALL: [Checker; 27] = [
+    pub const ALL: [Checker; 30] = [
         Checker::WriteOnce,
         Checker::NoAcknowledgedLoss,
         Checker::AcknowledgementHonesty,
@@ -63,6 +67,9 @@ impl Checker {
         Checker::RaftLiveness,
         Checker::Linearizability,
         Checker::Atomicity,
+        Checker::PlacementConverged,
+        Checker::CaughtUpPromotions,
+        Checker::RequestsSucceed,
         Checker::Recovery,
         Checker::Codec,
         Checker::GarbageRefused,
@@ -94,6 +101,9 @@ impl Checker {
             Checker::RaftLiveness => "raft_liveness",
             Checker::Linearizability => "linearizability",
             Checker::Atomicity => "atomicity",
+            Checker::PlacementConverged => "placement_converged",
+            Checker::CaughtUpPromotions => "caught_up_promotions",
+            Checker::RequestsSucceed => "requests_succeed",
             Checker::Recovery => "recovery",
             Checker::Codec => "codec",
             Checker::GarbageRefused => "garbage_refused",

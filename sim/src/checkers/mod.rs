@@ -13,6 +13,7 @@ mod checker;
 mod event_store;
 mod intervals;
 pub mod linearizability;
+pub mod placement;
 pub mod raft;
 pub mod recovery;
 
@@ -119,6 +120,8 @@ pub fn finish(world: &mut World) {
         });
     }
     raft::check_converged(world);
+    placement::check_converged(world);
+    placement::check_requests(world);
     for index in 0..world.nodes.len() {
         world.crash_node(index);
         world.start_node(index);

@@ -11,6 +11,7 @@
 
 pub mod garbage;
 mod membership;
+pub mod nodes;
 
 use crate::disk::DiskFaults;
 use crate::network::FlakyLinks;

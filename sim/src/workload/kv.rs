@@ -95,6 +95,11 @@ impl KvHistory {
         self.give_up(history_id);
     }
 
+    /// Whether a call sent to `node` still waits for its answer.
+    pub fn waits_on(&self, node: NodeId) -> bool {
+        self.pending.keys().any(|(target, _)| *target == node)
+    }
+
     pub fn count(&self, predicate: impl Fn(&KvRecord) -> bool) -> usize {
         self.records
             .values()
@@ -129,11 +134,20 @@ pub fn client_operation(world: &mut World, index: usize) {
     // replica whose addition never committed (its leader was deposed first) is no member,
     // and nobody will ever lead it.
     // With named partitions any node takes any request and routes it to the leader.
-    let hosts = if partitions.named {
-        world.config.nodes.iter().map(|(id, _)| *id).collect()
+    let hosts: Vec<NodeId> = if partitions.named {
+        world
+            .config
+            .nodes
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| world.nodes_state.takes_clients(*id))
+            .collect()
     } else {
         routed_hosts(world, partition)
     };
+    if hosts.is_empty() {
+        return;
+    }
     let pick = world.rng.in_range(0, hosts.len() as u64 - 1) as usize;
     let target_id = hosts[pick];
     let target = world.index_of(target_id);
