@@ -56,6 +56,16 @@ enum Command {
         #[command(subcommand)]
         command: cli::kv::ClusterCommand,
     },
+    /// Drain a node out of its cluster: its replicas and leaderships move to the other
+    /// nodes, then it leaves the directory and stops. Waits until it stopped.
+    Leave {
+        /// The leaving node's client API, as HOST:PORT or http://HOST:PORT.
+        #[arg(long, default_value = DEFAULT_NODE_URL)]
+        node: String,
+        /// Return once the node accepted, without following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Drive a cluster (or a throwaway local 3-node one) with a closed-loop HTTP write load and
     /// print events/s and latency percentiles per commit level; `--etcd` drives etcd instead.
     Bench(BenchFlags),
@@ -121,6 +131,7 @@ fn main() -> ExitCode {
         Command::Event { command } => runtime.block_on(event(command)),
         Command::Kv { command } => runtime.block_on(cli::kv::kv(command)),
         Command::Cluster { command } => runtime.block_on(cli::kv::cluster(command)),
+        Command::Leave { node, no_wait } => runtime.block_on(cli::kv::leave(node, !no_wait)),
         Command::Bench(flags) => runtime.block_on(run_bench(flags)).map(|_| ()),
         Command::Status { node } => runtime.block_on(status(node)),
     };

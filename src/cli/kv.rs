@@ -271,6 +271,46 @@ fn print_info(info: &Value) {
     }
 }
 
+/// Drains a node out of its cluster and, unless told not to wait, follows it until it
+/// stops: its replicas move to the other nodes first.
+pub async fn leave(node: String, wait: bool) -> Result<(), String> {
+    let response = call(Method::POST, &node, "/cluster/leave", None, Vec::new()).await?;
+    expect_status(&response, StatusCode::ACCEPTED)?;
+    println!("node {node} is leaving: its replicas move to the other nodes");
+    if !wait {
+        return Ok(());
+    }
+    let mut last = String::new();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let Ok(response) = call(Method::GET, &node, "/cluster", None, Vec::new()).await else {
+            println!("node {node} stopped: it left the cluster");
+            return Ok(());
+        };
+        let Ok(view) = json(&response.body) else {
+            continue;
+        };
+        let me = text(&view["node"]);
+        let replicas = view["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|member| text(&member["id"]) == me)
+            .map(|member| text(&member["replicas"]))
+            .unwrap_or_default();
+        let line = format!(
+            "{}: {} replicas still placed here, {} partitions moving",
+            text(&view["membership"]),
+            replicas,
+            text(&view["moving_count"])
+        );
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+    }
+}
+
 pub async fn cluster(command: ClusterCommand) -> Result<(), String> {
     let ClusterCommand::Status { node } = command;
     let response = call(Method::GET, &node, "/cluster", None, Vec::new()).await?;
@@ -290,16 +330,22 @@ pub async fn cluster(command: ClusterCommand) -> Result<(), String> {
     println!("members");
     for member in view["members"].as_array().into_iter().flatten() {
         println!(
-            "  {:>4}  peer {:<22} http {:<22} {}/{}  {}",
+            "  {:>4}  peer {:<22} http {:<22} {}/{}  {:<8} replicas {:>5}  leads {:>5}",
             text(&member["id"]),
             text(&member["peer_address"]),
             text(&member["http_address"]),
             text(&member["region"]),
             text(&member["zone"]),
-            text(&member["state"])
+            text(&member["state"]),
+            text(&member["replicas"]),
+            text(&member["leads"])
         );
     }
-    println!("partitions ({})", text(&view["partition_count"]));
+    println!(
+        "partitions ({}, {} moving)",
+        text(&view["partition_count"]),
+        text(&view["moving_count"])
+    );
     for partition in view["partitions"].as_array().into_iter().flatten() {
         let name = partition
             .get("name")

@@ -64,8 +64,12 @@ pub struct ClusterView {
     pub directory_leader: Option<u32>,
     pub directory_voters: Vec<u32>,
     pub members: Vec<MemberView>,
+    /// This node left the cluster and holds no replica: it may stop (and does).
+    pub drained: bool,
     /// How many partitions the directory lists; at most `PARTITIONS_LISTED_MAX` are listed.
     pub partition_count: usize,
+    /// Partitions moving between nodes now.
+    pub moving_count: usize,
     pub partitions: Vec<PartitionView>,
 }
 
@@ -80,6 +84,10 @@ pub struct MemberView {
     pub zone: String,
     pub region: String,
     pub state: &'static str,
+    /// Partitions the directory places on it.
+    pub replicas: usize,
+    /// Partitions it leads, as this node knows their leaders.
+    pub leads: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -194,6 +202,10 @@ pub enum NodeInput {
     },
     Status {
         reply: Reply<NodeStatus>,
+    },
+    /// Drain this node out of its cluster.
+    Leave {
+        reply: Reply<Result<(), String>>,
     },
     /// A request for a named partition, routed to its leader.
     Routed {
@@ -312,6 +324,12 @@ impl NodeHandle {
     ) -> Result<Result<(), ReplicaRefusal>, DriverError> {
         self.call(|reply| NodeInput::HttpReplica { key, event, reply })
             .await
+    }
+
+    /// Drains this node: its replicas move away, then it leaves the directory; the server
+    /// stops once nothing depends on it (`ClusterView::drained`).
+    pub async fn leave(&self) -> Result<Result<(), String>, DriverError> {
+        self.call(|reply| NodeInput::Leave { reply }).await
     }
 
     pub async fn status(&self) -> Result<NodeStatus, DriverError> {
@@ -670,6 +688,9 @@ impl NodeLoop {
             NodeInput::Cluster { reply } => {
                 let _ = reply.send(self.cluster_view());
             }
+            NodeInput::Leave { reply } => {
+                let _ = reply.send(self.node.leave().map_err(|error| error.to_string()));
+            }
             NodeInput::Placement { name, reply } => {
                 let _ = reply.send(self.placement(&name));
             }
@@ -726,17 +747,26 @@ impl NodeLoop {
             zone: member.location.zone.to_string(),
             region: member.location.region.to_string(),
             state: member.state.name(),
+            replicas: 0,
+            leads: 0,
         }
     }
 
     /// The leader of `partition` as this node knows it: its own replica's view, else its
-    /// router's.
+    /// router's (while the directory still places the partition on that node: the router's
+    /// word may predate a move).
     fn leader_of(&self, partition: crate::partition::PartitionId) -> Option<NodeId> {
+        let holds = |node: &NodeId| {
+            self.node
+                .directory()
+                .and_then(|directory| directory.partition_by_id(partition))
+                .is_some_and(|entry| entry.holders().contains(node))
+        };
         self.node
             .partitions()
             .and_then(|host| host.status(partition))
             .and_then(|status| status.leader)
-            .or_else(|| self.node.routed_leader(partition))
+            .or_else(|| self.node.routed_leader(partition).filter(holds))
     }
 
     fn cluster_view(&self) -> ClusterView {
@@ -769,9 +799,31 @@ impl NodeLoop {
                 .map(|status| status.configuration.voters.iter().map(|id| id.0).collect())
                 .unwrap_or_default(),
             members: directory
-                .map(|directory| directory.members().map(Self::member_view).collect())
+                .map(|directory| {
+                    let mut replicas: BTreeMap<NodeId, usize> = BTreeMap::new();
+                    let mut leads: BTreeMap<NodeId, usize> = BTreeMap::new();
+                    for entry in directory.partitions() {
+                        for node in &entry.replicas {
+                            *replicas.entry(*node).or_default() += 1;
+                        }
+                        if let Some(leader) = self.leader_of(entry.id) {
+                            *leads.entry(leader).or_default() += 1;
+                        }
+                    }
+                    directory
+                        .members()
+                        .map(|member| {
+                            let mut view = Self::member_view(member);
+                            view.replicas = replicas.get(&member.id).copied().unwrap_or(0);
+                            view.leads = leads.get(&member.id).copied().unwrap_or(0);
+                            view
+                        })
+                        .collect()
+                })
                 .unwrap_or_default(),
+            drained: self.node.is_drained(),
             partition_count: directory.map_or(0, |directory| directory.partition_count()),
+            moving_count: directory.map_or(0, |directory| directory.moving_count()),
             partitions: directory
                 .map(|directory| {
                     directory

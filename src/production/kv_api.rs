@@ -55,6 +55,24 @@ pub fn kv_routes() -> Router<ApiState> {
         .route("/partitions/{name}", get(info))
         .route("/partitions/{name}/replica", get(replica))
         .route("/cluster", get(cluster))
+        .route("/cluster/leave", post(leave))
+}
+
+/// Drains this node out of its cluster: 202 at once; its replicas then move away, the
+/// directory marks it left, and the process stops (`GET /cluster` shows the progress).
+async fn leave(State(state): State<ApiState>) -> Response {
+    match state.node.leave().await {
+        Ok(Ok(())) => (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "leaving": true,
+                "detail": "this node's replicas move away; it stops once the cluster no longer needs it"
+            })),
+        )
+            .into_response(),
+        Ok(Err(reason)) => error(StatusCode::CONFLICT, reason),
+        Err(failure) => error(StatusCode::SERVICE_UNAVAILABLE, failure),
+    }
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {

@@ -221,12 +221,21 @@ pub async fn serve(
         replication_factor = config.replication_factor,
         "borough node listening"
     );
+    // The server stops on the shutdown signal, or once the node left its cluster and
+    // nothing depends on it any more (`borough leave`).
+    let drained = wait_until_drained(state.node.clone());
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = drained => {}
+        }
+    };
     serve_http(
         http_listener,
         client_router(state),
         config.http_limits,
         Arc::clone(&metrics),
-        shutdown,
+        stop,
     )
     .await;
     tracing::info!(node = %config.node_id, "shut down");
@@ -277,6 +286,22 @@ async fn find_seed(
             tracing::error!(%reason, "the cluster refused this node; stopping");
             eprintln!("borough: the cluster at {join} refused this node: {reason}");
             std::process::exit(2);
+        }
+    }
+}
+
+/// Completes once the node left its cluster and holds no replica (never for a node outside
+/// a cluster).
+async fn wait_until_drained(node: crate::production::driver::NodeHandle) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match node.cluster().await {
+            Ok(view) if view.drained => {
+                tracing::info!("this node left the cluster and holds no replica: stopping");
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => std::future::pending::<()>().await,
         }
     }
 }

@@ -394,6 +394,31 @@ impl Cluster {
         open_files_max: Option<u32>,
         join: bool,
     ) -> Cluster {
+        let mut cluster = Cluster::configure(size, extra_arguments, open_files_max, join);
+        for node in &mut cluster.nodes {
+            node.spawn();
+        }
+        cluster
+    }
+
+    /// A cluster of named partitions whose nodes are configured (node 1 founds it, the
+    /// others join through node 1) but not started: [`Cluster::launch`] starts each.
+    pub fn prepare_joined(size: usize) -> Cluster {
+        Cluster::configure(size, &[], None, true)
+    }
+
+    /// Starts a configured node that never ran.
+    pub fn launch(&mut self, index: usize) {
+        assert!(!self.nodes[index].is_running());
+        self.nodes[index].spawn();
+    }
+
+    fn configure(
+        size: usize,
+        extra_arguments: &[&str],
+        open_files_max: Option<u32>,
+        join: bool,
+    ) -> Cluster {
         let ports = free_ports(2 * size);
         let address = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let mut nodes: Vec<ClusterNode> = (0..size)
@@ -446,11 +471,7 @@ impl Cluster {
             }
             node.arguments = arguments;
         }
-        let mut cluster = Cluster { nodes };
-        for node in &mut cluster.nodes {
-            node.spawn();
-        }
-        cluster
+        Cluster { nodes }
     }
 
     pub fn size(&self) -> usize {

@@ -1,0 +1,285 @@
+//! Nodes joining and leaving under load, against real processes: `borough start` nodes on
+//! loopback. Node 1 founds the cluster; nodes 2..5 join one at a time while clients put and
+//! get keys of six named partitions through random nodes; then nodes 5, 4 and 3 drain one at
+//! a time (`POST /cluster/leave`) and their processes stop by themselves.
+//!
+//! Every answer is recorded. At the end: no request failed (every write 2xx, every read 200
+//! or 404), the slowest request is under its bound, the history is linearizable, every
+//! partition has `min(3, members)` replicas on the members left with no move under way, and
+//! every drained node exited cleanly. The figures are printed (`--nocapture`).
+
+#![allow(clippy::disallowed_methods)]
+
+mod cluster_support;
+
+use borough_sim::checkers::linearizability::{
+    check_history, CheckOutcome, Operation, OperationInput, OperationOutput,
+    DEFAULT_MAX_STEPS_PER_KEY,
+};
+use cluster_support::{http_request, Cluster, REQUEST_TIMEOUT};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const NODES: usize = 5;
+const PARTITIONS: [&str; 6] = ["p0", "p1", "p2", "p3", "p4", "p5"];
+const KEYS: [&str; 3] = ["a", "b", "c"];
+const CLIENTS: u64 = 3;
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(8);
+/// No request may take longer, moves or not.
+const SLOWEST_BOUND: Duration = Duration::from_secs(5);
+/// A join or a drain must settle within this.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Shared {
+    started: Instant,
+    /// The nodes clients may send to: running, and not draining.
+    targets: Mutex<Vec<SocketAddr>>,
+    operations: Mutex<Vec<Operation>>,
+    failures: Mutex<Vec<String>>,
+    slowest: Mutex<Duration>,
+    answered: Mutex<u64>,
+}
+
+impl Shared {
+    fn micros(&self, at: Instant) -> u64 {
+        at.duration_since(self.started).as_micros() as u64
+    }
+}
+
+fn client(client_id: u64, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    let mut state = 0x51_7cc1_b727_220a_u64 ^ client_id.wrapping_mul(0x2545_f491_4f6c_dd1d);
+    let mut draw = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    };
+    let mut sequence = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        sequence += 1;
+        let targets = shared.targets.lock().unwrap().clone();
+        let node = targets[draw(targets.len() as u64) as usize];
+        let partition = PARTITIONS[draw(PARTITIONS.len() as u64) as usize];
+        let key = KEYS[draw(KEYS.len() as u64) as usize];
+        let path = format!("/partitions/{partition}/keys/{key}");
+        let history_key = format!("{partition}/{key}").into_bytes();
+        let call = Instant::now();
+        let (input, result) = if draw(2) == 0 {
+            let value = format!("c{client_id}-{sequence}");
+            let result = http_request(node, "PUT", &path, Some(value.as_bytes()), CLIENT_TIMEOUT);
+            let input = OperationInput::Put {
+                key: history_key,
+                value: value.into_bytes(),
+            };
+            (input, result)
+        } else {
+            let result = http_request(node, "GET", &path, None, CLIENT_TIMEOUT);
+            (OperationInput::Get { key: history_key }, result)
+        };
+        let returned = Instant::now();
+        let took = returned - call;
+        let output = match (&input, result) {
+            (OperationInput::Put { .. }, Ok(response))
+                if response.status == 204 || response.status == 200 =>
+            {
+                OperationOutput::Ok
+            }
+            (OperationInput::Get { .. }, Ok(response)) if response.status == 200 => {
+                OperationOutput::Value(Some(response.body))
+            }
+            (OperationInput::Get { .. }, Ok(response)) if response.status == 404 => {
+                OperationOutput::Value(None)
+            }
+            (input, outcome) => {
+                let what = match outcome {
+                    Ok(response) => response.describe(),
+                    Err(error) => error,
+                };
+                shared
+                    .failures
+                    .lock()
+                    .unwrap()
+                    .push(format!("{input:?} through {node}: {what}"));
+                if matches!(input, OperationInput::Put { .. }) {
+                    shared.operations.lock().unwrap().push(Operation {
+                        client: client_id,
+                        call_micros: shared.micros(call),
+                        return_micros: None,
+                        input: input.clone(),
+                        output: OperationOutput::Indeterminate,
+                    });
+                }
+                continue;
+            }
+        };
+        *shared.answered.lock().unwrap() += 1;
+        let mut slowest = shared.slowest.lock().unwrap();
+        *slowest = (*slowest).max(took);
+        drop(slowest);
+        shared.operations.lock().unwrap().push(Operation {
+            client: client_id,
+            call_micros: shared.micros(call),
+            return_micros: Some(shared.micros(returned)),
+            input,
+            output,
+        });
+    }
+}
+
+fn cluster_view(address: SocketAddr) -> Option<Value> {
+    let response = http_request(address, "GET", "/cluster", None, REQUEST_TIMEOUT).ok()?;
+    (response.status == 200)
+        .then(|| response.json().ok())
+        .flatten()
+}
+
+/// Waits until `via` sees `members` active members, every partition on `min(3, members)` of
+/// them, and no move under way.
+fn wait_settled(cluster: &Cluster, via: usize, members: usize) -> Duration {
+    let started = Instant::now();
+    let mut last = Value::Null;
+    while started.elapsed() < SETTLE_TIMEOUT {
+        if let Some(view) = cluster_view(cluster.http(via)) {
+            let active = view["members"].as_array().map_or(0, |all| {
+                all.iter()
+                    .filter(|member| member["state"] == "active")
+                    .count()
+            });
+            let partitions = view["partitions"].as_array().cloned().unwrap_or_default();
+            let placed = partitions.len() == PARTITIONS.len()
+                && partitions.iter().all(|partition| {
+                    partition["replicas"].as_array().map_or(0, Vec::len) == members.min(3)
+                });
+            if active == members && placed && view["moving_count"] == 0 {
+                return started.elapsed();
+            }
+            last = view;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "not settled on {members} members within {SETTLE_TIMEOUT:?}: {last:#}\n{}",
+        cluster.log_tails()
+    );
+}
+
+#[test]
+fn nodes_join_and_drain_under_load_with_no_failed_request() {
+    let mut cluster = Cluster::prepare_joined(NODES);
+    cluster.launch(0);
+    cluster
+        .wait_until_healthy(cluster_support::STARTUP_TIMEOUT)
+        .unwrap_or_else(|failure| panic!("{failure}\n{}", cluster.log_tails()));
+    let shared = Arc::new(Shared {
+        started: Instant::now(),
+        targets: Mutex::new(vec![cluster.http(0)]),
+        operations: Mutex::new(Vec::new()),
+        failures: Mutex::new(Vec::new()),
+        slowest: Mutex::new(Duration::ZERO),
+        answered: Mutex::new(0),
+    });
+    // The partitions exist before the load starts (a first request creates each); these
+    // first writes are in the history too.
+    for partition in PARTITIONS {
+        let path = format!("/partitions/{partition}/keys/a");
+        let call = Instant::now();
+        let response = http_request(cluster.http(0), "PUT", &path, Some(b"v0"), CLIENT_TIMEOUT)
+            .unwrap_or_else(|failure| panic!("{failure}\n{}", cluster.log_tails()));
+        assert_eq!(response.status, 204, "{}", response.describe());
+        shared.operations.lock().unwrap().push(Operation {
+            client: CLIENTS,
+            call_micros: shared.micros(call),
+            return_micros: Some(shared.micros(Instant::now())),
+            input: OperationInput::Put {
+                key: format!("{partition}/a").into_bytes(),
+                value: b"v0".to_vec(),
+            },
+            output: OperationOutput::Ok,
+        });
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
+            std::thread::spawn(move || client(id, shared, stop))
+        })
+        .collect();
+    let mut join_times = Vec::new();
+    for index in 1..NODES {
+        cluster.launch(index);
+        let settled = wait_settled(&cluster, 0, index + 1);
+        join_times.push(settled);
+        shared.targets.lock().unwrap().push(cluster.http(index));
+    }
+    let mut drain_times = Vec::new();
+    for index in [4, 3, 2] {
+        let address = cluster.http(index);
+        shared
+            .targets
+            .lock()
+            .unwrap()
+            .retain(|target| *target != address);
+        let asked = Instant::now();
+        let response = http_request(address, "POST", "/cluster/leave", None, REQUEST_TIMEOUT)
+            .unwrap_or_else(|failure| panic!("{failure}\n{}", cluster.log_tails()));
+        assert_eq!(response.status, 202, "{}", response.describe());
+        let status = loop {
+            if let Some(status) = cluster.nodes[index].exited() {
+                break status;
+            }
+            assert!(
+                asked.elapsed() < SETTLE_TIMEOUT,
+                "node {} did not stop after leaving\n{}",
+                index + 1,
+                cluster.log_tails()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            status.contains("0"),
+            "node {} exited with {status}",
+            index + 1
+        );
+        drain_times.push(asked.elapsed());
+        wait_settled(&cluster, 0, index);
+    }
+    // A little more load on the two nodes left, then the clients stop.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("a client panicked");
+    }
+    let failures = shared.failures.lock().unwrap().clone();
+    let answered = *shared.answered.lock().unwrap();
+    let slowest = *shared.slowest.lock().unwrap();
+    println!(
+        "membership under load: {answered} requests answered, {} failed, slowest {slowest:?}; joins settled in {join_times:?}; drains took {drain_times:?}",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed requests: {failures:#?}");
+    assert!(answered > 100, "only {answered} requests answered");
+    assert!(
+        slowest < SLOWEST_BOUND,
+        "the slowest request took {slowest:?}"
+    );
+    let operations = shared.operations.lock().unwrap().clone();
+    match check_history(&operations, DEFAULT_MAX_STEPS_PER_KEY) {
+        CheckOutcome::Linearizable => {}
+        other => panic!("the history is not linearizable: {other:?}"),
+    }
+    // The two nodes left hold every partition, and read back every last write.
+    let view = cluster_view(cluster.http(0)).expect("node 1 answers");
+    for partition in view["partitions"].as_array().into_iter().flatten() {
+        let mut replicas: Vec<u64> = partition["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect();
+        replicas.sort_unstable();
+        assert_eq!(replicas, vec![1, 2], "{partition}");
+    }
+}
