@@ -135,6 +135,10 @@ pub struct ClusterCoordinator {
     departed_seen_tick: BTreeMap<NodeId, u64>,
     /// When this node last handed the directory's leadership on (it was leaving).
     transfer_asked_tick: Option<u64>,
+    /// When this node, leading the directory, last told each departed member so.
+    departed_told_tick: BTreeMap<NodeId, u64>,
+    /// The directory's leader told this node it left: everything it holds goes.
+    told_departed: bool,
 }
 
 /// This node's copy of the directory, once it applied any of it.
@@ -176,6 +180,8 @@ impl ClusterCoordinator {
             leave_asked: false,
             departed_seen_tick: BTreeMap::new(),
             transfer_asked_tick: None,
+            departed_told_tick: BTreeMap::new(),
+            told_departed: false,
         };
         coordinator.create_every_placed_replica(host);
         coordinator.update_state(host);
@@ -270,8 +276,11 @@ impl ClusterCoordinator {
             self.drive_directory_group(host);
             self.placement.tick(host, self.me());
         } else if self.state == MembershipState::Left {
-            // Whatever a crash kept from being deleted before the node left.
-            self.placement.delete_left_behind(host, self.me());
+            // Whatever a crash kept from being deleted before the node left; everything,
+            // when the cluster had to tell it (it was declared dead while away: its copy of
+            // the directory is stale, and nothing it holds is needed).
+            self.placement
+                .delete_left_behind(host, self.me(), self.told_departed);
         }
     }
 
@@ -329,6 +338,22 @@ impl ClusterCoordinator {
                         tracing::error!(%reason, "the cluster refused this node");
                         self.state = MembershipState::Refused(reason);
                     }
+                }
+            }
+            ClusterMessage::Departed { instance } => {
+                // Only the word of a member, about this very instance.
+                let from_member = directory_of(host).is_some_and(|directory| {
+                    directory
+                        .member(from)
+                        .is_some_and(|member| member.state != MemberState::Left)
+                });
+                if from_member
+                    && instance == self.config.member.instance
+                    && self.state != MembershipState::Left
+                {
+                    tracing::warn!(%from, "the cluster says this node left it: its replicas are deleted and it stops; start it on an empty data dir under a new id to join again");
+                    self.state = MembershipState::Left;
+                    self.told_departed = true;
                 }
             }
         }
@@ -514,6 +539,28 @@ impl ClusterCoordinator {
         // A member that left stays in the group a grace period, so it learns it left.
         let grace = self.config.placement.retry_ticks;
         let now = self.tick;
+        // One that is still heard from (it was away when declared dead, or missed the word)
+        // is told so, every grace period.
+        let host_now = host.ticks();
+        for member in directory.members() {
+            let heard_lately = host
+                .peer_heard_tick(member.id)
+                .is_some_and(|heard| heard + grace >= host_now);
+            if member.state != MemberState::Left || !heard_lately || member.id == self.me() {
+                continue;
+            }
+            let due = self
+                .departed_told_tick
+                .get(&member.id)
+                .is_none_or(|told| now >= told + grace);
+            if due {
+                self.departed_told_tick.insert(member.id, now);
+                let message = ClusterMessage::Departed {
+                    instance: member.instance,
+                };
+                self.outbox.push((member.id, message));
+            }
+        }
         let mut departed = None;
         for node in configuration.voters.iter().chain(&configuration.learners) {
             let gone = directory

@@ -149,7 +149,7 @@ impl Placement {
         }
         self.admit_moves(host);
         self.step_partitions(host, me);
-        self.delete_left_behind(host, me);
+        self.delete_left_behind(host, me, false);
     }
 
     /// Asks the directory (through its leader) to mark this node leaving.
@@ -226,10 +226,21 @@ impl Placement {
         let mut moving = directory.moving_count() + self.proposed.len();
         let in_flight: BTreeSet<&PartitionName> = self.proposed.values().collect();
         for entry in directory.partitions() {
-            if moving >= self.config.moves_max {
-                break;
+            if in_flight.contains(&entry.name) {
+                continue;
             }
-            if entry.is_moving() || in_flight.contains(&entry.name) {
+            // A move under way is re-aimed only when its target holds a member that is no
+            // longer active (it left, or was declared dead): it could never finish.
+            let stranded = entry.replicas.iter().any(|node| {
+                directory
+                    .member(*node)
+                    .is_none_or(|member| member.state != MemberState::Active)
+            });
+            if entry.is_moving() && !stranded {
+                continue;
+            }
+            // A new move waits for a slot; re-aiming one under way takes none.
+            if !entry.is_moving() && moving >= self.config.moves_max {
                 continue;
             }
             let target = directory.ring_replicas(&entry.name);
@@ -244,7 +255,9 @@ impl Placement {
                     replicas: target,
                 },
             ));
-            moving += 1;
+            if !entry.is_moving() {
+                moving += 1;
+            }
         }
         for id in drained_members(directory) {
             // A voter of the directory is demoted first (the directory's group does that).
@@ -363,8 +376,14 @@ impl Placement {
         self.last_transfer_tick.retain(|_, last| *last >= horizon);
     }
 
-    /// Deletes this node's replicas of partitions that settled without it.
-    pub fn delete_left_behind<M: ClusterKinds>(&mut self, host: &mut PartitionHost<M>, me: NodeId) {
+    /// Deletes this node's replicas of partitions that settled without it (every replica but
+    /// the directory's, with `everything`).
+    pub fn delete_left_behind<M: ClusterKinds>(
+        &mut self,
+        host: &mut PartitionHost<M>,
+        me: NodeId,
+        everything: bool,
+    ) {
         let Some(directory) = directory_of(host) else {
             return;
         };
@@ -372,9 +391,10 @@ impl Placement {
             .partitions()
             .filter(|partition| *partition != SYSTEM_PARTITION)
             .filter(|partition| {
-                directory
-                    .partition_by_id(*partition)
-                    .is_some_and(|entry| !entry.is_moving() && !entry.replicas.contains(&me))
+                everything
+                    || directory
+                        .partition_by_id(*partition)
+                        .is_some_and(|entry| !entry.is_moving() && !entry.replicas.contains(&me))
             })
             .collect();
         for partition in left_behind {

@@ -18,6 +18,12 @@ pub enum ClusterMessage {
         member: Member,
     },
     JoinAnswer(JoinAnswer),
+    /// From the directory's leader to a node the directory marks left (drained, or declared
+    /// dead while it was away): `instance` is the one that left. It deletes its replicas and
+    /// stops; its data dir can only rejoin as a new node.
+    Departed {
+        instance: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

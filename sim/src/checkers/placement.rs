@@ -165,6 +165,10 @@ pub fn after_node_step(world: &mut World, index: usize) {
                 let Some(entry) = log.entry(index) else {
                     continue;
                 };
+                // Only what this leader appended: an earlier leader judged its own.
+                if entry.term != group.term() {
+                    continue;
+                }
                 let EntryKind::ConfigChange(ConfigChange::Promote(learner)) = entry.kind else {
                     continue;
                 };

@@ -129,7 +129,9 @@ fn nemesis_step(world: &mut World, membership: &crate::run_config::MembershipRun
             join_spare(world);
         }
         1 if can_shrink && world.nodes_state.draining.is_empty() => drain_one(world, &members),
-        2 if can_shrink => {
+        // One loss at a time, as an operator replaces a dead node before the next dies:
+        // no kill while an earlier one is not declared dead yet or a partition moves.
+        2 if can_shrink && settled_since_last_kill(world) => {
             let candidates: Vec<NodeId> = members
                 .iter()
                 .copied()
@@ -150,6 +152,33 @@ fn nemesis_step(world: &mut World, membership: &crate::run_config::MembershipRun
         }
         _ => {}
     }
+}
+
+/// Whether every node killed so far is marked left and no partition is moving, as the
+/// directory of the running node that applied the most of it says.
+fn settled_since_last_kill(world: &World) -> bool {
+    let directory = world
+        .nodes
+        .iter()
+        .filter_map(|sim_node| {
+            let node = sim_node.node()?;
+            let applied = node
+                .partitions()?
+                .status(borough::directory::SYSTEM_PARTITION)?
+                .applied;
+            Some((applied, node.directory()?))
+        })
+        .max_by_key(|(applied, _)| *applied)
+        .map(|(_, directory)| directory);
+    let Some(directory) = directory else {
+        return false;
+    };
+    directory.moving_count() == 0
+        && world.nodes_state.departed.iter().all(|node| {
+            directory
+                .member(*node)
+                .is_none_or(|member| member.state == borough::directory::MemberState::Left)
+        })
 }
 
 /// Starts a spare of the zone with the fewest members (the lowest id among equals): it
@@ -215,6 +244,27 @@ fn ask_to_leave(world: &mut World, node: NodeId) {
 /// Every `WATCH_INTERVAL_MICROS`: draining nodes are asked again (a crash forgets the ask)
 /// and stopped for good once drained with no client call waiting on them.
 pub fn watch(world: &mut World) {
+    // A node the cluster told it left (declared dead while it was away) stops for good too.
+    for index in 0..world.nodes.len() {
+        let id = world.nodes[index].id;
+        let told = world.nodes[index]
+            .node()
+            .is_some_and(|running| running.is_drained());
+        if told
+            && !world
+                .nodes_state
+                .draining
+                .iter()
+                .any(|(node, _)| *node == id)
+        {
+            tracing::info!(node = %id, "told it left the cluster: stops for good");
+            world.stop_process(index);
+            world.nodes_state.departed.insert(id);
+            world
+                .trace
+                .record(world.now_micros(), "departed", u64::from(id.0), 1);
+        }
+    }
     let draining = world.nodes_state.draining.clone();
     for (node, asked_micros) in draining {
         let index = world.index_of(node);
