@@ -58,6 +58,8 @@ pub struct RunSummary {
     pub rolling_restarts: u64,
     pub bits_rotted: u64,
     pub damaged_replicas: usize,
+    /// Runs with `[membership]`: what joined, drained and died, and what clients saw.
+    pub membership: Option<String>,
     /// The garbage peer: frames sent, refused (by the codec or the node), and replays.
     pub garbage_sent: u64,
     pub garbage_refused: u64,
@@ -154,6 +156,9 @@ impl RunSummary {
                 self.bits_rotted,
                 self.damaged_replicas
             );
+        }
+        if let Some(membership) = &self.membership {
+            let _ = writeln!(text, "membership: {membership}");
         }
         // Only runs with a garbage peer print this line, so other snapshots are unchanged.
         if self.garbage_sent > 0 {
@@ -260,12 +265,47 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
                     .is_some_and(|node| node.partitions_damaged().is_some())
             })
             .count(),
+        membership: world.config.membership.as_ref().map(|_| membership_line(&world)),
         garbage_sent: world.garbage.sent,
         garbage_refused: world.garbage.refused,
         garbage_replays: world.garbage.replays,
         stopped_when_caught: world.stopped_when_caught,
         violations: world.violations.clone(),
     }
+}
+
+/// The membership figures of a run: joins, drains (and how long they took), kills, the
+/// moves the directory applied, and the slowest kv request.
+fn membership_line(world: &World) -> String {
+    let state = &world.nodes_state;
+    let mut drains = state.drain_micros.clone();
+    drains.sort_unstable();
+    let drain_ms = |quantile: f64| {
+        if drains.is_empty() {
+            return 0;
+        }
+        let index = ((drains.len() - 1) as f64 * quantile).round() as usize;
+        drains[index] / 1000
+    };
+    // Every applied move raised its partition's generation by one.
+    let moves: u64 = crate::checkers::placement::freshest_directory(world)
+        .map(|directory| {
+            directory
+                .partitions()
+                .map(|entry| entry.generation - 1)
+                .sum()
+        })
+        .unwrap_or(0);
+    let (answered, slowest_micros) = crate::checkers::placement::request_figures(world);
+    format!(
+        "joins: {} drains: {} (p50 {} ms, max {} ms) kills: {} moves: {moves} kv_answered: {answered} slowest_kv_ms: {}",
+        state.joins,
+        state.drains,
+        drain_ms(0.5),
+        drain_ms(1.0),
+        state.kills,
+        slowest_micros / 1000
+    )
 }
 
 /// Runs the seed twice; the second summary's violations gain one if the traces differ.

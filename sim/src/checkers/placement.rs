@@ -25,7 +25,7 @@ pub const PROMOTION_LAG_ENTRIES_MAX: u64 = 8;
 const REPORTS_MAX: usize = 5;
 
 /// The directory as the running node that applied the most of it knows it.
-fn freshest_directory(world: &World) -> Option<Directory> {
+pub fn freshest_directory(world: &World) -> Option<Directory> {
     world
         .nodes
         .iter()
