@@ -265,7 +265,11 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
                     .is_some_and(|node| node.partitions_damaged().is_some())
             })
             .count(),
-        membership: world.config.membership.as_ref().map(|_| membership_line(&world)),
+        membership: world
+            .config
+            .membership
+            .as_ref()
+            .map(|_| membership_line(&world)),
         garbage_sent: world.garbage.sent,
         garbage_refused: world.garbage.refused,
         garbage_replays: world.garbage.replays,

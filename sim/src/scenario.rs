@@ -272,7 +272,8 @@ pub struct PartitionsSection {
     /// A Raft bug planted on purpose: `vote_without_log_check`,
     /// `commit_previous_term_by_counting`, `forget_vote_on_restart`,
     /// `read_without_quorum_round`, `elect_with_half_the_votes`, `ignore_append_rejections`,
-    /// `stamp_local_requests_with_term`, `acknowledge_before_sync`, `apply_command_copies`,
+    /// `stamp_local_requests_with_term`, `leave_joint_before_commit`, `acknowledge_before_sync`,
+    /// `apply_command_copies`,
     /// `split_batches`, `skip_log_sync` or `poison_on_missing_key`.
     #[serde(default)]
     pub planted_bug: Option<String>,
@@ -835,13 +836,16 @@ pub fn parse_raft_planted_bug(name: &str) -> Result<RaftCanary, String> {
         "stamp_local_requests_with_term" => Ok(RaftCanary::Raft(
             RaftPlantedBug::StampLocalRequestsWithTerm,
         )),
+        "leave_joint_before_commit" => {
+            Ok(RaftCanary::Raft(RaftPlantedBug::LeaveJointBeforeCommit))
+        }
         "acknowledge_before_sync" => Ok(RaftCanary::AcknowledgeBeforeSync),
         "apply_command_copies" => Ok(RaftCanary::ApplyCommandCopies),
         "split_batches" => Ok(RaftCanary::SplitBatches),
         "skip_log_sync" => Ok(RaftCanary::SkipLogSync),
         "poison_on_missing_key" => Ok(RaftCanary::PoisonOnMissingKey),
         other => Err(format!(
-            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\", \"elect_with_half_the_votes\", \"ignore_append_rejections\", \"stamp_local_requests_with_term\", \"acknowledge_before_sync\", \"apply_command_copies\", \"split_batches\", \"skip_log_sync\" or \"poison_on_missing_key\""
+            "unknown partitions.planted_bug {other:?}: expected \"vote_without_log_check\", \"commit_previous_term_by_counting\", \"forget_vote_on_restart\", \"read_without_quorum_round\", \"elect_with_half_the_votes\", \"ignore_append_rejections\", \"stamp_local_requests_with_term\", \"leave_joint_before_commit\", \"acknowledge_before_sync\", \"apply_command_copies\", \"split_batches\", \"skip_log_sync\" or \"poison_on_missing_key\""
         )),
     }
 }

@@ -51,6 +51,9 @@ pub enum RaftPlantedBug {
     /// the protocol says term 0: every receiver's checks refuse it, so a follower's clients
     /// are never served.
     StampLocalRequestsWithTerm,
+    /// A leader leaves a joint configuration as soon as it appended it, without waiting for
+    /// it to commit: a voter is removed (or added) on the word of the new half alone.
+    LeaveJointBeforeCommit,
 }
 
 /// Checks a snapshot image against the state machine's format (see `RaftConfig`).
@@ -488,6 +491,11 @@ impl RaftGroup {
         }
         self.configuration().apply(change)?;
         let index = self.append_as_leader(EntryKind::ConfigChange(change));
+        if self.planted_bug() == Some(RaftPlantedBug::LeaveJointBeforeCommit)
+            && self.configuration().is_joint()
+        {
+            self.append_as_leader(EntryKind::ConfigChange(ConfigChange::LeaveJoint));
+        }
         Ok(Proposal::Appended {
             index,
             term: self.state.term,

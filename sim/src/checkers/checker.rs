@@ -32,6 +32,7 @@ pub enum Checker {
     // Moving partitions between nodes.
     PlacementConverged,
     CaughtUpPromotions,
+    JointConsensus,
     RequestsSucceed,
     // The whole node.
     Recovery,
@@ -47,7 +48,7 @@ pub enum Checker {
 
 impl Checker {
     /// Every checker, in declaration order.
-    pub const ALL: [Checker; 30] = [
+    pub const ALL: [Checker; 31] = [
         Checker::WriteOnce,
         Checker::NoAcknowledgedLoss,
         Checker::AcknowledgementHonesty,
@@ -69,6 +70,7 @@ impl Checker {
         Checker::Atomicity,
         Checker::PlacementConverged,
         Checker::CaughtUpPromotions,
+        Checker::JointConsensus,
         Checker::RequestsSucceed,
         Checker::Recovery,
         Checker::Codec,
@@ -103,6 +105,7 @@ impl Checker {
             Checker::Atomicity => "atomicity",
             Checker::PlacementConverged => "placement_converged",
             Checker::CaughtUpPromotions => "caught_up_promotions",
+            Checker::JointConsensus => "joint_consensus",
             Checker::RequestsSucceed => "requests_succeed",
             Checker::Recovery => "recovery",
             Checker::Codec => "codec",

@@ -8,6 +8,8 @@
 //!   drain stopped;
 //! - `caught_up_promotions`, after every step: a leader promotes a learner only once the
 //!   learner's log reached its commit index, less [`PROMOTION_LAG_ENTRIES_MAX`];
+//! - `joint_consensus`, after every step: a leader appends a configuration change only once
+//!   the previous one committed (a joint configuration is left only once it committed);
 //! - `requests_succeed` (when the scenario asks for it): every kv request got a definite
 //!   answer, none was refused, and none took longer than the scenario's bound.
 
@@ -144,6 +146,7 @@ pub fn after_node_step(world: &mut World, index: usize) {
     }
     let id = world.nodes[index].id;
     let mut offences = Vec::new();
+    let mut joint_offences = Vec::new();
     let mut seen = Vec::new();
     if let Some(host) = world.nodes[index].node().and_then(|node| node.partitions()) {
         for &partition in host.leading() {
@@ -169,11 +172,23 @@ pub fn after_node_step(world: &mut World, index: usize) {
                 if entry.term != group.term() {
                     continue;
                 }
-                let EntryKind::ConfigChange(ConfigChange::Promote(learner)) = entry.kind else {
+                let EntryKind::ConfigChange(change) = entry.kind else {
+                    continue;
+                };
+                let committed = log.committed();
+                let uncommitted_change = (committed + 1..index).find(|earlier| {
+                    log.entry(*earlier)
+                        .is_some_and(|earlier| matches!(earlier.kind, EntryKind::ConfigChange(_)))
+                });
+                if let Some(earlier) = uncommitted_change {
+                    joint_offences.push(format!(
+                        "{partition}: leader {id} appended {change:?} at entry {index} while the change at entry {earlier} was not committed (commit index {committed})"
+                    ));
+                }
+                let ConfigChange::Promote(learner) = change else {
                     continue;
                 };
                 let matched = group.matched_index(learner).unwrap_or(0);
-                let committed = log.committed();
                 if matched + PROMOTION_LAG_ENTRIES_MAX < committed {
                     offences.push(format!(
                         "{partition}: leader {id} promoted {learner} at entry {index} while the learner held up to {matched} of {committed} committed entries"
@@ -187,14 +202,22 @@ pub fn after_node_step(world: &mut World, index: usize) {
         world.placement_watch.insert(key, last);
     }
     let now = world.now_micros();
-    for message in offences {
+    let reports = offences
+        .into_iter()
+        .map(|message| (Checker::CaughtUpPromotions, message))
+        .chain(
+            joint_offences
+                .into_iter()
+                .map(|message| (Checker::JointConsensus, message)),
+        );
+    for (checker, message) in reports {
         if world.placement_reports >= REPORTS_MAX {
             break;
         }
         world.placement_reports += 1;
         world.violations.push(Violation {
             at_micros: now,
-            checker: Checker::CaughtUpPromotions,
+            checker,
             message,
         });
     }
