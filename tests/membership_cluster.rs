@@ -7,6 +7,9 @@
 //! or 404), the slowest request is under its bound, the history is linearizable, every
 //! partition has `min(3, members)` replicas on the members left with no move under way, and
 //! every drained node exited cleanly. The figures are printed (`--nocapture`).
+//!
+//! `BOROUGH_MEMBERSHIP_NODES` and `BOROUGH_MEMBERSHIP_PARTITIONS` (5 and 6 by default) set
+//! the size: `bench/grow-and-shrink.sh` runs it with 15 nodes, draining down to 2.
 
 #![allow(clippy::disallowed_methods)]
 
@@ -23,8 +26,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const NODES: usize = 5;
-const PARTITIONS: [&str; 6] = ["p0", "p1", "p2", "p3", "p4", "p5"];
 const KEYS: [&str; 3] = ["a", "b", "c"];
 const CLIENTS: u64 = 3;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(8);
@@ -33,7 +34,15 @@ const SLOWEST_BOUND: Duration = Duration::from_secs(5);
 /// A join or a drain must settle within this.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+fn size_from(variable: &str, default: usize) -> usize {
+    std::env::var(variable)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
 struct Shared {
+    partitions: Vec<String>,
     started: Instant,
     /// The nodes clients may send to: running, and not draining.
     targets: Mutex<Vec<SocketAddr>>,
@@ -62,7 +71,7 @@ fn client(client_id: u64, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
         sequence += 1;
         let targets = shared.targets.lock().unwrap().clone();
         let node = targets[draw(targets.len() as u64) as usize];
-        let partition = PARTITIONS[draw(PARTITIONS.len() as u64) as usize];
+        let partition = &shared.partitions[draw(shared.partitions.len() as u64) as usize];
         let key = KEYS[draw(KEYS.len() as u64) as usize];
         let path = format!("/partitions/{partition}/keys/{key}");
         let history_key = format!("{partition}/{key}").into_bytes();
@@ -136,9 +145,20 @@ fn cluster_view(address: SocketAddr) -> Option<Value> {
         .flatten()
 }
 
-/// Waits until `via` sees `members` active members, every partition on `min(3, members)` of
-/// them, and no move under way.
-fn wait_settled(cluster: &Cluster, via: usize, members: usize) -> Duration {
+/// The moves the directory applied so far: each raised its partition's generation by one.
+fn moves_so_far(cluster: &Cluster, via: usize) -> u64 {
+    cluster_view(cluster.http(via))
+        .and_then(|view| view["partitions"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|partition| partition["generation"].as_u64())
+        .map(|generation| generation - 1)
+        .sum()
+}
+
+/// Waits until `via` sees `members` active members, every one of `partitions` partitions on
+/// `min(3, members)` of them, and no move under way.
+fn wait_settled(cluster: &Cluster, via: usize, members: usize, partitions: usize) -> Duration {
     let started = Instant::now();
     let mut last = Value::Null;
     while started.elapsed() < SETTLE_TIMEOUT {
@@ -148,9 +168,9 @@ fn wait_settled(cluster: &Cluster, via: usize, members: usize) -> Duration {
                     .filter(|member| member["state"] == "active")
                     .count()
             });
-            let partitions = view["partitions"].as_array().cloned().unwrap_or_default();
-            let placed = partitions.len() == PARTITIONS.len()
-                && partitions.iter().all(|partition| {
+            let listed = view["partitions"].as_array().cloned().unwrap_or_default();
+            let placed = listed.len() == partitions
+                && listed.iter().all(|partition| {
                     partition["replicas"].as_array().map_or(0, Vec::len) == members.min(3)
                 });
             if active == members && placed && view["moving_count"] == 0 {
@@ -168,12 +188,18 @@ fn wait_settled(cluster: &Cluster, via: usize, members: usize) -> Duration {
 
 #[test]
 fn nodes_join_and_drain_under_load_with_no_failed_request() {
-    let mut cluster = Cluster::prepare_joined(NODES);
+    let nodes = size_from("BOROUGH_MEMBERSHIP_NODES", 5).max(3);
+    let partition_count = size_from("BOROUGH_MEMBERSHIP_PARTITIONS", 6).max(1);
+    let partitions: Vec<String> = (0..partition_count)
+        .map(|index| format!("p{index}"))
+        .collect();
+    let mut cluster = Cluster::prepare_joined(nodes);
     cluster.launch(0);
     cluster
         .wait_until_healthy(cluster_support::STARTUP_TIMEOUT)
         .unwrap_or_else(|failure| panic!("{failure}\n{}", cluster.log_tails()));
     let shared = Arc::new(Shared {
+        partitions: partitions.clone(),
         started: Instant::now(),
         targets: Mutex::new(vec![cluster.http(0)]),
         operations: Mutex::new(Vec::new()),
@@ -183,7 +209,7 @@ fn nodes_join_and_drain_under_load_with_no_failed_request() {
     });
     // The partitions exist before the load starts (a first request creates each); these
     // first writes are in the history too.
-    for partition in PARTITIONS {
+    for partition in &partitions {
         let path = format!("/partitions/{partition}/keys/a");
         let call = Instant::now();
         let response = http_request(cluster.http(0), "PUT", &path, Some(b"v0"), CLIENT_TIMEOUT)
@@ -207,15 +233,17 @@ fn nodes_join_and_drain_under_load_with_no_failed_request() {
             std::thread::spawn(move || client(id, shared, stop))
         })
         .collect();
-    let mut join_times = Vec::new();
-    for index in 1..NODES {
+    let mut joins = Vec::new();
+    for index in 1..nodes {
+        let moves_before = moves_so_far(&cluster, 0);
         cluster.launch(index);
-        let settled = wait_settled(&cluster, 0, index + 1);
-        join_times.push(settled);
+        let settled = wait_settled(&cluster, 0, index + 1, partition_count);
+        joins.push((settled, moves_so_far(&cluster, 0) - moves_before));
         shared.targets.lock().unwrap().push(cluster.http(index));
     }
-    let mut drain_times = Vec::new();
-    for index in [4, 3, 2] {
+    let mut drains = Vec::new();
+    for index in (2..nodes).rev() {
+        let moves_before = moves_so_far(&cluster, 0);
         let address = cluster.http(index);
         shared
             .targets
@@ -238,13 +266,10 @@ fn nodes_join_and_drain_under_load_with_no_failed_request() {
             );
             std::thread::sleep(Duration::from_millis(100));
         };
-        assert!(
-            status.contains("0"),
-            "node {} exited with {status}",
-            index + 1
-        );
-        drain_times.push(asked.elapsed());
-        wait_settled(&cluster, 0, index);
+        assert_eq!(status, "exit status: 0", "node {} exited badly", index + 1);
+        let stopped = asked.elapsed();
+        wait_settled(&cluster, 0, index, partition_count);
+        drains.push((stopped, moves_so_far(&cluster, 0) - moves_before));
     }
     // A little more load on the two nodes left, then the clients stop.
     std::thread::sleep(Duration::from_secs(2));
@@ -255,9 +280,27 @@ fn nodes_join_and_drain_under_load_with_no_failed_request() {
     let failures = shared.failures.lock().unwrap().clone();
     let answered = *shared.answered.lock().unwrap();
     let slowest = *shared.slowest.lock().unwrap();
+    let moves: u64 = joins.iter().chain(&drains).map(|(_, moves)| moves).sum();
+    let settling: Duration = joins.iter().chain(&drains).map(|(took, _)| *took).sum();
     println!(
-        "membership under load: {answered} requests answered, {} failed, slowest {slowest:?}; joins settled in {join_times:?}; drains took {drain_times:?}",
+        "membership under load, {nodes} nodes and {partition_count} partitions: {answered} requests answered, {} failed, slowest {slowest:?}",
         failures.len()
+    );
+    for (number, (took, moves)) in joins.iter().enumerate() {
+        println!(
+            "  join of node {}: {moves} moves, settled in {took:?}",
+            number + 2
+        );
+    }
+    for (number, (took, moves)) in drains.iter().enumerate() {
+        println!(
+            "  drain of node {}: {moves} moves, stopped after {took:?}",
+            nodes - number
+        );
+    }
+    println!(
+        "  {moves} moves in all, {:?} of settling per move (moves run up to 8 at once)",
+        settling / u32::try_from(moves.max(1)).unwrap_or(u32::MAX)
     );
     assert!(failures.is_empty(), "failed requests: {failures:#?}");
     assert!(answered > 100, "only {answered} requests answered");

@@ -154,9 +154,30 @@ fn nemesis_step(world: &mut World, membership: &crate::run_config::MembershipRun
     }
 }
 
-/// Whether every node killed so far is marked left and no partition is moving, as the
-/// directory of the running node that applied the most of it says.
+/// Whether every node killed so far is fully replaced: marked left, in no partition's
+/// holders, out of the directory's own group, and no partition moving (as the running node
+/// that applied the most of the directory sees it). Losing a second replica before the first
+/// is rebuilt can take a group's quorum for good, as it would for an operator.
 fn settled_since_last_kill(world: &World) -> bool {
+    let directory_group_clear = world.nodes.iter().all(|sim_node| {
+        let Some(status) = sim_node
+            .node()
+            .and_then(|node| node.partitions())
+            .and_then(|host| host.status(borough::directory::SYSTEM_PARTITION))
+        else {
+            return true;
+        };
+        status.role != borough::raft::Role::Leader
+            || (!status.configuration.is_joint()
+                && world
+                    .nodes_state
+                    .departed
+                    .iter()
+                    .all(|node| !status.configuration.is_member(*node)))
+    });
+    if !directory_group_clear {
+        return false;
+    }
     let directory = world
         .nodes
         .iter()
@@ -178,6 +199,9 @@ fn settled_since_last_kill(world: &World) -> bool {
             directory
                 .member(*node)
                 .is_none_or(|member| member.state == borough::directory::MemberState::Left)
+                && directory
+                    .partitions()
+                    .all(|entry| !entry.holders().contains(node))
         })
 }
 
