@@ -400,7 +400,7 @@ impl Placement {
         for partition in left_behind {
             match host.remove_partition(partition) {
                 Ok(true) => self.counters.replicas_deleted += 1,
-                Ok(false) => return, // a round is out: the next pass
+                Ok(false) => {} // done when the round that is out completes
                 Err(error) => {
                     tracing::error!(%partition, %error, "could not delete a replica left behind");
                     return;

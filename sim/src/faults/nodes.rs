@@ -159,21 +159,30 @@ fn nemesis_step(world: &mut World, membership: &crate::run_config::MembershipRun
 /// that applied the most of the directory sees it). Losing a second replica before the first
 /// is rebuilt can take a group's quorum for good, as it would for an operator.
 fn settled_since_last_kill(world: &World) -> bool {
-    let directory_group_clear = world.nodes.iter().all(|sim_node| {
-        let Some(status) = sim_node
-            .node()
-            .and_then(|node| node.partitions())
+    // The directory's group has a leader, on a settled configuration of at most the
+    // settings' voters, without any node that departed.
+    let directory_group_clear = world.nodes.iter().any(|sim_node| {
+        let Some(node) = sim_node.node() else {
+            return false;
+        };
+        let Some(status) = node
+            .partitions()
             .and_then(|host| host.status(borough::directory::SYSTEM_PARTITION))
         else {
-            return true;
+            return false;
         };
-        status.role != borough::raft::Role::Leader
-            || (!status.configuration.is_joint()
-                && world
-                    .nodes_state
-                    .departed
-                    .iter()
-                    .all(|node| !status.configuration.is_member(*node)))
+        let voters_max = node
+            .directory()
+            .and_then(|directory| directory.settings())
+            .map_or(0, |settings| usize::from(settings.directory_voters));
+        status.role == borough::raft::Role::Leader
+            && !status.configuration.is_joint()
+            && status.configuration.voters.len() <= voters_max
+            && world
+                .nodes_state
+                .departed
+                .iter()
+                .all(|node| !status.configuration.is_member(*node))
     });
     if !directory_group_clear {
         return false;

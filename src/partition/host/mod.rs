@@ -322,6 +322,8 @@ pub struct PartitionHost<M: StateMachine> {
     log_checkpoint_segment: u64,
     poisoned: Option<String>,
     counters: HostCounters,
+    /// Replicas to delete once the round that is out completes.
+    removals: BTreeSet<PartitionId>,
 }
 
 /// A replica created again on a node it left starts from its earlier replica's last term
@@ -472,6 +474,7 @@ impl<M: StateMachine> PartitionHost<M> {
             log_checkpoint_segment,
             poisoned: None,
             counters: HostCounters::default(),
+            removals: BTreeSet::new(),
         })
     }
 
@@ -615,18 +618,34 @@ impl<M: StateMachine> PartitionHost<M> {
     }
 
     /// Deletes this node's replica of `partition`: the Raft log forgets it (synced), then
-    /// its state, sessions and point go in one synced commit, remembering the last term it
-    /// knew. Requests waiting on it fail. `Ok(false)`: a round is out, ask again after it.
-    /// Only for a replica its group no longer includes: the caller knows that from a
-    /// committed configuration without it.
+    /// its state, sessions and point go in one synced commit, remembering the last term and
+    /// vote it had. Requests waiting on it fail. `Ok(false)`: a round is out; the removal
+    /// is done as soon as it completes. Only for a replica its group no longer includes: the
+    /// caller knows that from a committed configuration without it.
     pub fn remove_partition(&mut self, partition: PartitionId) -> Result<bool, RequestError> {
         self.check_usable()?;
+        if !self.groups.contains_key(&partition) {
+            return Ok(true);
+        }
+        if self.prepared.is_some() || self.awaiting_sync {
+            self.removals.insert(partition);
+            return Ok(false);
+        }
+        self.remove_now(partition)
+    }
+
+    /// The removals asked for while a round was out (see [`PartitionHost::remove_partition`]).
+    pub(super) fn remove_deferred(&mut self) -> Result<(), RequestError> {
+        for partition in std::mem::take(&mut self.removals) {
+            self.remove_now(partition)?;
+        }
+        Ok(())
+    }
+
+    fn remove_now(&mut self, partition: PartitionId) -> Result<bool, RequestError> {
         let Some(group) = self.groups.get(&partition) else {
             return Ok(true);
         };
-        if self.prepared.is_some() || self.awaiting_sync {
-            return Ok(false);
-        }
         let last_vote = RemovedVote {
             term: group.term(),
             vote: group.vote(),

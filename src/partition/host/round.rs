@@ -193,6 +193,10 @@ impl<M: StateMachine> PartitionHost<M> {
         }
         if let Err(error) = self.maintain() {
             self.fail(error);
+            return;
+        }
+        if let Err(error) = self.remove_deferred() {
+            tracing::error!(%error, "a replica could not be deleted");
         }
     }
 
