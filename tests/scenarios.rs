@@ -134,6 +134,12 @@ fast_scenarios! {
     named_no_faults => "named/named-no-faults",
     named_faults => "named/named-faults",
     named_canary_read_without_quorum => "named/named-canary-read-without-quorum",
+    membership_growth_and_shrink => "membership/growth-and-shrink",
+    membership_nemesis => "membership/membership-nemesis",
+    membership_canary_promote_before_caught_up =>
+        "membership/membership-canary-promote-before-caught-up",
+    membership_canary_leave_joint_before_commit =>
+        "membership/membership-canary-leave-joint-before-commit",
 }
 
 /// Every pinned regression in `scenarios/regressions/`, whatever its tier.
