@@ -137,8 +137,6 @@ pub struct ClusterCoordinator {
     transfer_asked_tick: Option<u64>,
     /// When this node, leading the directory, last told each departed member so.
     departed_told_tick: BTreeMap<NodeId, u64>,
-    /// The directory's leader told this node it left: everything it holds goes.
-    told_departed: bool,
 }
 
 /// This node's copy of the directory, once it applied any of it.
@@ -181,7 +179,6 @@ impl ClusterCoordinator {
             departed_seen_tick: BTreeMap::new(),
             transfer_asked_tick: None,
             departed_told_tick: BTreeMap::new(),
-            told_departed: false,
         };
         coordinator.create_every_placed_replica(host);
         coordinator.update_state(host);
@@ -276,11 +273,12 @@ impl ClusterCoordinator {
             self.drive_directory_group(host);
             self.placement.tick(host, self.me());
         } else if self.state == MembershipState::Left {
-            // Whatever a crash kept from being deleted before the node left; everything,
-            // when the cluster had to tell it (it was declared dead while away: its copy of
-            // the directory is stale, and nothing it holds is needed).
-            self.placement
-                .delete_left_behind(host, self.me(), self.told_departed);
+            // A node that left keeps serving the groups that still count it (declared dead
+            // while alive, its replicas are rebuilt elsewhere first), and deletes each replica
+            // once its partition settled without it; the directory's group keeps it as long
+            // as it is heard from, so its copy of the directory sees those moves. Then it
+            // stops.
+            self.placement.delete_left_behind(host, self.me());
         }
     }
 
@@ -353,7 +351,6 @@ impl ClusterCoordinator {
                 {
                     tracing::warn!(%from, "the cluster says this node left it: its replicas are deleted and it stops; start it on an empty data dir under a new id to join again");
                     self.state = MembershipState::Left;
-                    self.told_departed = true;
                 }
             }
         }
@@ -536,7 +533,9 @@ impl ClusterCoordinator {
             .members()
             .filter(|member| member.state != MemberState::Left)
             .collect();
-        // A member that left stays in the group a grace period, so it learns it left.
+        // A member that left stays in the group while it is heard from (it still deletes
+        // its replicas as their moves settle, and must see those moves), and a grace period
+        // after, so it learns it left.
         let grace = self.config.placement.retry_ticks;
         let now = self.tick;
         // One that is still heard from (it was away when declared dead, or missed the word)
@@ -566,7 +565,11 @@ impl ClusterCoordinator {
             let gone = directory
                 .member(*node)
                 .is_none_or(|member| member.state == MemberState::Left);
-            if !gone {
+            let heard_lately = host
+                .peer_heard_tick(*node)
+                .is_some_and(|heard| heard + grace >= host_now);
+            if !gone || heard_lately {
+                self.departed_seen_tick.remove(node);
                 continue;
             }
             let seen = *self.departed_seen_tick.entry(*node).or_insert(now);

@@ -149,7 +149,7 @@ impl Placement {
         }
         self.admit_moves(host);
         self.step_partitions(host, me);
-        self.delete_left_behind(host, me, false);
+        self.delete_left_behind(host, me);
     }
 
     /// Asks the directory (through its leader) to mark this node leaving.
@@ -376,14 +376,8 @@ impl Placement {
         self.last_transfer_tick.retain(|_, last| *last >= horizon);
     }
 
-    /// Deletes this node's replicas of partitions that settled without it (every replica but
-    /// the directory's, with `everything`).
-    pub fn delete_left_behind<M: ClusterKinds>(
-        &mut self,
-        host: &mut PartitionHost<M>,
-        me: NodeId,
-        everything: bool,
-    ) {
+    /// Deletes this node's replicas of partitions that settled without it.
+    pub fn delete_left_behind<M: ClusterKinds>(&mut self, host: &mut PartitionHost<M>, me: NodeId) {
         let Some(directory) = directory_of(host) else {
             return;
         };
@@ -391,10 +385,9 @@ impl Placement {
             .partitions()
             .filter(|partition| *partition != SYSTEM_PARTITION)
             .filter(|partition| {
-                everything
-                    || directory
-                        .partition_by_id(*partition)
-                        .is_some_and(|entry| !entry.is_moving() && !entry.replicas.contains(&me))
+                directory
+                    .partition_by_id(*partition)
+                    .is_some_and(|entry| !entry.is_moving() && !entry.replicas.contains(&me))
             })
             .collect();
         for partition in left_behind {
