@@ -137,6 +137,9 @@ pub struct ClusterCoordinator {
     transfer_asked_tick: Option<u64>,
     /// When this node, leading the directory, last told each departed member so.
     departed_told_tick: BTreeMap<NodeId, u64>,
+    /// The directory's group let this node go after it left: its copy of the directory no
+    /// longer moves, so everything it holds goes.
+    let_go: bool,
 }
 
 /// This node's copy of the directory, once it applied any of it.
@@ -179,6 +182,7 @@ impl ClusterCoordinator {
             departed_seen_tick: BTreeMap::new(),
             transfer_asked_tick: None,
             departed_told_tick: BTreeMap::new(),
+            let_go: false,
         };
         coordinator.create_every_placed_replica(host);
         coordinator.update_state(host);
@@ -278,7 +282,8 @@ impl ClusterCoordinator {
             // once its partition settled without it; the directory's group keeps it as long
             // as it is heard from, so its copy of the directory sees those moves. Then it
             // stops.
-            self.placement.delete_left_behind(host, self.me());
+            self.placement
+                .delete_left_behind(host, self.me(), self.let_go);
         }
     }
 
@@ -351,6 +356,7 @@ impl ClusterCoordinator {
                 {
                     tracing::warn!(%from, "the cluster says this node left it: its replicas are deleted and it stops; start it on an empty data dir under a new id to join again");
                     self.state = MembershipState::Left;
+                    self.let_go = true;
                 }
             }
         }
@@ -538,14 +544,18 @@ impl ClusterCoordinator {
         // after, so it learns it left.
         let grace = self.config.placement.retry_ticks;
         let now = self.tick;
-        // One that is still heard from (it was away when declared dead, or missed the word)
-        // is told so, every grace period.
+        // One the group let go that is heard from again (it was away when declared dead)
+        // is told so, every grace period: its copy of the directory no longer moves.
         let host_now = host.ticks();
         for member in directory.members() {
             let heard_lately = host
                 .peer_heard_tick(member.id)
                 .is_some_and(|heard| heard + grace >= host_now);
-            if member.state != MemberState::Left || !heard_lately || member.id == self.me() {
+            if member.state != MemberState::Left
+                || !heard_lately
+                || member.id == self.me()
+                || configuration.is_member(member.id)
+            {
                 continue;
             }
             let due = self

@@ -149,7 +149,7 @@ impl Placement {
         }
         self.admit_moves(host);
         self.step_partitions(host, me);
-        self.delete_left_behind(host, me);
+        self.delete_left_behind(host, me, false);
     }
 
     /// Asks the directory (through its leader) to mark this node leaving.
@@ -200,9 +200,20 @@ impl Placement {
         for member in directory.members() {
             self.member_seen_tick.entry(member.id).or_insert(now);
         }
+        // One death at a time: while a partition still has a replica on a member that is not
+        // active (its rebuild is under way), nobody else is declared dead, so two losses in
+        // a row cannot take a group's quorum through the driver's own hand.
+        let rebuilding = directory.partitions().any(|entry| {
+            entry.replicas.iter().any(|node| {
+                directory
+                    .member(*node)
+                    .is_none_or(|member| member.state != MemberState::Active)
+            })
+        });
         let seen = &self.member_seen_tick;
         let dead = directory.members().find(|member| {
-            member.id != host.id()
+            !rebuilding
+                && member.id != host.id()
                 && member.state != MemberState::Left
                 && host
                     .peer_heard_tick(member.id)
@@ -376,8 +387,14 @@ impl Placement {
         self.last_transfer_tick.retain(|_, last| *last >= horizon);
     }
 
-    /// Deletes this node's replicas of partitions that settled without it.
-    pub fn delete_left_behind<M: ClusterKinds>(&mut self, host: &mut PartitionHost<M>, me: NodeId) {
+    /// Deletes this node's replicas of partitions that settled without it (all of them,
+    /// with `everything`: the node left and the directory's group let it go).
+    pub fn delete_left_behind<M: ClusterKinds>(
+        &mut self,
+        host: &mut PartitionHost<M>,
+        me: NodeId,
+        everything: bool,
+    ) {
         let Some(directory) = directory_of(host) else {
             return;
         };
@@ -385,9 +402,10 @@ impl Placement {
             .partitions()
             .filter(|partition| *partition != SYSTEM_PARTITION)
             .filter(|partition| {
-                directory
-                    .partition_by_id(*partition)
-                    .is_some_and(|entry| !entry.is_moving() && !entry.replicas.contains(&me))
+                everything
+                    || directory
+                        .partition_by_id(*partition)
+                        .is_some_and(|entry| !entry.is_moving() && !entry.replicas.contains(&me))
             })
             .collect();
         for partition in left_behind {
