@@ -905,12 +905,13 @@ fn nodes_join_and_drain_under_load_and_every_request_succeeds() {
                 .all(|id| id == SYSTEM_PARTITION),
             "{leaving} still holds replicas"
         );
+        // Drained, it stops (the binary exits); the directory's group then lets it go.
+        cluster.nodes.remove(&leaving);
         cluster.run_until(1000, "the directory's group lets the node go", |cluster| {
             cluster
                 .system_configuration()
                 .is_some_and(|configuration| !configuration.is_member(leaving))
         });
-        cluster.nodes.remove(&leaving);
     }
     let mut answered = 0;
     for _ in 0..2000 {
