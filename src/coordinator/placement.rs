@@ -200,14 +200,15 @@ impl Placement {
         for member in directory.members() {
             self.member_seen_tick.entry(member.id).or_insert(now);
         }
-        // One death at a time: while a partition still has a replica on a member that is not
-        // active (its rebuild is under way), nobody else is declared dead, so two losses in
-        // a row cannot take a group's quorum through the driver's own hand.
+        // One death at a time: while a partition still has a replica on a member that left
+        // (a dead one's rebuild is under way), nobody else is declared dead, so two losses
+        // in a row cannot take a group's quorum through the driver's own hand. (A leaving
+        // member does not count: its drain may wait on a dead member.)
         let rebuilding = directory.partitions().any(|entry| {
             entry.replicas.iter().any(|node| {
                 directory
                     .member(*node)
-                    .is_none_or(|member| member.state != MemberState::Active)
+                    .is_none_or(|member| member.state == MemberState::Left)
             })
         });
         let seen = &self.member_seen_tick;
