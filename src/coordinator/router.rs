@@ -213,33 +213,7 @@ impl<M: ClusterKinds> Router<M> {
         name: PartitionName,
         request: RoutedRequest<M::Operation, M::Query>,
     ) -> u64 {
-        self.next_request_id += 1;
-        let request_id = self.next_request_id;
-        if self.requests.len() >= self.config.requests_max {
-            self.answers.push(RouterAnswer {
-                request_id,
-                result: Err(RouteError::Overloaded(self.requests.len())),
-                not_applied: true,
-            });
-            return request_id;
-        }
-        self.requests.insert(
-            request_id,
-            Request {
-                target: Target::Named(name),
-                request,
-                route: None,
-                phase: Phase::Resolving { retry_tick: 0 },
-                attempts: 0,
-                deadline_tick: self.tick + self.config.request_timeout_ticks,
-                hint: None,
-                heard: BTreeMap::new(),
-                maybe_proposed: false,
-                creating_for: None,
-            },
-        );
-        self.advance(host, request_id);
-        request_id
+        self.enqueue(host, Target::Named(name), request)
     }
 
     /// Takes a write for the directory itself (the system partition), sent to its leader;
@@ -248,6 +222,15 @@ impl<M: ClusterKinds> Router<M> {
         &mut self,
         host: &mut PartitionHost<M>,
         operation: M::Operation,
+    ) -> u64 {
+        self.enqueue(host, Target::Directory, RoutedRequest::Write(operation))
+    }
+
+    fn enqueue(
+        &mut self,
+        host: &mut PartitionHost<M>,
+        target: Target,
+        request: RoutedRequest<M::Operation, M::Query>,
     ) -> u64 {
         self.next_request_id += 1;
         let request_id = self.next_request_id;
@@ -262,8 +245,8 @@ impl<M: ClusterKinds> Router<M> {
         self.requests.insert(
             request_id,
             Request {
-                target: Target::Directory,
-                request: RoutedRequest::Write(operation),
+                target,
+                request,
                 route: None,
                 phase: Phase::Resolving { retry_tick: 0 },
                 attempts: 0,

@@ -120,6 +120,21 @@ pub enum WriteOutcome {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KvStateMachine;
 
+/// Deletes every pair of `partition`.
+fn clear_pairs(
+    transaction: &WriteTransaction,
+    partition: PartitionId,
+) -> Result<(), StateMachineError> {
+    let mut pairs = transaction.open_table(PAIRS).map_err(engine_error)?;
+    let empty: &[u8] = &[];
+    pairs
+        .retain_in(
+            (partition.0, empty)..(next_partition(partition), empty),
+            |_, _| false,
+        )
+        .map_err(engine_error)
+}
+
 impl StateMachine for KvStateMachine {
     type Operation = KvOperation;
     type Outcome = WriteOutcome;
@@ -245,14 +260,8 @@ impl StateMachine for KvStateMachine {
     ) -> Result<(), StateMachineError> {
         let image: Vec<Pair> = postcard::from_bytes(image)
             .map_err(|error| StateMachineError::Corrupt(format!("key-value image: {error}")))?;
+        clear_pairs(transaction, partition)?;
         let mut pairs = transaction.open_table(PAIRS).map_err(engine_error)?;
-        let empty: &[u8] = &[];
-        pairs
-            .retain_in(
-                (partition.0, empty)..(next_partition(partition), empty),
-                |_, _| false,
-            )
-            .map_err(engine_error)?;
         for (key, value) in &image {
             pairs
                 .insert((partition.0, key.as_slice()), value.as_slice())
@@ -266,14 +275,7 @@ impl StateMachine for KvStateMachine {
         transaction: &WriteTransaction,
         partition: PartitionId,
     ) -> Result<(), StateMachineError> {
-        let mut pairs = transaction.open_table(PAIRS).map_err(engine_error)?;
-        let empty: &[u8] = &[];
-        pairs
-            .retain_in(
-                (partition.0, empty)..(next_partition(partition), empty),
-                |_, _| false,
-            )
-            .map_err(engine_error)
+        clear_pairs(transaction, partition)
     }
 
     fn split_for_canary(&self, operation: KvOperation) -> Vec<KvOperation> {

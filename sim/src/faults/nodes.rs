@@ -80,8 +80,18 @@ fn schedule_step(world: &mut World) {
     world.schedule(at, Event::NodesStep);
 }
 
-/// Active members as the plan counts them: started, not gone, not draining.
-fn members(world: &World) -> Vec<NodeId> {
+/// Members the plan may drain or kill: all but node 1, the seed every spare joins through.
+fn removable(members: &[NodeId]) -> Vec<NodeId> {
+    members
+        .iter()
+        .copied()
+        .filter(|id| *id != NodeId(1))
+        .collect()
+}
+
+/// Active members as the plan counts them: started, not gone, not draining (those clients
+/// send to).
+pub(crate) fn members(world: &World) -> Vec<NodeId> {
     world
         .config
         .nodes
@@ -132,11 +142,7 @@ fn nemesis_step(world: &mut World, membership: &crate::run_config::MembershipRun
         // One loss at a time, as an operator replaces a dead node before the next dies:
         // no kill while an earlier one is not declared dead yet or a partition moves.
         2 if can_shrink && settled_since_last_kill(world) => {
-            let candidates: Vec<NodeId> = members
-                .iter()
-                .copied()
-                .filter(|id| *id != NodeId(1))
-                .collect();
+            let candidates = removable(&members);
             if candidates.is_empty() {
                 return;
             }
@@ -187,20 +193,7 @@ fn settled_since_last_kill(world: &World) -> bool {
     if !directory_group_clear {
         return false;
     }
-    let directory = world
-        .nodes
-        .iter()
-        .filter_map(|sim_node| {
-            let node = sim_node.node()?;
-            let applied = node
-                .partitions()?
-                .status(borough::directory::SYSTEM_PARTITION)?
-                .applied;
-            Some((applied, node.directory()?))
-        })
-        .max_by_key(|(applied, _)| *applied)
-        .map(|(_, directory)| directory);
-    let Some(directory) = directory else {
+    let Some(directory) = crate::checkers::placement::freshest_directory(world) else {
         return false;
     };
     directory.moving_count() == 0
@@ -248,11 +241,7 @@ fn join_spare(world: &mut World) -> bool {
 
 /// Asks a random member other than node 1 to leave.
 fn drain_one(world: &mut World, members: &[NodeId]) {
-    let candidates: Vec<NodeId> = members
-        .iter()
-        .copied()
-        .filter(|id| *id != NodeId(1))
-        .collect();
+    let candidates = removable(members);
     if candidates.is_empty() {
         return;
     }

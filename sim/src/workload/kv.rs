@@ -135,13 +135,7 @@ pub fn client_operation(world: &mut World, index: usize) {
     // and nobody will ever lead it.
     // With named partitions any node takes any request and routes it to the leader.
     let hosts: Vec<NodeId> = if partitions.named {
-        world
-            .config
-            .nodes
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| world.nodes_state.takes_clients(*id))
-            .collect()
+        crate::faults::nodes::members(world)
     } else {
         routed_hosts(world, partition)
     };
