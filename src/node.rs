@@ -31,7 +31,9 @@
 use crate::coordinator::cluster::{
     directory_of, ClusterConfig, ClusterCoordinator, ClusterKinds, MembershipState,
 };
-use crate::coordinator::router::{RoutedRequest, Router, RouterAnswer, RouterConfig};
+use crate::coordinator::router::{
+    RoutedOutcome, RoutedRequest, Router, RouterAnswer, RouterConfig,
+};
 use crate::coordinator::{
     CommitLevel, CoordinatorConfig, CoordinatorCounters, CoordinatorOutput, EventCoordinator,
     PlantedBug, PutError,
@@ -541,6 +543,12 @@ impl<M: ClusterKinds> Node<M> {
                         self.own_routed_requests.insert(request_id);
                     }
                 }
+                for (joiner, operation) in cluster.take_joins_to_route() {
+                    if let Some(operation) = M::directory_operation(operation) {
+                        let request_id = self.router.submit_directory(host, operation);
+                        cluster.join_routed(request_id, joiner);
+                    }
+                }
             }
             None => self
                 .outputs
@@ -578,9 +586,20 @@ impl<M: ClusterKinds> Node<M> {
             }
         }
         for answer in self.router.take_answers() {
-            if !self.own_routed_requests.remove(&answer.request_id) {
-                self.outputs.push(NodeOutput::Routed(answer));
+            if self.own_routed_requests.remove(&answer.request_id) {
+                continue;
             }
+            if let Some(cluster) = &mut self.cluster {
+                let result = match &answer.result {
+                    Ok(RoutedOutcome::Wrote(outcome)) => Ok(outcome),
+                    Ok(RoutedOutcome::Read(_)) => Err("a read answered a join".to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+                if cluster.on_routed_join_answer::<M>(answer.request_id, result) {
+                    continue;
+                }
+            }
+            self.outputs.push(NodeOutput::Routed(answer));
         }
     }
 

@@ -126,6 +126,11 @@ pub struct ClusterCoordinator {
     join_asked_tick: Option<u64>,
     /// Join commands this node proposed for others: request id to joiner.
     joins_in_flight: BTreeMap<u64, NodeId>,
+    /// Join commands this node does not lead the directory to propose: the node routes them
+    /// to its leader (a joiner may ask any member).
+    joins_to_route: Vec<(NodeId, DirectoryOperation)>,
+    /// Join commands routed to the directory's leader: router request id to joiner.
+    joins_routed: BTreeMap<u64, NodeId>,
     outbox: Vec<(NodeId, ClusterMessage)>,
     placement: Placement,
     /// This node was asked to leave.
@@ -176,6 +181,8 @@ impl ClusterCoordinator {
             bootstrap_request: None,
             join_asked_tick: None,
             joins_in_flight: BTreeMap::new(),
+            joins_to_route: Vec::new(),
+            joins_routed: BTreeMap::new(),
             outbox: Vec::new(),
             placement,
             leave_asked: false,
@@ -207,6 +214,42 @@ impl ClusterCoordinator {
     /// Directory commands for the node to route to the directory's leader.
     pub fn take_directory_requests(&mut self) -> Vec<DirectoryOperation> {
         self.placement.take_directory_requests()
+    }
+
+    /// Join commands for the node to route to the directory's leader, with their joiners;
+    /// the node hands each routed request's id back through [`Self::join_routed`].
+    pub fn take_joins_to_route(&mut self) -> Vec<(NodeId, DirectoryOperation)> {
+        std::mem::take(&mut self.joins_to_route)
+    }
+
+    pub fn join_routed(&mut self, request_id: u64, joiner: NodeId) {
+        self.joins_routed.insert(request_id, joiner);
+    }
+
+    /// Answers the joiner of a routed join; `false` when `request_id` is not one.
+    pub fn on_routed_join_answer<M: ClusterKinds>(
+        &mut self,
+        request_id: u64,
+        result: Result<&M::Outcome, String>,
+    ) -> bool {
+        let Some(joiner) = self.joins_routed.remove(&request_id) else {
+            return false;
+        };
+        let answer = match result {
+            Ok(outcome) => Self::join_answer(M::directory_outcome(outcome)),
+            Err(error) => JoinAnswer::retry(error),
+        };
+        self.outbox
+            .push((joiner, ClusterMessage::JoinAnswer(answer)));
+        true
+    }
+
+    fn join_answer(outcome: Option<&DirectoryOutcome>) -> JoinAnswer {
+        match outcome {
+            Some(DirectoryOutcome::Joined(_)) => JoinAnswer::Accepted,
+            Some(DirectoryOutcome::Refused(refusal)) => JoinAnswer::refused(refusal.to_string()),
+            other => JoinAnswer::retry(format!("unexpected directory outcome {other:?}")),
+        }
     }
 
     pub fn placement_counters(&self) -> PlacementCounters {
@@ -282,8 +325,12 @@ impl ClusterCoordinator {
             // once its partition settled without it; the directory's group keeps it as long
             // as it is heard from, so its copy of the directory sees those moves. Then it
             // stops.
-            self.placement
-                .delete_left_behind(host, self.me(), self.let_go);
+            // Until then it hands on what it leads: the directory, and each partition's
+            // leadership (a move off a leader needs the leader's step).
+            if !self.let_go {
+                self.drive_directory_group(host);
+            }
+            self.placement.tick_left(host, self.me(), self.let_go);
         }
     }
 
@@ -395,6 +442,22 @@ impl ClusterCoordinator {
             cluster_name,
             member,
         };
+        let leads = host
+            .status(SYSTEM_PARTITION)
+            .is_some_and(|status| status.leader == Some(self.me()));
+        if !leads {
+            // Routed to the directory's leader; one at a time per joiner (it asks again
+            // every `join_retry_ticks`, and the routed request's answer answers it).
+            let routed = self.joins_routed.values().any(|joiner| *joiner == from)
+                || self
+                    .joins_to_route
+                    .iter()
+                    .any(|(joiner, _)| *joiner == from);
+            if !routed {
+                self.joins_to_route.push((from, operation));
+            }
+            return;
+        }
         let Some(operation) = M::directory_operation(operation) else {
             return;
         };
@@ -429,13 +492,7 @@ impl ClusterCoordinator {
             return Some(output);
         };
         let answer = match result {
-            Ok(outcome) => match M::directory_outcome(outcome) {
-                Some(DirectoryOutcome::Joined(_)) => JoinAnswer::Accepted,
-                Some(DirectoryOutcome::Refused(refusal)) => {
-                    JoinAnswer::refused(refusal.to_string())
-                }
-                other => JoinAnswer::retry(format!("unexpected directory outcome {other:?}")),
-            },
+            Ok(outcome) => Self::join_answer(M::directory_outcome(outcome)),
             Err(error) => JoinAnswer::retry(error.to_string()),
         };
         self.outbox
@@ -575,10 +632,20 @@ impl ClusterCoordinator {
             let gone = directory
                 .member(*node)
                 .is_none_or(|member| member.state == MemberState::Left);
+            if !gone {
+                self.departed_seen_tick.remove(node);
+                continue;
+            }
+            // A voter that left gives its vote up at once, heard from or not (declared dead
+            // while alive, it would otherwise keep a vote, and the group an even count).
+            if configuration.voters.contains(node) {
+                departed = departed.or(Some(*node));
+                continue;
+            }
             let heard_lately = host
                 .peer_heard_tick(*node)
                 .is_some_and(|heard| heard + grace >= host_now);
-            if !gone || heard_lately {
+            if heard_lately {
                 self.departed_seen_tick.remove(node);
                 continue;
             }
@@ -587,9 +654,10 @@ impl ClusterCoordinator {
                 departed = Some(*node);
             }
         }
-        let leaving_leader = members
-            .iter()
-            .any(|member| member.id == self.me() && member.state != MemberState::Active);
+        // Leaving, or declared dead while alive: either way it hands the directory on.
+        let leaving_leader = directory
+            .member(self.me())
+            .is_some_and(|member| member.state != MemberState::Active);
         let successor = leaving_leader
             .then(|| {
                 members.iter().find(|member| {

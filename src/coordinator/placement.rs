@@ -152,6 +152,25 @@ impl Placement {
         self.delete_left_behind(host, me, false);
     }
 
+    /// One tick of a node that left: the steps of the partitions it still leads (so their
+    /// moves off it go on) every `pass_interval_ticks`, unless the directory's group let it
+    /// go (its copy no longer moves), and the deletion of replicas left behind.
+    pub fn tick_left<M: ClusterKinds>(
+        &mut self,
+        host: &mut PartitionHost<M>,
+        me: NodeId,
+        let_go: bool,
+    ) {
+        self.tick += 1;
+        let pass_due = self
+            .tick
+            .is_multiple_of(self.config.pass_interval_ticks.max(1));
+        if pass_due && !let_go {
+            self.step_partitions(host, me);
+        }
+        self.delete_left_behind(host, me, let_go);
+    }
+
     /// Asks the directory (through its leader) to mark this node leaving.
     pub fn ask_to_leave(&mut self, me: NodeId) {
         self.ask(DirectoryOperation::SetMemberState {
@@ -201,11 +220,14 @@ impl Placement {
             self.member_seen_tick.entry(member.id).or_insert(now);
         }
         // One death at a time: while a partition still has a replica on a member that left
-        // (a dead one's rebuild is under way), nobody else is declared dead, so two losses
-        // in a row cannot take a group's quorum through the driver's own hand. (A leaving
-        // member does not count: its drain may wait on a dead member.)
+        // (a dead one's rebuild is under way: it is in the entry's replicas, or in the set a
+        // move is still taking it away from), nobody else is declared dead, so two losses in
+        // a row cannot take a group's quorum through the driver's own hand. (A leaving
+        // member does not count: its drain may wait on a dead member.) Until a move away
+        // from a dead replica finishes, the group's configuration may still count it: its
+        // outgoing half in a joint configuration, or as a voter before the removal.
         let rebuilding = directory.partitions().any(|entry| {
-            entry.replicas.iter().any(|node| {
+            entry.holders().iter().any(|node| {
                 directory
                     .member(*node)
                     .is_none_or(|member| member.state == MemberState::Left)

@@ -21,6 +21,11 @@ pub const DEFAULT_DATA_DIR: &str = "borough-data";
 /// few hundred thousand small keys.
 pub const DEFAULT_PARTITION_CACHE_MIB: u64 = 256;
 pub const PARTITION_CACHE_MIB_MAX: u64 = 1 << 20;
+/// A member unheard this long is declared dead and its replicas rebuilt elsewhere.
+pub const DEFAULT_DEAD_AFTER_S: u64 = 300;
+/// Below this, a restart or a long pause would be taken for a death.
+pub const DEAD_AFTER_S_MIN: u64 = 2;
+pub const DEAD_AFTER_S_MAX: u64 = 30 * 24 * 3_600;
 
 /// How replicas travel between nodes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -133,6 +138,7 @@ pub struct ConfigFile {
     pub replicas: Option<u8>,
     pub directory_voters: Option<u8>,
     pub partition_cache_mib: Option<u64>,
+    pub dead_after_s: Option<u64>,
 }
 
 /// The flags of `borough start`; each overrides the config file's value of the same name.
@@ -239,6 +245,12 @@ pub struct StartFlags {
     /// to 1048576]. Below the partitions' working set, applies read pages from the disk.
     #[arg(long, value_name = "MIB")]
     pub partition_cache_mib: Option<u64>,
+    /// Seconds a member may go unheard before the directory's leader declares it dead and
+    /// rebuilds its replicas on the others [default: 300, from 2 to 2592000]. The directory
+    /// leader's own setting is the one that counts. A node declared dead that comes back is
+    /// told so, deletes its data and stops.
+    #[arg(long, value_name = "SECONDS")]
+    pub dead_after_s: Option<u64>,
 }
 
 /// Everything a node needs to start, checked.
@@ -262,6 +274,8 @@ pub struct ShellConfig {
     /// A peer silent this long is skipped by placement until it is heard again.
     pub peer_down_after_ms: u64,
     pub partition_cache_mib: u64,
+    /// A member unheard this long is declared dead (see [`DEFAULT_DEAD_AFTER_S`]).
+    pub dead_after_s: u64,
     /// Largest client request body (and so event) accepted.
     pub body_bytes_max: usize,
     pub http_limits: crate::production::http_server::HttpLimits,
@@ -566,6 +580,16 @@ impl ShellConfig {
                  {PARTITION_CACHE_MIB_MAX})"
             )));
         }
+        let dead_after_s = flags
+            .dead_after_s
+            .or(file.dead_after_s)
+            .unwrap_or(DEFAULT_DEAD_AFTER_S);
+        if !(DEAD_AFTER_S_MIN..=DEAD_AFTER_S_MAX).contains(&dead_after_s) {
+            return Err(value(format!(
+                "dead_after_s {dead_after_s} is out of range ({DEAD_AFTER_S_MIN} to \
+                 {DEAD_AFTER_S_MAX})"
+            )));
+        }
         Ok(ShellConfig {
             node_id,
             http,
@@ -592,6 +616,7 @@ impl ShellConfig {
                 .unwrap_or(3_000)
                 .clamp(100, 3_600_000),
             partition_cache_mib,
+            dead_after_s,
             body_bytes_max,
             http_limits,
             peer_connections_max,
@@ -631,6 +656,30 @@ mod tests {
             let refusal = ShellConfig::resolve(&flags).unwrap_err().to_string();
             assert!(
                 refusal.contains(&format!("partition_cache_mib {mib} is out of range")),
+                "{refusal}"
+            );
+        }
+    }
+
+    #[test]
+    fn dead_after_defaults_to_five_minutes_and_refuses_what_a_restart_would_trip() {
+        let config = ShellConfig::resolve(&StartFlags::default()).unwrap();
+        assert_eq!(config.dead_after_s, 300);
+        let file: ConfigFile = toml::from_str("dead_after_s = 60").unwrap();
+        assert_eq!(
+            ShellConfig::merge(file, &StartFlags::default())
+                .unwrap()
+                .dead_after_s,
+            60
+        );
+        for seconds in [0, 1, DEAD_AFTER_S_MAX + 1] {
+            let flags = StartFlags {
+                dead_after_s: Some(seconds),
+                ..StartFlags::default()
+            };
+            let refusal = ShellConfig::resolve(&flags).unwrap_err().to_string();
+            assert!(
+                refusal.contains(&format!("dead_after_s {seconds} is out of range")),
                 "{refusal}"
             );
         }

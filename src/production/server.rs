@@ -115,6 +115,7 @@ pub async fn serve(
     partitions.host.checkpoint_applied_entries = CHECKPOINT_APPLIED_ENTRIES;
     partitions.host.store_cache_bytes = usize::try_from(config.partition_cache_mib << 20)
         .map_err(|_| "partition_cache_mib is larger than this machine can address".to_string())?;
+    let ticks_per_second = 1_000_000 / partitions.tick_micros.max(1);
     node_config.partitions = Some(partitions);
     node_config.cluster = Some(ClusterConfig {
         member: Member {
@@ -132,7 +133,10 @@ pub async fn serve(
         },
         // One join request a second while no answer comes.
         join_retry_ticks: 100,
-        placement: PlacementConfig::default(),
+        placement: PlacementConfig {
+            dead_after_ticks: config.dead_after_s.saturating_mul(ticks_per_second),
+            ..PlacementConfig::default()
+        },
     });
 
     enum Transport {

@@ -677,11 +677,13 @@ impl RaftGroup {
             self.tick_leader();
         } else {
             self.state.election_elapsed_ticks += 1;
-            if self.state.election_elapsed_ticks >= self.state.randomized_election_timeout_ticks
-                && self.can_campaign()
-            {
+            if self.state.election_elapsed_ticks >= self.state.randomized_election_timeout_ticks {
                 self.state.election_elapsed_ticks = 0;
-                self.start_election(false);
+                if self.can_campaign() {
+                    self.start_election(false);
+                } else {
+                    self.wake_voters();
+                }
             }
         }
     }
@@ -733,6 +735,24 @@ impl RaftGroup {
         if self.state.heartbeat_elapsed_ticks >= self.state.config.heartbeat_interval_ticks {
             self.state.heartbeat_elapsed_ticks = 0;
             self.broadcast_heartbeat();
+        }
+    }
+
+    /// A learner that heard no leader for an election timeout asks every voter to wake: a
+    /// quiet leader sends nothing, and a voter that went quiet does not campaign.
+    fn wake_voters(&mut self) {
+        let voters: Vec<NodeId> = self
+            .configuration()
+            .voters
+            .iter()
+            .chain(&self.configuration().voters_outgoing)
+            .copied()
+            .filter(|voter| *voter != self.state.id)
+            .collect::<BTreeSet<NodeId>>()
+            .into_iter()
+            .collect();
+        for voter in voters {
+            self.send_untermed(voter, MessageBody::Wake);
         }
     }
 
@@ -1058,7 +1078,7 @@ impl RaftGroup {
     }
 
     /// A local request (proposal, read) that the term rules do not apply to.
-    fn send_untermed(&mut self, to: NodeId, body: MessageBody) {
+    pub(super) fn send_untermed(&mut self, to: NodeId, body: MessageBody) {
         let term = if self.planted_bug() == Some(RaftPlantedBug::StampLocalRequestsWithTerm) {
             self.state.term
         } else {

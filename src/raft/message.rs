@@ -113,6 +113,11 @@ pub enum MessageBody {
         context: u64,
         index: u64,
     },
+    /// A member that cannot campaign (a learner) heard no leader for an election timeout:
+    /// it asks the voters to wake. A quiet group's leader sends nothing until woken, and a
+    /// learner that missed the heartbeats of its term would otherwise never learn of it.
+    /// Untermed: it changes no term and disrupts no leader.
+    Wake,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +150,7 @@ impl Message {
             MessageBody::Propose { .. }
                 | MessageBody::ReadIndex { .. }
                 | MessageBody::ReadIndexResponse { .. }
+                | MessageBody::Wake
         );
         if local && self.term != 0 {
             return Err(refuse(format!(
@@ -252,7 +258,8 @@ impl Message {
             | MessageBody::VoteResponse { .. }
             | MessageBody::HeartbeatResponse { .. }
             | MessageBody::TimeoutNow
-            | MessageBody::ReadIndex { .. } => {}
+            | MessageBody::ReadIndex { .. }
+            | MessageBody::Wake => {}
         }
         Ok(())
     }
@@ -331,6 +338,7 @@ impl MessageBody {
             MessageBody::Propose { .. } => "propose",
             MessageBody::ReadIndex { .. } => "read_index",
             MessageBody::ReadIndexResponse { .. } => "read_index_response",
+            MessageBody::Wake => "wake",
         }
     }
 

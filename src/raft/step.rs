@@ -25,10 +25,13 @@ impl RaftGroup {
         if message.to != self.state.id {
             return false;
         }
-        // Anything but the leader's quiesce notice and the answers to it wakes a quiet group.
+        // Anything but the leader's quiesce notice and the answers to it wakes a quiet group
+        // (`Wake` wakes only the leader: see `step_local`).
         if !matches!(
             message.body,
-            MessageBody::Heartbeat { quiesce: true, .. } | MessageBody::HeartbeatResponse { .. }
+            MessageBody::Heartbeat { quiesce: true, .. }
+                | MessageBody::HeartbeatResponse { .. }
+                | MessageBody::Wake
         ) {
             self.wake(false);
         }
@@ -101,6 +104,26 @@ impl RaftGroup {
             MessageBody::ReadIndexResponse { context, index } => {
                 self.push_read_state(context, index);
             }
+            // The leader wakes and heartbeats again, which the asking learner hears. A
+            // follower passes it on to its leader rather than waking itself: woken
+            // followers of a leader that stays quiet would time out and elect, and a stale
+            // learner (one removed without knowing it) would cause that every timeout.
+            MessageBody::Wake => match (self.state.role, self.state.leader) {
+                // One that is not in the group cannot be heard, and waking for it would
+                // only keep the group from going quiet.
+                (Role::Leader, _) if self.configuration().is_member(message.from) => {
+                    self.wake(false);
+                }
+                (Role::Leader, _) => {}
+                (_, Some(leader))
+                    if leader != self.state.id
+                        && leader != message.from
+                        && self.configuration().is_member(message.from) =>
+                {
+                    self.send_untermed(leader, MessageBody::Wake);
+                }
+                _ => {}
+            },
             other => {
                 tracing::warn!(kind = other.kind(), from = %message.from, "untermed message dropped");
             }
@@ -198,7 +221,8 @@ impl RaftGroup {
             }
             MessageBody::Propose { .. }
             | MessageBody::ReadIndex { .. }
-            | MessageBody::ReadIndexResponse { .. } => {
+            | MessageBody::ReadIndexResponse { .. }
+            | MessageBody::Wake => {
                 tracing::warn!(from = %from, "local request with a term dropped");
             }
         }

@@ -103,3 +103,84 @@ fn a_removed_leader_steps_down_and_the_rest_elect_a_new_one() {
     cluster.tick_all(2);
     assert_eq!(cluster.commands(new_leader).len(), 1);
 }
+
+/// A learner restarted while its group is quiet knows no leader, and cannot campaign to
+/// find one: it asks the voters to wake, and hears the leader. Before `Wake`, it stayed
+/// without a leader until the next write, and a join sent through it could not be
+/// forwarded (membership-nemesis seed 432).
+#[test]
+fn a_learner_restarted_in_a_quiet_group_wakes_it_and_learns_the_leader() {
+    let quiet_config = RaftConfig {
+        quiesce_after_ticks: 5,
+        ..config()
+    };
+    let mut cluster = TestCluster::new(3, quiet_config.clone(), 23);
+    let leader = cluster.elect();
+    cluster.add_joining_node(node(4), 23);
+    cluster
+        .group(leader)
+        .propose_config_change(ConfigChange::AddLearner(node(4)))
+        .unwrap();
+    cluster.group(leader).propose(command("one")).unwrap();
+    cluster.tick_all(30);
+    assert!(
+        cluster.groups.values().all(RaftGroup::is_quiet),
+        "the idle group went quiet"
+    );
+    assert_eq!(cluster.commands(node(4)).len(), 1, "the learner caught up");
+    cluster.crash(node(4));
+    cluster.restart(node(4), 23);
+    assert_eq!(cluster.groups[&node(4)].leader(), None);
+    let timeout_ticks = quiet_config.election_timeout_ticks;
+    cluster.tick_all(3 * timeout_ticks);
+    assert_eq!(
+        cluster.groups[&node(4)].leader(),
+        Some(leader),
+        "the restarted learner heard the leader"
+    );
+    assert_eq!(cluster.groups[&leader].role(), Role::Leader, "no election");
+    cluster.tick_all(30);
+    assert!(
+        cluster.groups.values().all(RaftGroup::is_quiet),
+        "the group went quiet again"
+    );
+}
+
+/// A learner removed while cut off never hears of it, and keeps asking the voters to wake.
+/// Only the leader wakes for a member of its group, so the stale learner neither keeps the
+/// group from going quiet nor, by waking followers of a quiet leader, causes elections.
+#[test]
+fn a_stale_learner_asking_to_wake_neither_keeps_the_group_awake_nor_causes_elections() {
+    let quiet_config = RaftConfig {
+        quiesce_after_ticks: 5,
+        ..config()
+    };
+    let mut cluster = TestCluster::new(3, quiet_config.clone(), 29);
+    let leader = cluster.elect();
+    cluster.add_joining_node(node(4), 29);
+    cluster
+        .group(leader)
+        .propose_config_change(ConfigChange::AddLearner(node(4)))
+        .unwrap();
+    cluster.tick_all(10);
+    cluster.isolate(node(4));
+    cluster
+        .group(leader)
+        .propose_config_change(ConfigChange::Remove(node(4)))
+        .unwrap();
+    cluster.tick_all(30);
+    assert!(cluster.groups[&node(4)]
+        .configuration()
+        .learners
+        .contains(&node(4)));
+    cluster.crash(node(4));
+    cluster.restart(node(4), 29);
+    cluster.heal();
+    let term = cluster.groups[&leader].term();
+    cluster.tick_all(20 * quiet_config.election_timeout_ticks);
+    assert_eq!(cluster.leader(), Some(leader));
+    assert_eq!(cluster.groups[&leader].term(), term, "no election");
+    for voter in [1, 2, 3].map(node) {
+        assert!(cluster.groups[&voter].is_quiet(), "{voter} is quiet");
+    }
+}
