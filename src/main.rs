@@ -8,7 +8,7 @@
 mod cli;
 
 use borough::production::config::{LogFormat, ShellConfig, StartFlags};
-use borough::production::server::{serve, shutdown_signal};
+use borough::production::server::{serve, shutdown_signal, Served};
 use borough::production::HttpClient;
 use clap::{Parser, Subcommand};
 use cli::bench::{run_bench, BenchFlags};
@@ -157,7 +157,23 @@ fn start(runtime: &tokio::runtime::Runtime, flags: StartFlags) -> Result<(), Str
         LogFormat::Human => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
-    runtime.block_on(serve(config, shutdown_signal()))
+    match runtime.block_on(serve(config, shutdown_signal()))? {
+        Served::Stopped => Ok(()),
+        Served::StartOver => start_over(),
+    }
+}
+
+/// Replaces this process with a new run of the same command: it finds the data dir marked
+/// to be emptied and joins as a new member. Exec keeps the pid, so a supervisor sees one
+/// process throughout; every descriptor is close-on-exec, the ports and the lock with them.
+fn start_over() -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let program =
+        std::env::current_exe().map_err(|error| format!("cannot find this program: {error}"))?;
+    let error = std::process::Command::new(program)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    Err(format!("cannot start over as a new member: {error}"))
 }
 
 /// The URL of `path` on `node`, which may be given as `HOST:PORT` or as an `http://` URL.

@@ -656,6 +656,14 @@ impl<M: ClusterKinds> Node<M> {
     }
 
     /// Whether this node left its cluster and nothing depends on it any more: it may stop.
+    /// Whether the node left its cluster without a drain of its own (see
+    /// [`ClusterCoordinator::left_without_draining`]).
+    pub fn left_without_draining(&self) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(ClusterCoordinator::left_without_draining)
+    }
+
     pub fn is_drained(&self) -> bool {
         match (&self.cluster, &self.partitions) {
             (Some(cluster), Some(host)) => cluster.is_drained(host),

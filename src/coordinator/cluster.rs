@@ -21,7 +21,8 @@ use crate::coordinator::cluster_machine::{ClusterOperation, ClusterOutcome, Clus
 use crate::coordinator::placement::{Placement, PlacementConfig, PlacementCounters};
 use crate::directory::{
     ClusterMessage, ClusterName, ClusterSettings, Directory, DirectoryChange, DirectoryOperation,
-    DirectoryOutcome, DirectoryStateMachine, JoinAnswer, Member, MemberState, SYSTEM_PARTITION,
+    DirectoryOutcome, DirectoryRefusal, DirectoryStateMachine, JoinAnswer, Member, MemberState,
+    SYSTEM_PARTITION,
 };
 use crate::ids::NodeId;
 use crate::partition::host::{HostOutput, PartitionHost, PartitionStart};
@@ -145,6 +146,8 @@ pub struct ClusterCoordinator {
     /// The directory's group let this node go after it left: its copy of the directory no
     /// longer moves, so everything it holds goes.
     let_go: bool,
+    /// This run saw the node leaving (asked to, or listed so): a drain, not a death.
+    drain_seen: bool,
 }
 
 /// This node's copy of the directory, once it applied any of it.
@@ -190,6 +193,7 @@ impl ClusterCoordinator {
             transfer_asked_tick: None,
             departed_told_tick: BTreeMap::new(),
             let_go: false,
+            drain_seen: false,
         };
         coordinator.create_every_placed_replica(host);
         coordinator.update_state(host);
@@ -247,6 +251,10 @@ impl ClusterCoordinator {
     fn join_answer(outcome: Option<&DirectoryOutcome>) -> JoinAnswer {
         match outcome {
             Some(DirectoryOutcome::Joined(_)) => JoinAnswer::Accepted,
+            // A new node under a departed member's id waits for that member's moves.
+            Some(DirectoryOutcome::Refused(refusal @ DirectoryRefusal::LeftMemberStillHeld(_))) => {
+                JoinAnswer::retry(refusal.to_string())
+            }
             Some(DirectoryOutcome::Refused(refusal)) => JoinAnswer::refused(refusal.to_string()),
             other => JoinAnswer::retry(format!("unexpected directory outcome {other:?}")),
         }
@@ -278,6 +286,7 @@ impl ClusterCoordinator {
             .and_then(|directory| directory.member(self.me()))
             .filter(|member| member.instance == self.config.member.instance);
         if let Some(member) = listed {
+            self.drain_seen |= member.state == MemberState::Leaving;
             self.state = match member.state {
                 MemberState::Active => MembershipState::Member,
                 MemberState::Leaving => MembershipState::Leaving,
@@ -332,6 +341,13 @@ impl ClusterCoordinator {
             }
             self.placement.tick_left(host, self.me(), self.let_go);
         }
+    }
+
+    /// Whether the node left its cluster without draining in this run: declared dead while
+    /// it was away (or already gone at startup). Its data dir can never join again; the
+    /// binary starts over on an empty one, as a new member under the same id.
+    pub fn left_without_draining(&self) -> bool {
+        self.state == MembershipState::Left && !self.drain_seen && !self.leave_asked
     }
 
     /// Whether this node left its cluster and holds no replica but its copy of the

@@ -130,8 +130,16 @@ pub enum DirectoryRefusal {
     NodeIdTaken { id: NodeId, address: String },
     #[error("address {address} is already the address of member {id}")]
     AddressTaken { address: String, id: NodeId },
-    #[error("member {0} left the cluster; a node that left joins again under a new id")]
+    #[error(
+        "member {0} left the cluster; its data dir cannot join again (an empty one can, as a \
+         new member under the same id)"
+    )]
     MemberLeft(NodeId),
+    #[error(
+        "member {0} left the cluster and partitions still list it; a new node under its id \
+         can join once their moves finish"
+    )]
+    LeftMemberStillHeld(NodeId),
     #[error("{0} is not a member of the cluster")]
     UnknownMember(NodeId),
     #[error("the cluster has no active member to place a partition on")]
@@ -524,8 +532,20 @@ impl Directory {
             });
         }
         let state = match self.members.get(&member.id) {
+            // The same data dir never comes back; a new one (another instance) may take
+            // the id over once no partition lists the old one (its replicas are gone).
             Some(existing) if existing.state == MemberState::Left => {
-                return refused(DirectoryRefusal::MemberLeft(member.id));
+                if existing.instance == member.instance {
+                    return refused(DirectoryRefusal::MemberLeft(member.id));
+                }
+                let held = self
+                    .partitions
+                    .values()
+                    .any(|entry| entry.holders().contains(&member.id));
+                if held {
+                    return refused(DirectoryRefusal::LeftMemberStillHeld(member.id));
+                }
+                MemberState::Active
             }
             Some(existing) if existing.instance != member.instance => {
                 return refused(DirectoryRefusal::NodeIdTaken {
@@ -943,6 +963,67 @@ mod tests {
                 generation,
             }),
         ]
+    }
+
+    #[test]
+    fn a_member_that_left_comes_back_only_as_a_new_instance_once_nothing_lists_it() {
+        let members = [member(1, "a"), member(2, "b"), member(3, "c")];
+        let mut directory = bootstrapped(&members);
+        let (entry, _) = create(&mut directory, "p");
+        assert!(entry.replicas.contains(&NodeId(2)));
+        directory.apply(&DirectoryOperation::SetMemberState {
+            id: NodeId(2),
+            state: MemberState::Left,
+        });
+        let join = |member: Member| DirectoryOperation::Join {
+            cluster_name: cluster(),
+            member,
+        };
+        // The same data dir: never.
+        assert_eq!(
+            refusal(&mut directory, join(members[1].clone())),
+            DirectoryRefusal::MemberLeft(NodeId(2))
+        );
+        // A new data dir while a partition still lists the old one: not yet.
+        let mut fresh = members[1].clone();
+        fresh.instance += 1;
+        assert_eq!(
+            refusal(&mut directory, join(fresh.clone())),
+            DirectoryRefusal::LeftMemberStillHeld(NodeId(2))
+        );
+        let away: Vec<NodeId> = entry
+            .replicas
+            .iter()
+            .copied()
+            .filter(|node| *node != NodeId(2))
+            .collect();
+        directory.apply(&DirectoryOperation::MovePartition {
+            name: name("p"),
+            generation: entry.generation,
+            replicas: away,
+        });
+        // Moving away: the old replica still holds it.
+        assert_eq!(
+            refusal(&mut directory, join(fresh.clone())),
+            DirectoryRefusal::LeftMemberStillHeld(NodeId(2))
+        );
+        directory.apply(&DirectoryOperation::FinishMove {
+            name: name("p"),
+            generation: entry.generation + 1,
+        });
+        let (outcome, _) = directory.apply(&join(fresh.clone()));
+        assert_eq!(outcome, DirectoryOutcome::Joined(fresh.clone()));
+        let back = directory.member(NodeId(2)).unwrap();
+        assert_eq!(back.state, MemberState::Active);
+        assert_eq!(back.instance, fresh.instance);
+        // And the old one stays out.
+        assert_eq!(
+            refusal(&mut directory, join(members[1].clone())),
+            DirectoryRefusal::NodeIdTaken {
+                id: NodeId(2),
+                address: members[1].peer_address.to_string()
+            }
+        );
     }
 
     #[test]

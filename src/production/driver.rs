@@ -66,6 +66,9 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
     /// This node left the cluster and holds no replica: it may stop (and does).
     pub drained: bool,
+    /// It left without a drain of its own (declared dead while away): the binary starts
+    /// over on an empty data dir and joins as a new member.
+    pub rejoin_as_new: bool,
     /// How many partitions the directory lists; at most `PARTITIONS_LISTED_MAX` are listed.
     pub partition_count: usize,
     /// Partitions moving between nodes now.
@@ -822,6 +825,7 @@ impl NodeLoop {
                 })
                 .unwrap_or_default(),
             drained: self.node.is_drained(),
+            rejoin_as_new: self.node.is_drained() && self.node.left_without_draining(),
             partition_count: directory.map_or(0, |directory| directory.partition_count()),
             moving_count: directory.map_or(0, |directory| directory.moving_count()),
             partitions: directory

@@ -15,6 +15,7 @@ pub mod membership;
 pub mod metrics;
 mod os_rng;
 pub mod peer_frame;
+pub mod rejoin;
 pub mod server;
 mod system_clock;
 pub mod tcp_transport;

@@ -36,11 +36,22 @@ const NODE_INBOX_CAPACITY: usize = 16 * 1024;
 /// the same length. The price is a longer Raft log (about 10 MiB per node of 256-byte puts).
 const CHECKPOINT_APPLIED_ENTRIES: u64 = 32_768;
 
+/// How the server ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// On the shutdown signal, or after a drain: the process exits.
+    Stopped,
+    /// The node left its cluster without a drain of its own (declared dead while away):
+    /// the data dir is marked to be emptied, and the process starts over
+    /// ([`crate::production::rejoin`]).
+    StartOver,
+}
+
 /// Runs the node until `shutdown` completes.
 pub async fn serve(
-    config: ShellConfig,
+    mut config: ShellConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<Served, String> {
     let http_listener = TcpListener::bind(config.http)
         .await
         .map_err(|error| format!("cannot listen for clients on {}: {error}", config.http))?;
@@ -85,6 +96,10 @@ pub async fn serve(
             config.data_dir.display()
         )
     })?;
+    // A data dir that left its cluster starts over: emptied, it joins as a new member.
+    if let Some(through) = crate::production::rejoin::prepare(&config.data_dir)? {
+        config.join = config.join.or(Some(through));
+    }
 
     let peer_down_after = Duration::from_millis(config.peer_down_after_ms);
     let heartbeat_interval = (peer_down_after / 4).max(Duration::from_millis(50));
@@ -227,7 +242,8 @@ pub async fn serve(
     );
     // The server stops on the shutdown signal, or once the node left its cluster and
     // nothing depends on it any more (`borough leave`).
-    let drained = wait_until_drained(state.node.clone());
+    let (start_over_sender, start_over) = tokio::sync::oneshot::channel();
+    let drained = wait_until_drained(state.node.clone(), start_over_sender);
     let stop = async move {
         tokio::select! {
             () = shutdown => {}
@@ -243,8 +259,18 @@ pub async fn serve(
     )
     .await;
     tracing::info!(node = %config.node_id, "shut down");
+    let served = match start_over.await {
+        Ok(through) => {
+            crate::production::rejoin::write(
+                &config.data_dir,
+                crate::production::rejoin::Rejoin::Pending(through),
+            )?;
+            Served::StartOver
+        }
+        Err(_) => Served::Stopped,
+    };
     drop(data_dir_lock);
-    Ok(())
+    Ok(served)
 }
 
 /// Learns the id of the member at `join` (it dials back after a hello), tells the node to
@@ -295,11 +321,32 @@ async fn find_seed(
 }
 
 /// Completes once the node left its cluster and holds no replica (never for a node outside
-/// a cluster).
-async fn wait_until_drained(node: crate::production::driver::NodeHandle) {
+/// a cluster). When it left without a drain of its own, it first sends `start_over` the
+/// peer address of an active member to join again through.
+async fn wait_until_drained(
+    node: crate::production::driver::NodeHandle,
+    start_over: tokio::sync::oneshot::Sender<std::net::SocketAddr>,
+) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         match node.cluster().await {
+            Ok(view) if view.drained && view.rejoin_as_new => {
+                let through = view
+                    .members
+                    .iter()
+                    .filter(|member| member.id != view.node && member.state == "active")
+                    .find_map(|member| member.peer_address.parse().ok());
+                let Some(through) = through else {
+                    // Nobody to join through yet: its copy of the directory may still move.
+                    continue;
+                };
+                tracing::warn!(
+                    %through,
+                    "the cluster let this node go (declared dead while away): it starts over on an empty data dir and joins again as a new member"
+                );
+                let _ = start_over.send(through);
+                return;
+            }
             Ok(view) if view.drained => {
                 tracing::info!("this node left the cluster and holds no replica: stopping");
                 return;

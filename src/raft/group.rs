@@ -676,12 +676,17 @@ impl RaftGroup {
         if self.state.role == Role::Leader {
             self.tick_leader();
         } else {
-            self.state.election_elapsed_ticks += 1;
-            if self.state.election_elapsed_ticks >= self.state.randomized_election_timeout_ticks {
-                self.state.election_elapsed_ticks = 0;
+            self.state.election_elapsed_ticks = self.state.election_elapsed_ticks.saturating_add(1);
+            let timeout = self.state.randomized_election_timeout_ticks.max(1);
+            let elapsed = self.state.election_elapsed_ticks;
+            if elapsed >= timeout {
                 if self.can_campaign() {
+                    self.state.election_elapsed_ticks = 0;
                     self.start_election(false);
-                } else {
+                } else if (elapsed - timeout).is_multiple_of(timeout) {
+                    // Its clock keeps running: a learner that a joint configuration counts
+                    // as a voter must see the old leader's lease run out, or it would never
+                    // answer the candidates that need its vote (membership-nemesis seed 159).
                     self.wake_voters();
                 }
             }

@@ -298,6 +298,11 @@ impl ClusterNode {
         assert!(status.success(), "kill -{signal} failed");
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node is running").id()
+    }
+
     /// The exit status when the process has ended on its own.
     pub fn exited(&mut self) -> Option<String> {
         let child = self.child.as_mut()?;
@@ -405,6 +410,11 @@ impl Cluster {
     /// others join through node 1) but not started: [`Cluster::launch`] starts each.
     pub fn prepare_joined(size: usize) -> Cluster {
         Cluster::configure(size, &[], None, true)
+    }
+
+    /// [`Cluster::prepare_joined`], every node given `extra_arguments` too.
+    pub fn prepare_joined_with(size: usize, extra_arguments: &[&str]) -> Cluster {
+        Cluster::configure(size, extra_arguments, None, true)
     }
 
     /// Starts a configured node that never ran.
