@@ -658,10 +658,20 @@ impl<M: ClusterKinds> Node<M> {
     /// Whether this node left its cluster and nothing depends on it any more: it may stop.
     /// Whether the node left its cluster without a drain of its own (see
     /// [`ClusterCoordinator::left_without_draining`]).
+    /// Never while its copy of the directory's group still counts it a voter or leader: a
+    /// new instance under its id, with its votes forgotten, could vote twice in a term.
     pub fn left_without_draining(&self) -> bool {
-        self.cluster
+        let me = self.config.id();
+        let still_votes = self
+            .partitions
             .as_ref()
-            .is_some_and(ClusterCoordinator::left_without_draining)
+            .and_then(|host| host.status(crate::directory::SYSTEM_PARTITION))
+            .is_some_and(|status| status.leader == Some(me) || status.configuration.is_voter(me));
+        !still_votes
+            && self
+                .cluster
+                .as_ref()
+                .is_some_and(ClusterCoordinator::left_without_draining)
     }
 
     pub fn is_drained(&self) -> bool {

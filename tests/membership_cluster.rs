@@ -24,7 +24,7 @@ use borough_sim::checkers::linearizability::{
 };
 use cluster_support::{http_request, Cluster, REQUEST_TIMEOUT};
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,8 +54,9 @@ struct Shared {
     failures: Mutex<Vec<String>>,
     /// Requests through a node that was killed, which got no answer.
     cut_by_kill: Mutex<u64>,
-    /// Nodes killed at some point: their unanswered requests are not failures.
-    killed: Mutex<BTreeSet<SocketAddr>>,
+    /// Nodes killed, and when: a request through one that was sent before its kill and got
+    /// no answer is not a failure (clients send nothing there until it is back).
+    killed: Mutex<BTreeMap<SocketAddr, Instant>>,
     latencies: Mutex<Vec<Duration>>,
 }
 
@@ -110,7 +111,13 @@ fn client(client_id: u64, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
                 OperationOutput::Value(None)
             }
             (input, outcome) => {
-                let cut = outcome.is_err() && shared.killed.lock().unwrap().contains(&node);
+                let cut = outcome.is_err()
+                    && shared
+                        .killed
+                        .lock()
+                        .unwrap()
+                        .get(&node)
+                        .is_some_and(|killed| call <= *killed);
                 let what = match outcome {
                     Ok(response) => response.describe(),
                     Err(error) => error,
@@ -202,14 +209,14 @@ fn kill_and_restart_during_moves(cluster: &mut Cluster, shared: &Shared, index: 
     let address = cluster.http(index);
     // The join's first moves are admitted within a few hundred milliseconds.
     std::thread::sleep(Duration::from_millis(500));
-    shared.killed.lock().unwrap().insert(address);
     shared
         .targets
         .lock()
         .unwrap()
         .retain(|target| *target != address);
-    cluster.kill(index);
     let killed = Instant::now();
+    shared.killed.lock().unwrap().insert(address, killed);
+    cluster.kill(index);
     std::thread::sleep(Duration::from_secs(1));
     cluster.restart(index);
     while cluster_view(address).is_none_or(|view| view["membership"] != "member") {
@@ -244,7 +251,7 @@ fn nodes_join_and_drain_under_load_with_no_failed_request() {
         operations: Mutex::new(Vec::new()),
         failures: Mutex::new(Vec::new()),
         cut_by_kill: Mutex::new(0),
-        killed: Mutex::new(BTreeSet::new()),
+        killed: Mutex::new(BTreeMap::new()),
         latencies: Mutex::new(Vec::new()),
     });
     // The partitions exist before the load starts (a first request creates each); these

@@ -135,6 +135,10 @@ fn a_node_declared_dead_while_away_starts_over_and_rejoins_as_a_new_member() {
         log.contains("starts over on an empty data dir"),
         "node 3's log says it started over:\n{log}"
     );
+    // It emptied its data dir and joined through a member it knew.
+    let marker = std::fs::read_to_string(cluster.nodes[2].data_dir().join("REJOIN"))
+        .expect("node 3 left a REJOIN marker");
+    assert!(marker.starts_with("joined "), "{marker:?}");
     // The last acknowledged write of every partition reads back through every node,
     // node 3's new replicas included.
     for via in 0..3 {
@@ -158,4 +162,57 @@ fn a_node_declared_dead_while_away_starts_over_and_rejoins_as_a_new_member() {
         "members before: {}; after: {}",
         before["members"], after["members"]
     );
+}
+
+/// A node that drained by its own `leave` is not a dead one: started again on its data dir,
+/// it finds it left, stops again at once, and never joins as a new member. (Here its Raft
+/// log replays the "leaving" state too, which alone keeps it from starting over; the
+/// `LEAVING` marker covers a node whose log was compacted past it.)
+#[test]
+fn a_drained_node_started_again_stops_instead_of_rejoining() {
+    let mut cluster = Cluster::prepare_joined_with(3, &["--dead-after-s", "2"]);
+    for index in 0..3 {
+        cluster.launch(index);
+    }
+    cluster
+        .wait_until_healthy(cluster_support::STARTUP_TIMEOUT)
+        .unwrap_or_else(|failure| panic!("{failure}\n{}", cluster.log_tails()));
+    wait_for(&cluster, 0, "three active members", |view| {
+        (1..=3).all(|id| member(view, id).is_some_and(|member| member["state"] == "active"))
+    });
+    put(&cluster, 0, 0, "kept");
+    let response = http_request(
+        cluster.http(2),
+        "POST",
+        "/cluster/leave",
+        None,
+        REQUEST_TIMEOUT,
+    )
+    .unwrap_or_else(|failure| panic!("{failure}\n{}", cluster.log_tails()));
+    assert_eq!(response.status, 202, "{}", response.describe());
+    let exited = |cluster: &mut Cluster| {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = cluster.nodes[2].exited() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < SETTLE_TIMEOUT,
+                "node 3 did not stop\n{}",
+                cluster.log_tails()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(exited(&mut cluster), "exit status: 0");
+    cluster.kill(2); // reaps the exited process
+    cluster.restart(2);
+    assert_eq!(
+        exited(&mut cluster),
+        "exit status: 0",
+        "started again, the drained node stops again"
+    );
+    assert!(!cluster.nodes[2].data_dir().join("REJOIN").exists());
+    let view = cluster_view(cluster.http(0)).expect("node 1 answers");
+    assert_eq!(member(&view, 3).unwrap()["state"], "left", "{view:#}");
 }

@@ -644,7 +644,15 @@ impl ClusterCoordinator {
             }
         }
         let mut departed = None;
-        for node in configuration.voters.iter().chain(&configuration.learners) {
+        // The leader itself is not among them: it hands the directory on (below) once no
+        // other change is due, and its own case must not hold the others up.
+        let me = self.me();
+        for node in configuration
+            .voters
+            .iter()
+            .chain(&configuration.learners)
+            .filter(|node| **node != me)
+        {
             let gone = directory
                 .member(*node)
                 .is_none_or(|member| member.state == MemberState::Left);
@@ -686,9 +694,7 @@ impl ClusterCoordinator {
             .flatten()
             .map(|member| member.id);
         let change = if let Some(node) = departed {
-            if node == self.me() {
-                None // the leader leaves last; a member that left does not lead for long
-            } else if configuration.voters.contains(&node) {
+            if configuration.voters.contains(&node) {
                 Some(ConfigChange::Demote(node))
             } else {
                 Some(ConfigChange::Remove(node))

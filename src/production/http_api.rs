@@ -55,6 +55,8 @@ pub struct ApiState {
     /// A put that is not answered by then gets 504 with its key; the write itself goes on
     /// ("get it done"). Shorter than the request timeout, so the key always reaches the client.
     pub put_answer_timeout: Duration,
+    /// Where `POST /cluster/leave` records that the node drains ([`crate::production::rejoin`]).
+    pub data_dir: std::path::PathBuf,
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {

@@ -61,6 +61,10 @@ pub fn kv_routes() -> Router<ApiState> {
 /// Drains this node out of its cluster: 202 at once; its replicas then move away, the
 /// directory marks it left, and the process stops (`GET /cluster` shows the progress).
 async fn leave(State(state): State<ApiState>) -> Response {
+    // Before the node is asked: a drain must never be mistaken for a death later.
+    if let Err(failure) = crate::production::rejoin::mark_leaving(&state.data_dir) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, failure);
+    }
     match state.node.leave().await {
         Ok(Ok(())) => (
             StatusCode::ACCEPTED,

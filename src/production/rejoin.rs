@@ -2,6 +2,9 @@
 //! (declared dead while it was away) can never rejoin on its data dir, so the binary starts
 //! over on an empty one, under the same id, joining through a member it knew.
 //!
+//! A node that drains by its own `leave` is not declared dead: `LEAVING`, written when it
+//! is asked to leave (or seen leaving), keeps it from ever starting over.
+//!
 //! The marker file `REJOIN` holds the step and the member's peer address. `pending ADDR`
 //! is written, synced, before the old process replaces itself (exec); the new process wipes
 //! the data dir (all but `LOCK` and the marker) and only then writes `joined ADDR`, so a
@@ -15,6 +18,27 @@ use std::path::Path;
 
 const MARKER: &str = "REJOIN";
 const LOCK: &str = "LOCK";
+/// Written (synced) once the node is asked to leave, or seen leaving: a node that left by
+/// its own drain never starts over, restarted or not; the directory only says "left".
+const LEAVING: &str = "LEAVING";
+
+/// Records, durably, that this data dir's node is draining out of its cluster.
+pub fn mark_leaving(data_dir: &Path) -> Result<(), String> {
+    let path = data_dir.join(LEAVING);
+    if path.exists() {
+        return Ok(());
+    }
+    let write = || -> std::io::Result<()> {
+        std::fs::File::create(&path)?.sync_all()?;
+        std::fs::File::open(data_dir)?.sync_all()
+    };
+    write().map_err(|error| format!("cannot write {}: {error}", path.display()))
+}
+
+/// Whether this data dir's node was draining (then it stops when it left, never starts over).
+pub fn is_leaving(data_dir: &Path) -> bool {
+    data_dir.join(LEAVING).exists()
+}
 
 /// What the marker says to do at startup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

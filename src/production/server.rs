@@ -98,7 +98,8 @@ pub async fn serve(
     })?;
     // A data dir that left its cluster starts over: emptied, it joins as a new member.
     if let Some(through) = crate::production::rejoin::prepare(&config.data_dir)? {
-        config.join = config.join.or(Some(through));
+        // The marker's member is fresher than the command line's (which may have left).
+        config.join = Some(through);
     }
 
     let peer_down_after = Duration::from_millis(config.peer_down_after_ms);
@@ -200,6 +201,7 @@ pub async fn serve(
         client,
         body_bytes_max: config.body_bytes_max,
         put_answer_timeout: put_answer_timeout(config.http_limits.request_timeout),
+        data_dir: config.data_dir.clone(),
     };
     match transport {
         Transport::Tcp(tcp) => {
@@ -243,7 +245,11 @@ pub async fn serve(
     // The server stops on the shutdown signal, or once the node left its cluster and
     // nothing depends on it any more (`borough leave`).
     let (start_over_sender, start_over) = tokio::sync::oneshot::channel();
-    let drained = wait_until_drained(state.node.clone(), start_over_sender);
+    let drained = wait_until_drained(
+        state.node.clone(),
+        start_over_sender,
+        config.data_dir.clone(),
+    );
     let stop = async move {
         tokio::select! {
             () = shutdown => {}
@@ -326,11 +332,25 @@ async fn find_seed(
 async fn wait_until_drained(
     node: crate::production::driver::NodeHandle,
     start_over: tokio::sync::oneshot::Sender<std::net::SocketAddr>,
+    data_dir: std::path::PathBuf,
 ) {
+    use crate::production::rejoin;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        match node.cluster().await {
-            Ok(view) if view.drained && view.rejoin_as_new => {
+        let view = node.cluster().await;
+        if let Ok(view) = &view {
+            let leaving = view
+                .members
+                .iter()
+                .any(|member| member.id == view.node && member.state == "leaving");
+            if leaving {
+                if let Err(failure) = rejoin::mark_leaving(&data_dir) {
+                    tracing::error!(%failure, "cannot record that this node drains");
+                }
+            }
+        }
+        match view {
+            Ok(view) if view.drained && view.rejoin_as_new && !rejoin::is_leaving(&data_dir) => {
                 let through = view
                     .members
                     .iter()
