@@ -184,3 +184,29 @@ fn a_stale_learner_asking_to_wake_neither_keeps_the_group_awake_nor_causes_elect
         assert!(cluster.groups[&voter].is_quiet(), "{voter} is quiet");
     }
 }
+
+/// A learner that cannot reach the leader still wakes it: the followers pass its `Wake` on,
+/// and the leader's heartbeats, which do reach the learner, tell it who leads.
+#[test]
+fn followers_pass_a_learners_wake_on_to_their_quiet_leader() {
+    let quiet_config = RaftConfig {
+        quiesce_after_ticks: 5,
+        ..config()
+    };
+    let mut cluster = TestCluster::new(3, quiet_config.clone(), 31);
+    let leader = cluster.elect();
+    cluster.add_joining_node(node(4), 31);
+    cluster
+        .group(leader)
+        .propose_config_change(ConfigChange::AddLearner(node(4)))
+        .unwrap();
+    cluster.tick_all(30);
+    assert!(cluster.groups.values().all(RaftGroup::is_quiet));
+    cluster.crash(node(4));
+    cluster.restart(node(4), 31);
+    // Only the learner's own messages to the leader are lost.
+    cluster.cut.insert((node(4), leader));
+    cluster.tick_all(3 * quiet_config.election_timeout_ticks);
+    assert_eq!(cluster.groups[&node(4)].leader(), Some(leader));
+    assert_eq!(cluster.groups[&leader].role(), Role::Leader, "no election");
+}
