@@ -74,8 +74,8 @@ fn put(cluster: &Cluster, via: usize, partition: usize, value: &str) {
     assert_eq!(response.status, 204, "{}", response.describe());
 }
 
-#[test]
-fn a_node_declared_dead_while_away_starts_over_and_rejoins_as_a_new_member() {
+/// Three nodes that joined node 1's cluster, each with `--dead-after-s 2`, all active.
+fn start_three() -> Cluster {
     let mut cluster = Cluster::prepare_joined_with(3, &["--dead-after-s", "2"]);
     for index in 0..3 {
         cluster.launch(index);
@@ -86,6 +86,12 @@ fn a_node_declared_dead_while_away_starts_over_and_rejoins_as_a_new_member() {
     wait_for(&cluster, 0, "three active members", |view| {
         (1..=3).all(|id| member(view, id).is_some_and(|member| member["state"] == "active"))
     });
+    cluster
+}
+
+#[test]
+fn a_node_declared_dead_while_away_starts_over_and_rejoins_as_a_new_member() {
+    let mut cluster = start_three();
     for partition in 0..PARTITIONS {
         put(&cluster, 0, partition, "before");
     }
@@ -170,16 +176,7 @@ fn a_node_declared_dead_while_away_starts_over_and_rejoins_as_a_new_member() {
 /// `LEAVING` marker covers a node whose log was compacted past it.)
 #[test]
 fn a_drained_node_started_again_stops_instead_of_rejoining() {
-    let mut cluster = Cluster::prepare_joined_with(3, &["--dead-after-s", "2"]);
-    for index in 0..3 {
-        cluster.launch(index);
-    }
-    cluster
-        .wait_until_healthy(cluster_support::STARTUP_TIMEOUT)
-        .unwrap_or_else(|failure| panic!("{failure}\n{}", cluster.log_tails()));
-    wait_for(&cluster, 0, "three active members", |view| {
-        (1..=3).all(|id| member(view, id).is_some_and(|member| member["state"] == "active"))
-    });
+    let mut cluster = start_three();
     put(&cluster, 0, 0, "kept");
     let response = http_request(
         cluster.http(2),

@@ -104,23 +104,30 @@ fn a_removed_leader_steps_down_and_the_rest_elect_a_new_one() {
     assert_eq!(cluster.commands(new_leader).len(), 1);
 }
 
+/// Three voters that go quiet when idle (after 5 ticks), a leader elected, and node 4 being
+/// added as a learner.
+fn quiet_group_adding_a_learner(seed: u64) -> (TestCluster, NodeId, RaftConfig) {
+    let quiet_config = RaftConfig {
+        quiesce_after_ticks: 5,
+        ..config()
+    };
+    let mut cluster = TestCluster::new(3, quiet_config.clone(), seed);
+    let leader = cluster.elect();
+    cluster.add_joining_node(node(4), seed);
+    cluster
+        .group(leader)
+        .propose_config_change(ConfigChange::AddLearner(node(4)))
+        .unwrap();
+    (cluster, leader, quiet_config)
+}
+
 /// A learner restarted while its group is quiet knows no leader, and cannot campaign to
 /// find one: it asks the voters to wake, and hears the leader. Before `Wake`, it stayed
 /// without a leader until the next write, and a join sent through it could not be
 /// forwarded (membership-nemesis seed 432).
 #[test]
 fn a_learner_restarted_in_a_quiet_group_wakes_it_and_learns_the_leader() {
-    let quiet_config = RaftConfig {
-        quiesce_after_ticks: 5,
-        ..config()
-    };
-    let mut cluster = TestCluster::new(3, quiet_config.clone(), 23);
-    let leader = cluster.elect();
-    cluster.add_joining_node(node(4), 23);
-    cluster
-        .group(leader)
-        .propose_config_change(ConfigChange::AddLearner(node(4)))
-        .unwrap();
+    let (mut cluster, leader, quiet_config) = quiet_group_adding_a_learner(23);
     cluster.group(leader).propose(command("one")).unwrap();
     cluster.tick_all(30);
     assert!(
@@ -151,17 +158,7 @@ fn a_learner_restarted_in_a_quiet_group_wakes_it_and_learns_the_leader() {
 /// group from going quiet nor, by waking followers of a quiet leader, causes elections.
 #[test]
 fn a_stale_learner_asking_to_wake_neither_keeps_the_group_awake_nor_causes_elections() {
-    let quiet_config = RaftConfig {
-        quiesce_after_ticks: 5,
-        ..config()
-    };
-    let mut cluster = TestCluster::new(3, quiet_config.clone(), 29);
-    let leader = cluster.elect();
-    cluster.add_joining_node(node(4), 29);
-    cluster
-        .group(leader)
-        .propose_config_change(ConfigChange::AddLearner(node(4)))
-        .unwrap();
+    let (mut cluster, leader, quiet_config) = quiet_group_adding_a_learner(29);
     cluster.tick_all(10);
     cluster.isolate(node(4));
     cluster
@@ -189,17 +186,7 @@ fn a_stale_learner_asking_to_wake_neither_keeps_the_group_awake_nor_causes_elect
 /// and the leader's heartbeats, which do reach the learner, tell it who leads.
 #[test]
 fn followers_pass_a_learners_wake_on_to_their_quiet_leader() {
-    let quiet_config = RaftConfig {
-        quiesce_after_ticks: 5,
-        ..config()
-    };
-    let mut cluster = TestCluster::new(3, quiet_config.clone(), 31);
-    let leader = cluster.elect();
-    cluster.add_joining_node(node(4), 31);
-    cluster
-        .group(leader)
-        .propose_config_change(ConfigChange::AddLearner(node(4)))
-        .unwrap();
+    let (mut cluster, leader, quiet_config) = quiet_group_adding_a_learner(31);
     cluster.tick_all(30);
     assert!(cluster.groups.values().all(RaftGroup::is_quiet));
     cluster.crash(node(4));
