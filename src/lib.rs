@@ -4,6 +4,7 @@
 //! network, the disk and randomness only through the traits in `seams`, so the simulator in
 //! `borough-sim` runs the very code production runs and replays any seed bit for bit.
 
+pub mod application;
 pub mod coordinator;
 pub mod directory;
 pub mod events;

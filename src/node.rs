@@ -28,6 +28,9 @@
 //! of the peer table or the directory. Members are trusted to run the protocol; their
 //! messages are checked for form, not for truth.
 
+use crate::application::{
+    Handler, HandlerCounters, HandlerPlantedBug, HandlerRuntime, HandlerRuntimeConfig,
+};
 use crate::coordinator::cluster::{
     directory_of, ClusterConfig, ClusterCoordinator, ClusterKinds, MembershipState,
 };
@@ -61,6 +64,8 @@ pub struct NodeConfig {
     pub cluster: Option<ClusterConfig>,
     /// How requests for partition names are routed (with `cluster`).
     pub router: RouterConfig,
+    /// How the request handler runs (with `cluster`, once a handler is set).
+    pub handlers: HandlerRuntimeConfig,
 }
 
 /// How the node runs its Raft partitions.
@@ -87,6 +92,7 @@ impl NodeConfig {
             partitions: None,
             cluster: None,
             router: RouterConfig::default(),
+            handlers: HandlerRuntimeConfig::default(),
         }
     }
 
@@ -98,6 +104,10 @@ impl NodeConfig {
         self.coordinator.planted_bug
     }
 }
+
+/// Turns of one pump: each runs the handlers whose accesses resolved in the last, and hands
+/// on what they filed.
+const PUMP_TURNS_MAX: usize = 8;
 
 /// The node's view of the world: the four seams.
 pub struct NodeSeams {
@@ -161,6 +171,8 @@ pub struct Node<M: ClusterKinds = KvStateMachine> {
     /// Membership and routing, in a cluster of named partitions.
     cluster: Option<ClusterCoordinator>,
     router: Router<M>,
+    /// The request handler's executor (idle until a handler is set).
+    application: HandlerRuntime,
     /// Set when the partition store was found damaged at open (see `partition::raft_log`).
     partitions_damaged: Option<String>,
     next_raft_tick_micros: u64,
@@ -231,7 +243,20 @@ impl<M: ClusterKinds + Default> Node<M> {
             ),
             _ => None,
         };
-        let router = Router::new(config.router.clone());
+        let router = Router::new(RouterConfig {
+            tick_micros: config
+                .partitions
+                .as_ref()
+                .map_or(config.router.tick_micros, |partitions| {
+                    partitions.tick_micros
+                }),
+            ..config.router.clone()
+        });
+        let mut router = router;
+        if config.handlers.planted_bug == Some(HandlerPlantedBug::ReadFollowerWithoutReadIndex) {
+            router.plant_serve_handlers_on_own_replica();
+        }
+        let application = HandlerRuntime::new(config.handlers.clone());
         Ok(Self {
             config,
             seams,
@@ -239,6 +264,7 @@ impl<M: ClusterKinds + Default> Node<M> {
             partitions,
             cluster,
             router,
+            application,
             partitions_damaged,
             next_raft_tick_micros,
             outputs: Vec::new(),
@@ -512,12 +538,31 @@ impl<M: ClusterKinds> Node<M> {
             if self.next_raft_tick_micros <= now {
                 self.next_raft_tick_micros = now + tick_micros;
             }
+            // Deadlines of handlers, and tasks left over from the last turn.
+            self.application.run(host, &mut self.router, now);
         }
         self.pump_partitions();
     }
 
-    /// Starts the partitions' next round if one is due, and hands on what they produced.
+    /// Starts the partitions' next round if one is due, and hands on what they produced;
+    /// runs the request handlers whose accesses resolved, and hands on what they did.
     fn pump_partitions(&mut self) {
+        for _ in 0..PUMP_TURNS_MAX {
+            self.pump_partitions_once();
+            if !self.application.has_ready() {
+                return;
+            }
+            let now = self.now();
+            let Some(host) = &mut self.partitions else {
+                return;
+            };
+            self.application.run(host, &mut self.router, now);
+        }
+        // Tasks still ready run at the next input or tick; what they did is handed on now.
+        self.pump_partitions_once();
+    }
+
+    fn pump_partitions_once(&mut self) {
         let Some(host) = &mut self.partitions else {
             return;
         };
@@ -525,7 +570,11 @@ impl<M: ClusterKinds> Node<M> {
         for (to, envelope) in host.take_envelopes() {
             self.seams.network.send(to, Message::Raft(envelope));
         }
-        let outputs = host.take_outputs();
+        let outputs: Vec<_> = host
+            .take_outputs()
+            .into_iter()
+            .filter_map(|output| self.application.take_host_output::<M>(output))
+            .collect();
         match &mut self.cluster {
             Some(cluster) => {
                 cluster.on_directory_changes(host);
@@ -589,10 +638,15 @@ impl<M: ClusterKinds> Node<M> {
             if self.own_routed_requests.remove(&answer.request_id) {
                 continue;
             }
+            let Some(answer) = self.application.take_router_answer::<M>(answer) else {
+                continue;
+            };
             if let Some(cluster) = &mut self.cluster {
                 let result = match &answer.result {
                     Ok(RoutedOutcome::Wrote(outcome)) => Ok(outcome),
-                    Ok(RoutedOutcome::Read(_)) => Err("a read answered a join".to_string()),
+                    Ok(RoutedOutcome::Read(_) | RoutedOutcome::Replied(_)) => {
+                        Err("a read answered a join".to_string())
+                    }
                     Err(error) => Err(error.to_string()),
                 };
                 if cluster.on_routed_join_answer::<M>(answer.request_id, result) {
@@ -603,12 +657,53 @@ impl<M: ClusterKinds> Node<M> {
         }
     }
 
-    /// A routed request (served by the host) or an answer (taken by the router).
+    /// A routed request (served by the host, or by the handler runtime) or an answer (taken
+    /// by the router).
     fn take_route(&mut self, from: NodeId, message: RouteMessage) {
+        let now = self.now();
         let Some(host) = &mut self.partitions else {
             return;
         };
+        if matches!(message, RouteMessage::Handle { .. }) {
+            self.application.serve(host, from, message, now);
+            return;
+        }
         self.router.take_route(host, from, message);
+    }
+
+    // ---- request handlers ----
+
+    /// The application's request handler: this node runs it for the requests it serves as
+    /// a partition's leader.
+    pub fn set_handler(&mut self, handler: std::sync::Arc<dyn Handler>) {
+        self.application.set_handler(handler);
+    }
+
+    pub fn handler_counters(&self) -> HandlerCounters {
+        self.application.counters()
+    }
+
+    /// Handler tasks running here, and requests queued for one-at-a-time handlers.
+    pub fn handler_load(&self) -> (usize, usize) {
+        self.application.load()
+    }
+
+    /// A request for the handler of partition `name`, routed to its leader from here; the
+    /// answer is a `NodeOutput::Routed` with the returned id (`RoutedOutcome::Replied`).
+    /// The request waits `timeout_micros` at most.
+    pub fn request(
+        &mut self,
+        name: PartitionName,
+        body: Vec<u8>,
+        timeout_micros: u64,
+    ) -> Result<u64, RequestError> {
+        let idempotent = self.application.idempotent();
+        let request = RoutedRequest::Handle {
+            body,
+            idempotent,
+            timeout_micros,
+        };
+        self.route_request(name, request)
     }
 
     /// Whether `from` is a member of this node's cluster (in its directory, or its peer

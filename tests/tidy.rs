@@ -76,6 +76,22 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "application",
+        &[
+            "ids",
+            "random",
+            "seams",
+            "storage",
+            "raft",
+            "events",
+            "placement",
+            "partition",
+            "directory",
+            "wire",
+            "coordinator",
+        ],
+    ),
+    (
         "node",
         &[
             "ids",
@@ -89,6 +105,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "directory",
             "wire",
             "coordinator",
+            "application",
         ],
     ),
 ];

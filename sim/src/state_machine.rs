@@ -109,6 +109,28 @@ impl ClusterKinds for SimStateMachine {
             _ => None,
         }
     }
+
+    fn kv_operation(operation: KvOperation) -> SimOperation {
+        SimOperation::Kv(operation)
+    }
+
+    fn kv_query(query: ReadRequest) -> SimQuery {
+        SimQuery::Kv(query)
+    }
+
+    fn kv_outcome(outcome: SimOutcome) -> Option<WriteOutcome> {
+        match outcome {
+            SimOutcome::Kv(outcome) => Some(outcome),
+            _ => None,
+        }
+    }
+
+    fn kv_answer(answer: SimAnswer) -> Option<ReadAnswer> {
+        match answer {
+            SimAnswer::Kv(answer) => Some(answer),
+            SimAnswer::Counter(_) => None,
+        }
+    }
 }
 
 /// Splits an image into the kv and counter part and the directory's image, if it carries

@@ -17,7 +17,9 @@
 //! - a join is answered only once its directory command applied (accepted or refused for a
 //!   reason that will not change); anything else is "retry", and the joiner asks again.
 
-use crate::coordinator::cluster_machine::{ClusterOperation, ClusterOutcome, ClusterStateMachine};
+use crate::coordinator::cluster_machine::{
+    ClusterAnswer, ClusterOperation, ClusterOutcome, ClusterQuery, ClusterStateMachine,
+};
 use crate::coordinator::placement::{Placement, PlacementConfig, PlacementCounters};
 use crate::directory::{
     ClusterMessage, ClusterName, ClusterSettings, Directory, DirectoryChange, DirectoryOperation,
@@ -25,7 +27,9 @@ use crate::directory::{
     SYSTEM_PARTITION,
 };
 use crate::ids::NodeId;
+use crate::partition::command::KvOperation;
 use crate::partition::host::{HostOutput, PartitionHost, PartitionStart};
+use crate::partition::kv_store::{ReadAnswer, ReadRequest, WriteOutcome};
 use crate::partition::state_machine::StateMachine;
 use crate::raft::ConfigChange;
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +41,13 @@ pub trait ClusterKinds: StateMachine {
     fn directory_machine_mut(&mut self) -> Option<&mut DirectoryStateMachine>;
     fn directory_operation(operation: DirectoryOperation) -> Option<Self::Operation>;
     fn directory_outcome(outcome: &Self::Outcome) -> Option<&DirectoryOutcome>;
+    /// The key-value store's commands in this kind's terms (request handlers reach
+    /// partitions as key-value stores).
+    fn kv_operation(operation: KvOperation) -> Self::Operation;
+    fn kv_query(query: ReadRequest) -> Self::Query;
+    /// A key-value outcome or answer, `None` when it is another kind's.
+    fn kv_outcome(outcome: Self::Outcome) -> Option<WriteOutcome>;
+    fn kv_answer(answer: Self::Answer) -> Option<ReadAnswer>;
 }
 
 impl ClusterKinds for ClusterStateMachine {
@@ -58,6 +69,28 @@ impl ClusterKinds for ClusterStateMachine {
             ClusterOutcome::Kv(_) | ClusterOutcome::Misplaced => None,
         }
     }
+
+    fn kv_operation(operation: KvOperation) -> ClusterOperation {
+        ClusterOperation::Kv(operation)
+    }
+
+    fn kv_query(query: ReadRequest) -> ClusterQuery {
+        ClusterQuery::Kv(query)
+    }
+
+    fn kv_outcome(outcome: ClusterOutcome) -> Option<WriteOutcome> {
+        match outcome {
+            ClusterOutcome::Kv(outcome) => Some(outcome),
+            ClusterOutcome::Directory(_) | ClusterOutcome::Misplaced => None,
+        }
+    }
+
+    fn kv_answer(answer: ClusterAnswer) -> Option<ReadAnswer> {
+        match answer {
+            ClusterAnswer::Kv(answer) => Some(answer),
+            ClusterAnswer::Directory(_) => None,
+        }
+    }
 }
 
 /// The key-value store alone holds no directory.
@@ -76,6 +109,22 @@ impl ClusterKinds for crate::partition::kv_store::KvStateMachine {
 
     fn directory_outcome(_: &Self::Outcome) -> Option<&DirectoryOutcome> {
         None
+    }
+
+    fn kv_operation(operation: KvOperation) -> KvOperation {
+        operation
+    }
+
+    fn kv_query(query: ReadRequest) -> ReadRequest {
+        query
+    }
+
+    fn kv_outcome(outcome: WriteOutcome) -> Option<WriteOutcome> {
+        Some(outcome)
+    }
+
+    fn kv_answer(answer: ReadAnswer) -> Option<ReadAnswer> {
+        Some(answer)
     }
 }
 

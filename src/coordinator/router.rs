@@ -25,7 +25,9 @@ use crate::directory::SYSTEM_PARTITION;
 use crate::directory::{DirectoryOperation, DirectoryOutcome, PartitionEntry, PartitionName};
 use crate::ids::NodeId;
 use crate::partition::host::{decode_answer, error_of, PartitionHost, RequestError};
-use crate::partition::route::{ByteAnswer, RouteMessage, RouteRefusal, RouteRefusalKind};
+use crate::partition::route::{
+    ByteAnswer, RouteMessage, RouteRefusal, RouteRefusalKind, HANDLER_TIMEOUT_MICROS_MAX,
+};
 use crate::partition::PartitionId;
 use std::collections::BTreeMap;
 
@@ -41,6 +43,8 @@ pub struct RouterConfig {
     pub retry_pause_ticks: u64,
     /// Requests waiting at once.
     pub requests_max: usize,
+    /// The length of a tick (a handler request's timeout is in microseconds).
+    pub tick_micros: u64,
 }
 
 impl Default for RouterConfig {
@@ -51,6 +55,7 @@ impl Default for RouterConfig {
             attempt_timeout_ticks: 30,
             retry_pause_ticks: 10,
             requests_max: 16_384,
+            tick_micros: 10_000,
         }
     }
 }
@@ -60,6 +65,25 @@ impl Default for RouterConfig {
 pub enum RoutedRequest<Operation, Query> {
     Write(Operation),
     Read(Query),
+    /// A request for the partition's handler, run on its leader. `idempotent`: the handler
+    /// declared it, so an attempt that went unanswered may be sent again; otherwise only
+    /// refusals that say it did not run are retried. The request waits `timeout_micros` in
+    /// all (at most [`HANDLER_TIMEOUT_MICROS_MAX`]).
+    Handle {
+        body: Vec<u8>,
+        idempotent: bool,
+        timeout_micros: u64,
+    },
+}
+
+impl<Operation, Query> RoutedRequest<Operation, Query> {
+    /// Whether an attempt that went unanswered may be sent again.
+    fn resend_when_silent(&self) -> bool {
+        match self {
+            RoutedRequest::Write(_) | RoutedRequest::Read(_) => true,
+            RoutedRequest::Handle { idempotent, .. } => *idempotent,
+        }
+    }
 }
 
 /// What came of it.
@@ -67,6 +91,8 @@ pub enum RoutedRequest<Operation, Query> {
 pub enum RoutedOutcome<Outcome, Answer> {
     Wrote(Outcome),
     Read(Answer),
+    /// A handler's reply.
+    Replied(Vec<u8>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -155,6 +181,9 @@ pub struct Router<M: ClusterKinds> {
     /// The names whose creation is in flight, with the creating request.
     creating: BTreeMap<PartitionName, u64>,
     answers: Vec<RouterAnswer<M::Outcome, M::Answer>>,
+    /// The planted canary bug: a handler request goes to this node first when it holds a
+    /// replica of the partition (leader or not).
+    handlers_on_own_replica: bool,
 }
 
 impl<M: ClusterKinds> std::fmt::Debug for Router<M> {
@@ -188,7 +217,13 @@ impl<M: ClusterKinds> Router<M> {
             leaders: BTreeMap::new(),
             creating: BTreeMap::new(),
             answers: Vec::new(),
+            handlers_on_own_replica: false,
         }
+    }
+
+    /// Plants the canary bug [`Router::handlers_on_own_replica`] describes.
+    pub fn plant_serve_handlers_on_own_replica(&mut self) {
+        self.handlers_on_own_replica = true;
     }
 
     /// Requests waiting.
@@ -234,6 +269,12 @@ impl<M: ClusterKinds> Router<M> {
     ) -> u64 {
         self.next_request_id += 1;
         let request_id = self.next_request_id;
+        let timeout_ticks = match &request {
+            RoutedRequest::Handle { timeout_micros, .. } => {
+                (*timeout_micros).min(HANDLER_TIMEOUT_MICROS_MAX) / self.config.tick_micros.max(1)
+            }
+            _ => self.config.request_timeout_ticks,
+        };
         if self.requests.len() >= self.config.requests_max {
             self.answers.push(RouterAnswer {
                 request_id,
@@ -257,6 +298,9 @@ impl<M: ClusterKinds> Router<M> {
                 creating_for: None,
             },
         );
+        if let Some(request) = self.requests.get_mut(&request_id) {
+            request.deadline_tick = self.tick + timeout_ticks.max(1);
+        }
         self.advance(host, request_id);
         request_id
     }
@@ -274,7 +318,8 @@ impl<M: ClusterKinds> Router<M> {
                     || match request.phase {
                         Phase::Resolving { retry_tick } => now >= retry_tick,
                         Phase::Sent { sent_tick, .. } => {
-                            now >= sent_tick + self.config.attempt_timeout_ticks
+                            request.request.resend_when_silent()
+                                && now >= sent_tick + self.config.attempt_timeout_ticks
                         }
                         Phase::Paused { until_tick } => now >= until_tick,
                     }
@@ -374,9 +419,15 @@ impl<M: ClusterKinds> Router<M> {
         let Some(request) = self.requests.get_mut(&request_id) else {
             return Ok(());
         };
-        let (route_id, message) = match &request.request {
-            RoutedRequest::Write(operation) => host.route_write(partition, operation),
-            RoutedRequest::Read(query) => host.route_read(partition, query),
+        let (route_id, message) = match (&request.request, &request.target) {
+            (RoutedRequest::Write(operation), _) => host.route_write(partition, operation),
+            (RoutedRequest::Read(query), _) => host.route_read(partition, query),
+            (RoutedRequest::Handle { body, .. }, Target::Named(name)) => {
+                host.route_handle(partition, name.clone(), body.clone())
+            }
+            (RoutedRequest::Handle { .. }, Target::Directory) => Err(RequestError::Invalid(
+                "the directory's partition runs no request handler".into(),
+            )),
         }
         .map_err(RouteError::Request)?;
         self.by_route.insert(route_id, request_id);
@@ -444,6 +495,12 @@ impl<M: ClusterKinds> Router<M> {
             .map(|(_, holders)| holders)
             .unwrap_or_default();
         let in_set = |node: &NodeId| route.replicas.contains(node) || current.contains(node);
+        if self.handlers_on_own_replica
+            && matches!(request.request, RoutedRequest::Handle { .. })
+            && route.replicas.contains(&host.id())
+        {
+            return Some(host.id());
+        }
         if let Some(hint) = request.hint.filter(in_set) {
             return Some(hint);
         }
@@ -494,7 +551,18 @@ impl<M: ClusterKinds> Router<M> {
             target,
             sent_tick: now,
         };
-        host.send_route(target, route.message.clone());
+        let mut message = route.message.clone();
+        if let RouteMessage::Handle { timeout_micros, .. } = &mut message {
+            // What is left of the caller's wait, less a margin, so the serving node's own
+            // deadline answers before the caller gives up.
+            let left_micros = request
+                .deadline_tick
+                .saturating_sub(now)
+                .saturating_mul(self.config.tick_micros);
+            let margin_micros = (left_micros / 10).clamp(2 * self.config.tick_micros, 500_000);
+            *timeout_micros = left_micros.saturating_sub(margin_micros);
+        }
+        host.send_route(target, message);
     }
 
     /// A routed message from `from` (this node included): an answer is the router's, a
@@ -544,6 +612,7 @@ impl<M: ClusterKinds> Router<M> {
                     RoutedRequest::Read(_) => {
                         decode_answer::<M::Answer>(&bytes).map(RoutedOutcome::Read)
                     }
+                    RoutedRequest::Handle { .. } => Ok(RoutedOutcome::Replied(bytes.0)),
                 };
                 match decoded {
                     Ok(outcome) => {
@@ -616,6 +685,9 @@ impl<M: ClusterKinds> Router<M> {
                     .map(|(_, replicas)| replicas)
             })
             .unwrap_or_default();
+        if matches!(request.request, RoutedRequest::Handle { .. }) && request.maybe_proposed {
+            return RouteError::Request(RequestError::OutcomeUnknown);
+        }
         let detail = if replicas.is_empty() {
             "this node knows no replica of it yet (it may still be joining the cluster, or its \
              directory has not reached it)"
@@ -719,7 +791,7 @@ impl<M: ClusterKinds> Router<M> {
                     reason: format!("the directory answered {other:?}"),
                 }),
             },
-            Ok(RoutedOutcome::Read(_)) => Err(RouteError::NotCreated {
+            Ok(RoutedOutcome::Read(_) | RoutedOutcome::Replied(_)) => Err(RouteError::NotCreated {
                 name,
                 reason: "the directory answered a write with a read".into(),
             }),

@@ -24,6 +24,9 @@ use serde::{Deserialize, Serialize};
 /// with room to spare in a 4 MiB frame.
 pub const ANSWER_BYTES_MAX: usize = 4 * 1024 * 1024 - 64 * 1024;
 
+/// The longest a handler request may wait for its handler: ten minutes.
+pub const HANDLER_TIMEOUT_MICROS_MAX: u64 = 600_000_000;
+
 /// The longest refusal text a routed answer carries.
 pub const REFUSAL_TEXT_BYTES_MAX: usize = 1024;
 
@@ -46,7 +49,19 @@ pub enum RouteMessage {
         #[serde(with = "serde_bytes")]
         query: Vec<u8>,
     },
-    /// The answer to `Write` or `Read` number `request_id` of session `proposer_session`:
+    /// Run the node's request handler for this request, as the partition's leader; its
+    /// origin stops waiting `timeout_micros` after it arrives. The name is the partition's,
+    /// for the handler (a node that knows the name checks it names this partition).
+    Handle {
+        partition: PartitionId,
+        name: crate::directory::PartitionName,
+        proposer_session: u64,
+        request_id: u64,
+        timeout_micros: u64,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// The answer to `Write`, `Read` or `Handle` number `request_id` of session `proposer_session`:
     /// the outcome's or answer's bytes. The session tells an answer to a request of an
     /// earlier run of the origin (its request numbers start over) from one of this run.
     Answer {
@@ -79,6 +94,11 @@ pub enum RouteRefusalKind {
     KeyNotFound,
     /// The node cannot serve now (its store failed or is damaged).
     Unavailable,
+    /// The request handler refused the request (its own error); the message is its.
+    HandlerRefused,
+    /// The request handler panicked, failed an access, or missed its deadline without
+    /// writing.
+    HandlerFailed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +156,16 @@ impl RouteMessage {
                 query.len()
             )),
             RouteMessage::Read { .. } => Ok(()),
+            RouteMessage::Handle { body, .. } if body.len() > COMMAND_BYTES_MAX => Err(format!(
+                "a routed handler request of {} bytes, more than {COMMAND_BYTES_MAX}",
+                body.len()
+            )),
+            RouteMessage::Handle { timeout_micros, .. } if *timeout_micros > HANDLER_TIMEOUT_MICROS_MAX => {
+                Err(format!(
+                    "a routed handler request with a timeout of {timeout_micros} us, more than {HANDLER_TIMEOUT_MICROS_MAX}"
+                ))
+            }
+            RouteMessage::Handle { .. } => Ok(()),
             RouteMessage::Answer {
                 result: Ok(answer), ..
             } if answer.0.len() > ANSWER_BYTES_MAX => Err(format!(

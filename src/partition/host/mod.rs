@@ -164,6 +164,12 @@ pub enum RequestError {
     Busy(PartitionId),
     #[error("invalid membership change: {0}")]
     InvalidMembershipChange(String),
+    /// A request handler refused the request; its message.
+    #[error("{0}")]
+    HandlerRefused(String),
+    /// A request handler panicked, failed an access, or missed its deadline.
+    #[error("{0}")]
+    HandlerFailed(String),
 }
 
 /// Answers to this node's clients (a write's `Outcome` and a read's `Answer` are the state

@@ -125,6 +125,22 @@ impl<M: StateMachine> PartitionHost<M> {
         Ok(request_id)
     }
 
+    /// Reads this replica's applied state at once, without a read index: it may be behind
+    /// the leader's. Only a canary's planted bug reads this way.
+    pub fn read_applied(
+        &self,
+        partition: PartitionId,
+        request: &M::Query,
+    ) -> Result<M::Answer, RequestError> {
+        self.check_usable()?;
+        if !self.groups.contains_key(&partition) {
+            return Err(RequestError::UnknownPartition(partition));
+        }
+        self.store
+            .read(partition, request)
+            .map_err(RequestError::from)
+    }
+
     /// Proposes a membership change of `partition` (on its leader).
     pub fn change_membership(
         &mut self,

@@ -61,6 +61,8 @@ pub fn refusal_of(error: &RequestError) -> RouteRefusal {
         RequestError::State(_) | RequestError::Poisoned(_) | RequestError::Damaged(_) => {
             RouteRefusalKind::Unavailable
         }
+        RequestError::HandlerRefused(_) => RouteRefusalKind::HandlerRefused,
+        RequestError::HandlerFailed(_) => RouteRefusalKind::HandlerFailed,
     };
     RouteRefusal::new(kind, error.to_string())
 }
@@ -80,6 +82,8 @@ pub fn error_of(partition: PartitionId, refusal: &RouteRefusal) -> RequestError 
         RouteRefusalKind::Unavailable => {
             RequestError::State(StateMachineError::Engine(refusal.message.clone()))
         }
+        RouteRefusalKind::HandlerRefused => RequestError::HandlerRefused(refusal.message.clone()),
+        RouteRefusalKind::HandlerFailed => RequestError::HandlerFailed(refusal.message.clone()),
     }
 }
 
@@ -159,6 +163,37 @@ impl<M: StateMachine> PartitionHost<M> {
                 proposer_session: self.session,
                 request_id,
                 query,
+            },
+        ))
+    }
+
+    /// A request for the handler of `partition` (named `name`) to be routed to its leader:
+    /// a route id from the request counter, and the message (its timeout is set at each
+    /// attempt).
+    pub fn route_handle(
+        &mut self,
+        partition: PartitionId,
+        name: crate::directory::PartitionName,
+        body: Vec<u8>,
+    ) -> Result<(u64, RouteMessage), RequestError> {
+        self.check_usable()?;
+        if body.len() > crate::raft::message::COMMAND_BYTES_MAX {
+            return Err(RequestError::Invalid(format!(
+                "a handler request of {} bytes is over the limit of {}",
+                body.len(),
+                crate::raft::message::COMMAND_BYTES_MAX
+            )));
+        }
+        let request_id = self.new_request_id();
+        Ok((
+            request_id,
+            RouteMessage::Handle {
+                partition,
+                name,
+                proposer_session: self.session,
+                request_id,
+                timeout_micros: 0,
+                body,
             },
         ))
     }
@@ -254,6 +289,17 @@ impl<M: StateMachine> PartitionHost<M> {
                     self.refuse_route(from, proposer_session, request_id, &error);
                 }
             }
+            // The node's handler runtime serves these; a host alone has none.
+            RouteMessage::Handle {
+                proposer_session,
+                request_id,
+                ..
+            } => self.refuse_route(
+                from,
+                proposer_session,
+                request_id,
+                &RequestError::Invalid(format!("node {} runs no request handler", self.id)),
+            ),
             RouteMessage::Answer { .. } => {}
         }
     }
