@@ -5,6 +5,7 @@
 //! `borough-sim` runs the very code production runs and replays any seed bit for bit.
 
 pub mod application;
+pub mod cli;
 pub mod coordinator;
 pub mod directory;
 pub mod events;

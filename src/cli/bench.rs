@@ -15,7 +15,7 @@
 //! `/v3/kv/range` (linearizable by default). Before measuring, one key of every partition is
 //! written (which creates the partitions) and is what the gets read.
 
-use borough::production::http_client::{HttpClient, HttpResponse};
+use crate::production::http_client::{HttpClient, HttpResponse};
 use hyper::StatusCode;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};

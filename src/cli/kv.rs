@@ -2,8 +2,8 @@
 //! node's HTTP API for named partitions. Any node serves any partition (it routes to the
 //! leader), so `--node` may name any member.
 
-use crate::{expect_status, url, CLIENT_TIMEOUT, DEFAULT_NODE_URL};
-use borough::production::HttpClient;
+use crate::cli::{expect_status, url, CLIENT_TIMEOUT, DEFAULT_NODE_URL};
+use crate::production::HttpClient;
 use hyper::{Method, StatusCode};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
@@ -104,7 +104,7 @@ async fn call(
     path: &str,
     content_type: Option<&str>,
     body: Vec<u8>,
-) -> Result<borough::production::http_client::HttpResponse, String> {
+) -> Result<crate::production::http_client::HttpResponse, String> {
     HttpClient::new()
         .request(method, &url(node, path), content_type, body, CLIENT_TIMEOUT)
         .await
@@ -113,6 +113,40 @@ async fn call(
 
 fn json(body: &[u8]) -> Result<Value, String> {
     serde_json::from_slice(body).map_err(|error| format!("the node answered {error}"))
+}
+
+/// `borough request`: sends `body` (standard input when absent) to partition `name`'s
+/// handler through `node` and prints the reply.
+pub async fn request(
+    node: String,
+    name: String,
+    body: Option<String>,
+    timeout_ms: u64,
+) -> Result<(), String> {
+    let body = match body {
+        Some(body) => body.into_bytes(),
+        None => read_stdin("request body")?,
+    };
+    let path = format!(
+        "/partitions/{}/requests?timeout_ms={timeout_ms}",
+        segment(&name)
+    );
+    let timeout = std::time::Duration::from_millis(timeout_ms) + CLIENT_TIMEOUT;
+    let response = HttpClient::new()
+        .request(
+            Method::POST,
+            &url(&node, &path),
+            Some("application/octet-stream"),
+            body,
+            timeout,
+        )
+        .await
+        .map_err(|error| error.to_string())?;
+    expect_status(&response, StatusCode::OK)?;
+    let mut out = std::io::stdout().lock();
+    std::io::Write::write_all(&mut out, &response.body)
+        .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
+        .map_err(|error| format!("writing the reply: {error}"))
 }
 
 pub async fn kv(command: KvCommand) -> Result<(), String> {

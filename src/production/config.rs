@@ -139,6 +139,7 @@ pub struct ConfigFile {
     pub directory_voters: Option<u8>,
     pub partition_cache_mib: Option<u64>,
     pub dead_after_s: Option<u64>,
+    pub handler: Option<String>,
 }
 
 /// The flags of `borough start`; each overrides the config file's value of the same name.
@@ -251,6 +252,11 @@ pub struct StartFlags {
     /// told so, deletes its data and stops.
     #[arg(long, value_name = "SECONDS")]
     pub dead_after_s: Option<u64>,
+    /// The request handler this node runs for `POST /partitions/{name}/requests` (`echo`,
+    /// `kv`, or one an application's binary adds). Every node of a cluster should run the
+    /// same one. Without it, requests for handlers are refused.
+    #[arg(long, value_name = "NAME")]
+    pub handler: Option<String>,
 }
 
 /// Everything a node needs to start, checked.
@@ -284,6 +290,8 @@ pub struct ShellConfig {
     pub cluster: ClusterSettings,
     /// The peer address of a member to join through.
     pub join: Option<SocketAddr>,
+    /// The name of the request handler this node runs.
+    pub handler: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -622,6 +630,7 @@ impl ShellConfig {
             peer_connections_max,
             cluster,
             join,
+            handler: flags.handler.clone().or(file.handler),
         })
     }
 }

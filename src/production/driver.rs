@@ -216,6 +216,13 @@ pub enum NodeInput {
         request: RoutedRequest<ClusterOperation, ClusterQuery>,
         reply: Reply<RoutedResult>,
     },
+    /// A request for the handler of partition `name`, run on its leader.
+    Request {
+        name: PartitionName,
+        body: Vec<u8>,
+        timeout_micros: u64,
+        reply: Reply<RoutedResult>,
+    },
     /// The member to join through, once its id is known.
     JoinThrough {
         seed: NodeId,
@@ -354,6 +361,23 @@ impl NodeHandle {
         .await
     }
 
+    /// Sends `body` to the handler of partition `name` on its leader and waits for its reply
+    /// (at most `timeout_micros`).
+    pub async fn request(
+        &self,
+        name: PartitionName,
+        body: Vec<u8>,
+        timeout_micros: u64,
+    ) -> Result<RoutedResult, DriverError> {
+        self.call(|reply| NodeInput::Request {
+            name,
+            body,
+            timeout_micros,
+            reply,
+        })
+        .await
+    }
+
     pub async fn cluster(&self) -> Result<ClusterView, DriverError> {
         self.call(|reply| NodeInput::Cluster { reply }).await
     }
@@ -401,6 +425,7 @@ pub fn spawn_node(
     members: Vec<NodeId>,
     peers: Arc<dyn PeerSender>,
     inbox_capacity: usize,
+    handler: Option<Arc<dyn crate::application::Handler>>,
 ) -> Result<(NodeHandle, std::thread::JoinHandle<()>), StoreError> {
     let (inbox_sender, inbox) = mpsc::channel(inbox_capacity);
     let (opened_sender, opened) = std::sync::mpsc::channel();
@@ -438,6 +463,9 @@ pub fn spawn_node(
                 Ok(mut node) => {
                     for member in members {
                         node.add_unplaced_peer(member);
+                    }
+                    if let Some(handler) = handler {
+                        node.set_handler(handler);
                     }
                     let _ = opened_sender.send(Ok(()));
                     node
@@ -680,6 +708,19 @@ impl NodeLoop {
                 request,
                 reply,
             } => match self.node.route_request(name, request) {
+                Ok(request_id) => {
+                    self.pending_routed.insert(request_id, reply);
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(RouteError::Request(error)));
+                }
+            },
+            NodeInput::Request {
+                name,
+                body,
+                timeout_micros,
+                reply,
+            } => match self.node.request(name, body, timeout_micros) {
                 Ok(request_id) => {
                     self.pending_routed.insert(request_id, reply);
                 }

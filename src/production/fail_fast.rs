@@ -1,6 +1,8 @@
 //! A node never lingers half-dead: a panic on any thread (the node thread, a transport task,
 //! an HTTP handler) is logged and ends the process with [`PANIC_EXIT_CODE`], so a supervisor
-//! restarts it and recovery from the disk, the tested path, takes over. A process that kept
+//! restarts it and recovery from the disk, the tested path, takes over. The one exception is
+//! a panic in an application's request handler (`production::handlers`): it fails that
+//! request, and the node goes on. A process that kept
 //! running without its node thread would answer every client "the node has stopped" forever.
 
 /// The exit code of a process that ended on a panic.
@@ -11,6 +13,12 @@ pub const PANIC_EXIT_CODE: i32 = 70;
 pub fn exit_on_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if crate::production::handlers::in_handler() {
+            // A request handler's panic fails its request only (the node's runtime catches
+            // it and answers the caller).
+            tracing::warn!(%info, "a request handler panicked");
+            return;
+        }
         report(info);
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("unnamed");

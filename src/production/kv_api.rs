@@ -52,6 +52,10 @@ pub fn kv_routes() -> Router<ApiState> {
         )
         .route("/partitions/{name}/keys", get(scan))
         .route("/partitions/{name}/batch", post(batch))
+        .route(
+            "/partitions/{name}/requests",
+            post(crate::production::request_api::request),
+        )
         .route("/partitions/{name}", get(info))
         .route("/partitions/{name}/replica", get(replica))
         .route("/cluster", get(cluster))
@@ -79,12 +83,12 @@ async fn leave(State(state): State<ApiState>) -> Response {
     }
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+pub(super) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
 /// A refusal decided on the way to an answer; small, so `Result`s carrying it stay small.
-struct Refusal(StatusCode, String);
+pub(super) struct Refusal(StatusCode, String);
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
@@ -108,7 +112,7 @@ fn path_bytes(uri: &Uri, index: usize) -> Result<Vec<u8>, Refusal> {
     Ok(percent_encoding::percent_decode_str(raw).collect())
 }
 
-fn partition_name(params: &Uri) -> Result<PartitionName, Refusal> {
+pub(super) fn partition_name(params: &Uri) -> Result<PartitionName, Refusal> {
     let bytes = path_bytes(params, 2)?;
     PartitionName::new(bytes).map_err(|invalid| {
         refuse(

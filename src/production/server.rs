@@ -12,6 +12,7 @@ use crate::ids::NodeId;
 use crate::node::{NodeConfig, PartitionsConfig};
 use crate::production::config::{ShellConfig, TransportKind};
 use crate::production::driver::{spawn_node, PeerSender};
+use crate::production::handlers::HandlerRegistry;
 use crate::production::http_api::{client_router, peer_router, ApiState};
 use crate::production::http_client::HttpClient;
 use crate::production::http_server::serve_http;
@@ -47,11 +48,51 @@ pub enum Served {
     StartOver,
 }
 
-/// Runs the node until `shutdown` completes.
+/// A node that started serving: a way in to it, and where it listens.
+#[derive(Clone, Debug)]
+pub struct Started {
+    pub node: crate::production::driver::NodeHandle,
+    pub id: NodeId,
+    pub http: std::net::SocketAddr,
+    pub peer: std::net::SocketAddr,
+}
+
+/// What a binary or an embedding application adds to a node's configuration.
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    /// The request handlers `config.handler` names one of.
+    pub handlers: HandlerRegistry,
+    /// Told once the node serves.
+    pub started: Option<tokio::sync::oneshot::Sender<Started>>,
+}
+
+/// Runs the node until `shutdown` completes, with the built-in handlers.
 pub async fn serve(
-    mut config: ShellConfig,
+    config: ShellConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Served, String> {
+    serve_with(
+        config,
+        ServeOptions {
+            handlers: HandlerRegistry::builtin(),
+            started: None,
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// Runs the node until `shutdown` completes.
+pub async fn serve_with(
+    mut config: ShellConfig,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Served, String> {
+    let handler = config
+        .handler
+        .as_deref()
+        .map(|name| options.handlers.contained(name))
+        .transpose()?;
     let http_listener = TcpListener::bind(config.http)
         .await
         .map_err(|error| format!("cannot listen for clients on {}: {error}", config.http))?;
@@ -182,7 +223,14 @@ pub async fn serve(
     let data_dir = config.data_dir.clone();
     let members: Vec<NodeId> = config.peers.iter().map(|peer| NodeId(peer.id)).collect();
     let opened = tokio::task::spawn_blocking(move || {
-        spawn_node(node_config, data_dir, members, sender, NODE_INBOX_CAPACITY)
+        spawn_node(
+            node_config,
+            data_dir,
+            members,
+            sender,
+            NODE_INBOX_CAPACITY,
+            handler,
+        )
     })
     .await
     .map_err(|error| format!("opening the node failed: {error}"))?;
@@ -240,8 +288,17 @@ pub async fn serve(
         data_dir = %config.data_dir.display(),
         peers = config.peers.len(),
         replication_factor = config.replication_factor,
+        handler = config.handler.as_deref().unwrap_or("none"),
         "borough node listening"
     );
+    if let Some(started) = options.started {
+        let _ = started.send(Started {
+            node: state.node.clone(),
+            id: config.node_id,
+            http: bound_http,
+            peer: bound_peer,
+        });
+    }
     // The server stops on the shutdown signal, or once the node left its cluster and
     // nothing depends on it any more (`borough leave`).
     let (start_over_sender, start_over) = tokio::sync::oneshot::channel();
