@@ -5,8 +5,8 @@
 
 use crate::checkers::Checker;
 use crate::scenario::{
-    parse_placement_planted_bug, parse_planted_bug, parse_raft_planted_bug, ChecksSection, Drawn,
-    Expectation, FaultSection, RaftCanary, Scenario,
+    parse_handler_planted_bug, parse_placement_planted_bug, parse_planted_bug,
+    parse_raft_planted_bug, ChecksSection, Drawn, Expectation, FaultSection, RaftCanary, Scenario,
 };
 use borough::coordinator::CommitLevel;
 use borough::coordinator::PlantedBug;
@@ -31,6 +31,8 @@ pub enum WorkloadKind {
     Kv,
     /// The simulator's counter state machine in the partitions (`crate::state_machine`).
     Counter,
+    /// The example ledger application's handler (`workload::ledger`).
+    Ledger,
 }
 
 #[derive(Clone, Debug)]
@@ -145,6 +147,8 @@ pub struct RunConfig {
     pub stop_when_caught_by: Option<Checker>,
     /// Whole nodes joining and leaving (see `faults::nodes`).
     pub membership: Option<MembershipRun>,
+    /// A canary's bug planted in the nodes' handler runtime.
+    pub handler_planted_bug: Option<borough::application::HandlerPlantedBug>,
 }
 
 /// A run's plan of whole nodes joining and leaving, drawn from `[membership]`.
@@ -166,6 +170,13 @@ impl RunConfig {
     /// Whether any fault of the run hits the disks (only those may poison a store).
     pub fn has_disk_faults(&self) -> bool {
         self.faults.iter().any(|fault| fault.kind.is_disk_fault())
+    }
+
+    /// Whether the nodes run the example ledger's handler (a ledger workload drives it).
+    pub fn runs_ledger(&self) -> bool {
+        self.workloads
+            .iter()
+            .any(|workload| workload.kind == WorkloadKind::Ledger)
     }
 }
 
@@ -213,6 +224,7 @@ impl RunConfig {
                 let kind = match workload.kind.as_str() {
                     "kv" => WorkloadKind::Kv,
                     "counter" => WorkloadKind::Counter,
+                    "ledger" => WorkloadKind::Ledger,
                     _ => WorkloadKind::Events,
                 };
                 let rate_per_s = workload.rate_per_s.draw(&mut rng);
@@ -226,6 +238,13 @@ impl RunConfig {
                             workload.delete_ratio.draw(&mut rng),
                             workload.batch_ratio.draw(&mut rng),
                             workload.range_ratio.draw(&mut rng),
+                        ),
+                        WorkloadKind::Ledger => (
+                            workload.keys_per_partition.draw(&mut rng).max(2),
+                            workload.read_ratio.draw(&mut rng),
+                            0.0,
+                            0.0,
+                            0.0,
                         ),
                         WorkloadKind::Counter => {
                             (0, workload.read_ratio.draw(&mut rng), 0.0, 0.0, 0.0)
@@ -368,6 +387,11 @@ impl RunConfig {
                 .planted_bug
                 .as_deref()
                 .map(|name| parse_planted_bug(name).expect("validated on load")),
+            handler_planted_bug: file
+                .workload
+                .iter()
+                .find_map(|workload| workload.handler_planted_bug.as_deref())
+                .map(|name| parse_handler_planted_bug(name).expect("validated on load")),
             workloads,
             partitions,
             faults: file.fault.clone(),
@@ -396,6 +420,7 @@ impl RunConfig {
         config.coordinator.replica_timeout_micros = self.replica_timeout_micros;
         config.coordinator.repair_delay_micros = self.repair_delay_micros;
         config.coordinator.planted_bug = self.planted_bug;
+        config.handlers.planted_bug = self.handler_planted_bug;
         config.coordinator.store = StoreConfig {
             consolidation_interval: self.consolidation_interval,
             checkpoint_records: self.checkpoint_records,

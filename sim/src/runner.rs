@@ -42,6 +42,10 @@ pub struct RunSummary {
     pub counter_calls: usize,
     pub counter_answered: usize,
     pub counter_refused: u64,
+    pub ledger_calls: usize,
+    pub ledger_replied: usize,
+    pub ledger_statements: usize,
+    pub ledger_refused: u64,
     pub kv_ranges_at_limit: usize,
     pub raft_applies: u64,
     pub raft_elections: u64,
@@ -136,6 +140,16 @@ impl RunSummary {
                 self.raft_elections,
                 self.linearizability_unknown_keys
             );
+            if self.ledger_calls > 0 {
+                let _ = writeln!(
+                    text,
+                    "ledger: {} calls ({} replied, {} statements checked) refused: {}",
+                    self.ledger_calls,
+                    self.ledger_replied,
+                    self.ledger_statements,
+                    self.ledger_refused
+                );
+            }
             if self.counter_calls > 0 {
                 let _ = writeln!(
                     text,
@@ -234,6 +248,21 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
             )
         }),
         counter_refused: world.counter_history.refused,
+        ledger_calls: world.ledger_history.calls.len(),
+        ledger_replied: world.ledger_history.count(|call| {
+            matches!(
+                call.response,
+                crate::workload::ledger::LedgerResponse::Replied { .. }
+            )
+        }),
+        ledger_statements: world.ledger_history.count(|call| {
+            call.request == borough_ledger::LedgerRequest::Statement
+                && matches!(
+                    call.response,
+                    crate::workload::ledger::LedgerResponse::Replied { .. }
+                )
+        }),
+        ledger_refused: world.ledger_history.refused,
         kv_batches: world
             .kv_history
             .count(|record| matches!(record.call.request, KvRequest::Batch(_))),

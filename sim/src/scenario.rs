@@ -210,6 +210,9 @@ pub struct WorkloadSection {
     /// `kv`: the share of reads that are range reads (random bounds, limit and direction).
     #[serde(default = "default_range_ratio")]
     pub range_ratio: Drawn<f64>,
+    /// `ledger`: a canary's bug planted in the nodes' handler runtime.
+    #[serde(default)]
+    pub handler_planted_bug: Option<String>,
 }
 
 fn default_keys_per_partition() -> Drawn<u64> {
@@ -663,6 +666,17 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
         }
     }
     for workload in &file.workload {
+        if let Some(bug) = &workload.handler_planted_bug {
+            parse_handler_planted_bug(bug)?;
+        }
+        if workload.kind == "ledger" {
+            if !named {
+                return Err(
+                    "a ledger workload needs named partitions ([partitions] named = true)".into(),
+                );
+            }
+            continue;
+        }
         if workload.kind == "kv" || workload.kind == "counter" {
             if file.partitions.is_none() {
                 return Err(format!(
@@ -681,7 +695,7 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
         }
         if workload.kind != "events" {
             return Err(format!(
-                "unknown workload kind {:?}: expected \"events\", \"kv\" or \"counter\"",
+                "unknown workload kind {:?}: expected \"events\", \"kv\", \"counter\" or \"ledger\"",
                 workload.kind
             ));
         }
@@ -802,6 +816,18 @@ pub enum RaftCanary {
     SkipLogSync,
     /// A read that finds no key poisons the host.
     PoisonOnMissingKey,
+}
+
+pub fn parse_handler_planted_bug(
+    name: &str,
+) -> Result<borough::application::HandlerPlantedBug, String> {
+    use borough::application::HandlerPlantedBug;
+    match name {
+        "read_follower_without_read_index" => Ok(HandlerPlantedBug::ReadFollowerWithoutReadIndex),
+        other => Err(format!(
+            "unknown workload.handler_planted_bug {other:?}: expected \"read_follower_without_read_index\""
+        )),
+    }
 }
 
 pub fn parse_placement_planted_bug(

@@ -65,6 +65,12 @@ pub enum Event {
     ClientKv {
         workload: usize,
     },
+    ClientLedger {
+        workload: usize,
+    },
+    LedgerTimeout {
+        history_id: u64,
+    },
     ClientCounter {
         workload: usize,
     },
@@ -234,6 +240,7 @@ pub struct World {
     pub interval_closures: Vec<(NodeId, u64)>,
     pub kv_history: crate::workload::kv::KvHistory,
     pub counter_history: crate::workload::counter::CounterHistory,
+    pub ledger_history: crate::workload::ledger::LedgerHistory,
     pub raft: crate::checkers::raft::RaftObservations,
     pub linearizability_unknown_keys: u64,
     /// Raft envelopes (network messages) and the Raft messages in them, sent by all nodes.
@@ -313,6 +320,7 @@ impl World {
             interval_closures: Vec::new(),
             kv_history: Default::default(),
             counter_history: Default::default(),
+            ledger_history: Default::default(),
             raft: Default::default(),
             linearizability_unknown_keys: 0,
             raft_envelopes_sent: 0,
@@ -516,6 +524,10 @@ impl World {
                 crate::workload::counter::client_operation(self, workload)
             }
             Event::CounterTimeout { history_id } => self.counter_history.time_out(history_id),
+            Event::ClientLedger { workload } => {
+                crate::workload::ledger::client_operation(self, workload)
+            }
+            Event::LedgerTimeout { history_id } => self.ledger_history.time_out(history_id),
             Event::ClientTimeout { request_id } => {
                 self.history.time_out(request_id, self.now.get())
             }
@@ -803,7 +815,11 @@ impl World {
                     crate::workload::counter::on_answer(self, id, &output);
                 }
                 NodeOutput::Routed(answer) => {
-                    crate::workload::kv::on_routed_answer(self, id, answer)
+                    if let Some(answer) =
+                        crate::workload::ledger::on_routed_answer(self, id, answer)
+                    {
+                        crate::workload::kv::on_routed_answer(self, id, answer)
+                    }
                 }
             }
         }
@@ -868,6 +884,7 @@ impl World {
         self.history.node_crashed(id, self.now.get());
         self.kv_history.node_crashed(id);
         self.counter_history.node_crashed(id);
+        self.ledger_history.node_crashed(id);
     }
 
     /// Power loss: memory and unsynced writes are gone.
@@ -883,6 +900,7 @@ impl World {
         self.history.node_crashed(id, self.now.get());
         self.kv_history.node_crashed(id);
         self.counter_history.node_crashed(id);
+        self.ledger_history.node_crashed(id);
     }
 
     /// Boots (or reboots) a node from its durable disk image (never a spare not yet joined
@@ -918,6 +936,9 @@ impl World {
         let node_config = self.config.node_config(id, sim_node.location.clone());
         match Node::open(node_config, seams) {
             Ok(mut node) => {
+                if self.config.runs_ledger() {
+                    node.set_handler(std::sync::Arc::new(borough_ledger::ledger_handler()));
+                }
                 crate::checkers::recovery::on_boot(self, index, &node);
                 for (peer, location) in &self.config.nodes {
                     node.add_peer(*peer, location.clone());

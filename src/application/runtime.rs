@@ -149,6 +149,9 @@ pub struct HandlerRuntime {
     tasks: BTreeMap<u64, Task>,
     ready: BTreeSet<u64>,
     by_waiting: BTreeMap<Waiting, u64>,
+    /// Accesses of tasks that ended before their answers came: the answers are dropped
+    /// when they come (each request ends with an answer, so this empties).
+    abandoned: BTreeSet<Waiting>,
     by_origin: BTreeMap<Origin, u64>,
     /// One-at-a-time requests waiting for their partition's running one.
     queued: BTreeMap<PartitionId, VecDeque<Arrival>>,
@@ -198,6 +201,7 @@ impl HandlerRuntime {
             tasks: BTreeMap::new(),
             ready: BTreeSet::new(),
             by_waiting: BTreeMap::new(),
+            abandoned: BTreeSet::new(),
             by_origin: BTreeMap::new(),
             queued: BTreeMap::new(),
             running_alone: BTreeSet::new(),
@@ -484,6 +488,9 @@ impl HandlerRuntime {
             _ => return Some(output),
         };
         let Some(task_id) = self.by_waiting.remove(&Waiting::Host(request_id)) else {
+            if self.abandoned.remove(&Waiting::Host(request_id)) {
+                return None;
+            }
             return Some(output);
         };
         let result = match output {
@@ -513,6 +520,9 @@ impl HandlerRuntime {
         answer: RouterAnswer<M::Outcome, M::Answer>,
     ) -> Option<RouterAnswer<M::Outcome, M::Answer>> {
         let Some(task_id) = self.by_waiting.remove(&Waiting::Router(answer.request_id)) else {
+            if self.abandoned.remove(&Waiting::Router(answer.request_id)) {
+                return None;
+            }
             return Some(answer);
         };
         let result = match answer.result {
@@ -829,6 +839,7 @@ impl HandlerRuntime {
         self.by_origin.remove(&task.origin);
         for waiting in task.waiting.keys() {
             self.by_waiting.remove(waiting);
+            self.abandoned.insert(*waiting);
         }
         {
             let mut mailbox = self.mailbox.borrow_mut();

@@ -29,6 +29,8 @@ pub enum Checker {
     RaftLiveness,
     Linearizability,
     Atomicity,
+    /// What the example ledger application promises (`workload::ledger`).
+    Ledger,
     // Moving partitions between nodes.
     PlacementConverged,
     CaughtUpPromotions,
@@ -48,7 +50,7 @@ pub enum Checker {
 
 impl Checker {
     /// Every checker, in declaration order.
-    pub const ALL: [Checker; 31] = [
+    pub const ALL: [Checker; 32] = [
         Checker::WriteOnce,
         Checker::NoAcknowledgedLoss,
         Checker::AcknowledgementHonesty,
@@ -68,6 +70,7 @@ impl Checker {
         Checker::RaftLiveness,
         Checker::Linearizability,
         Checker::Atomicity,
+        Checker::Ledger,
         Checker::PlacementConverged,
         Checker::CaughtUpPromotions,
         Checker::JointConsensus,
@@ -103,6 +106,7 @@ impl Checker {
             Checker::RaftLiveness => "raft_liveness",
             Checker::Linearizability => "linearizability",
             Checker::Atomicity => "atomicity",
+            Checker::Ledger => "ledger",
             Checker::PlacementConverged => "placement_converged",
             Checker::CaughtUpPromotions => "caught_up_promotions",
             Checker::JointConsensus => "joint_consensus",

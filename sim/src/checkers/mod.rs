@@ -131,4 +131,5 @@ pub fn finish(world: &mut World) {
     intervals::check(world, &copies);
     raft::check_durable_and_linearizable(world);
     crate::workload::counter::check(world);
+    crate::workload::ledger::check(world);
 }

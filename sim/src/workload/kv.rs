@@ -82,6 +82,9 @@ impl KvHistory {
         for history_id in crate::workload::take_pending_at(&mut self.pending, node) {
             self.give_up(history_id);
         }
+        // Its next run numbers its requests from the start again.
+        self.early_routed
+            .retain(|(early_node, _), _| *early_node != node);
     }
 
     pub fn time_out(&mut self, history_id: u64) {
@@ -474,6 +477,19 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput<SimOutcome
 /// Marks the request ids of routed calls in the pending map: the router numbers its
 /// requests apart from the partition host.
 const ROUTED: u64 = 1 << 63;
+
+/// A routed answer that came out of the step that made call `request_id` at `node`, before
+/// the call was on record (see `KvHistory::early_routed`).
+pub fn take_early_routed(
+    world: &mut World,
+    node: NodeId,
+    request_id: u64,
+) -> Option<RouterAnswer<SimOutcome, SimAnswer>> {
+    world
+        .kv_history
+        .early_routed
+        .remove(&(node, request_id | ROUTED))
+}
 
 /// A node's router answered one of its clients (named partitions).
 pub fn on_routed_answer(

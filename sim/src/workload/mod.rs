@@ -7,6 +7,7 @@
 
 pub mod counter;
 pub mod kv;
+pub mod ledger;
 
 use crate::checkers::Checker;
 use crate::run_config::{WorkloadConfig, WorkloadKind};
@@ -92,6 +93,7 @@ pub fn start(world: &mut World) {
             WorkloadKind::Events => Event::ClientPut { workload: index },
             WorkloadKind::Kv => Event::ClientKv { workload: index },
             WorkloadKind::Counter => Event::ClientCounter { workload: index },
+            WorkloadKind::Ledger => Event::ClientLedger { workload: index },
         };
         world.schedule(at, event);
     }
