@@ -134,6 +134,9 @@ fast_scenarios! {
     named_no_faults => "named/named-no-faults",
     named_faults => "named/named-faults",
     named_canary_read_without_quorum => "named/named-canary-read-without-quorum",
+    handlers_ledger_faults => "handlers/ledger-faults",
+    handlers_ledger_canary_read_follower_without_read_index =>
+        "handlers/ledger-canary-read-follower-without-read-index",
     membership_growth_and_shrink => "membership/growth-and-shrink",
     membership_nemesis => "membership/membership-nemesis",
     membership_canary_promote_before_caught_up =>

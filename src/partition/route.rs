@@ -31,6 +31,7 @@ pub const HANDLER_TIMEOUT_MICROS_MAX: u64 = 600_000_000;
 pub const REFUSAL_TEXT_BYTES_MAX: usize = 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The variant order is the wire format: variants are only ever appended.
 pub enum RouteMessage {
     /// Propose this write in the sender's name: its session, request id and mark.
     Write {
@@ -49,6 +50,14 @@ pub enum RouteMessage {
         #[serde(with = "serde_bytes")]
         query: Vec<u8>,
     },
+    /// The answer to `Write`, `Read` or `Handle` number `request_id` of session `proposer_session`:
+    /// the outcome's or answer's bytes. The session tells an answer to a request of an
+    /// earlier run of the origin (its request numbers start over) from one of this run.
+    Answer {
+        proposer_session: u64,
+        request_id: u64,
+        result: Result<ByteAnswer, RouteRefusal>,
+    },
     /// Run the node's request handler for this request, as the partition's leader; its
     /// origin stops waiting `timeout_micros` after it arrives. The name is the partition's,
     /// for the handler (a node that knows the name checks it names this partition).
@@ -60,14 +69,6 @@ pub enum RouteMessage {
         timeout_micros: u64,
         #[serde(with = "serde_bytes")]
         body: Vec<u8>,
-    },
-    /// The answer to `Write`, `Read` or `Handle` number `request_id` of session `proposer_session`:
-    /// the outcome's or answer's bytes. The session tells an answer to a request of an
-    /// earlier run of the origin (its request numbers start over) from one of this run.
-    Answer {
-        proposer_session: u64,
-        request_id: u64,
-        result: Result<ByteAnswer, RouteRefusal>,
     },
 }
 
