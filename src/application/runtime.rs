@@ -134,6 +134,16 @@ struct Task {
     one_at_a_time: bool,
 }
 
+/// What carrying out an access did.
+enum Carried {
+    /// It waits for this request (the host's or the router's).
+    Waiting(u64),
+    /// It resolved at once.
+    Answered(AccessResult),
+    /// Nothing (an access of another kind).
+    Nothing,
+}
+
 /// How a task ended.
 enum Ending {
     Returned(Result<Vec<u8>, HandlerError>),
@@ -675,11 +685,11 @@ impl HandlerRuntime {
             };
             if own {
                 match self.carry_out_here(host, task_id, partition, term, access) {
-                    Ok(Some(request_id)) => {
+                    Carried::Waiting(request_id) => {
                         self.wait(task_id, access_id, Waiting::Host(request_id))
                     }
-                    Ok(None) => {}
-                    Err(result) => self.resolve_now(task_id, access_id, result),
+                    Carried::Nothing => {}
+                    Carried::Answered(result) => self.resolve_now(task_id, access_id, result),
                 }
                 continue;
             }
@@ -689,9 +699,11 @@ impl HandlerRuntime {
                 access,
                 deadline_micros.saturating_sub(now_micros),
             ) {
-                Ok(Some(request_id)) => self.wait(task_id, access_id, Waiting::Router(request_id)),
-                Ok(None) => {}
-                Err(result) => self.resolve_now(task_id, access_id, result),
+                Carried::Waiting(request_id) => {
+                    self.wait(task_id, access_id, Waiting::Router(request_id))
+                }
+                Carried::Nothing => {}
+                Carried::Answered(result) => self.resolve_now(task_id, access_id, result),
             }
         }
     }
@@ -712,23 +724,27 @@ impl HandlerRuntime {
         partition: PartitionId,
         term: u64,
         access: Access,
-    ) -> Result<Option<u64>, AccessResult> {
+    ) -> Carried {
         let bug = self.config.planted_bug == Some(HandlerPlantedBug::ReadFollowerWithoutReadIndex);
         let status = host.status(partition);
         let leads = status
             .as_ref()
             .is_some_and(|status| status.role == Role::Leader && status.term == term);
         if !leads && !bug {
-            return Err(Err(self.lose_leadership(task_id)));
+            return Carried::Answered(Err(self.lose_leadership(task_id)));
         }
         let started = match access {
             Access::Read { query, .. } if bug => {
-                return Err(match host.read_applied(partition, &M::kv_query(query)) {
-                    Ok(answer) => M::kv_answer(answer).map(AccessAnswer::Read).ok_or_else(|| {
-                        PartitionError::Failed("a read answered another kind".into())
-                    }),
-                    Err(error) => access_error(error),
-                });
+                return Carried::Answered(
+                    match host.read_applied(partition, &M::kv_query(query)) {
+                        Ok(answer) => {
+                            M::kv_answer(answer).map(AccessAnswer::Read).ok_or_else(|| {
+                                PartitionError::Failed("a read answered another kind".into())
+                            })
+                        }
+                        Err(error) => access_error(error),
+                    },
+                );
             }
             Access::Read { query, .. } => host.read(partition, M::kv_query(query)),
             Access::Write { operation, .. } => host.write(partition, M::kv_operation(operation)),
@@ -746,7 +762,7 @@ impl HandlerRuntime {
                             .map(|entry| entry.replicas.clone())
                     })
                     .unwrap_or_default();
-                return Err(Ok(AccessAnswer::Info(PartitionInfo {
+                return Carried::Answered(Ok(AccessAnswer::Info(PartitionInfo {
                     name,
                     id: partition.0,
                     replicas,
@@ -757,12 +773,14 @@ impl HandlerRuntime {
                     last_index: status.as_ref().map(|status| status.last_index),
                 })));
             }
-            Access::Request { .. } => return Ok(None),
+            Access::Request { .. } => return Carried::Nothing,
         };
         match started {
-            Ok(request_id) => Ok(Some(request_id)),
-            Err(RequestError::NotLeader { .. }) => Err(Err(self.lose_leadership(task_id))),
-            Err(error) => Err(access_error(error)),
+            Ok(request_id) => Carried::Waiting(request_id),
+            Err(RequestError::NotLeader { .. }) => {
+                Carried::Answered(Err(self.lose_leadership(task_id)))
+            }
+            Err(error) => Carried::Answered(access_error(error)),
         }
     }
 
@@ -773,7 +791,7 @@ impl HandlerRuntime {
         router: &mut Router<M>,
         access: Access,
         timeout_micros: u64,
-    ) -> Result<Option<u64>, AccessResult> {
+    ) -> Carried {
         let (name, request) = match access {
             Access::Read {
                 target: Target::Other(name),
@@ -794,16 +812,20 @@ impl HandlerRuntime {
             Access::Info {
                 target: Target::Other(name),
             } => {
-                let parsed = PartitionName::new(name.clone())
-                    .map_err(|error| Err(PartitionError::Invalid(error.to_string())))?;
+                let parsed = match PartitionName::new(name.clone()) {
+                    Ok(parsed) => parsed,
+                    Err(error) => {
+                        return Carried::Answered(Err(PartitionError::Invalid(error.to_string())))
+                    }
+                };
                 let Some(entry) =
                     directory_of(host).and_then(|directory| directory.partition(&parsed))
                 else {
-                    return Err(Err(PartitionError::Failed(format!(
+                    return Carried::Answered(Err(PartitionError::Failed(format!(
                         "partition {name:?} is not in this node's directory (it may not exist yet)"
                     ))));
                 };
-                return Err(Ok(AccessAnswer::Info(PartitionInfo {
+                return Carried::Answered(Ok(AccessAnswer::Info(PartitionInfo {
                     name,
                     id: entry.id.0,
                     replicas: entry.replicas.clone(),
@@ -814,11 +836,14 @@ impl HandlerRuntime {
                     last_index: None,
                 })));
             }
-            Access::Read { .. } | Access::Write { .. } | Access::Info { .. } => return Ok(None),
+            Access::Read { .. } | Access::Write { .. } | Access::Info { .. } => {
+                return Carried::Nothing
+            }
         };
-        let name = PartitionName::new(name)
-            .map_err(|error| Err(PartitionError::Invalid(error.to_string())))?;
-        Ok(Some(router.submit(host, name, request)))
+        match PartitionName::new(name) {
+            Ok(name) => Carried::Waiting(router.submit(host, name, request)),
+            Err(error) => Carried::Answered(Err(PartitionError::Invalid(error.to_string()))),
+        }
     }
 
     // ---- ending ----
