@@ -305,6 +305,20 @@ impl HandlerRuntime {
             );
             return;
         };
+        let name = match PartitionName::new(name) {
+            Ok(name) => name,
+            Err(invalid) => {
+                self.turn_away(
+                    host,
+                    origin,
+                    RouteRefusal::new(
+                        RouteRefusalKind::Invalid,
+                        format!("a handler request for an invalid partition name: {invalid}"),
+                    ),
+                );
+                return;
+            }
+        };
         // The name must be the partition's, when this node's directory knows it.
         if let Some(entry) = directory_of(host).and_then(|directory| directory.partition(&name)) {
             if entry.id != partition {

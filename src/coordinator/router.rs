@@ -423,7 +423,7 @@ impl<M: ClusterKinds> Router<M> {
             (RoutedRequest::Write(operation), _) => host.route_write(partition, operation),
             (RoutedRequest::Read(query), _) => host.route_read(partition, query),
             (RoutedRequest::Handle { body, .. }, Target::Named(name)) => {
-                host.route_handle(partition, name.clone(), body.clone())
+                host.route_handle(partition, name.as_bytes().to_vec(), body.clone())
             }
             (RoutedRequest::Handle { .. }, Target::Directory) => Err(RequestError::Invalid(
                 "the directory's partition runs no request handler".into(),

@@ -63,7 +63,9 @@ pub enum RouteMessage {
     /// for the handler (a node that knows the name checks it names this partition).
     Handle {
         partition: PartitionId,
-        name: crate::directory::PartitionName,
+        /// The name's bytes (checked by the node that serves it).
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
         proposer_session: u64,
         request_id: u64,
         timeout_micros: u64,

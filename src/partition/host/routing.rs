@@ -173,7 +173,7 @@ impl<M: StateMachine> PartitionHost<M> {
     pub fn route_handle(
         &mut self,
         partition: PartitionId,
-        name: crate::directory::PartitionName,
+        name: Vec<u8>,
         body: Vec<u8>,
     ) -> Result<(u64, RouteMessage), RequestError> {
         self.check_usable()?;
