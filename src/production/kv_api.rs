@@ -87,6 +87,22 @@ pub(super) fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
+/// A request's body, or the answer to a body that is too large (413) or unreadable (400).
+pub(super) fn read_body(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+    body_bytes_max: usize,
+) -> Result<Bytes, Response> {
+    match body {
+        Ok(body) => Ok(body),
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} is larger than the limit of {body_bytes_max} bytes"),
+        )),
+        Err(rejection) => Err(error(StatusCode::BAD_REQUEST, rejection.body_text())),
+    }
+}
+
 /// A refusal decided on the way to an answer; small, so `Result`s carrying it stay small.
 pub(super) struct Refusal(StatusCode, String);
 
@@ -219,18 +235,9 @@ async fn put_key(
         (Ok(name), Ok(key)) => (name, key),
         (Err(refusal), _) | (_, Err(refusal)) => return refusal.into_response(),
     };
-    let value = match body {
+    let value = match read_body(body, "value", state.body_bytes_max) {
         Ok(value) => value.to_vec(),
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "value is larger than the limit of {} bytes",
-                    state.body_bytes_max
-                ),
-            )
-        }
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+        Err(response) => return response,
     };
     let write = RoutedRequest::Write(ClusterOperation::Kv(KvOperation::Put { key, value }));
     write_answer(routed(&state, name, write).await)
@@ -329,18 +336,9 @@ async fn batch(
         Ok(name) => name,
         Err(refusal) => return refusal.into_response(),
     };
-    let body = match body {
+    let body = match read_body(body, "batch", state.body_bytes_max) {
         Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "batch is larger than the limit of {} bytes",
-                    state.body_bytes_max
-                ),
-            )
-        }
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+        Err(response) => return response,
     };
     let operations = match batch_operations(&body) {
         Ok(operations) => operations,

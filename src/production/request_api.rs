@@ -11,7 +11,7 @@
 use crate::coordinator::router::{RouteError, RoutedOutcome};
 use crate::partition::host::RequestError;
 use crate::production::http_api::ApiState;
-use crate::production::kv_api::{error, partition_name};
+use crate::production::kv_api::{error, partition_name, read_body};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
@@ -42,18 +42,9 @@ pub(super) async fn request(
         Ok(query) => query,
         Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
     };
-    let body = match body {
+    let body = match read_body(body, "the request body", state.body_bytes_max) {
         Ok(body) => body.to_vec(),
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is larger than the limit of {} bytes",
-                    state.body_bytes_max
-                ),
-            )
-        }
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+        Err(response) => return response,
     };
     // The answer must reach the client before the server's own request timeout cuts it.
     let timeout_ms_max = u64::try_from(state.put_answer_timeout.as_millis()).unwrap_or(u64::MAX);
