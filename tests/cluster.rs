@@ -19,6 +19,9 @@
 
 mod cluster_support;
 
+/// The program `cluster_support` starts.
+const BINARY: &str = env!("CARGO_BIN_EXE_borough");
+
 use cluster_support::{http_request, Cluster, HttpResponse, REPLICATION_FACTOR, REQUEST_TIMEOUT};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};

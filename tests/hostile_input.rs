@@ -10,6 +10,9 @@
 
 mod cluster_support;
 
+/// The program `cluster_support` starts.
+const BINARY: &str = env!("CARGO_BIN_EXE_borough");
+
 use borough::events::EventKey;
 use borough::ids::{Location, NodeId};
 use borough::partition::envelope::RaftEnvelope;

@@ -18,6 +18,9 @@
 
 mod cluster_support;
 
+/// The program `cluster_support` starts.
+const BINARY: &str = env!("CARGO_BIN_EXE_borough");
+
 use borough_sim::checkers::linearizability::{
     check_history, CheckOutcome, Operation, OperationInput, OperationOutput,
     DEFAULT_MAX_STEPS_PER_KEY,

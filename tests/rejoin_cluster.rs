@@ -10,6 +10,9 @@
 
 mod cluster_support;
 
+/// The program `cluster_support` starts.
+const BINARY: &str = env!("CARGO_BIN_EXE_borough");
+
 use cluster_support::{http_request, Cluster, REQUEST_TIMEOUT};
 use serde_json::Value;
 use std::net::SocketAddr;

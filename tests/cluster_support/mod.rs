@@ -4,7 +4,8 @@
 //! the tail of every node's log when a test fails.
 //!
 //! The client is written here rather than taken from the crate so the tests depend on nothing
-//! but the binary's wire behaviour.
+//! but the binary's wire behaviour. The program it starts is the including test's `BINARY`
+//! (`borough`, or an application's own binary such as `borough-ledger`).
 
 // Tests measure wall time and run a writer thread; the disallowed-methods lint guards the
 // deterministic core, not the tests.
@@ -258,14 +259,14 @@ impl ClusterNode {
             .expect("open the node log");
         let log_for_stdout: File = log.try_clone().expect("clone the node log handle");
         let mut command = match self.open_files_max {
-            None => Command::new(env!("CARGO_BIN_EXE_borough")),
+            None => Command::new(super::BINARY),
             Some(limit) => {
                 // The shell sets the limit, then becomes the node (same pid, so kill works).
                 let mut command = Command::new("sh");
                 command.args([
                     "-c",
                     &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
-                    env!("CARGO_BIN_EXE_borough"),
+                    super::BINARY,
                 ]);
                 command
             }
@@ -360,6 +361,11 @@ impl Cluster {
     /// lists them all, and the directory has its voters.
     pub fn start_joined(size: usize) -> Cluster {
         Cluster::start_checked(size, &[], None, true)
+    }
+
+    /// [`Cluster::start_joined`], every node given `extra_arguments` too.
+    pub fn start_joined_with(size: usize, extra_arguments: &[&str]) -> Cluster {
+        Cluster::start_checked(size, extra_arguments, None, true)
     }
 
     fn start_checked(
