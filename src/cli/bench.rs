@@ -9,6 +9,12 @@
 //! warm-up); a non-success status or a transport error counts as an error, and only successful
 //! requests enter the latency figures.
 //!
+//! `--workload echo` and `--workload swap` measure request handlers: `POST
+//! /partitions/p{N}/requests` to the built-in `echo` handler (a JSON object of about
+//! `--value-bytes`), or to the built-in `kv` handler's `swap` (one linearizable read and one
+//! write of key `k{task}`), spread over `--partitions` partitions. A local cluster is started
+//! with the matching `--handler`; given targets must run it.
+//!
 //! `--workload kv` measures named partitions instead: QUORUM puts (`PUT
 //! /partitions/p{N}/keys/k{task}`), then linearizable gets of keys that exist, spread over
 //! `--partitions` partitions; against etcd the same keys through `/v3/kv/put` and
@@ -99,6 +105,21 @@ pub struct BenchFlags {
 pub enum BenchWorkload {
     Events,
     Kv,
+    /// The built-in `echo` handler.
+    Echo,
+    /// The built-in `kv` handler's `swap`: a read and a write.
+    Swap,
+}
+
+impl BenchWorkload {
+    /// The handler a local cluster runs for this workload.
+    fn handler(self) -> Option<&'static str> {
+        match self {
+            BenchWorkload::Echo => Some("echo"),
+            BenchWorkload::Swap => Some("kv"),
+            BenchWorkload::Events | BenchWorkload::Kv => None,
+        }
+    }
 }
 
 /// Which system a run measured.
@@ -205,7 +226,7 @@ pub async fn run_bench(flags: BenchFlags) -> Result<BenchReport, String> {
         eprintln!(
             "bench: no --target given; starting a local {LOCAL_CLUSTER_NODE_COUNT}-node cluster"
         );
-        let cluster = LocalCluster::start(LOCAL_CLUSTER_NODE_COUNT)?;
+        let cluster = LocalCluster::start(LOCAL_CLUSTER_NODE_COUNT, flags.workload.handler())?;
         let urls = cluster.http_urls();
         // Kept alive (and killed on drop) for the whole function, including early error returns.
         let cluster = local_cluster.insert(cluster);
@@ -221,6 +242,17 @@ pub async fn run_bench(flags: BenchFlags) -> Result<BenchReport, String> {
         let report = run_kv(&client, &flags, &targets, false).await;
         drop(local_cluster);
         return report;
+    }
+    if let Some(workload) = match flags.workload {
+        BenchWorkload::Echo => Some(Workload::HandlerEcho),
+        BenchWorkload::Swap => Some(Workload::HandlerSwap),
+        BenchWorkload::Events | BenchWorkload::Kv => None,
+    } {
+        prepare_partitions(&client, &flags, &targets, workload).await?;
+        let run = measure(&client, &flags, workload, &targets, "LINEARIZABLE").await?;
+        println!("{}", run.line());
+        drop(local_cluster);
+        return Ok(BenchReport { runs: vec![run] });
     }
 
     let mut report = BenchReport::default();
@@ -240,7 +272,12 @@ async fn run_kv(
     targets: &[String],
     etcd: bool,
 ) -> Result<BenchReport, String> {
-    prepare_partitions(client, flags, targets, etcd).await?;
+    let prepare = if etcd {
+        Workload::EtcdKvPut
+    } else {
+        Workload::KvPut
+    };
+    prepare_partitions(client, flags, targets, prepare).await?;
     let mut report = BenchReport::default();
     let (put, get) = if etcd {
         (Workload::EtcdKvPut, Workload::EtcdKvGet)
@@ -255,13 +292,14 @@ async fn run_kv(
     Ok(report)
 }
 
-/// Writes key `k0` of every partition (creating the partitions), 64 at a time, retrying each
-/// for a while: a new cluster may still be forming.
+/// Sends one request of `workload` to every partition (a put of key `k0` for kv: what the
+/// gets read), which creates the partitions, 64 at a time, retrying each for a while: a new
+/// cluster may still be forming.
 async fn prepare_partitions(
     client: &HttpClient,
     flags: &BenchFlags,
     targets: &[String],
-    etcd: bool,
+    workload: Workload,
 ) -> Result<(), String> {
     eprintln!(
         "bench: writing one key of each of {} partitions first",
@@ -276,11 +314,6 @@ async fn prepare_partitions(
         let value = value.clone();
         let partitions = flags.partitions;
         tasks.spawn(async move {
-            let workload = if etcd {
-                Workload::EtcdKvPut
-            } else {
-                Workload::KvPut
-            };
             let mut partition = worker;
             while partition < partitions {
                 let target = &targets[(partition as usize) % targets.len()];
@@ -354,6 +387,27 @@ fn kv_request(
             body.extend_from_slice(br#""}"#);
             (hyper::Method::POST, format!("{target}/v3/kv/range"), body)
         }
+        Workload::HandlerEcho => {
+            let mut body = format!("{{\"task\":{key},\"value\":\"").into_bytes();
+            body.extend_from_slice(value);
+            body.extend_from_slice(b"\"}");
+            (
+                hyper::Method::POST,
+                format!("{target}/partitions/p{partition}/requests"),
+                body,
+            )
+        }
+        Workload::HandlerSwap => {
+            let mut body = format!("{{\"op\":\"swap\",\"key\":\"k{key}\",\"value\":\"")
+                .into_bytes();
+            body.extend_from_slice(value);
+            body.extend_from_slice(b"\"}");
+            (
+                hyper::Method::POST,
+                format!("{target}/partitions/p{partition}/requests"),
+                body,
+            )
+        }
         Workload::Borough | Workload::Etcd => {
             unreachable!("event workloads do not name partitions")
         }
@@ -369,14 +423,14 @@ enum Workload {
     KvGet,
     EtcdKvPut,
     EtcdKvGet,
+    HandlerEcho,
+    HandlerSwap,
 }
 
 impl Workload {
+    /// Whether its requests name a partition (and a key).
     fn is_kv(self) -> bool {
-        matches!(
-            self,
-            Workload::KvPut | Workload::KvGet | Workload::EtcdKvPut | Workload::EtcdKvGet
-        )
+        !matches!(self, Workload::Borough | Workload::Etcd)
     }
 
     fn operation(self) -> &'static str {
@@ -384,12 +438,18 @@ impl Workload {
             Workload::Borough | Workload::Etcd => "event-put",
             Workload::KvPut | Workload::EtcdKvPut => "kv-put",
             Workload::KvGet | Workload::EtcdKvGet => "kv-get",
+            Workload::HandlerEcho => "handler-echo",
+            Workload::HandlerSwap => "handler-swap",
         }
     }
 
     fn system(self) -> BenchSystem {
         match self {
-            Workload::Borough | Workload::KvPut | Workload::KvGet => BenchSystem::Borough,
+            Workload::Borough
+            | Workload::KvPut
+            | Workload::KvGet
+            | Workload::HandlerEcho
+            | Workload::HandlerSwap => BenchSystem::Borough,
             Workload::Etcd | Workload::EtcdKvPut | Workload::EtcdKvGet => BenchSystem::Etcd,
         }
     }
@@ -553,9 +613,12 @@ fn is_success(workload: Workload, response: &HttpResponse) -> bool {
     match workload {
         Workload::Borough => response.status == StatusCode::CREATED,
         Workload::KvPut => response.status == StatusCode::NO_CONTENT,
-        Workload::Etcd | Workload::KvGet | Workload::EtcdKvPut | Workload::EtcdKvGet => {
-            response.status == StatusCode::OK
-        }
+        Workload::Etcd
+        | Workload::KvGet
+        | Workload::EtcdKvPut
+        | Workload::EtcdKvGet
+        | Workload::HandlerEcho
+        | Workload::HandlerSwap => response.status == StatusCode::OK,
     }
 }
 
@@ -680,7 +743,7 @@ struct LocalCluster {
 }
 
 impl LocalCluster {
-    fn start(node_count: u32) -> Result<Self, String> {
+    fn start(node_count: u32, handler: Option<&str>) -> Result<Self, String> {
         let executable = std::env::current_exe()
             .map_err(|error| format!("cannot find the borough executable: {error}"))?;
         let directory = fresh_temporary_directory()?;
@@ -728,6 +791,9 @@ impl LocalCluster {
                         .arg("--peer")
                         .arg(format!("{}@{other_address}", other_index + 1));
                 }
+            }
+            if let Some(handler) = handler {
+                command.arg("--handler").arg(handler);
             }
             // Named partitions: node 1 founds the cluster, the others join it.
             if index > 0 {
