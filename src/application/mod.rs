@@ -12,6 +12,8 @@ pub mod builtin;
 pub mod context;
 pub mod handler;
 pub mod runtime;
+#[cfg(test)]
+mod tests;
 
 pub use context::{HandlerContext, PartitionAccess, PartitionInfo};
 pub use handler::{

@@ -157,7 +157,7 @@ pub struct HandlerRuntime {
     mailbox: SharedMailbox,
     next_task: u64,
     tasks: BTreeMap<u64, Task>,
-    ready: BTreeSet<u64>,
+    pub(super) ready: BTreeSet<u64>,
     by_waiting: BTreeMap<Waiting, u64>,
     /// Accesses of tasks that ended before their answers came: the answers are dropped
     /// when they come (each request ends with an answer, so this empties).

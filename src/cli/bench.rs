@@ -398,8 +398,8 @@ fn kv_request(
             )
         }
         Workload::HandlerSwap => {
-            let mut body = format!("{{\"op\":\"swap\",\"key\":\"k{key}\",\"value\":\"")
-                .into_bytes();
+            let mut body =
+                format!("{{\"op\":\"swap\",\"key\":\"k{key}\",\"value\":\"").into_bytes();
             body.extend_from_slice(value);
             body.extend_from_slice(b"\"}");
             (

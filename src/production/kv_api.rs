@@ -92,14 +92,14 @@ pub(super) fn read_body(
     body: Result<Bytes, BytesRejection>,
     what: &str,
     body_bytes_max: usize,
-) -> Result<Bytes, Response> {
+) -> Result<Bytes, Refusal> {
     match body {
         Ok(body) => Ok(body),
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(error(
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("{what} is larger than the limit of {body_bytes_max} bytes"),
         )),
-        Err(rejection) => Err(error(StatusCode::BAD_REQUEST, rejection.body_text())),
+        Err(rejection) => Err(refuse(StatusCode::BAD_REQUEST, rejection.body_text())),
     }
 }
 
@@ -237,7 +237,7 @@ async fn put_key(
     };
     let value = match read_body(body, "value", state.body_bytes_max) {
         Ok(value) => value.to_vec(),
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let write = RoutedRequest::Write(ClusterOperation::Kv(KvOperation::Put { key, value }));
     write_answer(routed(&state, name, write).await)
@@ -338,7 +338,7 @@ async fn batch(
     };
     let body = match read_body(body, "batch", state.body_bytes_max) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     let operations = match batch_operations(&body) {
         Ok(operations) => operations,

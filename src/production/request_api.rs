@@ -44,7 +44,7 @@ pub(super) async fn request(
     };
     let body = match read_body(body, "the request body", state.body_bytes_max) {
         Ok(body) => body.to_vec(),
-        Err(response) => return response,
+        Err(refusal) => return refusal.into_response(),
     };
     // The answer must reach the client before the server's own request timeout cuts it.
     let timeout_ms_max = u64::try_from(state.put_answer_timeout.as_millis()).unwrap_or(u64::MAX);
