@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod embedded;
 pub mod fail_fast;
 mod file_disk;
 pub mod handlers;
