@@ -160,6 +160,8 @@ pub struct NodeCounters {
     pub group_commits: u64,
     /// Peer messages refused: from a node that is not a member, or refused by a partition.
     pub messages_refused: u64,
+    /// What the request handler runtime did.
+    pub handlers: HandlerCounters,
 }
 
 /// A node; its partitions run state machine `M` (the key-value store by default).
@@ -301,6 +303,7 @@ impl<M: ClusterKinds> Node<M> {
             repairs,
             group_commits: group_commits + self.partition_rounds,
             messages_refused: self.messages_refused + refused_by_partitions,
+            handlers: self.application.counters(),
         }
     }
 

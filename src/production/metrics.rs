@@ -89,6 +89,41 @@ impl Collector for NodeCollector {
                  partition committed.",
                 counters.messages_refused,
             ),
+            (
+                "borough_handler_requests_started",
+                "Requests whose handler started here, on the partition's leader.",
+                counters.handlers.started,
+            ),
+            (
+                "borough_handler_replies",
+                "Handler requests answered with the handler's reply.",
+                counters.handlers.replied,
+            ),
+            (
+                "borough_handler_refusals",
+                "Handler requests the handler refused, or whose access failed.",
+                counters.handlers.refused,
+            ),
+            (
+                "borough_handler_panics",
+                "Handlers that panicked (their request failed; the node went on).",
+                counters.handlers.panicked,
+            ),
+            (
+                "borough_handler_timeouts",
+                "Handlers dropped at their caller's deadline.",
+                counters.handlers.timed_out,
+            ),
+            (
+                "borough_handler_leadership_lost",
+                "Handlers whose partition changed leader while they ran.",
+                counters.handlers.lost_leadership,
+            ),
+            (
+                "borough_handler_requests_turned_away",
+                "Handler requests refused before starting: not the leader, busy, no handler.",
+                counters.handlers.turned_away,
+            ),
         ];
         for (name, help, value) in counters_and_help {
             let counter = ConstCounter::new(value);
@@ -247,6 +282,10 @@ mod tests {
             NodeCounters {
                 group_commits: 7,
                 messages_refused: 2,
+                handlers: crate::application::HandlerCounters {
+                    panicked: 3,
+                    ..Default::default()
+                },
                 ..NodeCounters::default()
             },
             2,
@@ -257,6 +296,7 @@ mod tests {
             "borough_http_request_duration_seconds_bucket{le=\"0.001\",route=\"/events\"} 0",
             "borough_fsyncs_total 7",
             "borough_peer_messages_refused_total 2",
+            "borough_handler_panics_total 3",
             "borough_peers_up 2",
             "borough_peer_frames_dropped_total 1",
             "# EOF",
