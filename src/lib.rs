@@ -10,6 +10,7 @@ pub mod coordinator;
 pub mod directory;
 pub mod events;
 pub mod ids;
+pub mod maps;
 pub mod node;
 pub mod partition;
 pub mod placement;
