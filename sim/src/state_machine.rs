@@ -8,12 +8,15 @@
 //! (an untouched kind's image is empty), and each is checked by its own kind.
 //!
 //! In a scenario of named partitions the system partition also runs the cluster directory
-//! (production's `DirectoryStateMachine`). Its tables are opened only in databases that have
-//! them and its image rides behind the others only where a directory exists, so scenarios
-//! without one store and send exactly the bytes they always did.
+//! (production's `DirectoryStateMachine`), and named partitions production's shared map
+//! (`MapStateMachine`). Their tables are opened only in databases that have them (or, for
+//! maps, in scenarios that use them) and their images ride behind the others only where a
+//! directory or a map exists, so scenarios without them store and send exactly the bytes
+//! they always did.
 
 use borough::coordinator::cluster::ClusterKinds;
 use borough::directory::{DirectoryOperation, DirectoryOutcome, DirectoryStateMachine};
+use borough::maps::{MapAnswer, MapOperation, MapOutcome, MapQuery, MapStateMachine};
 use borough::node::NodeOutput;
 use borough::partition::command::KvOperation;
 use borough::partition::kv_store::{KvStateMachine, ReadAnswer, ReadRequest, WriteOutcome};
@@ -42,6 +45,7 @@ pub enum SimOperation {
     Kv(KvOperation),
     Counter(CounterOperation),
     Directory(DirectoryOperation),
+    Map(MapOperation),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +54,7 @@ pub enum SimOutcome {
     /// The counter's value once the add applied.
     Counter(u64),
     Directory(DirectoryOutcome),
+    Map(MapOutcome),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,12 +62,14 @@ pub enum SimQuery {
     Kv(ReadRequest),
     /// The counter's value.
     Counter,
+    Map(MapQuery),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SimAnswer {
     Kv(ReadAnswer),
     Counter(u64),
+    Map(MapAnswer),
 }
 
 /// Both kinds' images of one partition.
@@ -77,6 +84,9 @@ struct SimImage {
 pub struct SimStateMachine {
     kv: KvStateMachine,
     directory: DirectoryStateMachine,
+    maps: MapStateMachine,
+    /// Whether the map tables are open (a scenario that never uses maps never opens them).
+    maps_open: bool,
 }
 
 fn counter_value(
@@ -128,22 +138,66 @@ impl ClusterKinds for SimStateMachine {
     fn kv_answer(answer: SimAnswer) -> Option<ReadAnswer> {
         match answer {
             SimAnswer::Kv(answer) => Some(answer),
-            SimAnswer::Counter(_) => None,
+            _ => None,
         }
+    }
+
+    fn map_operation(operation: MapOperation) -> Option<SimOperation> {
+        Some(SimOperation::Map(operation))
+    }
+
+    fn map_query(query: MapQuery) -> Option<SimQuery> {
+        Some(SimQuery::Map(query))
+    }
+
+    fn map_outcome(outcome: SimOutcome) -> Option<MapOutcome> {
+        match outcome {
+            SimOutcome::Map(outcome) => Some(outcome),
+            _ => None,
+        }
+    }
+
+    fn map_answer(answer: SimAnswer) -> Option<MapAnswer> {
+        match answer {
+            SimAnswer::Map(answer) => Some(answer),
+            _ => None,
+        }
+    }
+
+    fn take_touched_maps(&mut self) -> std::collections::BTreeSet<PartitionId> {
+        self.maps.take_touched()
     }
 }
 
-/// Splits an image into the kv and counter part and the directory's image, if it carries
-/// one behind them.
-fn split_image(image: &[u8]) -> Result<(SimImage, Option<Vec<u8>>), String> {
+/// What rides behind an image's kv and counter part.
+struct Extras {
+    directory: Option<Vec<u8>>,
+    maps: Option<Vec<u8>>,
+}
+
+/// Splits an image into the kv and counter part, the directory's image (an empty one stands
+/// for none when a map's follows) and the map's image.
+fn split_image(image: &[u8]) -> Result<(SimImage, Extras), String> {
     let (base, rest): (SimImage, &[u8]) =
         postcard::take_from_bytes(image).map_err(|error| error.to_string())?;
+    let mut extras = Extras {
+        directory: None,
+        maps: None,
+    };
     if rest.is_empty() {
-        return Ok((base, None));
+        return Ok((base, extras));
     }
-    let directory: Vec<u8> =
-        postcard::from_bytes(rest).map_err(|error| format!("the directory's image: {error}"))?;
-    Ok((base, Some(directory)))
+    let (directory, rest): (Vec<u8>, &[u8]) = postcard::take_from_bytes(rest)
+        .map_err(|error| format!("the directory's image: {error}"))?;
+    if !directory.is_empty() {
+        extras.directory = Some(directory);
+    }
+    if !rest.is_empty() {
+        let maps: Vec<u8> =
+            postcard::from_bytes(rest).map_err(|error| format!("the map's image: {error}"))?;
+        extras.maps = Some(maps);
+    }
+    Ok((base, extras))
 }
 
 impl StateMachine for SimStateMachine {
@@ -158,6 +212,9 @@ impl StateMachine for SimStateMachine {
         if DirectoryStateMachine::tables_exist(transaction)? {
             self.directory.open_tables(transaction)?;
         }
+        if self.maps_open {
+            self.maps.open_tables(transaction)?;
+        }
         Ok(())
     }
 
@@ -166,6 +223,7 @@ impl StateMachine for SimStateMachine {
             SimOperation::Kv(operation) => self.kv.validate(operation),
             SimOperation::Counter(CounterOperation::Add { .. }) => Ok(()),
             SimOperation::Directory(operation) => self.directory.validate(operation),
+            SimOperation::Map(operation) => self.maps.validate(operation),
         }
     }
 
@@ -191,6 +249,15 @@ impl StateMachine for SimStateMachine {
                 .directory
                 .apply(transaction, partition, index, operation)
                 .map(SimOutcome::Directory),
+            SimOperation::Map(operation) => {
+                if !self.maps_open {
+                    self.maps.open_tables(transaction)?;
+                    self.maps_open = true;
+                }
+                self.maps
+                    .apply(transaction, partition, index, operation)
+                    .map(SimOutcome::Map)
+            }
         }
     }
 
@@ -209,6 +276,12 @@ impl StateMachine for SimStateMachine {
                 let counters = transaction.open_table(COUNTERS).map_err(engine_error)?;
                 counter_value(&counters, partition).map(SimAnswer::Counter)
             }
+            SimQuery::Map(query) if self.maps_open => self
+                .maps
+                .read(transaction, partition, query)
+                .map(SimAnswer::Map),
+            // No map was ever written here: every map is empty.
+            SimQuery::Map(query) => Ok(SimAnswer::Map(empty_map_answer(query))),
         }
     }
 
@@ -221,18 +294,32 @@ impl StateMachine for SimStateMachine {
         let counters = transaction.open_table(COUNTERS).map_err(engine_error)?;
         let counter = counter_value(&counters, partition)?;
         let mut image = postcard::to_stdvec(&SimImage { kv, counter }).expect("images serialise");
+        let maps = if self.maps_open {
+            Some(self.maps.take_snapshot(transaction, partition)?)
+                .filter(|maps| !MapStateMachine::is_empty_image(maps))
+        } else {
+            None
+        };
         if self.directory.directory(partition).is_some() {
             let directory = self.directory.take_snapshot(transaction, partition)?;
             image = postcard::to_extend(&directory, image).expect("images serialise");
+        } else if maps.is_some() {
+            image = postcard::to_extend(&Vec::<u8>::new(), image).expect("images serialise");
+        }
+        if let Some(maps) = maps {
+            image = postcard::to_extend(&maps, image).expect("images serialise");
         }
         Ok(image)
     }
 
     fn check_image(image: &[u8]) -> Result<(), String> {
-        let (image, directory) = split_image(image)?;
+        let (image, extras) = split_image(image)?;
         KvStateMachine::check_image(&image.kv)?;
-        match directory {
-            Some(directory) => DirectoryStateMachine::check_image(&directory),
+        if let Some(directory) = extras.directory {
+            DirectoryStateMachine::check_image(&directory)?;
+        }
+        match extras.maps {
+            Some(maps) => MapStateMachine::check_image(&maps),
             None => Ok(()),
         }
     }
@@ -243,9 +330,23 @@ impl StateMachine for SimStateMachine {
         partition: PartitionId,
         image: &[u8],
     ) -> Result<(), StateMachineError> {
-        let (image, directory) = split_image(image)
+        let (image, extras) = split_image(image)
             .map_err(|error| StateMachineError::Corrupt(format!("simulated image: {error}")))?;
-        match directory {
+        match extras.maps {
+            Some(maps) => {
+                if !self.maps_open {
+                    self.maps.open_tables(transaction)?;
+                    self.maps_open = true;
+                }
+                self.maps.install_snapshot(transaction, partition, &maps)?;
+            }
+            None if self.maps_open => {
+                self.maps
+                    .install_snapshot(transaction, partition, &MapStateMachine::empty_image())?;
+            }
+            None => {}
+        }
+        match extras.directory {
             Some(directory) => {
                 self.directory
                     .install_snapshot(transaction, partition, &directory)?
@@ -279,6 +380,9 @@ impl StateMachine for SimStateMachine {
         if self.directory.directory(partition).is_some() {
             self.directory.remove_partition(transaction, partition)?;
         }
+        if self.maps_open {
+            self.maps.remove_partition(transaction, partition)?;
+        }
         self.kv.remove_partition(transaction, partition)?;
         let mut counters = transaction.open_table(COUNTERS).map_err(engine_error)?;
         counters.remove(partition.0).map_err(engine_error)?;
@@ -308,9 +412,35 @@ impl StateMachine for SimStateMachine {
         } else {
             0
         };
+        let map_bytes = if self.maps_open {
+            self.maps.size_bytes(transaction, partition)?
+        } else {
+            0
+        };
         Ok(self.kv.size_bytes(transaction, partition)?
             + counter_bytes
+            + map_bytes
             + self.directory.size_bytes(transaction, partition)?)
+    }
+}
+
+/// What an empty map answers (for a node that never opened the map tables).
+fn empty_map_answer(query: &MapQuery) -> MapAnswer {
+    use borough::maps::{FeedRead, MapEntries};
+    match query {
+        MapQuery::Get { .. } => MapAnswer::Value {
+            value: None,
+            revision: 0,
+        },
+        MapQuery::Entries => MapAnswer::Entries(MapEntries::default()),
+        MapQuery::Feed { after: None } => {
+            MapAnswer::Feed(FeedRead::Snapshot(MapEntries::default()))
+        }
+        MapQuery::Feed { after: Some(0) } => MapAnswer::Feed(FeedRead::Changes {
+            changes: Vec::new(),
+            revision: 0,
+        }),
+        MapQuery::Feed { after: Some(_) } => MapAnswer::Feed(FeedRead::Behind { revision: 0 }),
     }
 }
 

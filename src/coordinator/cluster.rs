@@ -27,6 +27,8 @@ use crate::directory::{
     SYSTEM_PARTITION,
 };
 use crate::ids::NodeId;
+use crate::maps::{MapAnswer, MapOperation, MapOutcome, MapQuery};
+use crate::partition::PartitionId;
 use crate::partition::command::KvOperation;
 use crate::partition::host::{HostOutput, PartitionHost, PartitionStart};
 use crate::partition::kv_store::{ReadAnswer, ReadRequest, WriteOutcome};
@@ -48,6 +50,14 @@ pub trait ClusterKinds: StateMachine {
     /// A key-value outcome or answer, `None` when it is another kind's.
     fn kv_outcome(outcome: Self::Outcome) -> Option<WriteOutcome>;
     fn kv_answer(answer: Self::Answer) -> Option<ReadAnswer>;
+    /// A map's commands in this kind's terms, `None` for a kind without maps.
+    fn map_operation(operation: MapOperation) -> Option<Self::Operation>;
+    fn map_query(query: MapQuery) -> Option<Self::Query>;
+    /// A map's outcome or answer, `None` when it is another kind's.
+    fn map_outcome(outcome: Self::Outcome) -> Option<MapOutcome>;
+    fn map_answer(answer: Self::Answer) -> Option<MapAnswer>;
+    /// The partitions whose maps changed (applied, installed, removed) since the last call.
+    fn take_touched_maps(&mut self) -> BTreeSet<PartitionId>;
 }
 
 impl ClusterKinds for ClusterStateMachine {
@@ -66,7 +76,7 @@ impl ClusterKinds for ClusterStateMachine {
     fn directory_outcome(outcome: &ClusterOutcome) -> Option<&DirectoryOutcome> {
         match outcome {
             ClusterOutcome::Directory(outcome) => Some(outcome),
-            ClusterOutcome::Kv(_) | ClusterOutcome::Misplaced => None,
+            ClusterOutcome::Kv(_) | ClusterOutcome::Misplaced | ClusterOutcome::Map(_) => None,
         }
     }
 
@@ -81,15 +91,41 @@ impl ClusterKinds for ClusterStateMachine {
     fn kv_outcome(outcome: ClusterOutcome) -> Option<WriteOutcome> {
         match outcome {
             ClusterOutcome::Kv(outcome) => Some(outcome),
-            ClusterOutcome::Directory(_) | ClusterOutcome::Misplaced => None,
+            _ => None,
         }
     }
 
     fn kv_answer(answer: ClusterAnswer) -> Option<ReadAnswer> {
         match answer {
             ClusterAnswer::Kv(answer) => Some(answer),
-            ClusterAnswer::Directory(_) => None,
+            _ => None,
         }
+    }
+
+    fn map_operation(operation: MapOperation) -> Option<ClusterOperation> {
+        Some(ClusterOperation::Map(operation))
+    }
+
+    fn map_query(query: MapQuery) -> Option<ClusterQuery> {
+        Some(ClusterQuery::Map(query))
+    }
+
+    fn map_outcome(outcome: ClusterOutcome) -> Option<MapOutcome> {
+        match outcome {
+            ClusterOutcome::Map(outcome) => Some(outcome),
+            _ => None,
+        }
+    }
+
+    fn map_answer(answer: ClusterAnswer) -> Option<MapAnswer> {
+        match answer {
+            ClusterAnswer::Map(answer) => Some(answer),
+            _ => None,
+        }
+    }
+
+    fn take_touched_maps(&mut self) -> BTreeSet<PartitionId> {
+        self.maps_mut().take_touched()
     }
 }
 
@@ -125,6 +161,26 @@ impl ClusterKinds for crate::partition::kv_store::KvStateMachine {
 
     fn kv_answer(answer: ReadAnswer) -> Option<ReadAnswer> {
         Some(answer)
+    }
+
+    fn map_operation(_: MapOperation) -> Option<KvOperation> {
+        None
+    }
+
+    fn map_query(_: MapQuery) -> Option<ReadRequest> {
+        None
+    }
+
+    fn map_outcome(_: WriteOutcome) -> Option<MapOutcome> {
+        None
+    }
+
+    fn map_answer(_: ReadAnswer) -> Option<MapAnswer> {
+        None
+    }
+
+    fn take_touched_maps(&mut self) -> BTreeSet<PartitionId> {
+        BTreeSet::new()
     }
 }
 

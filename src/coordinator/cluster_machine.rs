@@ -1,15 +1,19 @@
-//! The state machine a cluster node's partitions run: the directory in the system partition
-//! and the key-value store in every named partition, behind the one `StateMachine` trait.
+//! The state machine a cluster node's partitions run: the directory in the system partition,
+//! and the key-value store and the shared map in every named partition, behind the one
+//! `StateMachine` trait.
 //!
-//! Invariants: a directory command takes effect only in [`SYSTEM_PARTITION`] and a key-value
-//! command only outside it; a misplaced command (which only a forged or mistaken proposal can
-//! make) is refused the same way by every replica and changes nothing. A partition's image
-//! carries both kinds' images, so one that holds either kind moves whole.
+//! Invariants: a directory command takes effect only in [`SYSTEM_PARTITION`], and key-value
+//! and map commands only outside it; a misplaced command (which only a forged or mistaken
+//! proposal can make) is refused the same way by every replica and changes nothing. A
+//! partition's image carries every kind's image, so one that holds any kind moves whole; the
+//! map's rides behind the others only when the partition has a map, so images of partitions
+//! without one keep their bytes.
 
 use crate::directory::{
     DirectoryAnswer, DirectoryOperation, DirectoryOutcome, DirectoryQuery, DirectoryStateMachine,
     SYSTEM_PARTITION,
 };
+use crate::maps::{MapAnswer, MapOperation, MapOutcome, MapQuery, MapStateMachine};
 use crate::partition::command::KvOperation;
 use crate::partition::kv_store::{KvStateMachine, ReadAnswer, ReadRequest, WriteOutcome};
 use crate::partition::state_machine::{StateMachine, StateMachineError};
@@ -22,29 +26,35 @@ use serde::{Deserialize, Serialize};
 pub enum ClusterOperation {
     Kv(KvOperation),
     Directory(DirectoryOperation),
+    Map(MapOperation),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterOutcome {
     Kv(WriteOutcome),
     Directory(DirectoryOutcome),
-    /// A directory command outside the system partition, or a key-value command inside it.
+    /// A directory command outside the system partition, or a key-value or map command
+    /// inside it.
     Misplaced,
+    Map(MapOutcome),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterQuery {
     Kv(ReadRequest),
     Directory(DirectoryQuery),
+    Map(MapQuery),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterAnswer {
     Kv(ReadAnswer),
     Directory(DirectoryAnswer),
+    Map(MapAnswer),
 }
 
-/// Both kinds' images of one partition (the kind it does not run is empty).
+/// The key-value and directory images of one partition (the kind it does not run is empty);
+/// the map's image follows it when the partition has a map.
 #[derive(Debug, Serialize, Deserialize)]
 struct ClusterImage {
     #[serde(with = "serde_bytes")]
@@ -57,9 +67,26 @@ struct ClusterImage {
 pub struct ClusterStateMachine {
     kv: KvStateMachine,
     directory: DirectoryStateMachine,
+    maps: MapStateMachine,
+}
+
+/// Splits an image into its key-value and directory part and the map's image, if any.
+fn split_image(image: &[u8]) -> Result<(ClusterImage, Option<Vec<u8>>), String> {
+    let (base, rest): (ClusterImage, &[u8]) =
+        postcard::take_from_bytes(image).map_err(|error| format!("partition image: {error}"))?;
+    if rest.is_empty() {
+        return Ok((base, None));
+    }
+    let maps: Vec<u8> =
+        postcard::from_bytes(rest).map_err(|error| format!("the map's image: {error}"))?;
+    Ok((base, Some(maps)))
 }
 
 impl ClusterStateMachine {
+    pub fn maps_mut(&mut self) -> &mut MapStateMachine {
+        &mut self.maps
+    }
+
     pub fn directory(&self) -> &DirectoryStateMachine {
         &self.directory
     }
@@ -67,10 +94,6 @@ impl ClusterStateMachine {
     pub fn directory_mut(&mut self) -> &mut DirectoryStateMachine {
         &mut self.directory
     }
-}
-
-fn image_error(error: postcard::Error) -> StateMachineError {
-    StateMachineError::Corrupt(format!("partition image: {error}"))
 }
 
 impl StateMachine for ClusterStateMachine {
@@ -81,13 +104,15 @@ impl StateMachine for ClusterStateMachine {
 
     fn open_tables(&mut self, transaction: &WriteTransaction) -> Result<(), StateMachineError> {
         self.kv.open_tables(transaction)?;
-        self.directory.open_tables(transaction)
+        self.directory.open_tables(transaction)?;
+        self.maps.open_tables(transaction)
     }
 
     fn validate(&self, operation: &ClusterOperation) -> Result<(), String> {
         match operation {
             ClusterOperation::Kv(operation) => self.kv.validate(operation),
             ClusterOperation::Directory(operation) => self.directory.validate(operation),
+            ClusterOperation::Map(operation) => self.maps.validate(operation),
         }
     }
 
@@ -107,7 +132,12 @@ impl StateMachine for ClusterStateMachine {
                 self.directory
                     .apply(transaction, partition, index, operation)?,
             ),
-            ClusterOperation::Kv(_) | ClusterOperation::Directory(_) => ClusterOutcome::Misplaced,
+            ClusterOperation::Map(operation) if !in_system => {
+                ClusterOutcome::Map(self.maps.apply(transaction, partition, index, operation)?)
+            }
+            ClusterOperation::Kv(_) | ClusterOperation::Directory(_) | ClusterOperation::Map(_) => {
+                ClusterOutcome::Misplaced
+            }
         })
     }
 
@@ -126,6 +156,10 @@ impl StateMachine for ClusterStateMachine {
                 .directory
                 .read(transaction, partition, query)
                 .map(ClusterAnswer::Directory),
+            ClusterQuery::Map(query) => self
+                .maps
+                .read(transaction, partition, query)
+                .map(ClusterAnswer::Map),
         }
     }
 
@@ -138,14 +172,22 @@ impl StateMachine for ClusterStateMachine {
             kv: self.kv.take_snapshot(transaction, partition)?,
             directory: self.directory.take_snapshot(transaction, partition)?,
         };
-        Ok(postcard::to_stdvec(&image).expect("images serialise"))
+        let mut bytes = postcard::to_stdvec(&image).expect("images serialise");
+        let maps = self.maps.take_snapshot(transaction, partition)?;
+        if !MapStateMachine::is_empty_image(&maps) {
+            bytes = postcard::to_extend(&maps, bytes).expect("images serialise");
+        }
+        Ok(bytes)
     }
 
     fn check_image(image: &[u8]) -> Result<(), String> {
-        let image: ClusterImage =
-            postcard::from_bytes(image).map_err(|error| format!("partition image: {error}"))?;
+        let (image, maps) = split_image(image)?;
         KvStateMachine::check_image(&image.kv)?;
-        DirectoryStateMachine::check_image(&image.directory)
+        DirectoryStateMachine::check_image(&image.directory)?;
+        match maps {
+            Some(maps) => MapStateMachine::check_image(&maps),
+            None => Ok(()),
+        }
     }
 
     fn install_snapshot(
@@ -154,11 +196,13 @@ impl StateMachine for ClusterStateMachine {
         partition: PartitionId,
         image: &[u8],
     ) -> Result<(), StateMachineError> {
-        let image: ClusterImage = postcard::from_bytes(image).map_err(image_error)?;
+        let (image, maps) = split_image(image).map_err(StateMachineError::Corrupt)?;
         self.kv
             .install_snapshot(transaction, partition, &image.kv)?;
         self.directory
-            .install_snapshot(transaction, partition, &image.directory)
+            .install_snapshot(transaction, partition, &image.directory)?;
+        let maps = maps.unwrap_or_else(MapStateMachine::empty_image);
+        self.maps.install_snapshot(transaction, partition, &maps)
     }
 
     fn remove_partition(
@@ -167,7 +211,8 @@ impl StateMachine for ClusterStateMachine {
         partition: PartitionId,
     ) -> Result<(), StateMachineError> {
         self.kv.remove_partition(transaction, partition)?;
-        self.directory.remove_partition(transaction, partition)
+        self.directory.remove_partition(transaction, partition)?;
+        self.maps.remove_partition(transaction, partition)
     }
 
     fn split_for_canary(&self, operation: ClusterOperation) -> Vec<ClusterOperation> {
@@ -188,7 +233,8 @@ impl StateMachine for ClusterStateMachine {
         partition: PartitionId,
     ) -> Result<u64, StateMachineError> {
         Ok(self.kv.size_bytes(transaction, partition)?
-            + self.directory.size_bytes(transaction, partition)?)
+            + self.directory.size_bytes(transaction, partition)?
+            + self.maps.size_bytes(transaction, partition)?)
     }
 }
 

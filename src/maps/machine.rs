@@ -533,9 +533,14 @@ impl StateMachine for MapStateMachine {
 }
 
 impl MapStateMachine {
-    /// Whether `partition` holds map state (an image without it is the empty one).
+    /// Whether an image is of a partition without map state.
     pub fn is_empty_image(image: &[u8]) -> bool {
         postcard::from_bytes::<MapImage>(image).is_ok_and(|image| image == MapImage::default())
+    }
+
+    /// The image of a partition without map state.
+    pub fn empty_image() -> Vec<u8> {
+        postcard::to_stdvec(&MapImage::default()).expect("images serialise")
     }
 }
 

@@ -157,7 +157,7 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput<SimOutcome
             *request_id,
             match result {
                 Ok(SimOutcome::Counter(value)) => Some(*value),
-                Ok(SimOutcome::Kv(_) | SimOutcome::Directory(_)) => return,
+                Ok(SimOutcome::Kv(_) | SimOutcome::Directory(_) | SimOutcome::Map(_)) => return,
                 Err(RequestError::NotLeader { .. }) => None,
                 Err(_) => {
                     answer(world, node, *request_id, CounterResponse::Unknown);
@@ -169,7 +169,7 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput<SimOutcome
             *request_id,
             match result {
                 Ok(SimAnswer::Counter(value)) => Some(*value),
-                Ok(SimAnswer::Kv(_)) => return,
+                Ok(SimAnswer::Kv(_) | SimAnswer::Map(_)) => return,
                 Err(_) => None,
             },
         ),
