@@ -9,6 +9,7 @@ pub mod cli;
 pub mod coordinator;
 pub mod directory;
 pub mod events;
+pub mod feeds;
 pub mod ids;
 pub mod maps;
 pub mod node;

@@ -43,6 +43,7 @@ use crate::coordinator::{
 };
 use crate::directory::{Directory, PartitionName};
 use crate::events::{EventKey, EventStore, IntervalClosed, StoreError};
+use crate::feeds::{FeedConfig, FeedCounters, FeedDelivery, FeedError, FeedHub, SubscriptionId};
 use crate::ids::{Location, NodeId};
 use crate::partition::host::{HostConfig, HostOutput, PartitionHost, PartitionStart, RequestError};
 use crate::partition::kv_store::{KvStateMachine, ReadAnswer, WriteOutcome};
@@ -66,6 +67,8 @@ pub struct NodeConfig {
     pub router: RouterConfig,
     /// How the request handler runs (with `cluster`, once a handler is set).
     pub handlers: HandlerRuntimeConfig,
+    /// How the change feeds of maps are served (with `cluster`).
+    pub feeds: FeedConfig,
 }
 
 /// How the node runs its Raft partitions.
@@ -93,6 +96,7 @@ impl NodeConfig {
             cluster: None,
             router: RouterConfig::default(),
             handlers: HandlerRuntimeConfig::default(),
+            feeds: FeedConfig::default(),
         }
     }
 
@@ -130,6 +134,8 @@ pub enum NodeOutput<Outcome = WriteOutcome, Answer = ReadAnswer> {
     Partition(HostOutput<Outcome, Answer>),
     /// Answers to requests routed by partition name.
     Routed(RouterAnswer<Outcome, Answer>),
+    /// Events of the change feeds subscribed to on this node.
+    Feed(FeedDelivery),
 }
 
 /// The output type of a node whose partitions run state machine `M`.
@@ -175,6 +181,8 @@ pub struct Node<M: ClusterKinds = KvStateMachine> {
     router: Router<M>,
     /// The request handler's executor (idle until a handler is set).
     application: HandlerRuntime,
+    /// The change feeds subscribed to on this node.
+    feeds: FeedHub,
     /// Set when the partition store was found damaged at open (see `partition::raft_log`).
     partitions_damaged: Option<String>,
     next_raft_tick_micros: u64,
@@ -259,6 +267,7 @@ impl<M: ClusterKinds + Default> Node<M> {
             router.plant_serve_handlers_on_own_replica();
         }
         let application = HandlerRuntime::new(config.handlers.clone());
+        let feeds = FeedHub::new(config.feeds.clone());
         Ok(Self {
             config,
             seams,
@@ -267,6 +276,7 @@ impl<M: ClusterKinds + Default> Node<M> {
             cluster,
             router,
             application,
+            feeds,
             partitions_damaged,
             next_raft_tick_micros,
             outputs: Vec::new(),
@@ -569,6 +579,16 @@ impl<M: ClusterKinds> Node<M> {
         let Some(host) = &mut self.partitions else {
             return;
         };
+        // Feeds first: what the last round applied goes out now, and a relay's reads leave
+        // with this pass's routes.
+        self.feeds
+            .pump(host, &mut self.router, self.cluster.is_some());
+        self.outputs.extend(
+            self.feeds
+                .take_deliveries()
+                .into_iter()
+                .map(NodeOutput::Feed),
+        );
         host.prepare_round();
         for (to, envelope) in host.take_envelopes() {
             self.seams.network.send(to, Message::Raft(envelope));
@@ -644,6 +664,15 @@ impl<M: ClusterKinds> Node<M> {
             let Some(answer) = self.application.take_router_answer::<M>(answer) else {
                 continue;
             };
+            let Some(answer) = self.feeds.take_router_answer::<M>(answer) else {
+                self.outputs.extend(
+                    self.feeds
+                        .take_deliveries()
+                        .into_iter()
+                        .map(NodeOutput::Feed),
+                );
+                continue;
+            };
             if let Some(cluster) = &mut self.cluster {
                 let result = match &answer.result {
                     Ok(RoutedOutcome::Wrote(outcome)) => Ok(outcome),
@@ -707,6 +736,39 @@ impl<M: ClusterKinds> Node<M> {
             timeout_micros,
         };
         self.route_request(name, request)
+    }
+
+    // ---- change feeds ----
+
+    /// Subscribes to the change feed of map `name` on this node, from revision `from` (the
+    /// subscriber had every change up to it) or from nothing. Its events come out as
+    /// `NodeOutput::Feed` deliveries naming the returned id: first `Ready` (or `Resumed`),
+    /// then every change after it.
+    pub fn subscribe(
+        &mut self,
+        name: PartitionName,
+        from: Option<u64>,
+    ) -> Result<SubscriptionId, FeedError> {
+        if self.cluster.is_none() {
+            return Err(FeedError::NoCluster);
+        }
+        let id = self.feeds.subscribe(name, from)?;
+        self.pump_partitions();
+        Ok(id)
+    }
+
+    /// Ends a subscription: nothing more is delivered for it.
+    pub fn unsubscribe(&mut self, id: SubscriptionId) {
+        self.feeds.unsubscribe(id);
+    }
+
+    pub fn feed_counters(&self) -> FeedCounters {
+        self.feeds.counters()
+    }
+
+    /// Subscriptions alive on this node.
+    pub fn feed_subscriptions(&self) -> usize {
+        self.feeds.len()
     }
 
     /// Whether `from` is a member of this node's cluster (in its directory, or its peer

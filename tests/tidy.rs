@@ -78,6 +78,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "feeds",
+        &["ids", "partition", "directory", "maps", "coordinator"],
+    ),
+    (
         "application",
         &[
             "ids",
@@ -110,6 +114,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "wire",
             "coordinator",
             "application",
+            "feeds",
         ],
     ),
 ];

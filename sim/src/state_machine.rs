@@ -341,8 +341,11 @@ impl StateMachine for SimStateMachine {
                 self.maps.install_snapshot(transaction, partition, &maps)?;
             }
             None if self.maps_open => {
-                self.maps
-                    .install_snapshot(transaction, partition, &MapStateMachine::empty_image())?;
+                self.maps.install_snapshot(
+                    transaction,
+                    partition,
+                    &MapStateMachine::empty_image(),
+                )?;
             }
             None => {}
         }

@@ -28,11 +28,11 @@ use crate::directory::{
 };
 use crate::ids::NodeId;
 use crate::maps::{MapAnswer, MapOperation, MapOutcome, MapQuery};
-use crate::partition::PartitionId;
 use crate::partition::command::KvOperation;
 use crate::partition::host::{HostOutput, PartitionHost, PartitionStart};
 use crate::partition::kv_store::{ReadAnswer, ReadRequest, WriteOutcome};
 use crate::partition::state_machine::StateMachine;
+use crate::partition::PartitionId;
 use crate::raft::ConfigChange;
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -140,6 +140,9 @@ pub struct ConfigFile {
     pub partition_cache_mib: Option<u64>,
     pub dead_after_s: Option<u64>,
     pub handler: Option<String>,
+    pub feed_subscriptions_max: Option<usize>,
+    pub feed_buffer_kib: Option<usize>,
+    pub feed_memory_mib: Option<usize>,
 }
 
 /// The flags of `borough start`; each overrides the config file's value of the same name.
@@ -257,6 +260,19 @@ pub struct StartFlags {
     /// same one. Without it, requests for handlers are refused.
     #[arg(long, value_name = "NAME")]
     pub handler: Option<String>,
+    /// Change-feed subscriptions (WebSocket and event-stream watchers of maps) this node
+    /// serves at once; one more is refused [default: 10000, from 1 to 1000000].
+    #[arg(long, value_name = "N")]
+    pub feed_subscriptions_max: Option<usize>,
+    /// What one feed subscriber may have queued and not yet taken, in KiB; a subscriber
+    /// further behind is cut off with a `resync` message [default: 1024, from 1 to 65536].
+    #[arg(long, value_name = "KIB")]
+    pub feed_buffer_kib: Option<usize>,
+    /// What all feed subscribers of this node may have queued together, in MiB; past it, a
+    /// subscriber with anything queued is cut off instead of queueing more [default: 256,
+    /// from 1 to 65536].
+    #[arg(long, value_name = "MIB")]
+    pub feed_memory_mib: Option<usize>,
 }
 
 /// Everything a node needs to start, checked.
@@ -292,6 +308,28 @@ pub struct ShellConfig {
     pub join: Option<SocketAddr>,
     /// The name of the request handler this node runs.
     pub handler: Option<String>,
+    /// Bounds of the change feeds this node serves.
+    pub feeds: FeedLimits,
+}
+
+/// How many feed subscribers a node serves, and what they may have queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedLimits {
+    pub subscriptions_max: usize,
+    /// Per subscriber.
+    pub buffer_bytes_max: usize,
+    /// All subscribers together.
+    pub memory_bytes_max: usize,
+}
+
+impl Default for FeedLimits {
+    fn default() -> Self {
+        Self {
+            subscriptions_max: 10_000,
+            buffer_bytes_max: 1024 * 1024,
+            memory_bytes_max: 256 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -598,6 +636,36 @@ impl ShellConfig {
                  {DEAD_AFTER_S_MAX})"
             )));
         }
+        let feeds = FeedLimits {
+            subscriptions_max: flags
+                .feed_subscriptions_max
+                .or(file.feed_subscriptions_max)
+                .unwrap_or(FeedLimits::default().subscriptions_max),
+            buffer_bytes_max: flags
+                .feed_buffer_kib
+                .or(file.feed_buffer_kib)
+                .map_or(FeedLimits::default().buffer_bytes_max, |kib| {
+                    kib.saturating_mul(1024)
+                }),
+            memory_bytes_max: flags
+                .feed_memory_mib
+                .or(file.feed_memory_mib)
+                .map_or(FeedLimits::default().memory_bytes_max, |mib| {
+                    mib.saturating_mul(1024 * 1024)
+                }),
+        };
+        if !(1..=1_000_000).contains(&feeds.subscriptions_max) {
+            return Err(value(format!(
+                "feed_subscriptions_max {} must be in 1..=1000000",
+                feeds.subscriptions_max
+            )));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&feeds.buffer_bytes_max) {
+            return Err(value("feed_buffer_kib must be in 1..=65536".to_string()));
+        }
+        if !(1024 * 1024..=64 * 1024 * 1024 * 1024).contains(&feeds.memory_bytes_max) {
+            return Err(value("feed_memory_mib must be in 1..=65536".to_string()));
+        }
         Ok(ShellConfig {
             node_id,
             http,
@@ -631,6 +699,7 @@ impl ShellConfig {
             cluster,
             join,
             handler: flags.handler.clone().or(file.handler),
+            feeds,
         })
     }
 }

@@ -17,8 +17,10 @@ use crate::coordinator::router::{RouteError, RoutedOutcome, RoutedRequest};
 use crate::coordinator::{CommitLevel, PutError};
 use crate::directory::{MemberState, PartitionName};
 use crate::events::{EventKey, StoreError};
+use crate::feeds::{FeedError, SubscriptionId};
 use crate::ids::{Location, NodeId};
 use crate::node::{NodeConfig, NodeCounters, NodeOutput, NodeSeams};
+use crate::production::feed_sink::{FeedSink, RenderedEvent};
 use crate::production::file_disk::sync_duplicate;
 use crate::production::{os_seeded_rng, FileDisk, SystemClock};
 use crate::seams::{Clock, DiskError, Network};
@@ -234,6 +236,16 @@ pub enum NodeInput {
         name: PartitionName,
         reply: Reply<Option<PartitionPlacement>>,
     },
+    /// Subscribe `sink` to the change feed of map `name`, from revision `from`.
+    Subscribe {
+        name: PartitionName,
+        from: Option<u64>,
+        sink: Arc<FeedSink>,
+        reply: Reply<Result<SubscriptionId, FeedError>>,
+    },
+    Unsubscribe {
+        id: SubscriptionId,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -378,6 +390,28 @@ impl NodeHandle {
         .await
     }
 
+    /// Subscribes `sink` to the change feed of map `name`; its events arrive in the sink.
+    pub async fn subscribe(
+        &self,
+        name: PartitionName,
+        from: Option<u64>,
+        sink: Arc<FeedSink>,
+    ) -> Result<Result<SubscriptionId, FeedError>, DriverError> {
+        self.call(|reply| NodeInput::Subscribe {
+            name,
+            from,
+            sink,
+            reply,
+        })
+        .await
+    }
+
+    /// Ends a subscription (its connection closed). Queued behind the inputs before it;
+    /// waits for room, so it is never lost to a full inbox.
+    pub async fn unsubscribe(&self, id: SubscriptionId) {
+        let _ = self.submit(NodeInput::Unsubscribe { id }).await;
+    }
+
     pub async fn cluster(&self) -> Result<ClusterView, DriverError> {
         self.call(|reply| NodeInput::Cluster { reply }).await
     }
@@ -483,6 +517,7 @@ pub fn spawn_node(
                 learned_members: BTreeMap::new(),
                 members_synced_micros: 0,
                 pending_routed: BTreeMap::new(),
+                feed_sinks: BTreeMap::new(),
                 clock,
                 http_replies,
                 pending_puts: BTreeMap::new(),
@@ -530,6 +565,8 @@ struct NodeLoop {
     learned_members: BTreeMap<NodeId, std::net::SocketAddr>,
     members_synced_micros: u64,
     pending_routed: BTreeMap<u64, Reply<RoutedResult>>,
+    /// The sinks of the feeds subscribed to here, by subscription.
+    feed_sinks: BTreeMap<SubscriptionId, Arc<FeedSink>>,
     clock: SystemClock,
     http_replies: HttpReplies,
     pending_puts: BTreeMap<u64, Reply<Result<EventKey, PutError>>>,
@@ -738,6 +775,28 @@ impl NodeLoop {
             NodeInput::Placement { name, reply } => {
                 let _ = reply.send(self.placement(&name));
             }
+            NodeInput::Subscribe {
+                name,
+                from,
+                sink,
+                reply,
+            } => match self.node.subscribe(name, from) {
+                Ok(id) => {
+                    if reply.send(Ok(id)).is_err() {
+                        // The connection went away before it heard its id.
+                        self.node.unsubscribe(id);
+                    } else {
+                        self.feed_sinks.insert(id, sink);
+                    }
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            NodeInput::Unsubscribe { id } => {
+                self.node.unsubscribe(id);
+                self.feed_sinks.remove(&id);
+            }
             NodeInput::Status { reply } => {
                 let members = self
                     .node
@@ -936,6 +995,19 @@ impl NodeLoop {
                 NodeOutput::Routed(answer) => {
                     if let Some(reply) = self.pending_routed.remove(&answer.request_id) {
                         let _ = reply.send(answer.result);
+                    }
+                }
+                NodeOutput::Feed(delivery) => {
+                    // Rendered once, shared by every subscriber it goes to.
+                    let rendered = Arc::new(RenderedEvent::render(&delivery.event));
+                    for id in delivery.subscriptions {
+                        let Some(sink) = self.feed_sinks.get(&id) else {
+                            continue;
+                        };
+                        if !sink.push(Arc::clone(&rendered)) {
+                            self.node.unsubscribe(id);
+                            self.feed_sinks.remove(&id);
+                        }
                     }
                 }
             }

@@ -57,6 +57,8 @@ pub struct ApiState {
     pub put_answer_timeout: Duration,
     /// Where `POST /cluster/leave` records that the node drains ([`crate::production::rejoin`]).
     pub data_dir: std::path::PathBuf,
+    /// What the node's feed subscribers have queued, against its bounds.
+    pub feed_memory: Arc<crate::production::feed_sink::FeedMemory>,
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -84,6 +86,8 @@ pub fn client_router(state: ApiState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(crate::production::kv_api::kv_routes())
+        .merge(crate::production::map_api::map_routes())
+        .merge(crate::production::console::console_routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         // One byte over the limit is enough to know the body is too large.

@@ -112,14 +112,14 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn refuse(status: StatusCode, message: impl std::fmt::Display) -> Refusal {
+pub(super) fn refuse(status: StatusCode, message: impl std::fmt::Display) -> Refusal {
     Refusal(status, message.to_string())
 }
 
 /// Segment `index` of the request's path, percent-decoded to bytes (any bytes: the router's
 /// own parameters would insist on UTF-8). Every route here is `/partitions/{name}/...`, so
 /// the name is segment 2 and a key segment 4.
-fn path_bytes(uri: &Uri, index: usize) -> Result<Vec<u8>, Refusal> {
+pub(super) fn path_bytes(uri: &Uri, index: usize) -> Result<Vec<u8>, Refusal> {
     let raw = uri
         .path()
         .split('/')
@@ -161,7 +161,7 @@ fn path_key(params: &Uri) -> Result<Vec<u8>, Refusal> {
 }
 
 /// The status and body of a request the cluster did not serve.
-fn route_error(error_value: RouteError) -> Response {
+pub(super) fn route_error(error_value: RouteError) -> Response {
     let status = match &error_value {
         RouteError::Request(RequestError::State(StateMachineError::KeyNotFound)) => {
             StatusCode::NOT_FOUND
@@ -173,7 +173,7 @@ fn route_error(error_value: RouteError) -> Response {
     error(status, error_value)
 }
 
-async fn routed(
+pub(super) async fn routed(
     state: &ApiState,
     name: PartitionName,
     request: RoutedRequest<ClusterOperation, ClusterQuery>,

@@ -3,9 +3,11 @@
 //! sans-IO `Node` the simulator runs, behind a TCP or HTTP peer transport and an HTTP API.
 
 pub mod config;
+pub mod console;
 pub mod driver;
 pub mod embedded;
 pub mod fail_fast;
+pub mod feed_sink;
 mod file_disk;
 pub mod handlers;
 pub mod http_api;
@@ -13,6 +15,7 @@ pub mod http_client;
 pub mod http_server;
 pub mod http_transport;
 pub mod kv_api;
+pub mod map_api;
 pub mod membership;
 pub mod metrics;
 mod os_rng;

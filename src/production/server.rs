@@ -174,6 +174,7 @@ pub async fn serve_with(
         .map_err(|_| "partition_cache_mib is larger than this machine can address".to_string())?;
     let ticks_per_second = 1_000_000 / partitions.tick_micros.max(1);
     node_config.partitions = Some(partitions);
+    node_config.feeds.subscriptions_max = config.feeds.subscriptions_max;
     node_config.cluster = Some(ClusterConfig {
         member: Member {
             id: config.node_id,
@@ -250,6 +251,7 @@ pub async fn serve_with(
         body_bytes_max: config.body_bytes_max,
         put_answer_timeout: put_answer_timeout(config.http_limits.request_timeout),
         data_dir: config.data_dir.clone(),
+        feed_memory: crate::production::feed_sink::FeedMemory::new(config.feeds),
     };
     match transport {
         Transport::Tcp(tcp) => {

@@ -444,7 +444,9 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput<SimOutcome
             match result {
                 Ok(SimOutcome::Kv(_)) => Answer::Done(KvResponse::Written),
                 // Not this workload's request.
-                Ok(SimOutcome::Counter(_) | SimOutcome::Directory(_) | SimOutcome::Map(_)) => return,
+                Ok(SimOutcome::Counter(_) | SimOutcome::Directory(_) | SimOutcome::Map(_)) => {
+                    return
+                }
                 Err(RequestError::NotLeader { .. }) => Answer::NotApplied,
                 Err(_) => Answer::Unknown,
             },
@@ -463,9 +465,11 @@ pub fn on_answer(world: &mut World, node: NodeId, output: &HostOutput<SimOutcome
                     Answer::Done(KvResponse::Pairs(page.pairs.clone()))
                 }
                 // The workload never asks for sizes.
-                Ok(SimAnswer::Counter(_) | SimAnswer::Map(_) | SimAnswer::Kv(ReadAnswer::Size { .. })) => {
-                    return
-                }
+                Ok(
+                    SimAnswer::Counter(_)
+                    | SimAnswer::Map(_)
+                    | SimAnswer::Kv(ReadAnswer::Size { .. }),
+                ) => return,
                 // No answer in time: for liveness, a read that never came back.
                 Err(RequestError::OutcomeUnknown) => Answer::Unknown,
                 Err(_) => Answer::NotApplied,
