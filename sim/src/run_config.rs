@@ -5,8 +5,9 @@
 
 use crate::checkers::Checker;
 use crate::scenario::{
-    parse_handler_planted_bug, parse_placement_planted_bug, parse_planted_bug,
-    parse_raft_planted_bug, ChecksSection, Drawn, Expectation, FaultSection, RaftCanary, Scenario,
+    parse_feed_planted_bug, parse_handler_planted_bug, parse_placement_planted_bug,
+    parse_planted_bug, parse_raft_planted_bug, ChecksSection, Drawn, Expectation, FaultSection,
+    RaftCanary, Scenario,
 };
 use borough::coordinator::CommitLevel;
 use borough::coordinator::PlantedBug;
@@ -33,6 +34,8 @@ pub enum WorkloadKind {
     Counter,
     /// The example ledger application's handler (`workload::ledger`).
     Ledger,
+    /// Shared maps and their change feeds (`workload::maps`).
+    Maps,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +50,8 @@ pub struct WorkloadConfig {
     pub delete_ratio: f64,
     pub batch_ratio: f64,
     pub range_ratio: f64,
+    /// Feed subscribers per map (`maps`).
+    pub subscribers_per_map: u64,
 }
 
 /// The Raft partitions of a run.
@@ -149,6 +154,8 @@ pub struct RunConfig {
     pub membership: Option<MembershipRun>,
     /// A canary's bug planted in the nodes' handler runtime.
     pub handler_planted_bug: Option<borough::application::HandlerPlantedBug>,
+    /// `maps`: a canary's bug planted in the nodes' feed hub.
+    pub feed_planted_bug: Option<borough::feeds::FeedPlantedBug>,
 }
 
 /// A run's plan of whole nodes joining and leaving, drawn from `[membership]`.
@@ -225,6 +232,7 @@ impl RunConfig {
                     "kv" => WorkloadKind::Kv,
                     "counter" => WorkloadKind::Counter,
                     "ledger" => WorkloadKind::Ledger,
+                    "maps" => WorkloadKind::Maps,
                     _ => WorkloadKind::Events,
                 };
                 let rate_per_s = workload.rate_per_s.draw(&mut rng);
@@ -243,6 +251,13 @@ impl RunConfig {
                             workload.keys_per_partition.draw(&mut rng).max(2),
                             workload.read_ratio.draw(&mut rng),
                             0.0,
+                            0.0,
+                            0.0,
+                        ),
+                        WorkloadKind::Maps => (
+                            workload.keys_per_partition.draw(&mut rng).max(1),
+                            0.0,
+                            workload.delete_ratio.draw(&mut rng),
                             0.0,
                             0.0,
                         ),
@@ -266,6 +281,10 @@ impl RunConfig {
                     delete_ratio,
                     batch_ratio,
                     range_ratio,
+                    subscribers_per_map: match kind {
+                        WorkloadKind::Maps => workload.subscribers_per_map.draw(&mut rng).max(1),
+                        _ => 0,
+                    },
                 }
             })
             .collect();
@@ -392,6 +411,11 @@ impl RunConfig {
                 .iter()
                 .find_map(|workload| workload.handler_planted_bug.as_deref())
                 .map(|name| parse_handler_planted_bug(name).expect("validated on load")),
+            feed_planted_bug: file
+                .workload
+                .iter()
+                .find_map(|workload| workload.feed_planted_bug.as_deref())
+                .map(|name| parse_feed_planted_bug(name).expect("validated on load")),
             workloads,
             partitions,
             faults: file.fault.clone(),
@@ -421,6 +445,7 @@ impl RunConfig {
         config.coordinator.repair_delay_micros = self.repair_delay_micros;
         config.coordinator.planted_bug = self.planted_bug;
         config.handlers.planted_bug = self.handler_planted_bug;
+        config.feeds.planted_bug = self.feed_planted_bug;
         config.coordinator.store = StoreConfig {
             consolidation_interval: self.consolidation_interval,
             checkpoint_records: self.checkpoint_records,

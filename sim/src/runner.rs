@@ -46,6 +46,14 @@ pub struct RunSummary {
     pub ledger_replied: usize,
     pub ledger_statements: usize,
     pub ledger_refused: u64,
+    pub map_writes: u64,
+    pub map_changes: usize,
+    /// Feed events subscribers took, their connections, and the `Ready`s and resumes
+    /// among their first events.
+    pub feed_events: u64,
+    pub feed_connections: u64,
+    pub feed_readies: u64,
+    pub feed_resumes: u64,
     pub kv_ranges_at_limit: usize,
     pub raft_applies: u64,
     pub raft_elections: u64,
@@ -140,6 +148,18 @@ impl RunSummary {
                 self.raft_elections,
                 self.linearizability_unknown_keys
             );
+            if self.map_writes > 0 {
+                let _ = writeln!(
+                    text,
+                    "maps: {} writes, {} changes committed; feeds: {} events over {} connections ({} readies, {} resumes)",
+                    self.map_writes,
+                    self.map_changes,
+                    self.feed_events,
+                    self.feed_connections,
+                    self.feed_readies,
+                    self.feed_resumes
+                );
+            }
             if self.ledger_calls > 0 {
                 let _ = writeln!(
                     text,
@@ -263,6 +283,32 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
                 )
         }),
         ledger_refused: world.ledger_history.refused,
+        map_writes: world.maps_history.writes_sent,
+        map_changes: world.maps_history.changes_committed(),
+        feed_events: world
+            .maps_history
+            .subscribers
+            .iter()
+            .map(|s| s.events)
+            .sum(),
+        feed_connections: world
+            .maps_history
+            .subscribers
+            .iter()
+            .map(|s| s.connections)
+            .sum(),
+        feed_readies: world
+            .maps_history
+            .subscribers
+            .iter()
+            .map(|s| s.readies)
+            .sum(),
+        feed_resumes: world
+            .maps_history
+            .subscribers
+            .iter()
+            .map(|s| s.resumes)
+            .sum(),
         kv_batches: world
             .kv_history
             .count(|record| matches!(record.call.request, KvRequest::Batch(_))),

@@ -213,6 +213,16 @@ pub struct WorkloadSection {
     /// `ledger`: a canary's bug planted in the nodes' handler runtime.
     #[serde(default)]
     pub handler_planted_bug: Option<String>,
+    /// `maps`: feed subscribers per map, each on a random node, leaving and resuming.
+    #[serde(default = "default_subscribers_per_map")]
+    pub subscribers_per_map: Drawn<u64>,
+    /// `maps`: a canary's bug planted in the nodes' feed hub.
+    #[serde(default)]
+    pub feed_planted_bug: Option<String>,
+}
+
+fn default_subscribers_per_map() -> Drawn<u64> {
+    Drawn::Fixed(3)
 }
 
 fn default_keys_per_partition() -> Drawn<u64> {
@@ -669,6 +679,17 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
         if let Some(bug) = &workload.handler_planted_bug {
             parse_handler_planted_bug(bug)?;
         }
+        if let Some(bug) = &workload.feed_planted_bug {
+            parse_feed_planted_bug(bug)?;
+        }
+        if workload.kind == "maps" {
+            if !named {
+                return Err(
+                    "a maps workload needs named partitions ([partitions] named = true)".into(),
+                );
+            }
+            continue;
+        }
         if workload.kind == "ledger" {
             if !named {
                 return Err(
@@ -695,7 +716,7 @@ fn validate(file: &ScenarioFile) -> Result<(), String> {
         }
         if workload.kind != "events" {
             return Err(format!(
-                "unknown workload kind {:?}: expected \"events\", \"kv\", \"counter\" or \"ledger\"",
+                "unknown workload kind {:?}: expected \"events\", \"kv\", \"counter\", \"ledger\" or \"maps\"",
                 workload.kind
             ));
         }
@@ -826,6 +847,16 @@ pub fn parse_handler_planted_bug(
         "read_follower_without_read_index" => Ok(HandlerPlantedBug::ReadFollowerWithoutReadIndex),
         other => Err(format!(
             "unknown workload.handler_planted_bug {other:?}: expected \"read_follower_without_read_index\""
+        )),
+    }
+}
+
+pub fn parse_feed_planted_bug(name: &str) -> Result<borough::feeds::FeedPlantedBug, String> {
+    use borough::feeds::FeedPlantedBug;
+    match name {
+        "skip_delta_on_resume" => Ok(FeedPlantedBug::SkipDeltaOnResume),
+        other => Err(format!(
+            "unknown workload.feed_planted_bug {other:?}: expected \"skip_delta_on_resume\""
         )),
     }
 }

@@ -87,6 +87,9 @@ pub struct SimStateMachine {
     maps: MapStateMachine,
     /// Whether the map tables are open (a scenario that never uses maps never opens them).
     maps_open: bool,
+    /// Every map change this replica applied, with its revision, for the feed checker's
+    /// record of the committed history (drained by the world after each step).
+    applied_maps: std::cell::RefCell<Vec<(PartitionId, u64, MapOperation)>>,
 }
 
 fn counter_value(
@@ -254,9 +257,13 @@ impl StateMachine for SimStateMachine {
                     self.maps.open_tables(transaction)?;
                     self.maps_open = true;
                 }
-                self.maps
-                    .apply(transaction, partition, index, operation)
-                    .map(SimOutcome::Map)
+                let outcome = self.maps.apply(transaction, partition, index, operation)?;
+                if let MapOutcome::Changed { revision } = outcome {
+                    self.applied_maps
+                        .borrow_mut()
+                        .push((partition, revision, operation.clone()));
+                }
+                Ok(SimOutcome::Map(outcome))
             }
         }
     }
@@ -448,6 +455,11 @@ fn empty_map_answer(query: &MapQuery) -> MapAnswer {
 }
 
 impl SimStateMachine {
+    /// The map changes applied since the last call: (partition, revision, operation).
+    pub fn take_applied_maps(&self) -> Vec<(PartitionId, u64, MapOperation)> {
+        std::mem::take(&mut *self.applied_maps.borrow_mut())
+    }
+
     /// The image of an empty directory.
     fn directory_image_of_nothing(&self) -> Vec<u8> {
         postcard::to_stdvec(&borough::directory::DirectoryImage::default())

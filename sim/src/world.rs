@@ -71,6 +71,13 @@ pub enum Event {
     LedgerTimeout {
         history_id: u64,
     },
+    ClientMap {
+        workload: usize,
+    },
+    /// A feed subscriber leaves, or connects (again) to a random node.
+    MapSubscriber {
+        subscriber: usize,
+    },
     ClientCounter {
         workload: usize,
     },
@@ -241,6 +248,7 @@ pub struct World {
     pub kv_history: crate::workload::kv::KvHistory,
     pub counter_history: crate::workload::counter::CounterHistory,
     pub ledger_history: crate::workload::ledger::LedgerHistory,
+    pub maps_history: crate::workload::maps::MapsHistory,
     pub raft: crate::checkers::raft::RaftObservations,
     pub linearizability_unknown_keys: u64,
     /// Raft envelopes (network messages) and the Raft messages in them, sent by all nodes.
@@ -321,6 +329,7 @@ impl World {
             kv_history: Default::default(),
             counter_history: Default::default(),
             ledger_history: Default::default(),
+            maps_history: Default::default(),
             raft: Default::default(),
             linearizability_unknown_keys: 0,
             raft_envelopes_sent: 0,
@@ -528,6 +537,12 @@ impl World {
                 crate::workload::ledger::client_operation(self, workload)
             }
             Event::LedgerTimeout { history_id } => self.ledger_history.time_out(history_id),
+            Event::ClientMap { workload } => {
+                crate::workload::maps::client_operation(self, workload)
+            }
+            Event::MapSubscriber { subscriber } => {
+                crate::workload::maps::subscriber_turn(self, subscriber)
+            }
             Event::ClientTimeout { request_id } => {
                 self.history.time_out(request_id, self.now.get())
             }
@@ -745,6 +760,18 @@ impl World {
             return;
         };
         let outputs = node.take_outputs();
+        // The map changes its replicas applied in this step, by map name: recorded before
+        // the feeds' deliveries of the same step are judged.
+        let applied_maps: Vec<(Vec<u8>, u64, borough::maps::MapOperation)> = node
+            .partitions()
+            .map(|host| host.machine().take_applied_maps())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(partition, revision, operation)| {
+                let name = node.directory()?.partition_by_id(partition)?.name.clone();
+                Some((name.as_bytes().to_vec(), revision, operation))
+            })
+            .collect();
         let poisoned = node.is_poisoned();
         let needs_flush = node.has_staged_writes() && !sim_node.flush_scheduled;
         let deadline = sim_node
@@ -778,6 +805,9 @@ impl World {
                     incarnation,
                 },
             );
+        }
+        if !applied_maps.is_empty() {
+            crate::workload::maps::record_applied(self, id, applied_maps);
         }
         for output in outputs {
             match output {
@@ -815,11 +845,22 @@ impl World {
                     crate::workload::counter::on_answer(self, id, &output);
                 }
                 NodeOutput::Routed(answer) => {
-                    if let Some(answer) =
-                        crate::workload::ledger::on_routed_answer(self, id, answer)
-                    {
+                    let answer = crate::workload::ledger::on_routed_answer(self, id, answer)
+                        .and_then(|answer| {
+                            crate::workload::maps::on_routed_answer(self, id, answer)
+                        });
+                    if let Some(answer) = answer {
                         crate::workload::kv::on_routed_answer(self, id, answer)
                     }
+                }
+                NodeOutput::Feed(delivery) => {
+                    self.trace.record(
+                        now,
+                        "feed",
+                        delivery.subscriptions.len() as u64,
+                        delivery.event.revision(),
+                    );
+                    crate::workload::maps::on_delivery(self, id, delivery);
                 }
             }
         }
@@ -885,6 +926,7 @@ impl World {
         self.kv_history.node_crashed(id);
         self.counter_history.node_crashed(id);
         self.ledger_history.node_crashed(id);
+        self.maps_history.node_crashed(id);
     }
 
     /// Power loss: memory and unsynced writes are gone.
@@ -901,6 +943,7 @@ impl World {
         self.kv_history.node_crashed(id);
         self.counter_history.node_crashed(id);
         self.ledger_history.node_crashed(id);
+        self.maps_history.node_crashed(id);
     }
 
     /// Boots (or reboots) a node from its durable disk image (never a spare not yet joined

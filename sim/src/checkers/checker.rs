@@ -31,6 +31,8 @@ pub enum Checker {
     Atomicity,
     /// What the example ledger application promises (`workload::ledger`).
     Ledger,
+    /// Change feeds of shared maps (`workload::maps`).
+    Feeds,
     // Moving partitions between nodes.
     PlacementConverged,
     CaughtUpPromotions,
@@ -50,7 +52,7 @@ pub enum Checker {
 
 impl Checker {
     /// Every checker, in declaration order.
-    pub const ALL: [Checker; 32] = [
+    pub const ALL: [Checker; 33] = [
         Checker::WriteOnce,
         Checker::NoAcknowledgedLoss,
         Checker::AcknowledgementHonesty,
@@ -71,6 +73,7 @@ impl Checker {
         Checker::Linearizability,
         Checker::Atomicity,
         Checker::Ledger,
+        Checker::Feeds,
         Checker::PlacementConverged,
         Checker::CaughtUpPromotions,
         Checker::JointConsensus,
@@ -107,6 +110,7 @@ impl Checker {
             Checker::Linearizability => "linearizability",
             Checker::Atomicity => "atomicity",
             Checker::Ledger => "ledger",
+            Checker::Feeds => "feeds",
             Checker::PlacementConverged => "placement_converged",
             Checker::CaughtUpPromotions => "caught_up_promotions",
             Checker::JointConsensus => "joint_consensus",

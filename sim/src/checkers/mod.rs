@@ -122,6 +122,8 @@ pub fn finish(world: &mut World) {
     raft::check_converged(world);
     placement::check_converged(world);
     placement::check_requests(world);
+    // Before the power cycle below: it ends every subscription.
+    crate::workload::maps::check(world);
     for index in 0..world.nodes.len() {
         world.crash_node(index);
         world.start_node(index);

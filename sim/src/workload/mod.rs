@@ -8,6 +8,7 @@
 pub mod counter;
 pub mod kv;
 pub mod ledger;
+pub mod maps;
 
 use crate::checkers::Checker;
 use crate::run_config::{WorkloadConfig, WorkloadKind};
@@ -94,6 +95,10 @@ pub fn start(world: &mut World) {
             WorkloadKind::Kv => Event::ClientKv { workload: index },
             WorkloadKind::Counter => Event::ClientCounter { workload: index },
             WorkloadKind::Ledger => Event::ClientLedger { workload: index },
+            WorkloadKind::Maps => {
+                maps::start(world, index);
+                Event::ClientMap { workload: index }
+            }
         };
         world.schedule(at, event);
     }
