@@ -137,6 +137,9 @@ fast_scenarios! {
     handlers_ledger_faults => "handlers/ledger-faults",
     handlers_ledger_canary_read_follower_without_read_index =>
         "handlers/ledger-canary-read-follower-without-read-index",
+    maps_feeds_faults => "maps/feeds-faults",
+    maps_feeds_compaction => "maps/feeds-compaction",
+    maps_feeds_canary_skip_delta_on_resume => "maps/feeds-canary-skip-delta-on-resume",
     membership_growth_and_shrink => "membership/growth-and-shrink",
     membership_nemesis => "membership/membership-nemesis",
     membership_canary_promote_before_caught_up =>

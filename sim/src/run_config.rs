@@ -52,6 +52,8 @@ pub struct WorkloadConfig {
     pub range_ratio: f64,
     /// Feed subscribers per map (`maps`).
     pub subscribers_per_map: u64,
+    /// How long a subscriber that left stays away (`maps`).
+    pub subscriber_away_micros: Drawn<u64>,
 }
 
 /// The Raft partitions of a run.
@@ -281,6 +283,7 @@ impl RunConfig {
                     delete_ratio,
                     batch_ratio,
                     range_ratio,
+                    subscriber_away_micros: millis_to_micros(workload.subscriber_away_ms),
                     subscribers_per_map: match kind {
                         WorkloadKind::Maps => workload.subscribers_per_map.draw(&mut rng).max(1),
                         _ => 0,

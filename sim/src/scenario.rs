@@ -219,6 +219,14 @@ pub struct WorkloadSection {
     /// `maps`: a canary's bug planted in the nodes' feed hub.
     #[serde(default)]
     pub feed_planted_bug: Option<String>,
+    /// `maps`: how long a subscriber that left stays away before it resumes (long enough,
+    /// and the changes it missed are compacted away: it gets the whole map again).
+    #[serde(default = "default_subscriber_away_ms")]
+    pub subscriber_away_ms: Drawn<u64>,
+}
+
+fn default_subscriber_away_ms() -> Drawn<u64> {
+    Drawn::Range(20, 400)
 }
 
 fn default_subscribers_per_map() -> Drawn<u64> {

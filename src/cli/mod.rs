@@ -1,6 +1,7 @@
 //! The `borough` command line, a library function so an application's own binary runs it
 //! too, with its handlers ([`main_with`]): `borough start` runs a node; `borough event
-//! put|get|scan`, `borough kv get|put|del|batch|scan|info`, `borough request`, `borough
+//! put|get|scan`, `borough kv get|put|del|batch|scan|info`, `borough map
+//! set|get|delete|keys|watch`, `borough request`, `borough
 //! cluster status` and `borough status` are clients of a node's HTTP API; `borough bench` is
 //! its load generator. Like the production shell, it may touch the OS (processes, sockets,
 //! wall time).
@@ -10,6 +11,7 @@
 
 pub mod bench;
 pub mod kv;
+pub mod map;
 
 use crate::cli::bench::{run_bench, BenchFlags};
 use crate::production::config::{LogFormat, ShellConfig, StartFlags};
@@ -50,6 +52,11 @@ enum Command {
     Kv {
         #[command(subcommand)]
         command: crate::cli::kv::KvCommand,
+    },
+    /// Set, read, delete and watch keys of shared maps through any node.
+    Map {
+        #[command(subcommand)]
+        command: crate::cli::map::MapCommand,
     },
     /// Send a request to a partition's handler (it runs on the partition's leader, with the
     /// handler the nodes were started with, `--handler`) and print its reply.
@@ -146,6 +153,7 @@ pub fn main_with(handlers: HandlerRegistry) -> ExitCode {
         Command::Start(flags) => start(&runtime, *flags, handlers),
         Command::Event { command } => runtime.block_on(event(command)),
         Command::Kv { command } => runtime.block_on(crate::cli::kv::kv(command)),
+        Command::Map { command } => runtime.block_on(crate::cli::map::map(command)),
         Command::Request {
             node,
             timeout_ms,

@@ -128,6 +128,46 @@ impl HttpClient {
         }
     }
 
+    /// Sends a GET and returns the status and the body as it streams (a change feed), once
+    /// the head arrived within `timeout`.
+    pub async fn open_stream(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<(StatusCode, hyper::body::Incoming), HttpError> {
+        let uri: hyper::Uri =
+            url.parse().map_err(
+                |error: hyper::http::uri::InvalidUri| HttpError::InvalidUrl {
+                    url: url.to_string(),
+                    reason: error.to_string(),
+                },
+            )?;
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|error| HttpError::InvalidUrl {
+                url: url.to_string(),
+                reason: error.to_string(),
+            })?;
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => {
+                let (parts, body) = response.into_parts();
+                Ok((parts.status, body))
+            }
+            Ok(Err(error)) => Err(HttpError::Transport {
+                method: Method::GET,
+                url: url.to_string(),
+                reason: describe(&error),
+            }),
+            Err(_) => Err(HttpError::Timeout {
+                method: Method::GET,
+                url: url.to_string(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
     pub async fn get(&self, url: &str, timeout: Duration) -> Result<HttpResponse, HttpError> {
         self.request(Method::GET, url, None, Vec::new(), timeout)
             .await

@@ -82,6 +82,8 @@ pub struct MapsHistory {
     pub writes_sent: u64,
     pub writes_refused: u64,
     violations: usize,
+    /// The index of the maps workload in the run's workloads.
+    workload: usize,
 }
 
 impl MapsHistory {
@@ -125,6 +127,7 @@ fn violation(world: &mut World, message: String) {
 /// Sets up the subscribers and their first connections.
 pub fn start(world: &mut World, index: usize) {
     let workload: WorkloadConfig = world.config.workloads[index].clone();
+    world.maps_history.workload = index;
     let maps = world.config.partitions.as_ref().map_or(1, |run| run.count);
     for map in 0..maps {
         for _ in 0..workload.subscribers_per_map {
@@ -157,7 +160,13 @@ pub fn subscriber_turn(world: &mut World, subscriber: usize) {
         world.with_node(index, |node| node.unsubscribe(id));
         world.maps_history.by_connection.remove(&(node, id));
         world.maps_history.subscribers[subscriber].connection = None;
-        let back = world.now_micros() + world.draw(20_000, 400_000);
+        let away = world.config.workloads[world.maps_history.workload]
+            .subscriber_away_micros
+            .draw(&mut world.rng);
+        // Back by the time the workload stops at the latest: every subscriber is to end
+        // at the final map.
+        let stop = world.config.workload_stop_micros();
+        let back = (world.now_micros() + away).min(stop.max(world.now_micros()) + away % 500_000);
         world.schedule(back, Event::MapSubscriber { subscriber });
         return;
     }
@@ -192,13 +201,13 @@ pub fn subscriber_turn(world: &mut World, subscriber: usize) {
     world
         .trace
         .record(now, "subscribe", subscriber as u64, from.unwrap_or(0));
+    // Only this subscription's part: the others of a shared delivery had theirs at once.
     let early = std::mem::take(&mut world.maps_history.early);
     for (early_node, delivery) in early {
-        if early_node == node {
-            on_delivery(world, early_node, delivery);
+        if early_node == node && delivery.subscriptions.contains(&id) {
+            take_event(world, subscriber, &delivery.event);
         }
     }
-    world.maps_history.early.clear();
     let next = if stopped {
         500_000
     } else {
