@@ -26,97 +26,13 @@ BOROUGH="${BOROUGH:-target/release/borough}"
 ETCD_BASE_PORT="${ETCD_BASE_PORT:-23790}"
 MEMBER_COUNT=3
 
-if ! command -v etcd >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null 2>&1; then
-        install_prefix=()
-        if [ "$(id -u)" -ne 0 ]; then
-            if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-                install_prefix=(sudo -n)
-            else
-                install_prefix=(none)
-            fi
-        fi
-        if [ "${install_prefix[*]-}" != "none" ]; then
-            echo "etcd-compare: etcd not on PATH; installing Debian's etcd-server" >&2
-            export DEBIAN_FRONTEND=noninteractive
-            "${install_prefix[@]}" apt-get install -y etcd-server >&2 \
-                || { "${install_prefix[@]}" apt-get update >&2 \
-                    && "${install_prefix[@]}" apt-get install -y etcd-server >&2; } \
-                || true
-        fi
-    fi
-fi
-if ! command -v etcd >/dev/null 2>&1; then
-    echo "etcd-compare: etcd is not installed and could not be installed" \
-        "(apt-get install etcd-server needs root or sudo); skipping the comparison."
-    exit 0
-fi
-
-if ! command -v curl >/dev/null 2>&1; then
-    echo "etcd-compare: curl is needed to check etcd's health; skipping the comparison."
-    exit 0
-fi
+source bench/etcd-cluster.sh
+start_etcd_cluster etcd-compare borough-etcd-compare || exit 0
 
 if [ ! -x "$BOROUGH" ]; then
     echo "etcd-compare: $BOROUGH missing; building it" >&2
     cargo build --release --bin borough >&2
 fi
-
-work_directory="$(mktemp -d -t borough-etcd-compare.XXXXXX)"
-etcd_process_ids=()
-cleanup() {
-    for process_id in "${etcd_process_ids[@]}"; do
-        kill "$process_id" 2>/dev/null || true
-    done
-    for process_id in "${etcd_process_ids[@]}"; do
-        wait "$process_id" 2>/dev/null || true
-    done
-    rm -rf "$work_directory"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-initial_cluster=""
-for member in $(seq 0 $((MEMBER_COUNT - 1))); do
-    peer_port=$((ETCD_BASE_PORT + 10 + member))
-    initial_cluster+="${initial_cluster:+,}member-$member=http://127.0.0.1:$peer_port"
-done
-
-client_urls=()
-for member in $(seq 0 $((MEMBER_COUNT - 1))); do
-    client_port=$((ETCD_BASE_PORT + member))
-    peer_port=$((ETCD_BASE_PORT + 10 + member))
-    client_urls+=("http://127.0.0.1:$client_port")
-    etcd --name "member-$member" \
-        --data-dir "$work_directory/member-$member" \
-        --listen-client-urls "http://127.0.0.1:$client_port" \
-        --advertise-client-urls "http://127.0.0.1:$client_port" \
-        --listen-peer-urls "http://127.0.0.1:$peer_port" \
-        --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-        --initial-cluster "$initial_cluster" \
-        --initial-cluster-state new \
-        --initial-cluster-token borough-etcd-compare \
-        --log-level error \
-        >"$work_directory/member-$member.log" 2>&1 &
-    etcd_process_ids+=("$!")
-done
-
-echo "etcd-compare: waiting for the etcd cluster" >&2
-for attempt in $(seq 1 300); do
-    healthy=0
-    for url in "${client_urls[@]}"; do
-        if curl -fsS --max-time 1 "$url/health" 2>/dev/null | grep -q '"health":"true"'; then
-            healthy=$((healthy + 1))
-        fi
-    done
-    [ "$healthy" -eq "$MEMBER_COUNT" ] && break
-    if [ "$attempt" -eq 300 ]; then
-        echo "etcd-compare: etcd not healthy after 30 s; member logs:" >&2
-        tail -n 20 "$work_directory"/member-*.log >&2
-        exit 1
-    fi
-    sleep 0.1
-done
 
 etcd_flags=()
 for url in "${client_urls[@]}"; do

@@ -35,7 +35,7 @@ use tokio::time::Instant;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a started local cluster gets to answer /health with every peer up.
 const LOCAL_CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
-const LOCAL_CLUSTER_NODE_COUNT: u32 = 3;
+pub(crate) const LOCAL_CLUSTER_NODE_COUNT: u32 = 3;
 /// After a transport error (refused connection, reset) a task waits this long before its next
 /// request, so a dead target does not turn the benchmark into a busy loop.
 const TRANSPORT_ERROR_PAUSE: Duration = Duration::from_millis(10);
@@ -623,7 +623,7 @@ fn is_success(workload: Workload, response: &HttpResponse) -> bool {
 }
 
 /// Nearest-rank percentile of sorted microseconds, in milliseconds; 0 when there are none.
-fn percentile_ms(sorted_micros: &[u64], fraction: f64) -> f64 {
+pub(crate) fn percentile_ms(sorted_micros: &[u64], fraction: f64) -> f64 {
     if sorted_micros.is_empty() {
         return 0.0;
     }
@@ -685,7 +685,7 @@ fn base64_encode(input: &[u8]) -> Vec<u8> {
     output
 }
 
-fn normalise_urls(urls: &[String]) -> Vec<String> {
+pub(crate) fn normalise_urls(urls: &[String]) -> Vec<String> {
     urls.iter()
         .map(|url| url.trim_end_matches('/').to_string())
         .collect()
@@ -727,23 +727,23 @@ async fn check_etcd_targets(client: &HttpClient, targets: &[String]) -> Result<(
 
 /// One node of the local cluster.
 #[derive(Debug)]
-struct LocalNode {
+pub(crate) struct LocalNode {
     node_id: u32,
     http_address: SocketAddr,
     log_path: PathBuf,
-    child: Child,
+    pub(crate) child: Child,
 }
 
 /// A throwaway cluster of this binary's `start`, on loopback ports picked by the OS, with its
 /// data under a fresh temporary directory. Dropping it kills the nodes and removes the directory.
 #[derive(Debug)]
-struct LocalCluster {
+pub(crate) struct LocalCluster {
     directory: PathBuf,
-    nodes: Vec<LocalNode>,
+    pub(crate) nodes: Vec<LocalNode>,
 }
 
 impl LocalCluster {
-    fn start(node_count: u32, handler: Option<&str>) -> Result<Self, String> {
+    pub(crate) fn start(node_count: u32, handler: Option<&str>) -> Result<Self, String> {
         let executable = std::env::current_exe()
             .map_err(|error| format!("cannot find the borough executable: {error}"))?;
         let directory = fresh_temporary_directory()?;
@@ -821,7 +821,7 @@ impl LocalCluster {
         Ok(cluster)
     }
 
-    fn http_urls(&self) -> Vec<String> {
+    pub(crate) fn http_urls(&self) -> Vec<String> {
         self.nodes
             .iter()
             .map(|node| format!("http://{}", node.http_address))
@@ -829,7 +829,7 @@ impl LocalCluster {
     }
 
     /// Waits until every node answers /health 200 with all its peers up and takes a write.
-    async fn wait_until_ready(&mut self, client: &HttpClient) -> Result<(), String> {
+    pub(crate) async fn wait_until_ready(&mut self, client: &HttpClient) -> Result<(), String> {
         let deadline = Instant::now() + LOCAL_CLUSTER_READY_TIMEOUT;
         let peers_expected = self.nodes.len().saturating_sub(1);
         let mut last_problem = String::from("no answer yet");

@@ -10,6 +10,7 @@
 //! `./borough-data`, its client API on 127.0.0.1:7480 and its peer port on 127.0.0.1:7481.
 
 pub mod bench;
+pub mod feed_bench;
 pub mod kv;
 pub mod map;
 
@@ -90,6 +91,9 @@ enum Command {
     /// Drive a cluster (or a throwaway local 3-node one) with a closed-loop HTTP write load and
     /// print events/s and latency percentiles per commit level; `--etcd` drives etcd instead.
     Bench(BenchFlags),
+    /// Measure the fan-out of change feeds: one writer at a fixed rate, many subscribers
+    /// over the nodes (or etcd watchers, `--etcd`); prints delivery latency and memory.
+    BenchFeeds(crate::cli::feed_bench::FeedBenchFlags),
     /// Print a node's health: its id, place and peers.
     Status {
         /// The node's client API, as HOST:PORT or http://HOST:PORT.
@@ -163,6 +167,7 @@ pub fn main_with(handlers: HandlerRegistry) -> ExitCode {
         Command::Cluster { command } => runtime.block_on(crate::cli::kv::cluster(command)),
         Command::Leave { node, no_wait } => runtime.block_on(crate::cli::kv::leave(node, !no_wait)),
         Command::Bench(flags) => runtime.block_on(run_bench(flags)).map(|_| ()),
+        Command::BenchFeeds(flags) => runtime.block_on(crate::cli::feed_bench::run(flags)),
         Command::Status { node } => runtime.block_on(status(node)),
     };
     match outcome {
