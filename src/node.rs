@@ -168,6 +168,9 @@ pub struct NodeCounters {
     pub messages_refused: u64,
     /// What the request handler runtime did.
     pub handlers: HandlerCounters,
+    /// What the change feeds did, and the subscriptions alive now.
+    pub feeds: FeedCounters,
+    pub feed_subscriptions: u64,
 }
 
 /// A node; its partitions run state machine `M` (the key-value store by default).
@@ -314,6 +317,8 @@ impl<M: ClusterKinds> Node<M> {
             group_commits: group_commits + self.partition_rounds,
             messages_refused: self.messages_refused + refused_by_partitions,
             handlers: self.application.counters(),
+            feeds: self.feeds.counters(),
+            feed_subscriptions: self.feeds.len() as u64,
         }
     }
 

@@ -124,12 +124,55 @@ impl Collector for NodeCollector {
                 "Handler requests refused before starting: not the leader, busy, no handler.",
                 counters.handlers.turned_away,
             ),
+            (
+                "borough_feed_subscriptions_started",
+                "Change-feed subscriptions made on this node.",
+                counters.feeds.subscribed,
+            ),
+            (
+                "borough_feed_subscriptions_refused",
+                "Change-feed subscriptions refused: the node serves its maximum already.",
+                counters.feeds.refused,
+            ),
+            (
+                "borough_feed_events",
+                "Change-feed events handed to subscribers (one per subscriber reached).",
+                counters.feeds.events,
+            ),
+            (
+                "borough_feed_snapshots",
+                "Whole maps sent to feed subscribers (a start, or a resume past the history).",
+                counters.feeds.snapshots,
+            ),
+            (
+                "borough_feed_resumes",
+                "Feed subscriptions resumed from a revision still in the history.",
+                counters.feeds.resumes,
+            ),
+            (
+                "borough_feed_relay_reads",
+                "Feed reads routed to a map's leader for subscribers this node has no replica for.",
+                counters.feeds.relay_reads,
+            ),
+            (
+                "borough_feed_relay_failures",
+                "Relayed feed reads that failed (retried after a pause).",
+                counters.feeds.relay_failures,
+            ),
         ];
         for (name, help, value) in counters_and_help {
             let counter = ConstCounter::new(value);
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
+        let subscriptions = ConstGauge::new(counters.feed_subscriptions as i64);
+        let metric = encoder.encode_descriptor(
+            "borough_feed_subscriptions",
+            "Change-feed subscriptions this node serves now.",
+            None,
+            subscriptions.metric_type(),
+        )?;
+        subscriptions.encode(metric)?;
         let gauge = ConstGauge::new(peers_up as i64);
         let metric = encoder.encode_descriptor(
             "borough_peers_up",
