@@ -54,6 +54,8 @@ pub struct RunSummary {
     pub feed_connections: u64,
     pub feed_readies: u64,
     pub feed_resumes: u64,
+    pub feed_local_reads: u64,
+    pub feed_relay_reads: u64,
     pub kv_ranges_at_limit: usize,
     pub raft_applies: u64,
     pub raft_elections: u64,
@@ -151,13 +153,15 @@ impl RunSummary {
             if self.map_writes > 0 {
                 let _ = writeln!(
                     text,
-                    "maps: {} writes, {} changes committed; feeds: {} events over {} connections ({} readies, {} resumes)",
+                    "maps: {} writes, {} changes committed; feeds: {} events over {} connections ({} readies, {} resumes; {} local reads, {} relayed)",
                     self.map_writes,
                     self.map_changes,
                     self.feed_events,
                     self.feed_connections,
                     self.feed_readies,
-                    self.feed_resumes
+                    self.feed_resumes,
+                    self.feed_local_reads,
+                    self.feed_relay_reads
                 );
             }
             if self.ledger_calls > 0 {
@@ -309,6 +313,8 @@ pub fn run_seed(scenario: &Scenario, seed: u64) -> RunSummary {
             .iter()
             .map(|s| s.resumes)
             .sum(),
+        feed_local_reads: world.maps_history.local_reads_at_end,
+        feed_relay_reads: world.maps_history.relay_reads_at_end,
         kv_batches: world
             .kv_history
             .count(|record| matches!(record.call.request, KvRequest::Batch(_))),

@@ -81,6 +81,10 @@ pub struct MapsHistory {
     next_write: u64,
     pub writes_sent: u64,
     pub writes_refused: u64,
+    /// Feed reads the nodes up at the end made from their own replicas and through relays
+    /// (since their last start).
+    pub local_reads_at_end: u64,
+    pub relay_reads_at_end: u64,
     violations: usize,
     /// The index of the maps workload in the run's workloads.
     workload: usize,
@@ -479,6 +483,13 @@ fn take_event(world: &mut World, index: usize, event: &FeedEvent) {
 /// At the end, once the workload stopped and the cluster healed: every subscriber holds the
 /// final map, and every acknowledged write is in the history at its revision.
 pub fn check(world: &mut World) {
+    for index in 0..world.nodes.len() {
+        if let crate::world::NodeState::Up(node) = &world.nodes[index].state {
+            let counters = node.feed_counters();
+            world.maps_history.local_reads_at_end += counters.local_reads;
+            world.maps_history.relay_reads_at_end += counters.relay_reads;
+        }
+    }
     let mut problems = Vec::new();
     for (history_id, revision) in &world.maps_history.acknowledged {
         let Some(write) = world.maps_history.writes.get(history_id) else {
