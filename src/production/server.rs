@@ -93,6 +93,7 @@ pub async fn serve_with(
         .as_deref()
         .map(|name| options.handlers.contained(name))
         .transpose()?;
+    config.feeds.subscriptions_max = feed_subscriptions_within_open_files(&config);
     let http_listener = TcpListener::bind(config.http)
         .await
         .map_err(|error| format!("cannot listen for clients on {}: {error}", config.http))?;
@@ -493,4 +494,45 @@ pub async fn shutdown_signal() {
         _ = interrupt => {}
         _ = terminate => {}
     }
+}
+
+/// Open files kept for everything but feed connections: data files, the log, peers' and
+/// clients' sockets beyond their own caps.
+const OPEN_FILES_RESERVE: u64 = 256;
+
+/// Raises the process's open-files limit to its hard limit (at most 1,048,576), and returns
+/// how many feed subscriptions fit in it: a feed's WebSocket holds a socket after it leaves
+/// the HTTP connection cap, so the node must not take more than its files allow (it would
+/// then fail to open its own data files). A smaller number than configured is logged.
+#[allow(clippy::disallowed_methods)] // the shell's own process limits
+fn feed_subscriptions_within_open_files(config: &ShellConfig) -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let wanted = limit.maximum.map_or(1 << 20, |hard| hard.min(1 << 20));
+    if limit.current.is_some_and(|soft| soft < wanted) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(wanted),
+                maximum: limit.maximum,
+            },
+        );
+    }
+    let Some(open_files) = getrlimit(Resource::Nofile).current else {
+        return config.feeds.subscriptions_max;
+    };
+    let others = OPEN_FILES_RESERVE
+        + config.http_limits.connections_max as u64
+        + config.peer_connections_max as u64;
+    let fits = usize::try_from(open_files.saturating_sub(others)).unwrap_or(usize::MAX);
+    if fits < config.feeds.subscriptions_max {
+        tracing::warn!(
+            open_files,
+            configured = config.feeds.subscriptions_max,
+            serving = fits.max(1),
+            "the open-files limit allows fewer feed subscriptions than configured; raise `ulimit -n`"
+        );
+        return fits.max(1);
+    }
+    config.feeds.subscriptions_max
 }
