@@ -210,6 +210,9 @@ impl FeedHub {
         routing: bool,
     ) {
         let touched = host.machine_mut().take_touched_maps();
+        if !touched.is_empty() {
+            tracing::debug!(?touched, "feed maps touched");
+        }
         self.tick = host.ticks();
         if self.subscriptions.is_empty() {
             self.relays.clear();
@@ -264,6 +267,7 @@ impl FeedHub {
             .and_then(|directory| directory.partition(&name))
             .map(|entry| entry.id)
             .filter(|partition| serves_locally(host, *partition));
+        tracing::debug!(map = ?name, local = ?local, subscriptions = self.by_name.get(&name).map_or(0, BTreeSet::len), "feed serve");
         match local {
             Some(partition) => {
                 self.relays.remove(&name);
@@ -290,8 +294,12 @@ impl FeedHub {
             let Some(query) = M::map_query(MapQuery::Feed { after }) else {
                 return;
             };
-            let Ok(answer) = host.read_applied(partition, &query) else {
-                return;
+            let answer = match host.read_applied(partition, &query) {
+                Ok(answer) => answer,
+                Err(error) => {
+                    tracing::debug!(map = ?name, %error, "feed local read failed");
+                    return;
+                }
             };
             self.counters.local_reads += 1;
             let Some(MapAnswer::Feed(read)) = M::map_answer(answer) else {
@@ -407,6 +415,7 @@ impl FeedHub {
         if starting.is_empty() && live.is_empty() {
             return None;
         }
+        tracing::debug!(map = ?name, ?after, starting = starting.len(), live = live.len(), read = ?match &read { FeedRead::Changes { changes, revision } => (changes.len() as u64, *revision), FeedRead::Snapshot(entries) => (u64::MAX, entries.revision), FeedRead::Behind { revision } => (u64::MAX - 1, *revision) }, "feed hand out");
         let mut everyone: Vec<SubscriptionId> = starting.iter().chain(&live).copied().collect();
         everyone.sort_unstable();
         let (revision, progress) = match read {

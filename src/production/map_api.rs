@@ -419,22 +419,23 @@ async fn websocket(
         .on_upgrade(move |socket| serve_socket(socket, state.node.clone(), name, subscribed))
 }
 
-/// What a WebSocket client may send.
+/// What a WebSocket client may send: `{"type": "set", "key", "value", "id"}` or
+/// `{"type": "delete", "key", "id"}`. A plain struct, not a tagged enum: a tagged enum
+/// buffers its fields, which a raw JSON value cannot go through.
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-enum ClientMessage {
-    Set {
-        key: String,
-        value: Box<RawValue>,
-        #[serde(default)]
-        id: Option<u64>,
-    },
-    Delete {
-        key: String,
-        #[serde(default)]
-        id: Option<u64>,
-    },
+#[serde(deny_unknown_fields)]
+struct ClientMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    key: String,
+    #[serde(default)]
+    value: Option<Box<RawValue>>,
+    #[serde(default)]
+    id: Option<u64>,
 }
+
+const CLIENT_MESSAGE_FORM: &str =
+    "a message must be {\"type\": \"set\", \"key\", \"value\", \"id\"} or {\"type\": \"delete\", \"key\", \"id\"}";
 
 /// The operation a client message asks for, checked, or the error to answer it with.
 fn client_operation(text: &str) -> (Option<u64>, Result<MapOperation, String>) {
@@ -445,30 +446,24 @@ fn client_operation(text: &str) -> (Option<u64>, Result<MapOperation, String>) {
             let id = serde_json::from_str::<serde_json::Value>(text)
                 .ok()
                 .and_then(|value| value.get("id").and_then(serde_json::Value::as_u64));
-            return (
-                id,
-                Err(format!(
-                    "a message must be {{\"type\": \"set\", \"key\", \"value\", \"id\"}} or \
-                     {{\"type\": \"delete\", \"key\", \"id\"}}: {failure}"
-                )),
-            );
+            return (id, Err(format!("{CLIENT_MESSAGE_FORM}: {failure}")));
         }
     };
-    match message {
-        ClientMessage::Set { key, value, id } => {
-            let operation = MapKey::new(key).and_then(|key| {
-                MapValue::from_json(value.get().as_bytes())
-                    .map(|value| MapOperation::Set { key, value })
-            });
-            (id, operation.map_err(|invalid| invalid.to_string()))
-        }
-        ClientMessage::Delete { key, id } => (
-            id,
-            MapKey::new(key)
-                .map(|key| MapOperation::Delete { key })
-                .map_err(|invalid| invalid.to_string()),
-        ),
-    }
+    let id = message.id;
+    let key = match MapKey::new(message.key) {
+        Ok(key) => key,
+        Err(invalid) => return (id, Err(invalid.to_string())),
+    };
+    let operation = match (message.kind.as_str(), message.value) {
+        ("set", Some(value)) => MapValue::from_json(value.get().as_bytes())
+            .map(|value| MapOperation::Set { key, value })
+            .map_err(|invalid| invalid.to_string()),
+        ("set", None) => Err(format!("{CLIENT_MESSAGE_FORM}: a set needs a value")),
+        ("delete", None) => Ok(MapOperation::Delete { key }),
+        ("delete", Some(_)) => Err(format!("{CLIENT_MESSAGE_FORM}: a delete takes no value")),
+        (other, _) => Err(format!("{CLIENT_MESSAGE_FORM}: unknown type {other:?}")),
+    };
+    (id, operation)
 }
 
 fn reply_text(id: Option<u64>, status: StatusCode, body: serde_json::Value) -> Utf8Bytes {
