@@ -215,8 +215,11 @@ impl StateMachine for SimStateMachine {
         if DirectoryStateMachine::tables_exist(transaction)? {
             self.directory.open_tables(transaction)?;
         }
-        if self.maps_open {
+        // A node that ever held a map keeps its tables across restarts: open them again,
+        // or its images and reads would leave its maps out.
+        if self.maps_open || MapStateMachine::tables_exist(transaction)? {
             self.maps.open_tables(transaction)?;
+            self.maps_open = true;
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use crate::maps::operation::{
 use crate::maps::value::{MapKey, MapValue};
 use crate::partition::state_machine::{engine_error, StateMachine, StateMachineError};
 use crate::partition::PartitionId;
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -268,6 +268,16 @@ fn clear(transaction: &WriteTransaction, partition: PartitionId) -> Result<(), S
 }
 
 impl MapStateMachine {
+    /// Whether a database holds the map tables (a kind that runs maps only in some
+    /// deployments opens them only where they exist, so its other databases stay as they
+    /// were).
+    pub fn tables_exist(transaction: &WriteTransaction) -> Result<bool, StateMachineError> {
+        Ok(transaction
+            .list_tables()
+            .map_err(engine_error)?
+            .any(|table| table.name() == META.name()))
+    }
+
     /// The partitions whose maps changed (applied, installed or removed) since the last call.
     pub fn take_touched(&mut self) -> BTreeSet<PartitionId> {
         std::mem::take(&mut self.touched)
