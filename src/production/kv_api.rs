@@ -666,7 +666,13 @@ async fn cluster(State(state): State<ApiState>) -> Response {
                 })
                 .collect();
             body.insert("partitions".into(), Value::Array(partitions));
-            Json(Value::Object(body)).into_response()
+            // Readable from a page another node served: a browser client that moved to
+            // this node learns the members here (the view is public to any client anyway).
+            (
+                [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+                Json(Value::Object(body)),
+            )
+                .into_response()
         }
         Err(failure) => error(StatusCode::SERVICE_UNAVAILABLE, failure),
     }

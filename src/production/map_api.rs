@@ -574,3 +574,46 @@ async fn serve_socket(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_are_checked_into_operations() {
+        let (id, set) = client_operation(r#"{"type":"set","key":"a","value":{"n":[1,2]},"id":7}"#);
+        assert_eq!(id, Some(7));
+        assert_eq!(
+            set,
+            Ok(MapOperation::Set {
+                key: MapKey::new("a").unwrap(),
+                value: MapValue::from_json(br#"{"n":[1,2]}"#).unwrap(),
+            })
+        );
+        assert_eq!(
+            client_operation(r#"{"type":"delete","key":"a"}"#),
+            (
+                None,
+                Ok(MapOperation::Delete {
+                    key: MapKey::new("a").unwrap()
+                })
+            )
+        );
+        for bad in [
+            r#"{"type":"set","key":"a","id":1}"#,
+            r#"{"type":"delete","key":"a","value":1,"id":1}"#,
+            r#"{"type":"swap","key":"a","value":1,"id":1}"#,
+            r#"{"type":"set","key":"","value":1,"id":1}"#,
+            r#"{"type":"set","key":"a","value":1,"id":1,"extra":true}"#,
+            r#"{"type":"set","key":"a","value":1,"id":1"#,
+        ] {
+            let (_, operation) = client_operation(bad);
+            assert!(operation.is_err(), "{bad} was taken");
+        }
+        // The id comes back with an error whenever the message has one.
+        assert_eq!(
+            client_operation(r#"{"type":"swap","key":"a","id":3}"#).0,
+            Some(3)
+        );
+    }
+}

@@ -17,6 +17,8 @@
 // node sends the whole map again, and the client reports the differences as set and delete
 // events.
 
+// Writes in flight on one connection at most (the node refuses more); the rest wait their turn.
+const WRITES_IN_FLIGHT_MAX = 64;
 const RECONNECT_DELAY_MS_MIN = 100;
 const RECONNECT_DELAY_MS_MAX = 5000;
 
@@ -41,6 +43,8 @@ export class SharedMap {
     this.revision = null;
     this.node = null;
     this.connected = false;
+    // True once the feed is live: after its ready (or resume) on the current connection.
+    this.live = false;
     this._entries = new Map();
     this._synchronised = false;
     this._listeners = { ready: [], set: [], delete: [], status: [] };
@@ -133,15 +137,18 @@ export class SharedMap {
   _write(message) {
     return new Promise((resolve, reject) => {
       const id = this._nextId++;
-      const entry = { message: { ...message, id }, resolve, reject };
-      if (this._socket && this.connected) this._send(entry);
-      else this._queued.push(entry);
+      this._queued.push({ message: { ...message, id }, resolve, reject });
+      this._pump();
     });
   }
 
-  _send(entry) {
-    this._pending.set(entry.message.id, entry);
-    this._socket.send(JSON.stringify(entry.message));
+  // Sends queued writes while the connection has room for them.
+  _pump() {
+    while (this._socket && this.connected && this._queued.length && this._pending.size < WRITES_IN_FLIGHT_MAX) {
+      const entry = this._queued.shift();
+      this._pending.set(entry.message.id, entry);
+      this._socket.send(JSON.stringify(entry.message));
+    }
   }
 
   _failPending(reason) {
@@ -188,15 +195,14 @@ export class SharedMap {
       this.connected = true;
       this._delayMs = RECONNECT_DELAY_MS_MIN;
       this._refreshMembers(base);
-      const queued = this._queued;
-      this._queued = [];
-      for (const entry of queued) this._send(entry);
+      this._pump();
     };
     socket.onmessage = (event) => this._receive(JSON.parse(event.data));
     socket.onclose = (event) => {
       if (this._socket !== socket) return;
       this._socket = null;
       this.connected = false;
+      this.live = false;
       this._failPending("the connection closed");
       this._reconnect(event.reason || `closed (${event.code})`);
     };
@@ -219,6 +225,7 @@ export class SharedMap {
         this._takeReady(message);
         break;
       case "resumed":
+        this.live = true;
         this._status("live");
         break;
       case "set": {
@@ -245,6 +252,7 @@ export class SharedMap {
           this._pending.delete(message.id);
           entry.resolve(message.revision);
         }
+        this._pump();
         break;
       }
       case "error": {
@@ -255,6 +263,7 @@ export class SharedMap {
         } else {
           console.error(`borough map ${this.name}:`, message.error);
         }
+        this._pump();
         break;
       }
       default:
@@ -269,12 +278,19 @@ export class SharedMap {
     this._entries = incoming;
     this.revision = message.revision;
     this._synchronised = true;
+    this.live = true;
     this._status("live");
     if (!wasSynchronised) {
       this._emit("ready", this);
       const callbacks = this._readyCallbacks;
       this._readyCallbacks = [];
-      for (const callback of callbacks) callback(this);
+      for (const callback of callbacks) {
+        try {
+          callback(this);
+        } catch (error) {
+          console.error(`borough map ${this.name}: a ready callback threw`, error);
+        }
+      }
       return;
     }
     // A fresh copy after a gap that could not be replayed: report what differs.

@@ -24,7 +24,7 @@ function renderCluster(cluster) {
   $("#health-dot").className = "dot " + (cluster.membership === "member" ? "good" : "bad");
   const members = cluster.members || [];
   $("#cluster-summary").textContent =
-    `${members.length} member${members.length === 1 ? "" : "s"} \u00b7 ${cluster.replicas_per_partition ?? "?"} replicas per partition` +
+    `${members.length} member${members.length === 1 ? "" : "s"} \u00b7 ${cluster.replicas_per_partition ?? "?"} replica${cluster.replicas_per_partition === 1 ? "" : "s"} per partition` +
     (cluster.moving_count ? ` \u00b7 ${cluster.moving_count} moving` : "");
   const zones = new Map();
   for (const member of members) {
@@ -44,7 +44,7 @@ function renderCluster(cluster) {
               element("span", { class: `badge ${member.state}` }, member.state),
               member.id === cluster.directory_leader ? element("span", { class: "badge" }, "directory leader") : ""),
             element("div", { class: "addr" }, member.http_address),
-            element("div", { class: "stats" }, `${member.replicas} replicas \u00b7 leads ${member.leads}`))))));
+            element("div", { class: "stats" }, `${member.replicas} replica${member.replicas === 1 ? "" : "s"} \u00b7 leads ${member.leads}`))))));
   $("#partition-count").textContent = `(${cluster.partition_count})`;
   const body = $("#partitions tbody");
   body.replaceChildren(
@@ -57,15 +57,24 @@ function renderCluster(cluster) {
         element("td", {}, partition.generation))));
 }
 
+// The page's own node, then (when it is gone) the node the open map follows.
 async function refreshCluster() {
-  try {
-    const response = await fetch("/cluster");
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    renderCluster(await response.json());
-  } catch (error) {
-    $("#health-dot").className = "dot bad";
-    $("#node-label").textContent = `unreachable (${error.message})`;
+  const sources = [""];
+  if (map && map.node && map.node !== location.origin) sources.push(map.node);
+  let failure = null;
+  for (const source of sources) {
+    try {
+      const response = await fetch(`${source}/cluster`);
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      renderCluster(await response.json());
+      if (source) $("#node-label").textContent += ` (this page's node is unreachable; via ${source})`;
+      return;
+    } catch (error) {
+      failure = failure || error;
+    }
   }
+  $("#health-dot").className = "dot bad";
+  $("#node-label").textContent = `unreachable (${failure.message})`;
 }
 
 refreshCluster();
@@ -97,17 +106,19 @@ function renderEntries(changedKey) {
 
 function renderStatus() {
   const status = $("#map-status");
-  const live = map.connected;
+  const live = map.connected && map.live;
   status.replaceChildren(
     element("span", { class: live ? "live" : "down" }, live ? "\u25cf live" : "\u25cb reconnecting"),
     ` \u00b7 ${map.name} \u00b7 revision ${map.revision ?? "\u2014"} \u00b7 ${map.size} keys \u00b7 via ${map.node ?? "\u2014"}`);
 }
 
+let errorTimer = null;
 function showError(error) {
   const box = $("#set-error");
   box.textContent = error.message;
   box.classList.remove("hidden");
-  setTimeout(() => box.classList.add("hidden"), 5000);
+  clearTimeout(errorTimer);
+  errorTimer = setTimeout(() => box.classList.add("hidden"), 5000);
 }
 
 function openEditor(name) {
