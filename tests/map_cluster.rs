@@ -28,6 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const MAP: &str = "board";
+
+/// Writes by revision: the key, and the value set (`None` for a delete).
+type Writes = BTreeMap<u64, (String, Option<Value>)>;
 const KEYS: u64 = 8;
 
 fn leader_of(cluster: &Cluster, name: &str) -> Option<usize> {
@@ -206,7 +209,7 @@ fn a_watcher_sees_every_change_once_across_a_leader_kill() {
         })
     };
     // Acknowledged writes: revision -> (key, value or None for a delete).
-    let acknowledged: Arc<Mutex<BTreeMap<u64, (String, Option<Value>)>>> = Arc::default();
+    let acknowledged: Arc<Mutex<Writes>> = Arc::default();
     let writer = {
         let (stop, acknowledged, addresses) = (
             Arc::clone(&stop),
@@ -219,7 +222,7 @@ fn a_watcher_sees_every_change_once_across_a_leader_kill() {
                 sequence += 1;
                 let key = format!("k{}", sequence % KEYS);
                 let address = addresses[(sequence % 3) as usize];
-                let delete = sequence % 7 == 0;
+                let delete = sequence.is_multiple_of(7);
                 let value = serde_json::json!({ "n": sequence });
                 let body = value.to_string();
                 let (method, body) = if delete {
@@ -292,12 +295,12 @@ fn a_watcher_sees_every_change_once_across_a_leader_kill() {
             .lock()
             .unwrap()
             .iter()
-            .rev()
-            .find_map(|event| match event {
+            .next_back()
+            .map(|event| match event {
                 Seen::Ready(revision, _)
                 | Seen::Resumed(revision)
                 | Seen::Set(revision, ..)
-                | Seen::Delete(revision, _) => Some(*revision),
+                | Seen::Delete(revision, _) => *revision,
             });
         if last == Some(final_revision) {
             break;
@@ -459,7 +462,7 @@ fn bad_map_input_is_refused_and_changes_nothing() {
     // The WebSocket: malformed messages get an error naming the problem; a good one an ack.
     let (mut socket, _) = tokio_tungstenite::tungstenite::connect(format!("ws://{node}/maps/m/ws"))
         .expect("WebSocket");
-    let mut next_reply = |socket: &mut tokio_tungstenite::tungstenite::WebSocket<_>| loop {
+    let next_reply = |socket: &mut tokio_tungstenite::tungstenite::WebSocket<_>| loop {
         let message = socket.read().expect("a message");
         let Ok(text) = message.to_text() else {
             continue;
