@@ -59,7 +59,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("placement", &["ids", "random", "seams"]),
     ("partition", &["ids", "random", "seams", "storage", "raft"]),
     ("directory", &["ids", "placement", "partition"]),
-    ("maps", &["ids", "partition"]),
+    ("maps", &["ids", "events", "partition"]),
     ("wire", &["ids", "events", "raft", "partition", "directory"]),
     (
         "coordinator",

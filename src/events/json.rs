@@ -34,7 +34,7 @@ pub fn check_event_json(bytes: &[u8]) -> Result<(), InvalidJson> {
 
 /// The deepest nesting of `[` and `{` outside strings. On malformed text the count is only a
 /// bound for the parser that runs next; it never reads past the end.
-fn nesting_depth(bytes: &[u8]) -> usize {
+pub(crate) fn nesting_depth(bytes: &[u8]) -> usize {
     let mut depth: usize = 0;
     let mut deepest = 0;
     let mut in_string = false;

@@ -2,7 +2,7 @@
 //! regions by the event coordinator (`crate::coordinator`).
 
 mod interval;
-mod json;
+pub(crate) mod json;
 mod key;
 pub mod log;
 mod store;

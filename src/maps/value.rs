@@ -89,7 +89,7 @@ impl MapValue {
             .map_err(|_| InvalidMapData::ValueNotJson("not UTF-8 text".into()))?
             .trim_matches(|character: char| character.is_ascii_whitespace());
         // Depth first: a bracket count never recurses, so a hostile nesting costs one pass.
-        if nesting_depth(text) > MAP_VALUE_DEPTH_MAX {
+        if crate::events::json::nesting_depth(text.as_bytes()) > MAP_VALUE_DEPTH_MAX {
             return Err(InvalidMapData::ValueTooDeep);
         }
         serde_json::from_str::<serde::de::IgnoredAny>(text)
@@ -122,34 +122,6 @@ impl<'de> Deserialize<'de> for MapValue {
         let text = String::deserialize(deserializer)?;
         MapValue::from_json(text.as_bytes()).map_err(serde::de::Error::custom)
     }
-}
-
-/// The deepest nesting of arrays and objects in `text`, outside strings (only an upper bound
-/// for text that is not JSON, which the parser then refuses).
-fn nesting_depth(text: &str) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for byte in text.bytes() {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
 }
 
 #[cfg(test)]
