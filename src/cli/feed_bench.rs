@@ -66,12 +66,16 @@ fn stamp_of(text: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// What the subscribers measured.
+/// What the subscribers measured: each delivery of a value sent in the window, as its
+/// sent-at stamp and its latency.
 #[derive(Debug, Default)]
 struct Deliveries {
-    latencies_micros: Vec<u64>,
-    received: u64,
+    deliveries: Vec<(u64, u64)>,
 }
+
+/// Deliveries that arrive this long after the window still count (a slow system's late
+/// deliveries are latency, not loss).
+const LATE_DELIVERIES_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(flags: FeedBenchFlags) -> Result<(), String> {
     let client = HttpClient::new();
@@ -147,6 +151,8 @@ pub async fn run(flags: FeedBenchFlags) -> Result<(), String> {
     let writer_target = targets[0].clone();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT_MAX));
     let write_errors = Arc::new(AtomicU64::new(0));
+    // The stamps of the writes acknowledged: a delivery is due for each, to every subscriber.
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let mut skipped = 0u64;
     let mut sent_in_window = 0u64;
     let period = Duration::from_micros(1_000_000 / flags.rate.max(1));
@@ -176,7 +182,8 @@ pub async fn run(flags: FeedBenchFlags) -> Result<(), String> {
         if window_open {
             sent_in_window += 1;
         }
-        let value = format!("{{\"t\":{},\"p\":\"{padding}\"}}", wall_micros());
+        let stamp = wall_micros();
+        let value = format!("{{\"t\":{stamp},\"p\":\"{padding}\"}}");
         let key = sequence % KEYS;
         let (url, body) = if etcd {
             let body = format!(
@@ -190,6 +197,7 @@ pub async fn run(flags: FeedBenchFlags) -> Result<(), String> {
         };
         let method = if etcd { Method::POST } else { Method::PUT };
         let (client, errors) = (client.clone(), Arc::clone(&write_errors));
+        let acknowledged = Arc::clone(&acknowledged);
         tokio::spawn(async move {
             let answer = client
                 .request(
@@ -200,7 +208,12 @@ pub async fn run(flags: FeedBenchFlags) -> Result<(), String> {
                     Duration::from_secs(10),
                 )
                 .await;
-            if !matches!(answer, Ok(ref response) if response.status.is_success()) {
+            if matches!(answer, Ok(ref response) if response.status.is_success()) {
+                acknowledged
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .push(stamp);
+            } else {
                 errors.fetch_add(1, Ordering::Relaxed);
             }
             drop(permit);
@@ -208,7 +221,7 @@ pub async fn run(flags: FeedBenchFlags) -> Result<(), String> {
     }
     measure_until.store(wall_micros(), Ordering::Relaxed);
     // Let the last deliveries arrive.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(LATE_DELIVERIES_GRACE).await;
     stop.store(true, Ordering::Relaxed);
     let memory = local.as_ref().map(node_memory);
     for task in &tasks {
@@ -219,17 +232,42 @@ pub async fn run(flags: FeedBenchFlags) -> Result<(), String> {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()),
     );
-    let mut latencies = deliveries.latencies_micros;
+    let mut acknowledged = std::mem::take(
+        &mut *acknowledged
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()),
+    );
+    let from = measure_from.load(Ordering::Relaxed);
+    let until = measure_until.load(Ordering::Relaxed);
+    acknowledged.retain(|stamp| *stamp >= from && *stamp <= until);
+    acknowledged.sort_unstable();
+    // Latency over every delivery of the window; the share over acknowledged writes only (a
+    // failed write may or may not have been committed).
+    let mut latencies: Vec<u64> = deliveries
+        .deliveries
+        .iter()
+        .map(|(_, latency)| *latency)
+        .collect();
     latencies.sort_unstable();
-    let due = sent_in_window * flags.subscribers as u64;
+    let delivered_acknowledged = deliveries
+        .deliveries
+        .iter()
+        .filter(|(stamp, _)| acknowledged.binary_search(stamp).is_ok())
+        .count();
+    let due = acknowledged.len() as u64 * flags.subscribers as u64;
     let system = if etcd { "etcd" } else { "borough" };
     let mut line = format!(
-        "system={system} subscribers={} rate={} writes={sent_in_window} write_errors={} skipped={skipped} deliveries={} due={due} delivered_share={:.4} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        "system={system} subscribers={} rate={} writes={sent_in_window} acknowledged={} write_errors={} skipped={skipped} deliveries={} due={due} delivered_share={:.4} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
         flags.subscribers,
         flags.rate,
+        acknowledged.len(),
         write_errors.load(Ordering::Relaxed),
         latencies.len(),
-        if due == 0 { 0.0 } else { latencies.len() as f64 / due as f64 },
+        if due == 0 {
+            0.0
+        } else {
+            delivered_acknowledged as f64 / due as f64
+        },
         percentile_ms(&latencies, 0.50),
         percentile_ms(&latencies, 0.99),
         percentile_ms(&latencies, 1.0),
@@ -237,7 +275,6 @@ pub async fn run(flags: FeedBenchFlags) -> Result<(), String> {
     if let Some(memory) = memory {
         line.push_str(&format!(" node_rss_mib={memory}"));
     }
-    let _ = deliveries.received;
     println!("{line}");
     Ok(())
 }
@@ -261,9 +298,10 @@ impl SubscriberContext {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         for stamp in stamps {
-            deliveries.received += 1;
             if *stamp >= from && *stamp <= until {
-                deliveries.latencies_micros.push(now.saturating_sub(*stamp));
+                deliveries
+                    .deliveries
+                    .push((*stamp, now.saturating_sub(*stamp)));
             }
         }
     }
