@@ -20,6 +20,8 @@
 //! - an answer is only handed to subscriptions still at the position it was read for;
 //! - the hub holds no events: everything it reads goes out at once, and bounding what a
 //!   subscriber has not consumed is its connection's [`FeedBuffer`](super::FeedBuffer);
+//! - a subscription asking to resume after a revision the leader never committed starts
+//!   over with the whole map (a replica behind it is waited for);
 //! - at most `subscriptions_max` subscriptions live at once.
 
 use crate::coordinator::cluster::{directory_of, ClusterKinds};
@@ -380,6 +382,14 @@ impl FeedHub {
             }
             return None;
         };
+        if let FeedRead::Behind { .. } = read {
+            // The leader read at its read index: a revision past it was never committed (a
+            // client's made-up revision). Those subscriptions start over with the whole map
+            // instead of polling the leader for ever.
+            self.start_over(&name, after);
+            self.dirty.insert(name);
+            return None;
+        }
         if let Some(Progress::More(_)) = self.hand_out(&name, after, read) {
             // More is waiting at the leader: read on at the next pump.
             if let Some(relay) = self.relays.get_mut(&name) {
@@ -388,6 +398,17 @@ impl FeedHub {
             self.dirty.insert(name);
         }
         None
+    }
+
+    /// Sets the subscriptions of `name` at position `after` to start from nothing.
+    fn start_over(&mut self, name: &PartitionName, after: Option<u64>) {
+        for id in self.by_name.get(name).into_iter().flatten() {
+            if let Some(subscription) = self.subscriptions.get_mut(id) {
+                if subscription.position.after() == after {
+                    subscription.position = Position::Start { from: None };
+                }
+            }
+        }
     }
 
     /// Hands `read` (what a replica answered for position `after`) to the subscriptions
