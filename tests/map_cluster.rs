@@ -513,3 +513,90 @@ fn bad_map_input_is_refused_and_changes_nothing() {
     );
     assert_eq!(map["revision"], 2);
 }
+
+/// A subscriber that stops reading is cut off at its bound: once it reads again it finds the
+/// events it was given, then a `resync` naming the last one's revision, then the close; and
+/// resuming from that revision brings everything after it.
+#[test]
+fn a_subscriber_that_stops_reading_is_cut_off_with_a_resync() {
+    use tokio_tungstenite::tungstenite::Message;
+    let cluster = Cluster::start_joined_with(1, &["--feed-buffer-kib", "64"]);
+    let node = cluster.http(0);
+    let put = |key: &str, body: &[u8]| {
+        let response = http_request(
+            node,
+            "PUT",
+            &format!("/maps/slow/keys/{key}"),
+            Some(body),
+            REQUEST_TIMEOUT,
+        )
+        .expect("the node answers");
+        assert_eq!(response.status, 200, "{}", response.describe());
+    };
+    put("seed", b"0");
+    let (mut socket, _) =
+        tokio_tungstenite::tungstenite::connect(format!("ws://{node}/maps/slow/ws"))
+            .expect("WebSocket");
+    // Far more than the socket buffers and the subscriber's 64 KiB: 200 values of 60 KiB.
+    let value = format!("\"{}\"", "v".repeat(60 * 1024));
+    for index in 0..200 {
+        put(&format!("k{}", index % 10), value.as_bytes());
+    }
+    let mut last_revision = None;
+    let mut resync = None;
+    loop {
+        match socket.read() {
+            Ok(Message::Text(text)) => {
+                let message: Value = serde_json::from_str(text.as_str()).expect("JSON");
+                if message["type"] == "resync" {
+                    resync = Some(message);
+                } else {
+                    assert!(resync.is_none(), "an event after the resync: {message}");
+                    last_revision = message["revision"].as_u64();
+                }
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let resync = resync.expect("the slow subscriber was cut off with a resync");
+    assert_eq!(resync["revision"].as_u64(), last_revision, "{resync}");
+    let last = last_revision.expect("it had events before the cut");
+    assert!(last < 201, "it was cut off before the end ({last})");
+    // Resuming from the resync's revision brings every change after it: from the history,
+    // or (these values are large, and the history keeps about 2 MiB) the whole map again.
+    let (mut socket, _) = tokio_tungstenite::tungstenite::connect(format!(
+        "ws://{node}/maps/slow/ws?from_revision={last}"
+    ))
+    .expect("WebSocket");
+    let mut next = last + 1;
+    while next <= 201 {
+        let Ok(Message::Text(text)) = socket.read() else {
+            continue;
+        };
+        let message: Value = serde_json::from_str(text.as_str()).expect("JSON");
+        match message["type"].as_str() {
+            Some("resumed") => assert_eq!(message["revision"].as_u64(), Some(last)),
+            Some("ready") => {
+                assert_eq!(
+                    message["revision"].as_u64(),
+                    Some(201),
+                    "the whole map, at its end"
+                );
+                assert_eq!(
+                    message["entries"].as_object().map(|entries| entries.len()),
+                    Some(11)
+                );
+                break;
+            }
+            Some("set") => {
+                assert_eq!(message["revision"].as_u64(), Some(next), "in order, no gap");
+                next += 1;
+            }
+            other => panic!(
+                "unexpected {other:?}: {}",
+                &text.as_str()[..80.min(text.len())]
+            ),
+        }
+    }
+}
