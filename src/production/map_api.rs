@@ -390,18 +390,17 @@ async fn websocket(
     State(state): State<ApiState>,
     uri: Uri,
     Query(query): Query<BTreeMap<String, String>>,
-    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let name = match partition_name(&uri) {
         Ok(name) => name,
         Err(refusal) => return refusal.into_response(),
     };
+    // Only the query: `Last-Event-ID` is the event stream's.
     let from = match from_revision(&query, &HeaderMap::new()) {
         Ok(from) => from,
         Err(refusal) => return refusal.into_response(),
     };
-    let _ = headers;
     // Subscribed before the upgrade, so a refusal is an HTTP answer the client can read.
     let (id, sink) = match subscribe(&state, name.clone(), from).await {
         Ok(subscribed) => subscribed,
