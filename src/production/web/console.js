@@ -109,7 +109,7 @@ function renderStatus() {
   const live = map.connected && map.live;
   status.replaceChildren(
     element("span", { class: live ? "live" : "down" }, live ? "\u25cf live" : "\u25cb reconnecting"),
-    ` \u00b7 ${map.name} \u00b7 revision ${map.revision ?? "\u2014"} \u00b7 ${map.size} keys \u00b7 via ${map.node ?? "\u2014"}`);
+    ` \u00b7 ${map.name} \u00b7 revision ${map.revision ?? "\u2014"} \u00b7 ${map.size} key${map.size === 1 ? "" : "s"} \u00b7 via ${map.node ?? "\u2014"}`);
 }
 
 let errorTimer = null;
