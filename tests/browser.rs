@@ -509,7 +509,7 @@ fn check_console(page: &Page, state: &MapState, test: &str) {
     let status = status.as_str().unwrap_or_default();
     assert!(
         status.contains(&format!("revision {}", state.revision))
-            && status.contains(&format!("{} keys", state.size))
+            && status.contains(&format!("{} key", state.size))
             && status.contains("live"),
         "page {label}: the map status says {status:?}, not live at revision {} with {} keys",
         state.revision,
